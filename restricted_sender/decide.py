@@ -1,0 +1,164 @@
+"""The pure decision (design §6): event + facts + policy + now -> Decision. No I/O, no clock, no logging.
+
+Order: ignore (``not-target-alert``, ``duplicate``, ``not-restricted``) -> eligibility (``deny:*``, else
+``allow:<rule>`` or ``no-allow-rule``) -> guards (all evaluated, all failures reported) -> ``ticket`` when not
+eligible or any guard failed; otherwise ``wait`` (``limit-block``, ``auto-release-soon``) or ``unblock``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from .errors import PolicyError
+from .model import Decision, Facts, Outcome, Reason, RestrictionEvent, UnblockEntry
+from .policy import Budget, Policy, Selector
+from .restriction import BlockKind
+from .timeutil import iso
+
+NOT_TARGET_ALERT = "not-target-alert"
+NOT_RESTRICTED = "not-restricted"
+DUPLICATE = "duplicate"
+NO_ALLOW_RULE = "no-allow-rule"
+POLICY_INVALID = "policy-invalid"
+GUARD_USER_BUDGET = "guard:user-budget"
+GUARD_ACCOUNT_DISABLED = "guard:account-disabled"
+LIMIT_BLOCK = "limit-block"
+AUTO_RELEASE_SOON = "auto-release-soon"
+UNBLOCK_FAILED = "unblock-failed"
+NO_USER_EVIDENCE = "no-user-evidence"
+
+
+def ignore(code: str, text: str) -> Decision:
+    return Decision(Outcome.IGNORE, (Reason(code, text),))
+
+
+def not_target_alert(title: str, policy: Policy) -> Decision:
+    names = ", ".join(repr(n) for n in policy.alert_names)
+    return ignore(NOT_TARGET_ALERT, f"alert {title!r} is not one of the policy's alert_names ({names})")
+
+
+def decide(event: RestrictionEvent, facts: Facts, policy: Policy | PolicyError, now: datetime) -> Decision:
+    if isinstance(policy, PolicyError):
+        return _policy_invalid(event, facts, policy)
+    if not policy.is_target_alert(event.alert_name):
+        return not_target_alert(event.alert_name, policy)
+    if not facts.first_report:
+        return ignore(DUPLICATE, f"alert {event.alert_id} for {event.user.key} was already handled")
+    restriction = facts.restriction
+    if restriction is None:
+        return ignore(NOT_RESTRICTED, f"{event.user.key} is not on the restricted list now")
+
+    identities = facts.identities(event.user)
+    reasons: list[Reason] = []
+    denied = _selector_matches(policy.deny, identities, facts.member_of)
+    eligible = False
+    if denied:
+        reasons.extend(Reason(f"deny:{kind}", f"deny list matches {kind} {value}") for kind, value in denied)
+    elif policy.deny.groups and facts.user is None:
+        # Membership cannot be checked for a user the directory does not know: fail closed.
+        reasons.append(
+            Reason("deny:group", f"cannot rule out the deny groups: {event.user.key} is not in the directory")
+        )
+    else:
+        for rule in policy.allow:
+            matched = _selector_matches(rule.selector, identities, facts.member_of)
+            if matched:
+                eligible = True
+                why = ", ".join(f"{kind} {value}" for kind, value in matched)
+                reasons.append(Reason(f"allow:{rule.name}", f"allow rule {rule.name!r} matches {why}"))
+        if not eligible:
+            reasons.append(Reason(NO_ALLOW_RULE, f"no allow rule matches {', '.join(sorted(identities))}"))
+
+    failed_guards = _guards(policy, facts, now)
+    reasons.extend(failed_guards)
+    if not eligible or failed_guards:
+        return Decision(Outcome.TICKET, tuple(reasons))
+
+    release = restriction.expected_release()
+    if restriction.kind is BlockKind.SENDING_LIMIT:
+        when = f"; expected to lift by {iso(release)}" if release else ""
+        reasons.append(Reason(LIMIT_BLOCK, f"sending-limit block ({restriction.reason.raw}) lifts by itself{when}"))
+        return Decision(Outcome.WAIT, tuple(reasons), release_at=release)
+    horizon = timedelta(hours=policy.guards.min_hours_to_auto_release)
+    if restriction.temporary and release is not None and now < release <= now + horizon:
+        hours = (release - now).total_seconds() / 3600
+        reasons.append(
+            Reason(
+                AUTO_RELEASE_SOON,
+                f"temporary block lifts by itself at {iso(release)} (in {hours:.1f} h, within "
+                f"min_hours_to_auto_release={policy.guards.min_hours_to_auto_release:g}): not spending an unblock",
+            )
+        )
+        return Decision(Outcome.WAIT, tuple(reasons), release_at=release)
+    return Decision(Outcome.UNBLOCK, tuple(reasons))
+
+
+def unblock_failed(decision: Decision, detail: str) -> Decision:
+    """The service refused the unblock (e.g. Microsoft's unblock limit): escalate, never retry."""
+    return Decision(Outcome.TICKET, (*decision.reasons, Reason(UNBLOCK_FAILED, detail)))
+
+
+def _policy_invalid(event: RestrictionEvent, facts: Facts, error: PolicyError) -> Decision:
+    # Fail closed: without a valid policy nothing is unblocked, but a restricted user is never dropped.
+    if not facts.first_report:
+        return ignore(DUPLICATE, f"alert {event.alert_id} for {event.user.key} was already handled")
+    if facts.restriction is None:
+        return ignore(NOT_RESTRICTED, f"{event.user.key} is not on the restricted list now")
+    return Decision(Outcome.TICKET, (Reason(POLICY_INVALID, f"the policy could not be loaded: {error.message}"),))
+
+
+def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
+    failed: list[Reason] = []
+    budget = policy.guards.max_unblocks_per_user
+    if budget is not None:
+        spent = _spent(facts.unblocks, budget, now)
+        if len(spent) >= budget.count:
+            listing = ", ".join(f"{iso(u.at)} ({u.kind.value})" for u in spent) or "none"
+            failed.append(
+                Reason(
+                    GUARD_USER_BUDGET,
+                    f"{len(spent)} unblock(s) of this user in the last {_window(budget)} "
+                    f"(limit {budget.count}): {listing}",
+                )
+            )
+    if policy.guards.account_enabled and facts.user is not None and facts.user.account_enabled is False:
+        failed.append(
+            Reason(
+                GUARD_ACCOUNT_DISABLED,
+                f"account {facts.user.user_principal_name} is disabled: someone is already responding",
+            )
+        )
+    return failed
+
+
+def _spent(unblocks: tuple[UnblockEntry, ...], budget: Budget, now: datetime) -> list[UnblockEntry]:
+    start = now - timedelta(hours=budget.window_hours)
+    return sorted((u for u in unblocks if u.status != "failed" and start < u.at <= now), key=lambda u: u.at)
+
+
+def _window(budget: Budget) -> str:
+    hours = budget.window_hours
+    return f"{hours / 24:g} day(s)" if hours >= 24 and hours % 24 == 0 else f"{hours:g} hour(s)"
+
+
+def _selector_matches(
+    selector: Selector, identities: frozenset[str], member_of: frozenset[str]
+) -> list[tuple[str, str]]:
+    matched: list[tuple[str, str]] = []
+    for address in sorted(identities):
+        if address in selector.users:
+            matched.append(("user", address))
+    for address in sorted(identities):
+        domain = address.rpartition("@")[2]
+        for pattern in selector.domains:
+            if _domain_matches(pattern, domain) and ("domain", pattern) not in matched:
+                matched.append(("domain", pattern))
+    for group in sorted(selector.groups & member_of):
+        matched.append(("group", group))
+    return matched
+
+
+def _domain_matches(pattern: str, domain: str) -> bool:
+    if pattern.startswith("*."):
+        return domain.endswith(pattern[1:])  # subdomains only, as the policy documents
+    return domain == pattern

@@ -1,0 +1,105 @@
+"""The one error tree of the product.
+
+Everything the product raises on purpose derives from :class:`ResponderError`. Only the edge
+(`restricted_sender.edge`, the CLI) turns these into HTTP statuses or exit codes::
+
+    ResponderError
+    ├── InputError                  the caller sent something we cannot use            -> 4xx, nothing changes
+    │   ├── MalformedPayload        not JSON, or JSON of a shape we do not know          -> 400
+    │   ├── PayloadTooLarge         body over the limit                                  -> 413
+    │   └── Unauthorized            missing or wrong shared secret                       -> 401
+    ├── ConfigurationError          settings or policy are unusable                      -> 500, logged loudly
+    │   └── PolicyError             the policy file failed to load or validate
+    └── ServiceError                a dependency (Exchange, Graph, store, queue, tickets) failed
+        ├── TransientServiceError   retrying later may help (429, 5xx, timeouts)        -> 503 / queue retry
+        │   └── QueueUnavailable    the event could not be queued                        -> 503
+        └── ServiceRefused          the service answered "no"; retrying cannot help
+            └── UnblockLimitReached Microsoft's unblock limit: only Microsoft Support can help; never retried
+"""
+
+from __future__ import annotations
+
+
+class ResponderError(Exception):
+    """Base of every error the product raises on purpose. ``code`` is stable and machine-readable."""
+
+    code = "error"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_body(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InputError(ResponderError):
+    code = "bad-request"
+    status = 400
+
+
+class MalformedPayload(InputError):
+    code = "malformed-payload"
+
+
+class PayloadTooLarge(InputError):
+    code = "payload-too-large"
+    status = 413
+
+
+class Unauthorized(InputError):
+    code = "unauthorized"
+    status = 401
+
+
+class ConfigurationError(ResponderError):
+    code = "configuration-error"
+
+
+class PolicyError(ConfigurationError):
+    code = "policy-invalid"
+
+    def __init__(self, problems: list[str], source: str = "policy") -> None:
+        self.problems = list(problems)
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+class ServiceError(ResponderError):
+    """A dependency failed. ``service`` names it (exchange, graph, store, queue, tickets, identity)."""
+
+    code = "service-error"
+    status = 502
+
+    def __init__(self, service: str, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(f"{service}: {message}")
+        self.service = service
+        self.http_status = http_status
+
+
+class TransientServiceError(ServiceError):
+    code = "service-unavailable"
+    status = 503
+
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(service, message, http_status=http_status)
+        self.retry_after = retry_after
+
+
+class QueueUnavailable(TransientServiceError):
+    code = "queue-unavailable"
+
+
+class ServiceRefused(ServiceError):
+    code = "service-refused"
+
+
+class UnblockLimitReached(ServiceRefused):
+    code = "unblock-limit-reached"

@@ -1,0 +1,131 @@
+"""In-memory fakes of every port, for unit tests and quick experiments. Same contracts as the adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from .errors import QueueUnavailable, ServiceRefused, UnblockLimitReached
+from .model import DirectoryUser, UnblockEntry
+from .ports import ClaimResult, resolve_claim
+from .restriction import BlockedSender
+
+
+class MemoryQueue:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.available = True
+
+    def send(self, message: str) -> None:
+        if not self.available:
+            raise QueueUnavailable("queue", "queue is unavailable")
+        self.messages.append(message)
+
+    def drain(self) -> list[str]:
+        taken, self.messages = self.messages, []
+        return taken
+
+
+class FakeExchange:
+    def __init__(self, rows: Sequence[Mapping[str, Any]] = (), *, limit_reached: Sequence[str] = ()) -> None:
+        self.rows = [dict(r) for r in rows]
+        self.limit_reached = {a.lower() for a in limit_reached}
+        self.removed: list[str] = []
+        self.calls = 0
+
+    async def blocked_senders(self, address: str | None = None) -> Sequence[BlockedSender]:
+        self.calls += 1
+        rows = [r for r in self.rows if address is None or str(r["SenderAddress"]).lower() == address.lower()]
+        return [BlockedSender.from_row(r) for r in rows]
+
+    async def remove_blocked_sender(self, address: str) -> None:
+        self.calls += 1
+        if address.lower() in self.limit_reached:
+            raise UnblockLimitReached("exchange", f"unblock limit reached for {address}", http_status=400)
+        before = len(self.rows)
+        self.rows = [r for r in self.rows if str(r["SenderAddress"]).lower() != address.lower()]
+        if len(self.rows) == before:
+            raise ServiceRefused("exchange", f"{address} is not blocked", http_status=400)
+        self.removed.append(address.lower())
+
+
+class FakeDirectory:
+    def __init__(self, users: Sequence[DirectoryUser] = (), groups: Mapping[str, Sequence[str]] | None = None):
+        self.users = list(users)
+        self.groups = {k.lower(): {g.lower() for g in v} for k, v in (groups or {}).items()}
+        self.calls = 0
+
+    def _find(self, key: str) -> DirectoryUser | None:
+        wanted = key.lower()
+        for user in self.users:
+            if wanted in (user.id.lower(), user.user_principal_name.lower()):
+                return user
+        return None
+
+    async def user(self, key: str) -> DirectoryUser | None:
+        self.calls += 1
+        return self._find(key)
+
+    async def member_groups(self, key: str, group_ids: Sequence[str]) -> frozenset[str]:
+        self.calls += 1
+        user = self._find(key)
+        if user is None:
+            return frozenset()
+        member = self.groups.get(user.id.lower(), set()) | self.groups.get(user.user_principal_name.lower(), set())
+        return frozenset(g.lower() for g in group_ids if g.lower() in member)
+
+
+class FakeTickets:
+    def __init__(self) -> None:
+        self.tickets: dict[str, Mapping[str, Any]] = {}
+        self.deliveries = 0
+
+    async def open(self, correlation_id: str, record: Mapping[str, Any]) -> str:
+        self.deliveries += 1
+        self.tickets.setdefault(correlation_id, record)
+        return f"FAKE-{list(self.tickets).index(correlation_id) + 1}"
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.claims: dict[str, dict[str, Any]] = {}
+        self.history: dict[tuple[str, str], UnblockEntry] = {}
+        self.audit_rows: list[Mapping[str, Any]] = []
+
+    async def claim(self, key: str, delivery_id: str, now: datetime) -> ClaimResult:
+        row = self.claims.get(key)
+        if row is None:
+            self.claims[key] = {"owner": delivery_id, "state": "claimed", "claimed_at": now}
+            return ClaimResult.NEW
+        result = resolve_claim(
+            owner=row["owner"],
+            state=row["state"],
+            claimed_at=row["claimed_at"],
+            delivery_id=delivery_id,
+            now=now,
+        )
+        if result is ClaimResult.RESUMED:
+            row.update(owner=delivery_id, claimed_at=now)
+        return result
+
+    async def complete(self, key: str, delivery_id: str, outcome: str, now: datetime) -> None:
+        self.claims[key] = {"owner": delivery_id, "state": "done", "claimed_at": now, "outcome": outcome}
+
+    async def record_unblock(self, entry: UnblockEntry) -> None:
+        self.history[(entry.user.lower(), entry.event_id)] = entry
+
+    async def unblocks(self, user: str, since: datetime) -> Sequence[UnblockEntry]:
+        return sorted(
+            (e for (u, _), e in self.history.items() if u == user.lower() and e.at >= since),
+            key=lambda e: e.at,
+        )
+
+    async def append_audit(self, record: Mapping[str, Any]) -> None:
+        self.audit_rows.append(dict(record))
+
+    async def audit(self, user: str | None = None) -> Sequence[Mapping[str, Any]]:
+        return [r for r in self.audit_rows if user is None or str(r.get("user", "")).lower() == user.lower()]
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,261 @@
+"""The product's frozen, typed values: events, facts, decisions and the decision record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from .restriction import BlockedSender
+from .timeutil import iso, parse_instant
+
+EVENT_SCHEMA = 1
+
+
+def stable_id(*parts: str, length: int = 32) -> str:
+    """A deterministic id of its parts (case-folded): the same report always gets the same id."""
+    digest = hashlib.sha256("\x1f".join(p.lower() for p in parts).encode("utf-8")).hexdigest()
+    return digest[:length]
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    """A user named by an alert: a UPN / SMTP address, an Entra object id, or both."""
+
+    address: str | None = None
+    object_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return (self.address or self.object_id or "").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class AlertReport:
+    """One alert as it arrived, parsed once at the boundary."""
+
+    source: str  # the intake path, e.g. "alerts_v2"
+    alert_id: str
+    title: str
+    users: tuple[UserRef, ...]
+    web_url: str | None = None
+    created: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictionEvent:
+    """One (alert, user) pair to process. This is the queue message."""
+
+    event_id: str  # deterministic: source + alert + user, so redeliveries and re-posts share it
+    delivery_id: str  # unique per accepted POST: tells a retry of this message from a second report
+    source: str
+    alert_id: str
+    alert_name: str
+    user: UserRef
+    received_at: datetime
+    alert_url: str | None = None
+    alert_created: str | None = None
+
+    @classmethod
+    def for_alert(
+        cls, report: AlertReport, user: UserRef, *, delivery_id: str, received_at: datetime
+    ) -> RestrictionEvent:
+        return cls(
+            event_id=stable_id(report.source, report.alert_id, user.key),
+            delivery_id=delivery_id,
+            source=report.source,
+            alert_id=report.alert_id,
+            alert_name=report.title,
+            user=user,
+            received_at=received_at,
+            alert_url=report.web_url,
+            alert_created=report.created,
+        )
+
+    @property
+    def claim_key(self) -> str:
+        return self.event_id
+
+    def to_message(self) -> str:
+        return json.dumps(
+            {
+                "schema": EVENT_SCHEMA,
+                "event_id": self.event_id,
+                "delivery_id": self.delivery_id,
+                "source": self.source,
+                "alert_id": self.alert_id,
+                "alert_name": self.alert_name,
+                "user": {"address": self.user.address, "object_id": self.user.object_id},
+                "received_at": iso(self.received_at),
+                "alert_url": self.alert_url,
+                "alert_created": self.alert_created,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_message(cls, text: str) -> RestrictionEvent:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("schema") != EVENT_SCHEMA:
+            raise ValueError("not a restriction event message of a known schema")
+        user = data.get("user") or {}
+        return cls(
+            event_id=str(data["event_id"]),
+            delivery_id=str(data["delivery_id"]),
+            source=str(data["source"]),
+            alert_id=str(data["alert_id"]),
+            alert_name=str(data["alert_name"]),
+            user=UserRef(address=user.get("address"), object_id=user.get("object_id")),
+            received_at=parse_instant(str(data["received_at"])),
+            alert_url=data.get("alert_url"),
+            alert_created=data.get("alert_created"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryUser:
+    """The Graph user, reduced to what decisions need."""
+
+    id: str
+    user_principal_name: str
+    mail: str | None
+    account_enabled: bool | None
+    user_type: str | None = None
+    created: str | None = None
+
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(a.lower() for a in (self.user_principal_name, self.mail) if a)
+
+
+class UnblockKind(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class UnblockEntry:
+    """One of our own unblocks (the budget guard counts these)."""
+
+    user: str
+    at: datetime
+    kind: UnblockKind
+    event_id: str
+    status: str = "done"  # "pending" while the call is in flight counts too: spend conservatively
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything ``decide`` may look at, gathered before deciding."""
+
+    restriction: BlockedSender | None = None
+    user: DirectoryUser | None = None
+    member_of: frozenset[str] = frozenset()
+    unblocks: tuple[UnblockEntry, ...] = ()
+    first_report: bool = True
+    notes: tuple[str, ...] = ()
+
+    def identities(self, event_user: UserRef) -> frozenset[str]:
+        """Every address we know the user by, lower-cased."""
+        found: set[str] = set()
+        if event_user.address:
+            found.add(event_user.address.lower())
+        if self.user:
+            found.update(self.user.addresses())
+        if self.restriction:
+            found.add(self.restriction.address.lower())
+        return frozenset(found)
+
+
+class Outcome(StrEnum):
+    UNBLOCK = "unblock"
+    WAIT = "wait"
+    TICKET = "ticket"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: str
+    text: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    reasons: tuple[Reason, ...]
+    release_at: datetime | None = None
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(r.code for r in self.reasons)
+
+
+class ActionStatus(StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: str
+    status: ActionStatus
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "status": self.status.value, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    kind: str
+    id: str
+    at: datetime
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "id": self.id, "at": iso(self.at)}
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """The record of design §6: the audit row, the log line, the ticket body and ``--json`` all carry it."""
+
+    event_id: str
+    alert_id: str
+    source: str
+    sources: tuple[Source, ...]
+    user: str
+    decision: Decision
+    actions: tuple[Action, ...]
+    mode: str
+    policy_version: str
+    at: datetime
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_actions(self, *actions: Action) -> DecisionRecord:
+        return replace(self, actions=self.actions + actions)
+
+    def with_decision(self, decision: Decision) -> DecisionRecord:
+        return replace(self, decision=decision)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "alert_id": self.alert_id,
+            "source": self.source,
+            "sources": [s.to_dict() for s in self.sources],
+            "user": self.user,
+            "decision": self.decision.outcome.value,
+            "reasons": [r.to_dict() for r in self.decision.reasons],
+            "actions": [a.to_dict() for a in self.actions],
+            "mode": self.mode,
+            "policy_version": self.policy_version,
+            "at": iso(self.at),
+        }

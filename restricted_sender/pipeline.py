@@ -1,0 +1,167 @@
+"""The two halves of the product: ``Intake.accept`` (webhook -> queue) and ``Processor.process``
+(queue -> claim, facts, decide, act, record). The function app and the CLI both call exactly these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from . import decide as rules
+from .actions import Actor, evidence
+from .alerts import MAX_BODY_BYTES, parse_alert_payload, parse_json
+from .errors import PayloadTooLarge, PolicyError
+from .facts import FactSources, gather_facts
+from .model import (
+    AlertReport,
+    Decision,
+    DecisionRecord,
+    Facts,
+    RestrictionEvent,
+    Source,
+    stable_id,
+)
+from .policy import Policy, default_policy
+from .ports import ClaimResult, Clock, EventQueue, Store
+
+decision_log = logging.getLogger("restricted_sender.decision")
+log = logging.getLogger("restricted_sender")
+
+
+def log_decision(record: DecisionRecord) -> None:
+    """The one structured log line per decision (the same record as the audit row)."""
+    decision_log.info(json.dumps(record.to_dict(), separators=(",", ":"), sort_keys=True))
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    accepted: tuple[RestrictionEvent, ...]
+    ignored: tuple[DecisionRecord, ...]
+
+    def to_body(self) -> dict[str, list[dict[str, Any]]]:
+        return {
+            "accepted": [{"event_id": e.event_id, "alert_id": e.alert_id, "user": e.user.key} for e in self.accepted],
+            "ignored": [
+                {
+                    "alert_id": r.alert_id,
+                    "user": r.user,
+                    "reasons": [reason.to_dict() for reason in r.decision.reasons],
+                }
+                for r in self.ignored
+            ],
+        }
+
+
+@dataclass
+class Intake:
+    """Parses a POSTed body, queues one event per (target alert, user), and only then says what it did."""
+
+    queue: EventQueue
+    clock: Clock
+    policy: Policy | PolicyError
+    new_delivery_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
+
+    def accept(self, body: bytes) -> IntakeResult:
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+        reports = parse_alert_payload(parse_json(body))
+        now = self.clock.now()
+        # An unloadable policy still names the default alert: a restricted user is never dropped.
+        policy = self.policy if isinstance(self.policy, Policy) else default_policy()
+        delivery_id = self.new_delivery_id()
+        events: dict[str, RestrictionEvent] = {}
+        ignored: list[DecisionRecord] = []
+        for report in reports:
+            if not policy.is_target_alert(report.title):
+                ignored.append(self._ignored(report, rules.not_target_alert(report.title, policy), now))
+            elif not report.users:
+                log.warning("target alert %s names no user or mailbox: nothing to process", report.alert_id)
+                ignored.append(
+                    self._ignored(
+                        report,
+                        rules.ignore(rules.NO_USER_EVIDENCE, "the alert names no user or mailbox evidence"),
+                        now,
+                    )
+                )
+            else:
+                for user in report.users:
+                    event = RestrictionEvent.for_alert(report, user, delivery_id=delivery_id, received_at=now)
+                    events.setdefault(event.event_id, event)
+        for event in events.values():
+            self.queue.send(event.to_message())
+        for record in ignored:
+            log_decision(record)
+        return IntakeResult(accepted=tuple(events.values()), ignored=tuple(ignored))
+
+    def _ignored(self, report: AlertReport, decision: Decision, now: datetime) -> DecisionRecord:
+        version = self.policy.version if isinstance(self.policy, Policy) else "invalid"
+        mode = self.policy.mode if isinstance(self.policy, Policy) else "report-only"
+        return DecisionRecord(
+            event_id=stable_id(report.source, report.alert_id),
+            alert_id=report.alert_id,
+            source=report.source,
+            sources=(Source(report.source, report.alert_id, now),),
+            user=", ".join(u.key for u in report.users),
+            decision=decision,
+            actions=(),
+            mode=mode,
+            policy_version=version,
+            at=now,
+        )
+
+
+@dataclass
+class Processor:
+    """Handles one queued event end to end. Safe to run again for the same event (a queue retry)."""
+
+    sources: FactSources
+    actor: Actor
+    store: Store
+    clock: Clock
+    policy: Policy | PolicyError
+
+    async def process(self, event: RestrictionEvent) -> DecisionRecord:
+        now = self.clock.now()
+        policy = self.policy if isinstance(self.policy, Policy) else None
+        if policy is None:
+            log.error("policy is invalid, every restricted user is escalated: %s", self.policy)
+        claim = await self.store.claim(event.claim_key, event.delivery_id, now)
+        if claim is ClaimResult.DUPLICATE:
+            facts = Facts(first_report=False)
+        elif policy is not None and not policy.is_target_alert(event.alert_name):
+            facts = Facts()  # queued under another policy; decide() ignores it, nothing to look up
+        else:
+            facts = await gather_facts(event, policy, self.sources, now)
+        decision = rules.decide(event, facts, self.policy, now)
+        record = DecisionRecord(
+            event_id=event.event_id,
+            alert_id=event.alert_id,
+            source=event.source,
+            sources=(Source(event.source, event.alert_id, event.received_at),),
+            user=(facts.restriction.address if facts.restriction else event.user.key).lower(),
+            decision=decision,
+            actions=(),
+            mode=policy.mode if policy else "report-only",
+            policy_version=policy.version if policy else "invalid",
+            at=now,
+        )
+        record = replace(record, evidence=evidence(facts, record, event.alert_url))
+        # An invalid policy says nothing about mode: tickets still go out, nothing is ever unblocked.
+        enforce = policy.enforce if policy else True
+        record = await self.actor.carry_out(record, facts, enforce=enforce)
+        row = {**record.to_dict(), "evidence": dict(record.evidence)}
+        if claim is ClaimResult.DUPLICATE:
+            await self.store.append_audit(row)
+        else:
+            await asyncio.gather(
+                self.store.append_audit(row),
+                self.store.complete(event.claim_key, event.delivery_id, record.decision.outcome.value, now),
+            )
+        log_decision(record)
+        return record

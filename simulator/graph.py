@@ -1,0 +1,268 @@
+"""Microsoft Graph v1.0: the subset the product calls, in Graph's wire shapes."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import re
+import uuid
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from simulator.state import TenantState
+from simulator.tenant import Json, strip_private
+from simulator.tokens import TokenProblem
+from simulator.wire import ODATA_CONTENT_TYPE, Request, Response, iso_seconds, json_response, utc_now
+
+METADATA = "https://graph.microsoft.com/v1.0/$metadata"
+CHECK_MEMBER_GROUPS_LIMIT = 20
+MAX_TOP = 2000
+_WWW_AUTHENTICATE = (
+    'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
+    'client_id="00000003-0000-0000-c000-000000000000"'
+)
+_BAD_JSON = (
+    "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format."
+)
+
+
+def _request_ids(request: Request) -> tuple[str, str]:
+    return str(uuid.uuid4()), request.header("client-request-id") or str(uuid.uuid4())
+
+
+def ok(request: Request, payload: Any, status: int = 200) -> Response:
+    request_id, client_request_id = _request_ids(request)
+    headers = {"request-id": request_id, "client-request-id": client_request_id}
+    return json_response(status, payload, headers, content_type=ODATA_CONTENT_TYPE)
+
+
+def error(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """Graph's error body, ``innerError`` included."""
+    request_id, client_request_id = _request_ids(request)
+    payload = {
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": iso_seconds(utc_now()),
+                "request-id": request_id,
+                "client-request-id": client_request_id,
+            },
+        }
+    }
+    extra = {"request-id": request_id, "client-request-id": client_request_id, **(headers or {})}
+    return json_response(status, payload, extra)
+
+
+def unauthorized(request: Request, problem: TokenProblem) -> Response:
+    return error(
+        request, 401, "InvalidAuthenticationToken", problem.message, {"WWW-Authenticate": _WWW_AUTHENTICATE}
+    )
+
+
+def not_found(request: Request, key: str) -> Response:
+    return error(
+        request,
+        404,
+        "Request_ResourceNotFound",
+        f"Resource '{key}' does not exist or one of its queried reference-property objects are not present.",
+    )
+
+
+def bad_json(request: Request) -> Response:
+    return error(request, 400, "BadRequest", _BAD_JSON)
+
+
+def _select(request: Request) -> list[str] | None:
+    raw = request.query.get("$select")
+    if raw is None:
+        return None
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    return names or None
+
+
+def get_user(request: Request, state: TenantState, key: str) -> Response:
+    user = _lookup(state, key)
+    if user is None:
+        return not_found(request, key)
+    served: Json = strip_private(user)
+    names = _select(request)
+    if names is None:
+        return ok(request, {"@odata.context": f"{METADATA}#users/$entity", **served})
+    by_folded = {name.casefold(): name for name in served}
+    picked: Json = {}
+    for name in names:
+        actual = by_folded.get(name.casefold())
+        # Graph answers a selected property the object does not have with null.
+        picked[actual or name] = served[actual] if actual else None
+    context = f"{METADATA}#users({','.join(names)})/$entity"
+    return ok(request, {"@odata.context": context, **picked})
+
+
+def _lookup(state: TenantState, key: str) -> Json | None:
+    """Graph addresses a user by object id or userPrincipalName only, never by mail."""
+    folded = key.casefold()
+    for user in state.users:
+        if folded in (str(user.get("id", "")).casefold(), str(user.get("userPrincipalName", "")).casefold()):
+            return user
+    return None
+
+
+def check_member_groups(request: Request, state: TenantState, key: str) -> Response:
+    try:
+        body = request.json()
+    except ValueError:
+        return bad_json(request)
+    group_ids = body.get("groupIds") if isinstance(body, dict) else None
+    if not isinstance(group_ids, list) or not all(isinstance(g, str) for g in group_ids):
+        return error(
+            request, 400, "Request_BadRequest", "Invalid request: groupIds must be a collection of strings."
+        )
+    if len(group_ids) > CHECK_MEMBER_GROUPS_LIMIT:
+        return error(
+            request,
+            400,
+            "Request_BadRequest",
+            f"Too many groupIds: {len(group_ids)}. A request can check at most {CHECK_MEMBER_GROUPS_LIMIT}.",
+        )
+    user = _lookup(state, key)
+    if user is None:
+        return not_found(request, key)
+    member_of = {str(g).casefold() for g in user.get("x-memberOf", [])}
+    value = [g for g in group_ids if g.casefold() in member_of]
+    return ok(request, {"@odata.context": f"{METADATA}#Collection(Edm.String)", "value": value})
+
+
+def list_domains(request: Request, state: TenantState) -> Response:
+    return ok(request, {"@odata.context": f"{METADATA}#domains", "value": strip_private(state.domains)})
+
+
+def get_alert(request: Request, state: TenantState, alert_id: str) -> Response:
+    for alert in state.alerts:
+        if alert.get("id") == alert_id:
+            served: Json = strip_private(alert)
+            return ok(request, {"@odata.context": f"{METADATA}#security/alerts_v2/$entity", **served})
+    return not_found(request, alert_id)
+
+
+def list_alerts(request: Request, state: TenantState) -> Response:
+    top_text = request.query.get("$top")
+    page_size = state.tenant.graph_page_size
+    if top_text is not None:
+        if not top_text.isdigit() or not 1 <= int(top_text) <= MAX_TOP:
+            return error(
+                request, 400, "BadRequest", f"Invalid $top value '{top_text}': use a number from 1 to {MAX_TOP}."
+            )
+        page_size = int(top_text)
+    offset = 0
+    token = request.query.get("$skiptoken")
+    if token is not None:
+        decoded = _decode_skiptoken(token)
+        if decoded is None:
+            return error(request, 400, "BadRequest", "The $skiptoken is invalid or has expired.")
+        offset = decoded
+    alerts = strip_private(state.alerts)
+    expression = request.query.get("$filter")
+    if expression:
+        alerts = [a for a in alerts if _matches_filter(a, expression)]
+    payload: Json = {"@odata.context": f"{METADATA}#security/alerts_v2", "value": alerts[offset : offset + page_size]}
+    if offset + page_size < len(alerts):
+        params = {k: v for k, v in request.query.items() if k in ("$top", "$filter", "$select")}
+        params["$skiptoken"] = _encode_skiptoken(offset + page_size)
+        payload["@odata.nextLink"] = (
+            f"{request.base_url}/v1.0/security/alerts_v2?{urlencode(params, safe='$', quote_via=quote)}"
+        )
+    return ok(request, payload)
+
+
+def _encode_skiptoken(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode("ascii").rstrip("=")
+
+
+def _decode_skiptoken(token: str) -> int | None:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+    except ValueError:
+        return None
+    prefix, _, number = text.partition(":")
+    return int(number) if prefix == "offset" and number.isdigit() else None
+
+
+# A deliberately small $filter: ``prop op literal`` clauses joined by ``and``. Clauses it cannot read
+# (lambda operators, functions, ``or``) are ignored, so a client must not rely on the simulator to narrow
+# results it has not checked itself.
+_CLAUSE = re.compile(r"^\s*(\w+)\s+(eq|ne|gt|ge|lt|le)\s+(.+?)\s*$", re.IGNORECASE)
+_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+_UNREADABLE = object()
+
+
+def _literal(text: str) -> Any:
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        return text[1:-1].replace("''", "'")
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "null":
+        return None
+    moment = _datetime(text)
+    if moment is not None:
+        return moment
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return _UNREADABLE
+
+
+def _datetime(value: object) -> dt.datetime | None:
+    if not isinstance(value, str) or not re.match(r"^\d{4}-\d{2}-\d{2}T", value):
+        return None
+    text = value.replace("Z", "+00:00")
+    # fromisoformat on 3.11 takes at most six fractional digits; Graph writes seven.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _matches_filter(item: Json, expression: str) -> bool:
+    if re.search(r"\bor\b|\(", expression, re.IGNORECASE):
+        return True
+    for clause in _AND.split(expression):
+        match = _CLAUSE.match(clause)
+        if not match:
+            continue
+        prop, op, literal_text = match.group(1), match.group(2).lower(), match.group(3)
+        literal = _literal(literal_text)
+        if literal is _UNREADABLE:
+            continue
+        actual: Any = item.get(prop)
+        if isinstance(literal, dt.datetime):
+            actual = _datetime(actual)
+            if actual is None:
+                return False
+        if not _compare(actual, op, literal):
+            return False
+    return True
+
+
+def _compare(actual: Any, op: str, expected: Any) -> bool:
+    if op == "eq":
+        return bool(actual == expected)
+    if op == "ne":
+        return bool(actual != expected)
+    if actual is None or expected is None:
+        return False
+    try:
+        if op == "gt":
+            return bool(actual > expected)
+        if op == "ge":
+            return bool(actual >= expected)
+        if op == "lt":
+            return bool(actual < expected)
+        return bool(actual <= expected)
+    except TypeError:
+        return False

@@ -1,0 +1,226 @@
+"""The tenant file: the seed state of the simulator.
+
+A tenant file holds wire shapes (Graph user, group, domain and alert JSON; Exchange
+Get-BlockedSenderAddress rows) so fixtures stay honest. Keys that only the simulator understands start
+with ``x-`` and are never served.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Json = dict[str, Any]
+
+DEFAULT_EXCHANGE_PAGE_SIZE = 1000
+DEFAULT_GRAPH_PAGE_SIZE = 100
+
+@dataclass
+class Tenant:
+    """A loaded, minimally validated tenant file.
+
+    ``history`` is the ``x-history`` list exactly as written: the product loads it into its own store.
+    ``raw`` is the whole document (after YAML timestamps were turned back into strings).
+    """
+
+    tenant_id: str
+    users: list[Json] = field(default_factory=list)
+    groups: list[Json] = field(default_factory=list)
+    domains: list[Json] = field(default_factory=list)
+    blocked_senders: list[Json] = field(default_factory=list)
+    alerts: list[Json] = field(default_factory=list)
+    history: list[Any] = field(default_factory=list)
+    raw: Json = field(default_factory=dict)
+    exchange_page_size: int = DEFAULT_EXCHANGE_PAGE_SIZE
+    graph_page_size: int = DEFAULT_GRAPH_PAGE_SIZE
+    removal_delay_seconds: float = 0.0
+    faults: list[Json] = field(default_factory=list)
+    latency: dict[str, float] = field(default_factory=dict)
+    source: str = "<dict>"
+
+    def find_user(self, key: str) -> Json | None:
+        """The user whose id, userPrincipalName or mail equals ``key`` (case-insensitive)."""
+        return find_user(self.users, key)
+
+
+TenantSource = Tenant | Mapping[str, Any] | str | os.PathLike[str]
+Fail = Callable[[str], ValueError]
+
+
+def find_user(users: list[Json], key: str) -> Json | None:
+    wanted = key.casefold()
+    for user in users:
+        for prop in ("id", "userPrincipalName", "mail"):
+            value = user.get(prop)
+            if isinstance(value, str) and value.casefold() == wanted:
+                return user
+    return None
+
+
+def load_tenant(source: TenantSource) -> Tenant:
+    """Load a tenant from a YAML or JSON file path, or from an already parsed mapping.
+
+    Raises ``ValueError`` with the location of the problem when the document is not a usable tenant.
+    """
+    if isinstance(source, Tenant):
+        return source
+    if isinstance(source, Mapping):
+        return _build(dict(source), "<dict>")
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read tenant file {path}: {exc.strerror or exc}") from exc
+    try:
+        document = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"tenant file {path} is not valid {_format_name(path)}: {exc}") from exc
+    if not isinstance(document, Mapping):
+        raise ValueError(f"tenant file {path}: the top level must be a mapping, got {_kind(document)}")
+    return _build(dict(document), str(path))
+
+
+def _format_name(path: Path) -> str:
+    return "JSON" if path.suffix.lower() == ".json" else "YAML"
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    return type(value).__name__
+
+
+def _build(document: Json, where: str) -> Tenant:
+    document = _json_safe(copy.deepcopy(document))
+
+    def fail(message: str) -> ValueError:
+        return ValueError(f"tenant file {where}: {message}")
+
+    tenant_id = document.get("tenantId")
+    if not isinstance(tenant_id, str) or not tenant_id.strip():
+        raise fail("missing tenantId (the directory id GUID, a non-empty string)")
+
+    def object_list(key: str, required: tuple[str, ...]) -> list[Json]:
+        value = document.get(key, [])
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise fail(f"{key} must be a list, got {_kind(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise fail(f"{key}[{index}] must be a mapping, got {_kind(item)}")
+            for prop in required:
+                if not isinstance(item.get(prop), str) or not item[prop]:
+                    raise fail(f"{key}[{index}] has no {prop} (a non-empty string)")
+        return value
+
+    users = object_list("users", ("id", "userPrincipalName"))
+    groups = object_list("groups", ("id",))
+    domains = object_list("domains", ("id",))
+    blocked = object_list("blockedSenders", ("SenderAddress",))
+    alerts = object_list("alerts", ("id",))
+
+    _unique(users, "users", "id", fail)
+    _unique(users, "users", "userPrincipalName", fail)
+    _unique(blocked, "blockedSenders", "SenderAddress", fail)
+    _unique(alerts, "alerts", "id", fail)
+    for index, user in enumerate(users):
+        member_of = user.get("x-memberOf", [])
+        if not isinstance(member_of, list) or not all(isinstance(g, str) for g in member_of):
+            raise fail(f"users[{index}].x-memberOf must be a list of group ids")
+        mailbox = user.get("x-mailbox")
+        if mailbox is not None and not isinstance(mailbox, dict):
+            raise fail(f"users[{index}].x-mailbox must be a mapping of Get-Mailbox properties")
+
+    history = document.get("x-history", [])
+    if history is None:
+        history = []
+    if not isinstance(history, list):
+        raise fail(f"x-history must be a list, got {_kind(history)}")
+
+    faults = object_list("x-faults", ("route",))
+    latency_doc = document.get("x-latency", {}) or {}
+    if not isinstance(latency_doc, dict):
+        raise fail(f"x-latency must be a mapping of route to seconds, got {_kind(latency_doc)}")
+    latency: dict[str, float] = {}
+    for route, seconds in latency_doc.items():
+        latency[str(route)] = _number(seconds, f"x-latency.{route}", fail)
+
+    for index, row in enumerate(blocked):
+        if "x-removalDelaySeconds" in row:
+            _number(row["x-removalDelaySeconds"], f"blockedSenders[{index}].x-removalDelaySeconds", fail)
+
+    return Tenant(
+        tenant_id=tenant_id.strip(),
+        users=users,
+        groups=groups,
+        domains=domains,
+        blocked_senders=blocked,
+        alerts=alerts,
+        history=history,
+        raw=document,
+        exchange_page_size=_page_size(document, "x-exchangePageSize", DEFAULT_EXCHANGE_PAGE_SIZE, fail),
+        graph_page_size=_page_size(document, "x-graphPageSize", DEFAULT_GRAPH_PAGE_SIZE, fail),
+        removal_delay_seconds=_number(document.get("x-removalDelaySeconds", 0), "x-removalDelaySeconds", fail),
+        faults=faults,
+        latency=latency,
+        source=where,
+    )
+
+
+def _unique(items: list[Json], key: str, prop: str, fail: Fail) -> None:
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        value = str(item[prop]).casefold()
+        if value in seen:
+            raise fail(f"{key}[{index}].{prop} {item[prop]!r} repeats {key}[{seen[value]}]")
+        seen[value] = index
+
+
+def _number(value: object, where: str, fail: Fail) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise fail(f"{where} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _page_size(document: Json, key: str, default: int, fail: Fail) -> int:
+    value = document.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise fail(f"{key} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    """Turn YAML timestamps back into the ISO strings the wire carries.
+
+    An unquoted ``2026-11-27T08:02:11Z`` in YAML loads as a datetime, which JSON cannot carry.
+    """
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        text = value.astimezone(dt.UTC).isoformat()
+        return text.replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def strip_private(value: Any) -> Any:
+    """A deep copy of ``value`` without the simulator-only ``x-`` keys, at any depth."""
+    if isinstance(value, dict):
+        return {k: strip_private(v) for k, v in value.items() if not str(k).startswith("x-")}
+    if isinstance(value, list):
+        return [strip_private(v) for v in value]
+    return value

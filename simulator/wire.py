@@ -1,0 +1,87 @@
+"""Request and response values shared by the endpoint modules (no HTTP plumbing here)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+ODATA_CONTENT_TYPE = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
+
+_NO_BODY = object()
+
+
+class NotJson(ValueError):
+    """The request body is empty or not valid JSON."""
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    """The path without the query string, percent-decoded."""
+    segments: list[str]
+    """``path`` split on ``/`` with empty parts removed, each percent-decoded."""
+    query: dict[str, str]
+    headers: Mapping[str, str]
+    """Header lookups are case-insensitive."""
+    body: bytes
+    base_url: str
+    """``http://host:port`` of the simulator, for links such as ``@odata.nextLink``."""
+    raw_path: str = ""
+    _parsed: Any = field(default=_NO_BODY, repr=False)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def json(self) -> Any:
+        """The body parsed as JSON; raises ``NotJson`` when it is empty or malformed."""
+        if self._parsed is _NO_BODY:
+            if not self.body.strip():
+                raise NotJson("the request body is empty")
+            try:
+                self._parsed = json.loads(self.body.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise NotJson(f"the request body is not valid JSON: {exc}") from exc
+        return self._parsed
+
+    def logged_body(self) -> Any:
+        """What the request log shows: parsed JSON when JSON, else text, else None."""
+        if not self.body:
+            return None
+        try:
+            return self.json()
+        except NotJson:
+            return self.body.decode("utf-8", errors="replace")
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    drop_after: float | None = None
+    """When set, send nothing: wait this many seconds, then close the connection."""
+
+
+def json_response(
+    status: int,
+    payload: Any,
+    headers: Mapping[str, str] | None = None,
+    *,
+    content_type: str = JSON_CONTENT_TYPE,
+) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return Response(status, body, {"Content-Type": content_type, **(headers or {})})
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso_seconds(moment: dt.datetime) -> str:
+    """``2026-11-27T08:02:11`` as Graph writes ``innerError.date``."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
