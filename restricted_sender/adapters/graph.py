@@ -1,0 +1,141 @@
+"""Microsoft Graph through ``msgraph-sdk``. Imported only by the processor: the SDK costs ~0.2-0.5 s to import."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+
+from ..errors import ServiceError, ServiceRefused, TransientServiceError
+from ..model import DirectoryUser
+from ..timeutil import iso
+from .identity import GRAPH_SCOPE
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+    from msgraph.graph_service_client import GraphServiceClient
+
+T = TypeVar("T")
+USER_FIELDS = ["id", "userPrincipalName", "mail", "accountEnabled", "userType", "createdDateTime"]
+CHECK_MEMBER_GROUPS_LIMIT = 20  # ids per checkMemberGroups call, the service's own limit
+
+
+def graph_client(
+    credential: AsyncTokenCredential,
+    *,
+    base_url: str = "https://graph.microsoft.com/v1.0",
+    timeout: float = 30.0,
+    max_retries: int = 3,
+    retry_delay: float = 3.0,
+) -> GraphServiceClient:
+    """A client that keeps the SDK's retry/redirect middleware (a plain httpx client would drop it)."""
+    from kiota_authentication_azure.azure_identity_authentication_provider import (
+        AzureIdentityAuthenticationProvider,
+    )
+    from kiota_http.middleware.options import RetryHandlerOption
+    from msgraph.graph_request_adapter import GraphRequestAdapter
+    from msgraph.graph_service_client import GraphServiceClient
+    from msgraph_core import GraphClientFactory  # type: ignore[import-untyped]
+
+    root = base_url.rstrip("/")
+    host = httpx.URL(root).host
+    retry = RetryHandlerOption(delay=retry_delay, max_retries=max_retries)
+    http = GraphClientFactory.create_with_default_middleware(
+        client=httpx.AsyncClient(base_url=root, timeout=timeout), options={retry.get_key(): retry}
+    )
+    auth = AzureIdentityAuthenticationProvider(credential, scopes=[GRAPH_SCOPE], allowed_hosts=[host])
+    adapter = GraphRequestAdapter(auth, client=http)
+    adapter.base_url = root
+    return GraphServiceClient(request_adapter=adapter)
+
+
+class GraphDirectory:
+    service = "graph"
+
+    def __init__(self, client: GraphServiceClient) -> None:
+        self._client = client
+
+    async def user(self, key: str) -> DirectoryUser | None:
+        from kiota_abstractions.base_request_configuration import RequestConfiguration
+        from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
+        from msgraph.generated.users.users_request_builder import UsersRequestBuilder
+
+        config = RequestConfiguration(
+            query_parameters=UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=USER_FIELDS)
+        )
+        found = await self._call(lambda: self._client.users.by_user_id(key).get(request_configuration=config))
+        if found is None and "@" in key:
+            # A mailbox's primary SMTP address need not be its UPN: look it up by mail.
+            escaped = key.replace("'", "''")
+            search = RequestConfiguration(
+                query_parameters=UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
+                    filter=f"mail eq '{escaped}'", select=USER_FIELDS, top=2
+                )
+            )
+            page = await self._call(lambda: self._client.users.get(request_configuration=search))
+            matches = list(page.value or []) if page is not None else []
+            found = matches[0] if len(matches) == 1 else None
+        if found is None:
+            return None
+        return DirectoryUser(
+            id=str(found.id),
+            user_principal_name=str(found.user_principal_name or key),
+            mail=found.mail,
+            account_enabled=found.account_enabled,
+            user_type=found.user_type,
+            created=iso(found.created_date_time) if found.created_date_time else None,
+        )
+
+    async def member_groups(self, key: str, group_ids: Sequence[str]) -> frozenset[str]:
+        from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
+            CheckMemberGroupsPostRequestBody,
+        )
+
+        found: set[str] = set()
+        ids = list(dict.fromkeys(group_ids))
+        for start in range(0, len(ids), CHECK_MEMBER_GROUPS_LIMIT):
+            body = CheckMemberGroupsPostRequestBody(group_ids=ids[start : start + CHECK_MEMBER_GROUPS_LIMIT])
+            request = self._client.users.by_user_id(key).check_member_groups
+            result = await self._call(partial(request.post, body))
+            if result is None:  # the user does not exist: member of nothing
+                return frozenset()
+            found.update(g.lower() for g in (result.value or []))
+        return frozenset(found)
+
+    async def close(self) -> None:
+        adapter: Any = self._client.request_adapter
+        await adapter._http_client.aclose()
+
+    async def _call(self, call: Callable[[], Awaitable[T | None]]) -> T | None:
+        """Run an SDK call; ``None`` for 404, typed errors for everything else."""
+        from kiota_abstractions.api_error import APIError
+
+        try:
+            return await call()
+        except APIError as error:
+            status = error.response_status_code
+            if status == 404:
+                return None
+            raise _mapped(status, _odata_message(error)) from error
+        except httpx.TimeoutException as error:
+            raise TransientServiceError(self.service, f"timed out ({type(error).__name__})") from error
+        except httpx.TransportError as error:
+            raise TransientServiceError(self.service, f"{type(error).__name__}: {error}") from error
+
+
+def _mapped(status: int | None, message: str) -> ServiceError:
+    if status is None or status == 429 or status >= 500:
+        # The SDK's retry middleware already waited out Retry-After; the queue retries the event later.
+        return TransientServiceError("graph", f"HTTP {status}: {message}", http_status=status)
+    if status in (401, 403):
+        message = f"{message} (check the identity's Graph application permissions, e.g. User.Read.All)"
+    return ServiceRefused("graph", f"HTTP {status}: {message}", http_status=status)
+
+
+def _odata_message(error: Exception) -> str:
+    inner = getattr(error, "error", None)
+    code = getattr(inner, "code", None)
+    message = getattr(inner, "message", None) or str(error)
+    return f"{code}: {message}" if code else str(message)

@@ -1,0 +1,76 @@
+"""The events queue (Azure Storage Queue), synchronous: the webhook handler is a plain sync function.
+
+Messages are base64-encoded: the queue trigger decodes base64 by default (host.json ``messageEncoding``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..errors import QueueUnavailable
+
+if TYPE_CHECKING:
+    from azure.storage.queue import QueueClient
+
+# Fail fast: the sender (Sentinel, a Logic App) retries a 503, so hanging here only delays that retry.
+_CLIENT_OPTIONS: dict[str, Any] = {"connection_timeout": 3, "read_timeout": 5, "retry_total": 2}
+
+
+class StorageQueue:
+    def __init__(self, client: QueueClient) -> None:
+        self._client = client
+        self._created = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_connection_string(cls, connection: str, queue_name: str) -> StorageQueue:
+        from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+        return cls(
+            QueueClient.from_connection_string(
+                connection, queue_name, message_encode_policy=TextBase64EncodePolicy(), **_CLIENT_OPTIONS
+            )
+        )
+
+    @classmethod
+    def with_identity(cls, account_url: str, queue_name: str, client_id: str | None) -> StorageQueue:
+        from azure.identity import ManagedIdentityCredential  # the sync credential: no aiohttp
+        from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+        credential = ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+        return cls(
+            QueueClient(
+                account_url,
+                queue_name,
+                credential=credential,
+                message_encode_policy=TextBase64EncodePolicy(),
+                **_CLIENT_OPTIONS,
+            )
+        )
+
+    def send(self, message: str) -> None:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            try:
+                self._client.send_message(message)
+            except ResourceNotFoundError:
+                self._create()  # a new storage account: the queue does not exist until first use
+                self._client.send_message(message)
+        except AzureError as error:
+            raise QueueUnavailable("queue", f"could not queue the event: {error.message}") from error
+
+    def _create(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        with self._lock:
+            if self._created:
+                return
+            with contextlib.suppress(ResourceExistsError):
+                self._client.create_queue()
+            self._created = True
+
+    def close(self) -> None:
+        self._client.close()

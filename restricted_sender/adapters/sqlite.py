@@ -1,0 +1,121 @@
+"""The embedded store (SQLite) for the CLI and the demo. Same contract as the Table Storage store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..model import UnblockEntry, UnblockKind
+from ..ports import ClaimResult, resolve_claim
+from ..timeutil import iso, parse_instant
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, state TEXT NOT NULL, claimed_at TEXT NOT NULL, outcome TEXT
+);
+CREATE TABLE IF NOT EXISTS unblocks (
+    user TEXT NOT NULL, event_id TEXT NOT NULL, at TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
+    PRIMARY KEY (user, event_id)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL, at TEXT NOT NULL, event_id TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_user ON audit (user, seq);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        # One connection guarded by a lock: the CLI is one process; SQLite serialises writers anyway.
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    async def claim(self, key: str, delivery_id: str, now: datetime) -> ClaimResult:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                inserted = self._db.execute(
+                    "INSERT OR IGNORE INTO claims (key, owner, state, claimed_at) VALUES (?, ?, 'claimed', ?)",
+                    (key, delivery_id, iso(now)),
+                ).rowcount
+                if inserted:
+                    result = ClaimResult.NEW
+                else:
+                    owner, state, claimed_at = self._db.execute(
+                        "SELECT owner, state, claimed_at FROM claims WHERE key = ?", (key,)
+                    ).fetchone()
+                    result = resolve_claim(
+                        owner=owner,
+                        state=state,
+                        claimed_at=parse_instant(claimed_at),
+                        delivery_id=delivery_id,
+                        now=now,
+                    )
+                    if result is ClaimResult.RESUMED:
+                        self._db.execute(
+                            "UPDATE claims SET owner = ?, claimed_at = ? WHERE key = ?", (delivery_id, iso(now), key)
+                        )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return result
+
+    async def complete(self, key: str, delivery_id: str, outcome: str, now: datetime) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO claims (key, owner, state, claimed_at, outcome) VALUES (?, ?, 'done', ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, state = 'done', outcome = excluded.outcome",
+                (key, delivery_id, iso(now), outcome),
+            )
+
+    async def record_unblock(self, entry: UnblockEntry) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO unblocks (user, event_id, at, kind, status) VALUES (?, ?, ?, ?, ?)",
+                (entry.user.lower(), entry.event_id, iso(entry.at), entry.kind.value, entry.status),
+            )
+
+    async def unblocks(self, user: str, since: datetime) -> Sequence[UnblockEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT user, event_id, at, kind, status FROM unblocks WHERE user = ? ORDER BY at", (user.lower(),)
+            ).fetchall()
+        entries = [
+            UnblockEntry(user=u, event_id=e, at=parse_instant(a), kind=UnblockKind(k), status=s)
+            for u, e, a, k, s in rows
+        ]
+        return [entry for entry in entries if entry.at >= since]
+
+    async def append_audit(self, record: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO audit (user, at, event_id, record) VALUES (?, ?, ?, ?)",
+                (
+                    str(record.get("user", "")).lower(),
+                    str(record.get("at", "")),
+                    str(record.get("event_id", "")),
+                    json.dumps(record, sort_keys=True),
+                ),
+            )
+
+    async def audit(self, user: str | None = None) -> Sequence[Mapping[str, Any]]:
+        with self._lock:
+            if user is None:
+                rows = self._db.execute("SELECT record FROM audit ORDER BY seq").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT record FROM audit WHERE user = ? ORDER BY seq", (user.lower(),)
+                ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    async def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,128 @@
+"""The edge: errors become HTTP statuses here and nowhere else; the function app's singletons live here.
+
+Importing this module is cheap: nothing heavy (httpx, msgraph, azure-identity, aiohttp) is imported until
+the processor first runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError, InputError, ResponderError, TransientServiceError, Unauthorized
+from .model import DecisionRecord, RestrictionEvent
+from .pipeline import Intake, Processor
+from .policy import Policy
+from .settings import Secret, Settings
+
+log = logging.getLogger("restricted_sender")
+SECRET_HEADER = "x-webhook-secret"  # noqa: S105 - a header name, not a secret
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    status: int
+    body: dict[str, Any]
+
+
+def check_shared_secret(headers: Mapping[str, str], secret: Secret | None) -> None:
+    if secret is None:
+        return
+    given = next((v for k, v in headers.items() if k.lower() == SECRET_HEADER), "")
+    # Constant time: the comparison must not tell an attacker how much of the secret they have right.
+    if not hmac.compare_digest(given.encode("utf-8"), secret.reveal().encode("utf-8")):
+        raise Unauthorized(f"missing or wrong {SECRET_HEADER} header")
+
+
+def receive_alerts(body: bytes, headers: Mapping[str, str], intake: Intake, secret: Secret | None) -> HttpAnswer:
+    """``POST /api/alerts``: 202 once every event is queued; a clear 4xx or 503 otherwise."""
+    try:
+        check_shared_secret(headers, secret)
+        result = intake.accept(body)
+    except InputError as error:
+        return HttpAnswer(error.status, error.to_body())
+    except TransientServiceError as error:
+        log.warning("alerts not accepted, the sender should retry: %s", error)
+        return HttpAnswer(503, error.to_body())
+    except ResponderError as error:
+        log.error("alerts not accepted: %s", error)
+        return HttpAnswer(500, error.to_body())
+    return HttpAnswer(202, result.to_body())
+
+
+async def process_message(text: str, processor: Processor) -> DecisionRecord:
+    """One queue message. A failure propagates: the queue retries it, then keeps it in the poison queue."""
+    try:
+        event = RestrictionEvent.from_message(text)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigurationError(f"unreadable event message ({error}); it will end in the poison queue") from error
+    return await processor.process(event)
+
+
+class Runtime:
+    """Process-wide singletons for the function app, built on first use.
+
+    The intake is shared by every webhook call. The processor's clients (aiohttp, httpx) belong to one event
+    loop, so they are rebuilt if the loop changes (as in tests that call ``asyncio.run`` repeatedly).
+    """
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._policy: Policy | Any = None
+        self._intake: Intake | None = None
+        self._processor: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
+
+    @property
+    def policy(self) -> Any:
+        if self._policy is None:
+            from .compose import load_policy
+
+            self._policy = load_policy(self.settings)
+        return self._policy
+
+    def intake(self) -> Intake:
+        if self._intake is None:
+            from .compose import build_intake
+
+            self._intake = build_intake(self.settings, self.policy)
+        return self._intake
+
+    def receive_alerts(self, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
+        try:
+            intake = self.intake()
+        except ConfigurationError as error:
+            log.error("cannot accept alerts: %s", error)
+            return HttpAnswer(500, error.to_body())
+        return receive_alerts(body, headers, intake, self.settings.alerts_shared_secret)
+
+    async def processor(self) -> Processor:
+        loop = asyncio.get_running_loop()
+        if self._processor is None or self._loop is not loop:
+            from .compose import build_processor
+
+            self._processor = await build_processor(self.settings, self.policy)
+            self._loop = loop
+        processor: Processor = self._processor.processor
+        return processor
+
+    async def process_message(self, text: str) -> DecisionRecord:
+        return await process_message(text, await self.processor())
+
+    def reset(self) -> None:
+        """Forget everything (tests change settings between cases)."""
+        self.__init__()  # type: ignore[misc]
+
+
+runtime = Runtime()

@@ -1,0 +1,102 @@
+"""Typed app settings, read once from the environment (Functions app settings). Secrets never print."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import ConfigurationError
+
+EVENTS_QUEUE = "restriction-events"  # fixed: the queue trigger's binding names it too
+GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
+EXCHANGE_BASE_URL = "https://outlook.office365.com"
+
+
+class Secret:
+    """A value that does not show itself in ``repr``, ``str``, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every app setting the product reads. The README's settings table lists the same names."""
+
+    tenant_id: str | None = None  # TENANT_ID
+    storage_connection: Secret | None = None  # AzureWebJobsStorage (a connection string)
+    queue_service_uri: str | None = None  # AzureWebJobsStorage__queueServiceUri (identity-based)
+    table_service_uri: str | None = None  # AzureWebJobsStorage__tableServiceUri (identity-based)
+    storage_client_id: str | None = None  # AzureWebJobsStorage__clientId
+    managed_identity_client_id: str | None = None  # AZURE_CLIENT_ID
+    policy_file: str | None = None  # POLICY_FILE
+    policy_yaml: str | None = None  # POLICY_YAML
+    graph_base_url: str = GRAPH_BASE_URL  # GRAPH_BASE_URL
+    exchange_base_url: str = EXCHANGE_BASE_URL  # EXCHANGE_BASE_URL
+    alerts_shared_secret: Secret | None = None  # ALERTS_SHARED_SECRET
+    ticket_webhook_url: str | None = None  # TICKET_WEBHOOK_URL
+    ticket_webhook_secret: Secret | None = None  # TICKET_WEBHOOK_SECRET
+    table_prefix: str = "rsr"  # TABLE_PREFIX
+    http_timeout_seconds: float = 30.0  # HTTP_TIMEOUT_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        source = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            value = source.get(name, "").strip()
+            return value or None
+
+        def secret(name: str) -> Secret | None:
+            value = text(name)
+            return Secret(value) if value else None
+
+        timeout_text = text("HTTP_TIMEOUT_SECONDS") or "30"
+        try:
+            timeout = float(timeout_text)
+        except ValueError as error:
+            raise ConfigurationError(
+                f"HTTP_TIMEOUT_SECONDS must be a number of seconds, got {timeout_text!r}"
+            ) from error
+        prefix = text("TABLE_PREFIX") or "rsr"
+        if not prefix.isalnum() or not prefix[0].isalpha():
+            raise ConfigurationError(f"TABLE_PREFIX must be letters and digits starting with a letter, got {prefix!r}")
+        return cls(
+            tenant_id=text("TENANT_ID"),
+            storage_connection=secret("AzureWebJobsStorage"),
+            queue_service_uri=text("AzureWebJobsStorage__queueServiceUri"),
+            table_service_uri=text("AzureWebJobsStorage__tableServiceUri"),
+            storage_client_id=text("AzureWebJobsStorage__clientId"),
+            managed_identity_client_id=text("AZURE_CLIENT_ID"),
+            policy_file=text("POLICY_FILE"),
+            policy_yaml=text("POLICY_YAML"),
+            graph_base_url=text("GRAPH_BASE_URL") or GRAPH_BASE_URL,
+            exchange_base_url=text("EXCHANGE_BASE_URL") or EXCHANGE_BASE_URL,
+            alerts_shared_secret=secret("ALERTS_SHARED_SECRET"),
+            ticket_webhook_url=text("TICKET_WEBHOOK_URL"),
+            ticket_webhook_secret=secret("TICKET_WEBHOOK_SECRET"),
+            table_prefix=prefix,
+            http_timeout_seconds=timeout,
+        )
+
+    def require_tenant_id(self) -> str:
+        if not self.tenant_id:
+            raise ConfigurationError("TENANT_ID is not set: the Exchange admin endpoint needs the tenant's id")
+        return self.tenant_id
