@@ -20,7 +20,7 @@ from .policy import Policy
 from .settings import Secret, Settings
 
 log = logging.getLogger("restricted_sender")
-SECRET_HEADER = "x-webhook-secret"  # noqa: S105 - a header name, not a secret
+SECRET_HEADER = "x-webhook-secret"  # noqa: S105  (a header name, not a secret)
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 

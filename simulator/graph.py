@@ -36,9 +36,7 @@ def ok(request: Request, payload: Any, status: int = 200) -> Response:
     return json_response(status, payload, headers, content_type=ODATA_CONTENT_TYPE)
 
 
-def error(
-    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> Response:
+def error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     """Graph's error body, ``innerError`` included."""
     request_id, client_request_id = _request_ids(request)
     payload = {
@@ -57,9 +55,7 @@ def error(
 
 
 def unauthorized(request: Request, problem: TokenProblem) -> Response:
-    return error(
-        request, 401, "InvalidAuthenticationToken", problem.message, {"WWW-Authenticate": _WWW_AUTHENTICATE}
-    )
+    return error(request, 401, "InvalidAuthenticationToken", problem.message, {"WWW-Authenticate": _WWW_AUTHENTICATE})
 
 
 def not_found(request: Request, key: str) -> Response:
@@ -117,9 +113,7 @@ def check_member_groups(request: Request, state: TenantState, key: str) -> Respo
         return bad_json(request)
     group_ids = body.get("groupIds") if isinstance(body, dict) else None
     if not isinstance(group_ids, list) or not all(isinstance(g, str) for g in group_ids):
-        return error(
-            request, 400, "Request_BadRequest", "Invalid request: groupIds must be a collection of strings."
-        )
+        return error(request, 400, "Request_BadRequest", "Invalid request: groupIds must be a collection of strings.")
     if len(group_ids) > CHECK_MEMBER_GROUPS_LIMIT:
         return error(
             request,

@@ -95,10 +95,10 @@ class TenantState:
         """Store a delivery; returns the ticket (a copy) and whether it is new."""
         with self._lock:
             if key is not None:
-                for ticket in self._tickets:
-                    if ticket["idempotency_key"] == key:
-                        ticket["deliveries"] += 1
-                        return copy.deepcopy(ticket), False
+                for existing in self._tickets:
+                    if existing["idempotency_key"] == key:
+                        existing["deliveries"] += 1
+                        return copy.deepcopy(existing), False
             ticket: Json = {
                 "id": f"SIM-{len(self._tickets) + 1:04d}",
                 "idempotency_key": key,

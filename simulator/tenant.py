@@ -19,9 +19,12 @@ from typing import Any
 import yaml
 
 Json = dict[str, Any]
+# The C loader reads a tenant file about ten times faster; both build plain data only (safe YAML).
+_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DEFAULT_EXCHANGE_PAGE_SIZE = 1000
 DEFAULT_GRAPH_PAGE_SIZE = 100
+
 
 @dataclass
 class Tenant:
@@ -80,7 +83,7 @@ def load_tenant(source: TenantSource) -> Tenant:
     except OSError as exc:
         raise ValueError(f"cannot read tenant file {path}: {exc.strerror or exc}") from exc
     try:
-        document = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        document = json.loads(text) if path.suffix.lower() == ".json" else yaml.load(text, Loader=_YamlLoader)  # noqa: S506
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ValueError(f"tenant file {path} is not valid {_format_name(path)}: {exc}") from exc
     if not isinstance(document, Mapping):

@@ -74,7 +74,7 @@ class TokenIssuer:
             "tid": self.tenant_id,
             "uti": uuid.uuid4().hex,
         }
-        header = _b64(json.dumps({"typ": "JWT", "alg": "HS256"}).encode())
+        header = _b64(json.dumps({"typ": "JWT", "alg": "HS256"}, separators=(",", ":")).encode())
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signature = _b64(hmac.new(self._key, f"{header}.{payload}".encode(), hashlib.sha256).digest())
         return f"{header}.{payload}.{signature}", expires_on

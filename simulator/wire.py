@@ -4,14 +4,40 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
-ODATA_CONTENT_TYPE = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
+ODATA_CONTENT_TYPE = (
+    "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
+)
 
 _NO_BODY = object()
+
+
+class Headers(Mapping[str, str]):
+    """Request headers with case-insensitive lookup; repeated headers are joined with ", "."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._names: dict[str, str] = {}
+        self._values: dict[str, str] = {}
+        for name, value in pairs:
+            key = name.lower()
+            self._names.setdefault(key, name)
+            self._values[key] = f"{self._values[key]}, {value}" if key in self._values else value
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names.values())
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
 
 
 class NotJson(ValueError):
