@@ -1,0 +1,270 @@
+"""``python -m restricted_sender``: replay, demo, simulator, policy validate.
+
+``replay`` runs alert files through the very intake and processor code the function app runs, with Graph,
+Exchange, the identity endpoint and the ticket webhook all served by the simulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .alerts import parse_alert_payload, parse_json
+from .errors import InputError, PolicyError, ResponderError
+from .model import DecisionRecord, UnblockEntry, UnblockKind
+from .policy import Policy, load_policy_file
+from .timeutil import FixedClock, SystemClock, parse_instant
+
+if TYPE_CHECKING:
+    from simulator import Simulator
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+DEMO_NOW = "2026-11-27T22:30:00Z"  # 90 minutes before the day blocks lift
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except ResponderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m restricted_sender", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    replay = commands.add_parser("replay", help="run alert files through intake and processing against the simulator")
+    replay.add_argument("alerts", nargs="+", type=Path, metavar="ALERT_FILE", help="a body as POSTed to /api/alerts")
+    replay.add_argument("--tenant", required=True, type=Path, help="tenant file (design §4) to seed the simulator")
+    replay.add_argument("--policy", required=True, type=Path, help="policy file (design §5)")
+    replay.add_argument("--now", type=parse_instant, help="fix the clock (ISO 8601, e.g. 2026-11-27T09:00:00Z)")
+    replay.add_argument("--json", action="store_true", help="print one decision record per line")
+    replay.add_argument("--requests-log", type=Path, help="write every request the simulator received (JSON lines)")
+    replay.set_defaults(run=_replay)
+
+    demo = commands.add_parser("demo", help="replay the shipped sample alerts against the sample tenant and policy")
+    demo.add_argument("--json", action="store_true", help="print one decision record per line")
+    demo.set_defaults(run=_demo)
+
+    sim = commands.add_parser("simulator", help="run the tenant simulator standalone (for func start)")
+    sim.add_argument("--tenant", required=True, type=Path)
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.set_defaults(run=_simulator)
+
+    policy = commands.add_parser("policy", help="work with policy files")
+    policy_commands = policy.add_subparsers(required=True, metavar="ACTION")
+    validate = policy_commands.add_parser("validate", help="report every problem of a policy file")
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(run=_policy_validate)
+    return parser
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    records: list[DecisionRecord]
+    requests: list[dict[str, Any]]
+    simulator_state: dict[str, Any]
+
+
+def _read_alert_files(paths: Sequence[Path]) -> list[tuple[Path, bytes]]:
+    """Read and check every file before acting on any: a malformed one stops the run untouched."""
+    bodies = []
+    for path in paths:
+        try:
+            body = path.read_bytes()
+        except OSError as error:
+            raise InputError(f"{path}: cannot read: {error.strerror or error}") from error
+        try:
+            parse_alert_payload(parse_json(body))
+        except InputError as error:
+            raise InputError(f"{path}: {error.message}") from error
+        bodies.append((path, body))
+    return bodies
+
+
+async def replay(
+    bodies: Sequence[bytes],
+    *,
+    tenant: Path | dict[str, Any],
+    policy: Policy | PolicyError,
+    now: datetime | None = None,
+) -> ReplayOutcome:
+    """The replay engine: the simulator on a free loopback port, an embedded store, the real clients."""
+    from simulator import Simulator, load_tenant
+
+    from .adapters.sqlite import SqliteStore
+    from .compose import build_intake, build_processor
+    from .edge import process_message
+    from .fakes import MemoryQueue
+    from .retry import RetryPolicy
+    from .settings import Settings
+
+    state = load_tenant(tenant)
+    clock = FixedClock(now) if now else SystemClock()
+    with _Simulated(Simulator(state, port=0)) as sim:
+        store = SqliteStore(":memory:")
+        await _seed_history(store, state.history)
+        settings = Settings(
+            tenant_id=state.tenant_id,
+            graph_base_url=f"{sim.url}/v1.0",
+            exchange_base_url=sim.url,
+            ticket_webhook_url=f"{sim.url}/tickets/webhook",
+            http_timeout_seconds=10,
+        )
+        queue = MemoryQueue()
+        intake = build_intake(settings, policy, queue=queue, clock=clock)
+        with _environment(IDENTITY_ENDPOINT=f"{sim.url}/msi/token", IDENTITY_HEADER=sim.identity_header):
+            bundle = await build_processor(
+                settings, policy, store=store, clock=clock, retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5)
+            )
+        records: list[DecisionRecord] = []
+        try:
+            for body in bodies:
+                result = intake.accept(body)
+                records.extend(result.ignored)
+                for message in queue.drain():
+                    records.append(await process_message(message, bundle.processor))
+        finally:
+            await bundle.aclose()
+            await store.close()
+        return ReplayOutcome(
+            records=records,
+            requests=[{k: r.get(k) for k in ("method", "path", "query", "body")} for r in sim.requests],
+            simulator_state={"blocked_senders": sim.blocked_senders, "tickets": sim.tickets},
+        )
+
+
+async def _seed_history(store: Any, history: Sequence[dict[str, Any]]) -> None:
+    for index, item in enumerate(history):
+        await store.record_unblock(
+            UnblockEntry(
+                user=str(item["user"]).lower(),
+                at=parse_instant(str(item["at"])),
+                kind=UnblockKind(str(item.get("kind", "auto"))),
+                event_id=f"x-history-{index}",
+            )
+        )
+
+
+def _load_policy_for_replay(path: Path) -> Policy | PolicyError:
+    try:
+        return load_policy_file(path)
+    except PolicyError as error:
+        # Exactly what the function app does: fail closed, escalate every restricted user, say it loudly.
+        print(f"POLICY INVALID (every restricted user is escalated): {error}", file=sys.stderr)
+        return error
+
+
+def _replay(args: argparse.Namespace) -> int:
+    bodies = _read_alert_files(args.alerts)
+    policy = _load_policy_for_replay(args.policy)
+    outcome = asyncio.run(replay([b for _, b in bodies], tenant=args.tenant, policy=policy, now=args.now))
+    _print_records(outcome.records, as_json=args.json, out=sys.stdout)
+    if args.requests_log:
+        with args.requests_log.open("w", encoding="utf-8") as log:
+            for request in outcome.requests:
+                log.write(json.dumps(request, sort_keys=True) + "\n")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    alerts = sorted((SAMPLES / "alerts").glob("*.json"))
+    bodies = _read_alert_files(alerts)
+    policy = _load_policy_for_replay(SAMPLES / "policy.yaml")
+    now = parse_instant(DEMO_NOW)
+    outcome = asyncio.run(replay([b for _, b in bodies], tenant=SAMPLES / "tenant.yaml", policy=policy, now=now))
+    if args.json:
+        _print_records(outcome.records, as_json=True, out=sys.stdout)
+        return 0
+    mode = policy.mode if isinstance(policy, Policy) else "invalid policy"
+    print(f"Replayed {len(alerts)} sample alert(s) from samples/alerts against samples/tenant.yaml")
+    print(f"(policy samples/policy.yaml, mode {mode}, clock fixed at {DEMO_NOW})\n")
+    _print_records(outcome.records, as_json=False, out=sys.stdout)
+    still = ", ".join(str(r["SenderAddress"]) for r in outcome.simulator_state["blocked_senders"]) or "nobody"
+    print(f"\nStill restricted in the simulated tenant: {still}")
+    print(f"Tickets received by the simulated webhook: {len(outcome.simulator_state['tickets'])}")
+    return 0
+
+
+def _print_records(records: Sequence[DecisionRecord], *, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        for record in records:
+            out.write(json.dumps(record.to_dict(), sort_keys=True) + "\n")
+        return
+    rows = [("USER", "DECISION", "REASONS", "ACTIONS")]
+    for record in records:
+        reasons = "; ".join(r.code for r in record.decision.reasons)
+        actions = "; ".join(f"{a.kind}:{a.status.value}" for a in record.actions) or "-"
+        rows.append((record.user or "-", record.decision.outcome.value, reasons, actions))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3] + "\n")
+    out.write("\nWhy:\n")
+    for record in records:
+        for reason in record.decision.reasons:
+            out.write(f"  {record.user or record.alert_id}: [{reason.code}] {reason.text}\n")
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from simulator import serve
+
+    serve(args.tenant, host=args.host, port=args.port)
+    return 0
+
+
+def _policy_validate(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy_file(args.file)
+    except PolicyError as error:
+        for problem in error.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: valid (mode {policy.mode}, version {policy.version})")
+    for note in policy.notes:
+        print(f"{args.file}: note: {note}")
+    return 0
+
+
+class _Simulated:
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    def __enter__(self) -> Simulator:
+        self.sim.start()
+        return self.sim
+
+    def __exit__(self, *exc: object) -> None:
+        self.sim.stop()
+
+
+class _environment:
+    """Set environment variables for the duration (the credential reads them when it is created)."""
+
+    def __init__(self, **values: str) -> None:
+        self.values = values
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> None:
+        for key, value in self.values.items():
+            self.saved[key] = os.environ.get(key)
+            os.environ[key] = value
+
+    def __exit__(self, *exc: object) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
