@@ -30,10 +30,10 @@ def _request_ids(request: Request) -> tuple[str, str]:
     return str(uuid.uuid4()), request.header("client-request-id") or str(uuid.uuid4())
 
 
-def ok(request: Request, payload: Any, status: int = 200) -> Response:
+def ok(request: Request, payload: Any) -> Response:
     request_id, client_request_id = _request_ids(request)
     headers = {"request-id": request_id, "client-request-id": client_request_id}
-    return json_response(status, payload, headers, content_type=ODATA_CONTENT_TYPE)
+    return json_response(200, payload, headers, content_type=ODATA_CONTENT_TYPE)
 
 
 def error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:

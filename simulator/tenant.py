@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from simulator.faults import Fault, validate_route
+
 Json = dict[str, Any]
 # The C loader reads a tenant file about ten times faster; both build plain data only (safe YAML).
 _YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -150,11 +152,20 @@ def _build(document: Json, where: str) -> Tenant:
         raise fail(f"x-history must be a list, got {_kind(history)}")
 
     faults = object_list("x-faults", ("route",))
+    for index, spec in enumerate(faults):
+        try:
+            Fault.from_mapping(spec)
+        except (TypeError, ValueError) as exc:
+            raise fail(f"x-faults[{index}]: {exc}") from exc
     latency_doc = document.get("x-latency", {}) or {}
     if not isinstance(latency_doc, dict):
         raise fail(f"x-latency must be a mapping of route to seconds, got {_kind(latency_doc)}")
     latency: dict[str, float] = {}
     for route, seconds in latency_doc.items():
+        try:
+            validate_route(str(route))
+        except ValueError as exc:
+            raise fail(f"x-latency: {exc}") from exc
         latency[str(route)] = _number(seconds, f"x-latency.{route}", fail)
 
     for index, row in enumerate(blocked):

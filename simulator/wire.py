@@ -57,7 +57,6 @@ class Request:
     body: bytes
     base_url: str
     """``http://host:port`` of the simulator, for links such as ``@odata.nextLink``."""
-    raw_path: str = ""
     _parsed: Any = field(default=_NO_BODY, repr=False)
 
     def header(self, name: str) -> str | None:

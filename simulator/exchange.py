@@ -1,0 +1,274 @@
+"""The Exchange Online admin endpoint ``POST /adminapi/beta/{tenantId}/InvokeCommand``.
+
+The endpoint is undocumented; the shapes follow what community clients observe: OData JSON with rows in
+``value``, ``@odata.nextLink`` re-POSTed with the same body, and errors whose ``message`` is
+``|<exception type>|<text>`` with the text repeated in ``details[].message``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+from simulator.state import TenantState
+from simulator.tenant import Json
+from simulator.tokens import TokenProblem
+from simulator.wire import ODATA_CONTENT_TYPE, NotJson, Request, Response, json_response
+
+SYSTEM_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
+NOT_FOUND_TYPE = "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"
+VALIDATION_TYPE = "Microsoft.Exchange.Management.Tasks.ValidationException"
+PARAMETER_TYPE = "System.Management.Automation.ParameterBindingException"
+COMMAND_NOT_FOUND_TYPE = "System.Management.Automation.CommandNotFoundException"
+UNBLOCK_LIMIT_TEXT = "You have exceeded the unblock limit for this user. Contact Microsoft Support to unblock the user."
+# The service's detail codes are opaque; the unblock-limit one is kept stable because clients log it.
+_DETAIL_CODES = {VALIDATION_TYPE: "Ex6F9304"}
+_WWW_AUTHENTICATE = (
+    'Bearer client_id="00000002-0000-0ff1-ce00-000000000000", '
+    'trusted_issuers="00000001-0000-0000-c000-000000000000@*", '
+    'token_types="app_asserted_user_v1 service_asserted_app_v1", error="invalid_token"'
+)
+_MAILBOX_DEFAULTS: Json = {
+    "ForwardingSmtpAddress": None,
+    "ForwardingAddress": None,
+    "DeliverToMailboxAndForward": False,
+}
+# PowerShell binds parameter names case-insensitively and rejects names a cmdlet does not have.
+_PARAMETERS: dict[str, frozenset[str]] = {
+    "get-blockedsenderaddress": frozenset({"senderaddress"}),
+    "remove-blockedsenderaddress": frozenset({"senderaddress", "reason", "confirm"}),
+    "get-mailbox": frozenset(
+        {"identity", "resultsize", "recipienttypedetails", "filter", "properties", "propertysets"}
+    ),
+}
+
+
+def anchor_mailbox(tenant_id: str) -> str:
+    return f"APP:{SYSTEM_MAILBOX}@{tenant_id}"
+
+
+def context_url(tenant_id: str) -> str:
+    return f"https://outlook.office365.com/adminapi/beta/{tenant_id}/$metadata#Collection(Exchange.GenericHashTable)"
+
+
+def error(status: int, code: str, text: str, exception_type: str | None = None) -> Response:
+    """The InvokeCommand error body; without an exception type the message is the bare text."""
+    message = f"|{exception_type}|{text}" if exception_type else text
+    detail_code = _DETAIL_CODES.get(exception_type or "") or _detail_code(exception_type or code)
+    inner: Json = {"message": text, "type": exception_type or ""}
+    payload = {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": [{"code": detail_code, "target": "", "message": text}],
+            "innererror": inner,
+        }
+    }
+    return json_response(status, payload, {"request-id": str(uuid.uuid4())})
+
+
+def _detail_code(seed: str) -> str:
+    return "Ex" + hashlib.sha256(seed.encode()).hexdigest()[:6].upper()
+
+
+def unauthorized(problem: TokenProblem) -> Response:
+    response = error(401, "Unauthorized", problem.message)
+    response.headers["WWW-Authenticate"] = _WWW_AUTHENTICATE
+    return response
+
+
+def not_found_object(identity: str) -> Response:
+    return error(
+        400,
+        "BadRequest",
+        f"The operation couldn't be performed because object '{identity}' couldn't be found.",
+        NOT_FOUND_TYPE,
+    )
+
+
+def cmdlet_name(request: Request) -> str | None:
+    """The CmdletName of the body, or None when the body does not carry one."""
+    try:
+        body = request.json()
+    except NotJson:
+        return None
+    cmdlet_input = body.get("CmdletInput") if isinstance(body, dict) else None
+    name = cmdlet_input.get("CmdletName") if isinstance(cmdlet_input, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def check_anchor(request: Request, tenant_in_path: str) -> Response | None:
+    """The 400 for a missing or wrong ``X-AnchorMailbox``; None when it routes to the tenant."""
+    anchor = request.header("X-AnchorMailbox")
+    if anchor is None or anchor.strip().casefold() != anchor_mailbox(tenant_in_path).casefold():
+        return error(
+            400,
+            "BadRequest",
+            f"The X-AnchorMailbox header must be '{anchor_mailbox(tenant_in_path)}', got {anchor!r}.",
+        )
+    return None
+
+
+def invoke_command(request: Request, state: TenantState, tenant_in_path: str) -> Response:
+    try:
+        body = request.json()
+    except NotJson as exc:
+        return error(400, "BadRequest", str(exc))
+    cmdlet_input = body.get("CmdletInput") if isinstance(body, dict) else None
+    name = cmdlet_input.get("CmdletName") if isinstance(cmdlet_input, dict) else None
+    parameters = cmdlet_input.get("Parameters", {}) if isinstance(cmdlet_input, dict) else None
+    if parameters is None:
+        parameters = {}
+    if not isinstance(name, str) or not name or not isinstance(parameters, dict):
+        return error(
+            400,
+            "BadRequest",
+            'The body must be {"CmdletInput": {"CmdletName": "<cmdlet>", "Parameters": {...}}}.',
+        )
+    allowed = _PARAMETERS.get(name.casefold())
+    if allowed is None:
+        return error(
+            400,
+            "BadRequest",
+            f"The term '{name}' is not recognized as a name of a cmdlet, function, script file, or executable program.",
+            COMMAND_NOT_FOUND_TYPE,
+        )
+    params = {str(k).casefold(): v for k, v in parameters.items()}
+    for key in params:
+        if key not in allowed:
+            original = next(k for k in parameters if str(k).casefold() == key)
+            return error(
+                400,
+                "BadRequest",
+                f"A parameter cannot be found that matches parameter name '{original}'.",
+                PARAMETER_TYPE,
+            )
+    handler = {
+        "get-blockedsenderaddress": _get_blocked_sender_address,
+        "remove-blockedsenderaddress": _remove_blocked_sender_address,
+        "get-mailbox": _get_mailbox,
+    }[name.casefold()]
+    return handler(request, state, tenant_in_path, params)
+
+
+def _string_param(params: dict[str, Any], name: str) -> str | Response | None:
+    value = params.get(name.casefold())
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        return error(
+            400,
+            "BadRequest",
+            f"Cannot bind parameter '{name}'. Cannot convert value '{value}' to a string address.",
+            PARAMETER_TYPE,
+        )
+    return value.strip()
+
+
+def _get_blocked_sender_address(
+    request: Request, state: TenantState, tenant_in_path: str, params: dict[str, Any]
+) -> Response:
+    address = _string_param(params, "SenderAddress")
+    if isinstance(address, Response):
+        return address
+    rows = state.blocked_rows()
+    if address is not None:
+        rows = [row for row in rows if row["SenderAddress"].casefold() == address.casefold()]
+    return _rows(request, state, tenant_in_path, rows)
+
+
+def _remove_blocked_sender_address(
+    request: Request, state: TenantState, tenant_in_path: str, params: dict[str, Any]
+) -> Response:
+    address = _string_param(params, "SenderAddress")
+    if isinstance(address, Response):
+        return address
+    if address is None:
+        return error(
+            400,
+            "BadRequest",
+            "Cannot process command because of one or more missing mandatory parameters: SenderAddress.",
+            PARAMETER_TYPE,
+        )
+    row = state.find_blocked(address)
+    if row is None:
+        return not_found_object(address)
+    user = state.find_user(address)
+    if row.get("x-unblockLimitReached") is True or (user is not None and user.get("x-unblockLimitReached") is True):
+        return error(400, "BadRequest", UNBLOCK_LIMIT_TEXT, VALIDATION_TYPE)
+    if not state.schedule_removal(address):
+        return not_found_object(address)
+    return _payload(tenant_in_path, [])
+
+
+def _get_mailbox(request: Request, state: TenantState, tenant_in_path: str, params: dict[str, Any]) -> Response:
+    identity = _string_param(params, "Identity")
+    if isinstance(identity, Response):
+        return identity
+    if identity is None:
+        rows = [_mailbox_row(user) for user in state.users]
+        return _rows(request, state, tenant_in_path, rows)
+    user = state.find_user(identity) or _by_proxy_address(state, identity)
+    if user is None:
+        return not_found_object(identity)
+    return _rows(request, state, tenant_in_path, [_mailbox_row(user)])
+
+
+def _by_proxy_address(state: TenantState, address: str) -> Json | None:
+    wanted = f"smtp:{address}".casefold()
+    for user in state.users:
+        proxies = user.get("proxyAddresses") or []
+        if any(isinstance(p, str) and p.casefold() == wanted for p in proxies):
+            return user
+    return None
+
+
+def _mailbox_row(user: Json) -> Json:
+    mailbox = user.get("x-mailbox") or {}
+    row: Json = {
+        **_MAILBOX_DEFAULTS,
+        "PrimarySmtpAddress": user.get("mail") or user["userPrincipalName"],
+        "UserPrincipalName": user["userPrincipalName"],
+    }
+    row.update({k: v for k, v in mailbox.items() if not str(k).startswith("x-")})
+    return row
+
+
+def _payload(tenant_in_path: str, rows: list[Json], next_link: str | None = None) -> Response:
+    payload: Json = {"@odata.context": context_url(tenant_in_path), "adminapi.warnings": [], "value": rows}
+    if next_link is not None:
+        payload["@odata.nextLink"] = next_link
+    return json_response(200, payload, {"request-id": str(uuid.uuid4())}, content_type=ODATA_CONTENT_TYPE)
+
+
+def _page_size(request: Request, default: int) -> tuple[int, bool]:
+    """The page size from ``Prefer: odata.maxpagesize=N`` (and whether it was asked for)."""
+    prefer = request.header("Prefer") or ""
+    for preference in prefer.split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().casefold() == "odata.maxpagesize" and value.strip().isdigit() and int(value) > 0:
+            return int(value), True
+    return default, False
+
+
+def _rows(request: Request, state: TenantState, tenant_in_path: str, rows: list[Json]) -> Response:
+    selected = request.query.get("$select")
+    if selected:
+        wanted = {name.strip().casefold() for name in selected.split(",") if name.strip()}
+        rows = [{k: v for k, v in row.items() if k.casefold() in wanted} for row in rows]
+    page_size, asked = _page_size(request, state.tenant.exchange_page_size)
+    token = request.query.get("$skiptoken", "0")
+    if not token.isdigit():
+        return error(400, "BadRequest", f"The $skiptoken '{token}' is not valid.")
+    offset = int(token)
+    next_link = None
+    if offset + page_size < len(rows):
+        select = f"$select={quote(selected, safe=',')}&" if selected else ""
+        endpoint = f"{request.base_url}/adminapi/beta/{tenant_in_path}/InvokeCommand"
+        next_link = f"{endpoint}?{select}$skiptoken={offset + page_size}"
+    response = _payload(tenant_in_path, rows[offset : offset + page_size], next_link)
+    if asked:
+        response.headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
+    return response

@@ -1,0 +1,605 @@
+"""The HTTP server: routing, the request log, faults and latency, and the ``/_sim`` control endpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from simulator import exchange, graph, identity, tickets
+from simulator.faults import CONTROL_ROUTE, Fault, FaultBook, FaultKind
+from simulator.state import RequestLog, TenantState
+from simulator.tenant import Json, Tenant, TenantSource, load_tenant
+from simulator.tokens import EXCHANGE_RESOURCE, GRAPH_RESOURCE, TokenIssuer
+from simulator.wire import JSON_CONTENT_TYPE, ODATA_CONTENT_TYPE, Headers, NotJson, Request, Response, json_response
+
+UNKNOWN_ROUTE = "unknown"
+MALFORMED_BODY = b'{"value":[{"id":"truncated'
+_MAX_BODY = 16 * 1024 * 1024
+_DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+
+Endpoint = Callable[[], Response]
+
+
+class Simulator:
+    """A local stand-in for one Microsoft 365 tenant, served over real HTTP on 127.0.0.1.
+
+    ``tenant`` is a ``Tenant``, a parsed tenant document, or the path of a YAML/JSON tenant file.
+    """
+
+    def __init__(
+        self,
+        tenant: TenantSource,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        identity_header: str | None = None,
+    ) -> None:
+        self.tenant: Tenant = load_tenant(tenant)
+        self.identity_header: str = identity_header or secrets.token_urlsafe(24)
+        self._host = host
+        self._port = port
+        self._state = TenantState(self.tenant)
+        self._tokens = TokenIssuer(self.tenant.tenant_id)
+        self._faults = FaultBook()
+        self._log = RequestLog()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        for spec in self.tenant.faults:
+            self._faults.add(Fault.from_mapping(spec))
+        for route, seconds in self.tenant.latency.items():
+            self._faults.set_latency(route, seconds)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> Simulator:
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        server = _Server((self._host, self._port), _Handler, self)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="simulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        # Wakes handlers that are sleeping for latency or a timeout fault.
+        self._stopping.set()
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- addresses -------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``; the simulator must be started."""
+        if self._server is None:
+            raise RuntimeError("the simulator is not running: call start() or use it as a context manager")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def identity_endpoint(self) -> str:
+        """The value for ``IDENTITY_ENDPOINT``."""
+        return f"{self.url}/msi/token"
+
+    @property
+    def graph_url(self) -> str:
+        return f"{self.url}/v1.0"
+
+    @property
+    def exchange_url(self) -> str:
+        """The Exchange base URL: InvokeCommand lives at ``{exchange_url}/adminapi/beta/{tenantId}/InvokeCommand``."""
+        return self.url
+
+    @property
+    def tickets_url(self) -> str:
+        return f"{self.url}/tickets/webhook"
+
+    @property
+    def tenant_id(self) -> str:
+        return self.tenant.tenant_id
+
+    @property
+    def anchor_mailbox(self) -> str:
+        """The ``X-AnchorMailbox`` value InvokeCommand requires."""
+        return exchange.anchor_mailbox(self.tenant_id)
+
+    # -- state for assertions ----------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[Json]:
+        """Every request except ``/_sim`` control calls, in arrival order (copies)."""
+        return self._log.snapshot()
+
+    def clear_requests(self) -> None:
+        self._log.clear()
+
+    @property
+    def blocked_senders(self) -> list[Json]:
+        """The rows Get-BlockedSenderAddress would serve now (copies, without ``x-`` keys)."""
+        return self._state.blocked_rows()
+
+    def add_blocked_sender(self, row: Mapping[str, Any]) -> None:
+        """Restrict a sender (a Get-BlockedSenderAddress row; ``x-`` keys allowed), replacing any row for it."""
+        self._state.add_blocked(row)
+
+    @property
+    def tickets(self) -> list[Json]:
+        """Tickets the webhook sink received, one per distinct Idempotency-Key (copies)."""
+        return self._state.tickets()
+
+    def issue_token(self, resource: str, *, lifetime: int = 3600) -> str:
+        """A bearer token for ``resource``, as the identity endpoint would issue it."""
+        token, _ = self._tokens.issue(resource.rstrip("/"), lifetime=lifetime)
+        return token
+
+    # -- faults and latency ------------------------------------------------------------------------------
+
+    def inject_fault(
+        self,
+        route: str,
+        *,
+        status: int = 503,
+        retry_after: float | None = None,
+        times: int | None = 1,
+        kind: FaultKind = "status",
+        body: Any = None,
+        seconds: float = 2.0,
+    ) -> Fault:
+        """Make the next ``times`` requests to ``route`` fail (``times=None``: every request).
+
+        ``kind``: ``status`` answers ``status`` (with ``Retry-After`` and the service's error body, or
+        ``body``); ``timeout`` waits ``seconds`` and drops the connection without answering;
+        ``malformed`` answers 200 with a body that is not valid JSON.
+        """
+        fault = Fault(
+            route=route, status=status, retry_after=retry_after, times=times, kind=kind, body=body, seconds=seconds
+        )
+        self._faults.add(fault)
+        return fault
+
+    @property
+    def faults(self) -> list[Fault]:
+        """Faults still pending."""
+        return self._faults.pending()
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def set_latency(self, route: str, seconds: float) -> None:
+        """Delay every answer on ``route`` by ``seconds`` (0 removes the delay)."""
+        self._faults.set_latency(route, seconds)
+
+    def clear_latency(self) -> None:
+        self._faults.clear_latency()
+
+    # -- request handling ----------------------------------------------------------------------------------
+
+    def _handle(self, request: Request) -> Response:
+        """The answer to ``request``, logged (control calls excepted) before it is sent.
+
+        The status is logged before sending so a client that has its answer already sees it in the log.
+        """
+        route, endpoint = self._route(request)
+        entry: Json | None = None
+        if route != CONTROL_ROUTE:
+            entry = self._log.add(
+                {
+                    "method": request.method,
+                    "path": request.path,
+                    "query": dict(request.query),
+                    "body": request.logged_body(),
+                    "route": route,
+                    "status": None,
+                    "headers": dict(request.headers.items()),
+                }
+            )
+        response = self._answer(route, endpoint, request)
+        if entry is not None and response.drop_after is None:
+            self._log.set_status(entry, response.status)
+        return response
+
+    def _answer(self, route: str, endpoint: Endpoint, request: Request) -> Response:
+        delay = self._faults.latency(route)
+        if delay > 0 and self._stopping.wait(delay):
+            return Response(503, drop_after=0)
+        fault = self._faults.take(route)
+        if fault is not None:
+            return self._fault_response(fault, route, request)
+        try:
+            return endpoint()
+        except Exception as exc:
+            traceback.print_exc()
+            return _plain_error(500, "SimulatorError", f"{type(exc).__name__}: {exc}")
+
+    def _wait_unless_stopping(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    def _route(self, request: Request) -> tuple[str, Endpoint]:
+        method = request.method
+        parts = request.segments
+        folded = [p.casefold() for p in parts]
+        state = self._state
+
+        def only(allowed: str, route: str, endpoint: Endpoint) -> tuple[str, Endpoint]:
+            if method != allowed:
+                return route, lambda: _method_not_allowed(request, route, allowed)
+            return route, endpoint
+
+        if folded[:1] == ["_sim"]:
+            return CONTROL_ROUTE, lambda: self._control(request)
+        if folded == ["msi", "token"]:
+            return only(
+                "GET", "identity.token", lambda: identity.get_token(request, self._tokens, self.identity_header)
+            )
+        if folded[:1] == ["v1.0"]:
+            return self._route_graph(request, parts[1:], folded[1:], only)
+        if len(folded) == 4 and folded[:2] == ["adminapi", "beta"] and folded[3] == "invokecommand":
+            name = exchange.cmdlet_name(request) if method == "POST" else None
+            route = f"exchange.{name or 'InvokeCommand'}"
+            return only("POST", route, lambda: self._exchange(request, parts[2]))
+        if folded == ["tickets", "webhook"]:
+            return only("POST", "tickets.webhook", lambda: tickets.webhook(request, state))
+        if folded[:1] == ["adminapi"]:
+            return UNKNOWN_ROUTE, lambda: exchange.error(404, "NotFound", f"No resource at '{request.path}'.")
+        return UNKNOWN_ROUTE, lambda: _plain_error(404, "NotFound", f"No route for {method} {request.path}")
+
+    def _route_graph(
+        self,
+        request: Request,
+        parts: list[str],
+        folded: list[str],
+        only: Callable[[str, str, Endpoint], tuple[str, Endpoint]],
+    ) -> tuple[str, Endpoint]:
+        state = self._state
+
+        def authorized(endpoint: Endpoint) -> Endpoint:
+            def run() -> Response:
+                problem = self._tokens.check(request.header("Authorization"), GRAPH_RESOURCE)
+                return graph.unauthorized(request, problem) if problem else endpoint()
+
+            return run
+
+        if len(folded) == 2 and folded[0] == "users":
+            return only("GET", "graph.user", authorized(lambda: graph.get_user(request, state, parts[1])))
+        if len(folded) == 3 and folded[0] == "users" and folded[2] in _CHECK_MEMBER_GROUPS:
+            return only(
+                "POST",
+                "graph.checkMemberGroups",
+                authorized(lambda: graph.check_member_groups(request, state, parts[1])),
+            )
+        if folded == ["domains"]:
+            return only("GET", "graph.domains", authorized(lambda: graph.list_domains(request, state)))
+        if folded == ["security", "alerts_v2"]:
+            return only("GET", "graph.alerts", authorized(lambda: graph.list_alerts(request, state)))
+        if len(folded) == 3 and folded[:2] == ["security", "alerts_v2"]:
+            return only("GET", "graph.alert", authorized(lambda: graph.get_alert(request, state, parts[2])))
+        segment = parts[-1] if parts else "v1.0"
+        return UNKNOWN_ROUTE, lambda: graph.error(
+            request, 404, "NotFound", f"Resource not found for the segment '{segment}'."
+        )
+
+    def _exchange(self, request: Request, tenant_in_path: str) -> Response:
+        if tenant_in_path.casefold() != self.tenant_id.casefold():
+            return exchange.error(404, "NotFound", f"The tenant '{tenant_in_path}' was not found.")
+        problem = self._tokens.check(request.header("Authorization"), EXCHANGE_RESOURCE)
+        if problem is not None:
+            return exchange.unauthorized(problem)
+        rejected = exchange.check_anchor(request, tenant_in_path)
+        if rejected is not None:
+            return rejected
+        return exchange.invoke_command(request, self._state, tenant_in_path)
+
+    def _fault_response(self, fault: Fault, route: str, request: Request) -> Response:
+        if fault.kind == "timeout":
+            return Response(0, drop_after=fault.seconds)
+        if fault.kind == "malformed":
+            return Response(200, MALFORMED_BODY, {"Content-Type": ODATA_CONTENT_TYPE})
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            seconds = fault.retry_after
+            headers["Retry-After"] = str(int(seconds)) if float(seconds).is_integer() else str(seconds)
+        if fault.body is not None:
+            response = _custom_body(fault.status, fault.body)
+        else:
+            response = _service_error(fault.status, route, request)
+        response.headers.update(headers)
+        return response
+
+    # -- control endpoints ---------------------------------------------------------------------------------
+
+    def _control(self, request: Request) -> Response:
+        action = (request.method, "/".join(s.casefold() for s in request.segments[1:]))
+        try:
+            if action == ("GET", "requests"):
+                return json_response(200, {"value": self.requests})
+            if action == ("GET", "state"):
+                return json_response(200, self._state_json())
+            if action == ("POST", "faults"):
+                return self._control_add_faults(request)
+            if action == ("DELETE", "faults"):
+                count = len(self._faults.pending())
+                self._faults.clear()
+                return json_response(200, {"cleared": count})
+            if action == ("POST", "latency"):
+                spec = request.json()
+                if not isinstance(spec, dict) or set(spec) != {"route", "seconds"}:
+                    raise ValueError('the body must be {"route": "<route>", "seconds": <number>}')
+                self._faults.set_latency(spec["route"], spec["seconds"])
+                return json_response(200, {"latency": self._faults.latencies()})
+            if action == ("POST", "reset-requests"):
+                return json_response(200, {"cleared": self._log.clear()})
+            if action == ("POST", "blocked-senders"):
+                row = request.json()
+                if not isinstance(row, dict):
+                    raise ValueError("the body must be a Get-BlockedSenderAddress row")
+                self._state.add_blocked(row)
+                return json_response(201, {"value": self.blocked_senders})
+        except (NotJson, ValueError, TypeError) as exc:
+            return _plain_error(400, "BadRequest", str(exc))
+        return _plain_error(404, "NotFound", f"No control endpoint {request.method} {request.path}")
+
+    def _control_add_faults(self, request: Request) -> Response:
+        spec = request.json()
+        specs = spec if isinstance(spec, list) else [spec]
+        if not all(isinstance(s, dict) for s in specs):
+            raise ValueError("the body must be a fault object or a list of them")
+        faults = [Fault.from_mapping(s) for s in specs]
+        for fault in faults:
+            self._faults.add(fault)
+        return json_response(201, {"value": [f.to_json() for f in faults]})
+
+    def _state_json(self) -> Json:
+        return {
+            "tenantId": self.tenant_id,
+            "blockedSenders": self.blocked_senders,
+            "tickets": self.tickets,
+            "faults": [f.to_json() for f in self._faults.pending()],
+            "latency": self._faults.latencies(),
+        }
+
+
+_CHECK_MEMBER_GROUPS = frozenset({"checkmembergroups", "microsoft.graph.checkmembergroups"})
+_GRAPH_FAULT_CODES = {
+    429: ("TooManyRequests", "Too many requests are being made. Retry after the time in Retry-After."),
+    500: ("generalException", "An unspecified error has occurred."),
+    502: ("badGateway", "The service could not reach a backend."),
+    503: ("serviceNotAvailable", "The service is temporarily unavailable. Retry after the time in Retry-After."),
+    504: ("gatewayTimeout", "The gateway timed out waiting for a backend."),
+}
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.replace(" ", "")
+    except ValueError:
+        return f"Status{status}"
+
+
+def _service_error(status: int, route: str, request: Request) -> Response:
+    """An injected error answered in the shape of the service behind ``route``."""
+    if route.startswith("graph."):
+        code, message = _GRAPH_FAULT_CODES.get(status, (_reason(status), f"Simulated failure: HTTP {status}."))
+        return graph.error(request, status, code, message)
+    if route.startswith("exchange."):
+        return exchange.error(status, _reason(status), f"Simulated failure: HTTP {status}.")
+    if route == "identity.token":
+        return json_response(status, {"statusCode": status, "message": f"Simulated failure: HTTP {status}."})
+    return _plain_error(status, _reason(status), f"Simulated failure: HTTP {status}.")
+
+
+def _custom_body(status: int, body: Any) -> Response:
+    if isinstance(body, bytes):
+        return Response(status, body, {"Content-Type": "application/octet-stream"})
+    if isinstance(body, str):
+        return Response(status, body.encode("utf-8"), {"Content-Type": "text/plain; charset=utf-8"})
+    return json_response(status, body)
+
+
+def _plain_error(status: int, code: str, message: str) -> Response:
+    return json_response(status, {"error": {"code": code, "message": message}})
+
+
+def _method_not_allowed(request: Request, route: str, allowed: str) -> Response:
+    message = f"{request.method} is not allowed here; use {allowed}."
+    if route.startswith("graph."):
+        response = graph.error(request, 405, "Request_BadRequest", message)
+    elif route.startswith("exchange."):
+        response = exchange.error(405, "MethodNotAllowed", message)
+    else:
+        response = _plain_error(405, "MethodNotAllowed", message)
+    response.headers["Allow"] = allowed
+    return response
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], simulator: Simulator) -> None:
+        self.simulator = simulator
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def track(self, connection: socket.socket, open_: bool) -> None:
+        with self._connections_lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        """Unblock handler threads still waiting on keep-alive connections so they exit."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up mid-answer are routine here (timeouts, cancelled retries): stay quiet.
+        if not isinstance(sys.exc_info()[1], _DISCONNECTS):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "RestrictedSenderSimulator/1.0"
+    sys_version = ""
+    timeout = 60
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; with Nagle on, the second waits ~40 ms for a delayed ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        self.server.track(self.connection, False)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: the request log is the record."""
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def do_PUT(self) -> None:
+        self._answer()
+
+    def do_PATCH(self) -> None:
+        self._answer()
+
+    def do_DELETE(self) -> None:
+        self._answer()
+
+    def do_HEAD(self) -> None:
+        self._answer()
+
+    def do_OPTIONS(self) -> None:
+        self._answer()
+
+    def _read_body(self) -> bytes | None:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline().strip():
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length_text = self.headers.get("Content-Length") or "0"
+        if not length_text.isdigit() or int(length_text) > _MAX_BODY:
+            return None
+        return self.rfile.read(int(length_text))
+
+    def _answer(self) -> None:
+        simulator = self.server.simulator
+        body = self._read_body()
+        if body is None:
+            self.close_connection = True
+            self._send(_plain_error(413, "PayloadTooLarge", "The body is too large or its length is invalid."))
+            return
+        split = urlsplit(self.path)
+        raw_path = split.path or "/"
+        request = Request(
+            method=self.command,
+            path=unquote(raw_path),
+            segments=[unquote(p) for p in raw_path.split("/") if p],
+            query=dict(parse_qsl(split.query, keep_blank_values=True)),
+            headers=Headers(self.headers.items()),
+            body=body,
+            base_url="http://{}:{}".format(*self.server.server_address[:2]),
+        )
+        response = simulator._handle(request)
+        if response.drop_after is not None:
+            simulator._wait_unless_stopping(response.drop_after)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._send(response)
+
+    def _send(self, response: Response) -> None:
+        try:
+            self.send_response(response.status)
+            headers = {"Content-Type": JSON_CONTENT_TYPE, **response.headers}
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+
+
+def serve(
+    tenant_path: TenantSource, host: str = "127.0.0.1", port: int = 0, *, identity_header: str | None = None
+) -> None:
+    """Run a simulator in the foreground until Ctrl-C or SIGTERM."""
+    simulator = Simulator(tenant_path, host=host, port=port, identity_header=identity_header)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_signal)
+    simulator.start()
+    print(
+        f"simulator listening on {simulator.url} "
+        f"(tenant {simulator.tenant_id}, identity header {simulator.identity_header})",
+        flush=True,
+    )
+    try:
+        while not stop.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        simulator.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+__all__ = ["Simulator", "serve"]

@@ -1,0 +1,214 @@
+"""Shared fixtures: Azurite (queues + tables) for the session, the simulator per test, tenants, clocks."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator import Simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+AZURITE_BIN = ROOT / "node_modules" / ".bin"
+# Azurite's well-known development account: public, documented, not a secret.
+DEV_ACCOUNT = "devstoreaccount1"
+DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
+BULK_GROUP = "3f1c9a7e-2b4d-4e8f-9a6b-7c5d1e2f3a4b"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/, or a skip that says why (the repo is usually cloned beside shared/)."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: these checks need the shared/ folder beside the repository")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"Azurite exited early with code {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"Azurite did not listen on port {port} in time")
+
+
+@dataclass(frozen=True)
+class Azurite:
+    queue_port: int
+    table_port: int
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{DEV_ACCOUNT};"
+            f"TableEndpoint=http://127.0.0.1:{self.table_port}/{DEV_ACCOUNT};"
+        )
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite's queue and table services, in memory, on free ports, for the whole session."""
+    missing = [name for name in ("azurite-queue", "azurite-table") if not (AZURITE_BIN / name).exists()]
+    if missing:
+        pytest.fail(f"Azurite is not installed ({', '.join(missing)} missing): run `make setup` (npm ci)")
+    workdir = tempfile.mkdtemp(prefix="azurite-")
+    ports = {"queue": free_port(), "table": free_port()}
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for service, port in ports.items():
+            processes.append(
+                subprocess.Popen(
+                    [
+                        str(AZURITE_BIN / f"azurite-{service}"),
+                        f"--{service}Host",
+                        "127.0.0.1",
+                        f"--{service}Port",
+                        str(port),
+                        "--inMemoryPersistence",
+                        "--skipApiVersionCheck",
+                        "--disableTelemetry",
+                        "--location",
+                        workdir,
+                        "--silent",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        deadline = time.monotonic() + 30
+        for process, port in zip(processes, ports.values(), strict=True):
+            _wait_for_port(port, process, deadline)
+        yield Azurite(queue_port=ports["queue"], table_port=ports["table"])
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def table_prefix() -> str:
+    """Tables are shared by the session's Azurite: each test gets its own names."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def user(name: str, *, domain: str = "contoso.com", enabled: bool = True, **extra: Any) -> dict[str, Any]:
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    return {
+        "id": f"{digest[:8]}-{digest[8:12]}-4{digest[13:16]}-8{digest[17:20]}-{digest[20:32]}",
+        "userPrincipalName": f"{name}@{domain}",
+        "mail": f"{name}@{domain}",
+        "displayName": name.title(),
+        "accountEnabled": enabled,
+        **extra,
+    }
+
+
+SPAM_REASON = "OutboundSpamLast24Hours=212;OutboundMailLast24Hours=240;OutboundSpamPercent=88"
+
+
+def blocked(
+    address: str, *, created: str = "2026-11-27T08:02:11Z", temporary: bool = False, reason: str = SPAM_REASON
+) -> dict[str, Any]:
+    return {
+        "SenderAddress": address,
+        "Reason": reason,
+        "TemporaryBlock": temporary,
+        "CreatedDatetime": created,
+        "ChangedDatetime": created,
+    }
+
+
+def tenant(users: list[dict[str, Any]], blocked_senders: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "tenantId": TENANT_ID,
+        "users": users,
+        "groups": [{"id": BULK_GROUP, "displayName": "Bulk mail senders"}],
+        "domains": [{"id": "contoso.com", "isVerified": True}],
+        "blockedSenders": blocked_senders,
+        **extra,
+    }
+
+
+def alert_v2(
+    *addresses: str,
+    alert_id: str = "alert-1",
+    title: str = "User restricted from sending email",
+    object_ids: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    evidence = []
+    for address in addresses:
+        account = {"userPrincipalName": address, "azureAdUserId": (object_ids or {}).get(address)}
+        evidence.append(
+            {
+                "@odata.type": "#microsoft.graph.security.userEvidence",
+                "userAccount": account,
+                "verdict": "suspicious",
+                "roles": [],
+            }
+        )
+    return {
+        "@odata.type": "#microsoft.graph.security.alert",
+        "id": alert_id,
+        "title": title,
+        "serviceSource": "microsoftDefenderForOffice365",
+        "alertWebUrl": f"https://security.microsoft.com/alerts/{alert_id}",
+        "createdDateTime": "2026-11-27T08:03:12Z",
+        "evidence": evidence,
+    }
+
+
+@pytest.fixture
+def simulator_factory() -> Iterator[Callable[[dict[str, Any]], Simulator]]:
+    started: list[Simulator] = []
+
+    def start(state: dict[str, Any]) -> Simulator:
+        sim = Simulator(state, port=0)
+        sim.start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def identity_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[Simulator], None]:
+    """Point the real ManagedIdentityCredential at a simulator's App Service-style token endpoint."""
+
+    def point(sim: Simulator) -> None:
+        monkeypatch.setenv("IDENTITY_ENDPOINT", f"{sim.url}/msi/token")
+        monkeypatch.setenv("IDENTITY_HEADER", sim.identity_header)
+        for name in ("MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT", "IDENTITY_SERVER_THUMBPRINT", "AZURE_CLIENT_ID"):
+            monkeypatch.delenv(name, raising=False)
+
+    return point

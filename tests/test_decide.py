@@ -1,0 +1,293 @@
+"""The pure decision, table-driven: for every reason code a case that produces it and a near miss that does not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from restricted_sender.decide import decide, unblock_failed
+from restricted_sender.errors import PolicyError
+from restricted_sender.model import (
+    DirectoryUser,
+    Facts,
+    Outcome,
+    RestrictionEvent,
+    UnblockEntry,
+    UnblockKind,
+    UserRef,
+)
+from restricted_sender.policy import parse_policy
+from restricted_sender.restriction import BlockedSender
+
+NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+GROUP = "3f1c9a7e-2b4d-4e8f-9a6b-7c5d1e2f3a4b"
+SPAM = "OutboundSpamLast24Hours=212;OutboundMailLast24Hours=240;OutboundSpamPercent=88"
+LIMIT = "EmailSendingLimitExceeded;InternalRecipientCountToday=4;ExternalRecipientCountToday=396;ExceedingLimitType=External"
+
+BASE_POLICY: dict[str, Any] = {
+    "mode": "enforce",
+    "allow": [{"name": "staff", "domains": ["contoso.com"]}, {"name": "bulk", "groups": [GROUP]}],
+    "deny": {
+        "users": ["ceo@contoso.com"],
+        "domains": ["*.hr.contoso.com"],
+        "groups": ["99999999-0000-0000-0000-000000000000"],
+    },
+    "guards": {
+        "max_unblocks_per_user": {"count": 1, "days": 7},
+        "account_enabled": True,
+        "min_hours_to_auto_release": 2,
+    },
+}
+
+
+@dataclass
+class Case:
+    """One scenario: the defaults are an allowed, restricted, enabled user with a spam block -> unblock."""
+
+    address: str = "alice@contoso.com"
+    title: str = "User restricted from sending email"
+    reason: str = SPAM
+    temporary: bool = False
+    created: datetime = NOW - timedelta(hours=1)
+    restricted: bool = True
+    enabled: bool | None = True
+    in_directory: bool = True
+    member_of: frozenset[str] = frozenset()
+    unblocks: tuple[tuple[timedelta, str], ...] = ()  # (age, status)
+    first_report: bool = True
+    policy: dict[str, Any] = field(default_factory=lambda: BASE_POLICY)
+    now: datetime = NOW
+
+    def run(self) -> Any:
+        event = RestrictionEvent(
+            event_id="e1",
+            delivery_id="d1",
+            source="alerts_v2",
+            alert_id="a1",
+            alert_name=self.title,
+            user=UserRef(address=self.address),
+            received_at=self.now,
+        )
+        row = {
+            "SenderAddress": self.address,
+            "Reason": self.reason,
+            "TemporaryBlock": self.temporary,
+            "CreatedDatetime": self.created.isoformat(),
+        }
+        user = DirectoryUser(id="u1", user_principal_name=self.address, mail=self.address, account_enabled=self.enabled)
+        facts = Facts(
+            restriction=BlockedSender.from_row(row) if self.restricted else None,
+            user=user if self.in_directory else None,
+            member_of=self.member_of,
+            unblocks=tuple(
+                UnblockEntry(user=self.address, at=self.now - age, kind=UnblockKind.AUTO, event_id=f"old{i}", status=s)
+                for i, (age, s) in enumerate(self.unblocks)
+            ),
+            first_report=self.first_report,
+        )
+        return decide(event, facts, parse_policy(self.policy), self.now)
+
+
+def with_guards(**guards: Any) -> dict[str, Any]:
+    return {**BASE_POLICY, "guards": {**BASE_POLICY["guards"], **guards}}
+
+
+CASES: list[tuple[str, Case, str, tuple[str, ...]]] = [
+    # (name, case, expected decision, expected reason codes in order)
+    ("an allowed user with a spam block is unblocked", Case(), "unblock", ("allow:staff",)),
+    (
+        "every matching allow rule is named",
+        Case(member_of=frozenset({GROUP})),
+        "unblock",
+        ("allow:staff", "allow:bulk"),
+    ),
+    (
+        "another alert is not ours",
+        Case(title="Suspicious email sending patterns detected"),
+        "ignore",
+        ("not-target-alert",),
+    ),
+    (
+        "the tenant-level alert is never ours",
+        Case(title="Tenant restricted from sending email"),
+        "ignore",
+        ("not-target-alert",),
+    ),
+    (
+        "the alert name matches case-insensitively",
+        Case(title="user RESTRICTED from sending email"),
+        "unblock",
+        ("allow:staff",),
+    ),
+    ("a second report of the same alert and user is a duplicate", Case(first_report=False), "ignore", ("duplicate",)),
+    ("a user no longer on the list is not acted on", Case(restricted=False), "ignore", ("not-restricted",)),
+    ("a denied user is escalated whatever allow says", Case(address="ceo@contoso.com"), "ticket", ("deny:user",)),
+    ("a denied subdomain is escalated", Case(address="x@payroll.hr.contoso.com"), "ticket", ("deny:domain",)),
+    (
+        "*.domain does not cover the domain itself",
+        Case(
+            address="x@hr.contoso.com", policy={**BASE_POLICY, "allow": [{"name": "hr", "domains": ["hr.contoso.com"]}]}
+        ),
+        "unblock",
+        ("allow:hr",),
+    ),
+    (
+        "a member of a denied group is escalated",
+        Case(member_of=frozenset({"99999999-0000-0000-0000-000000000000"})),
+        "ticket",
+        ("deny:group",),
+    ),
+    (
+        "a user the directory does not know cannot be cleared of deny groups",
+        Case(in_directory=False),
+        "ticket",
+        ("deny:group",),
+    ),
+    (
+        "without deny groups a user missing from the directory may still be allowed",
+        Case(in_directory=False, policy={**BASE_POLICY, "deny": {"users": ["ceo@contoso.com"]}}),
+        "unblock",
+        ("allow:staff",),
+    ),
+    ("a user no rule allows is escalated", Case(address="bob@fabrikam.com"), "ticket", ("no-allow-rule",)),
+    (
+        "an allow domain does not match a look-alike domain",
+        Case(address="eve@contoso.com.evil.net"),
+        "ticket",
+        ("no-allow-rule",),
+    ),
+    (
+        "an unblock inside the budget window spends the budget",
+        Case(unblocks=((timedelta(days=6), "done"),)),
+        "ticket",
+        ("allow:staff", "guard:user-budget"),
+    ),
+    (
+        "an in-flight unblock counts against the budget too",
+        Case(unblocks=((timedelta(hours=1), "pending"),)),
+        "ticket",
+        ("allow:staff", "guard:user-budget"),
+    ),
+    (
+        "an unblock older than the window does not count",
+        Case(unblocks=((timedelta(days=8), "done"),)),
+        "unblock",
+        ("allow:staff",),
+    ),
+    ("a refused unblock does not count", Case(unblocks=((timedelta(days=1), "failed"),)), "unblock", ("allow:staff",)),
+    (
+        "a budget of two allows a second unblock",
+        Case(
+            unblocks=((timedelta(days=1), "done"),), policy=with_guards(max_unblocks_per_user={"count": 2, "days": 7})
+        ),
+        "unblock",
+        ("allow:staff",),
+    ),
+    ("a disabled account is escalated", Case(enabled=False), "ticket", ("allow:staff", "guard:account-disabled")),
+    (
+        "a disabled account is not a failure when the guard is off",
+        Case(enabled=False, policy=with_guards(account_enabled=False)),
+        "unblock",
+        ("allow:staff",),
+    ),
+    (
+        "every failing guard is reported, not just the first",
+        Case(enabled=False, unblocks=((timedelta(days=1), "done"),)),
+        "ticket",
+        ("allow:staff", "guard:user-budget", "guard:account-disabled"),
+    ),
+    (
+        "guards are reported for a user who is not eligible either",
+        Case(address="bob@fabrikam.com", enabled=False),
+        "ticket",
+        ("no-allow-rule", "guard:account-disabled"),
+    ),
+    ("a sending-limit block lifts by itself", Case(reason=LIMIT), "wait", ("allow:staff", "limit-block")),
+    (
+        "a sending-limit block of a suspicious user is still escalated",
+        Case(reason=LIMIT, enabled=False),
+        "ticket",
+        ("allow:staff", "guard:account-disabled"),
+    ),
+    (
+        "a sending-limit block of a user no rule allows is escalated",
+        Case(reason=LIMIT, address="bob@fabrikam.com"),
+        "ticket",
+        ("no-allow-rule",),
+    ),
+    (
+        "a day block lifting within min_hours_to_auto_release is waited out",
+        Case(temporary=True, created=NOW - timedelta(minutes=30), now=datetime(2026, 11, 27, 22, 30, tzinfo=UTC)),
+        "wait",
+        ("allow:staff", "auto-release-soon"),
+    ),
+    (
+        "a day block lifting later than min_hours_to_auto_release is unblocked",
+        Case(temporary=True, created=NOW - timedelta(hours=1), now=datetime(2026, 11, 27, 21, 30, tzinfo=UTC)),
+        "unblock",
+        ("allow:staff",),
+    ),
+    (
+        "a day block that should already have lifted is unblocked",
+        Case(temporary=True, created=NOW - timedelta(days=2)),
+        "unblock",
+        ("allow:staff",),
+    ),
+    (
+        "a permanent block close to midnight is not waited out",
+        Case(temporary=False, now=datetime(2026, 11, 27, 23, 30, tzinfo=UTC)),
+        "unblock",
+        ("allow:staff",),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "decision", "codes"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_decision_and_reason_codes(case: Case, decision: str, codes: tuple[str, ...]) -> None:
+    result = case.run()
+    assert (result.outcome.value, result.codes) == (decision, codes)
+    assert all(reason.text for reason in result.reasons), "every reason explains itself"
+
+
+def test_a_wait_says_when_the_block_lifts() -> None:
+    result = Case(
+        temporary=True, created=NOW - timedelta(minutes=30), now=datetime(2026, 11, 27, 22, 30, tzinfo=UTC)
+    ).run()
+    assert result.release_at == datetime(2026, 11, 28, tzinfo=UTC)
+    assert "2026-11-28T00:00:00Z" in result.reasons[-1].text
+
+
+def test_the_budget_reason_names_the_unblocks_it_counted() -> None:
+    result = Case(unblocks=((timedelta(days=3), "done"),)).run()
+    assert "2026-11-24T09:00:00Z (auto)" in result.reasons[-1].text
+
+
+def test_a_refused_unblock_becomes_a_ticket_that_keeps_the_earlier_reasons() -> None:
+    escalated = unblock_failed(Case().run(), "unblock limit reached")
+    assert escalated.outcome is Outcome.TICKET
+    assert escalated.codes == ("allow:staff", "unblock-failed")
+
+
+@pytest.mark.parametrize(
+    ("case", "decision", "codes"),
+    [
+        (Case(), "ticket", ("policy-invalid",)),
+        (Case(restricted=False), "ignore", ("not-restricted",)),
+        (Case(first_report=False), "ignore", ("duplicate",)),
+    ],
+    ids=["a restricted user is escalated", "an unrestricted user is still ignored", "a duplicate is still ignored"],
+)
+def test_an_invalid_policy_never_unblocks(case: Case, decision: str, codes: tuple[str, ...]) -> None:
+    event = RestrictionEvent("e1", "d1", "alerts_v2", "a1", case.title, UserRef(address=case.address), NOW)
+    row = {"SenderAddress": case.address, "Reason": SPAM, "CreatedDatetime": "2026-11-27T08:00:00Z"}
+    facts = Facts(restriction=BlockedSender.from_row(row) if case.restricted else None, first_report=case.first_report)
+    result = decide(event, facts, PolicyError(["mode: 'enforced' is not one of report-only, enforce"]), NOW)
+    assert (result.outcome.value, result.codes) == (decision, codes)
+
+
+def test_decide_is_pure_the_same_inputs_give_the_same_decision() -> None:
+    case = Case(unblocks=((timedelta(days=1), "done"),), enabled=False)
+    assert case.run() == replace(case).run()

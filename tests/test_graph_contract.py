@@ -1,0 +1,345 @@
+"""Every Graph shape the simulator serves is one the real Graph v1.0 schema allows."""
+
+from __future__ import annotations
+
+import copy
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from simulator import Simulator, load_tenant
+from tests.graph_csdl import CSDL_PATH, Schema, load_schema
+
+TENANT_FILE = Path(__file__).parent / "fixtures" / "tenant_basic.yaml"
+TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
+USER_ID = "2a4c6e80-1b3d-4f5a-9c7e-0d2f4a6c8e10"
+GROUP_IDS = ["3b5d7f91-2c4e-4a6b-8d0f-1e3a5c7e9f21", "4c6e8a02-3d5f-4b7c-9e1a-2f4b6d8f0a32"]
+# Building a TLS context costs ~50 ms; these clients only speak plain HTTP to 127.0.0.1.
+TLS = ssl.create_default_context()
+
+RICH_USER: dict[str, Any] = {
+    "id": USER_ID,
+    "userPrincipalName": "erin@contoso.com",
+    "mail": "erin@contoso.com",
+    "displayName": "Erin Diaz",
+    "givenName": "Erin",
+    "surname": "Diaz",
+    "jobTitle": "Account Manager",
+    "department": "Sales",
+    "companyName": "Contoso",
+    "officeLocation": "18/2111",
+    "mobilePhone": "+1 425 555 0109",
+    "businessPhones": ["+1 425 555 0100"],
+    "preferredLanguage": "en-US",
+    "usageLocation": "US",
+    "accountEnabled": True,
+    "userType": "Member",
+    "createdDateTime": "2023-01-15T10:20:30Z",
+    "deletedDateTime": None,
+    "lastPasswordChangeDateTime": "2026-10-01T08:00:00Z",
+    "signInSessionsValidFromDateTime": "2026-10-01T08:00:00Z",
+    "onPremisesSyncEnabled": None,
+    "onPremisesExtensionAttributes": {"extensionAttribute1": "sales", "extensionAttribute2": None},
+    "proxyAddresses": ["SMTP:erin@contoso.com", "smtp:erin.diaz@contoso.com"],
+    "otherMails": [],
+    "imAddresses": ["erin@contoso.com"],
+    "identities": [
+        {"signInType": "userPrincipalName", "issuer": "contoso.com", "issuerAssignedId": "erin@contoso.com"}
+    ],
+    "assignedLicenses": [{"skuId": "05e9a617-0261-4cee-bb44-138d3ef5d965", "disabledPlans": []}],
+    "assignedPlans": [
+        {
+            "assignedDateTime": "2023-01-15T10:25:00Z",
+            "capabilityStatus": "Enabled",
+            "service": "exchange",
+            "servicePlanId": "efb87545-963c-4e0d-99df-69c6916d9eb0",
+        }
+    ],
+    "employeeOrgData": {"division": "Americas", "costCenter": "CC-12"},
+    "x-memberOf": [GROUP_IDS[0]],
+    "x-riskLevel": "low",
+    "x-mailbox": {"ForwardingSmtpAddress": None},
+}
+
+USER_EVIDENCE: dict[str, Any] = {
+    "@odata.type": "#microsoft.graph.security.userEvidence",
+    "createdDateTime": "2026-11-27T08:02:30.1234567Z",
+    "verdict": "suspicious",
+    "remediationStatus": "none",
+    "remediationStatusDetails": None,
+    "roles": ["compromised"],
+    "detailedRoles": ["Sender"],
+    "tags": [],
+    "stream": None,
+    "userAccount": {
+        "accountName": "erin",
+        "azureAdUserId": USER_ID,
+        "activeDirectoryObjectGuid": None,
+        "displayName": "Erin Diaz",
+        "domainName": "contoso.com",
+        "userPrincipalName": "erin@contoso.com",
+        "userSid": "S-1-12-1-1",
+        "tenantId": TENANT_ID,
+        "resourceAccessEvents": [],
+    },
+}
+
+MAILBOX_EVIDENCE: dict[str, Any] = {
+    "@odata.type": "#microsoft.graph.security.mailboxEvidence",
+    "createdDateTime": "2026-11-27T08:02:30Z",
+    "verdict": "unknown",
+    "remediationStatus": "none",
+    "roles": [],
+    "displayName": "Erin Diaz",
+    "primaryAddress": "erin@contoso.com",
+    "upn": "erin@contoso.com",
+    "userAccount": {"userPrincipalName": "erin@contoso.com", "azureAdUserId": USER_ID},
+}
+
+RICH_ALERT: dict[str, Any] = {
+    "@odata.type": "#microsoft.graph.security.alert",
+    "id": "e9d1c3b5-a7f9-4e1b-8d3c-5f7a9b1d3e5f",
+    "providerAlertId": "e9d1c3b5-a7f9-4e1b-8d3c-5f7a9b1d3e5f",
+    "incidentId": "412",
+    "status": "new",
+    "severity": "high",
+    "classification": None,
+    "determination": None,
+    "serviceSource": "microsoftDefenderForOffice365",
+    "detectionSource": "microsoftDefenderForOffice365",
+    "productName": "Microsoft Defender for Office 365",
+    "detectorId": "8bd3cf8a-7d6c-4f5e-9a1b-2c3d4e5f6a7b",
+    "alertPolicyId": "0f4d2b1a-9c8e-4d7f-b6a5-3e2d1c0b9a87",
+    "tenantId": TENANT_ID,
+    "title": "User restricted from sending email",
+    "description": "A user was restricted from sending email after sending outbound spam.",
+    "recommendedActions": "Review the account for signs of compromise before unblocking it.",
+    "category": "SuspiciousActivity",
+    "categories": ["SuspiciousActivity"],
+    "assignedTo": None,
+    "alertWebUrl": f"https://security.microsoft.com/alerts/e9d1c3b5?tid={TENANT_ID}",
+    "incidentWebUrl": f"https://security.microsoft.com/incidents/412?tid={TENANT_ID}",
+    "actorDisplayName": None,
+    "threatDisplayName": None,
+    "threatFamilyName": None,
+    "mitreTechniques": [],
+    "systemTags": [],
+    "investigationState": "queued",
+    "createdDateTime": "2026-11-27T08:02:30.1234567Z",
+    "lastUpdateDateTime": "2026-11-27T08:02:31Z",
+    "firstActivityDateTime": "2026-11-27T08:02:11Z",
+    "lastActivityDateTime": "2026-11-27T08:02:11Z",
+    "resolvedDateTime": None,
+    "comments": [
+        {"comment": "Auto-triage", "createdByDisplayName": "Responder", "createdDateTime": "2026-11-27T08:05:00Z"}
+    ],
+    "customDetails": {"Reason": "OutboundSpamLast24Hours=12"},
+    "additionalData": {"anything": ["goes", 1]},
+    "evidence": [USER_EVIDENCE, MAILBOX_EVIDENCE],
+    "x-note": "simulator-only keys never reach the wire",
+}
+
+RICH_TENANT: dict[str, Any] = {
+    "tenantId": TENANT_ID,
+    "users": [RICH_USER],
+    "groups": [{"id": gid, "displayName": f"Group {n}"} for n, gid in enumerate(GROUP_IDS)],
+    "domains": [
+        {
+            "id": "contoso.com",
+            "authenticationType": "Managed",
+            "availabilityStatus": None,
+            "isAdminManaged": True,
+            "isDefault": True,
+            "isInitial": False,
+            "isRoot": True,
+            "isVerified": True,
+            "passwordNotificationWindowInDays": 14,
+            "passwordValidityPeriodInDays": 2147483647,
+            "supportedServices": ["Email", "OfficeCommunicationsOnline"],
+            "state": None,
+        }
+    ],
+    "alerts": [RICH_ALERT],
+}
+
+
+@pytest.fixture(scope="module")
+def schema() -> Schema:
+    if not CSDL_PATH.is_file():
+        pytest.skip(f"the Graph v1.0 schema is not at {CSDL_PATH} (clone the repository beside shared/)")
+    return load_schema()
+
+
+@pytest.fixture(scope="module")
+def graph() -> Iterator[httpx.Client]:
+    """A client for Graph on a simulator seeded with a tenant that sets many properties."""
+    with Simulator(RICH_TENANT) as sim:
+        token = sim.issue_token("https://graph.microsoft.com")
+        with httpx.Client(base_url=sim.graph_url, headers={"Authorization": f"Bearer {token}"}, verify=TLS) as client:
+            yield client
+
+
+def served(client: httpx.Client, path: str, **params: str) -> Any:
+    response = client.request("POST" if path.endswith("checkMemberGroups") else "GET", path, params=params)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_a_served_user_fits_microsoft_graph_user(schema: Schema, graph: httpx.Client) -> None:
+    user = served(graph, f"/users/{USER_ID}")
+
+    assert schema.check(user, "microsoft.graph.user") == []
+    assert set(user) - {"@odata.context"} == {k for k in RICH_USER if not k.startswith("x-")}
+
+
+def test_a_user_with_select_fits_microsoft_graph_user(schema: Schema, graph: httpx.Client) -> None:
+    user = served(graph, "/users/erin@contoso.com", **{"$select": "id,accountEnabled,mail,onPremisesSyncEnabled"})
+
+    assert schema.check(user, "graph.user") == []
+
+
+def test_check_member_groups_answers_a_collection_of_strings(schema: Schema, graph: httpx.Client) -> None:
+    response = graph.post(f"/users/{USER_ID}/checkMemberGroups", json={"groupIds": GROUP_IDS})
+
+    assert response.json()["@odata.context"].endswith("#Collection(Edm.String)")
+    assert schema.check(response.json()["value"], "Collection(Edm.String)") == []
+
+
+def test_served_domains_fit_microsoft_graph_domain(schema: Schema, graph: httpx.Client) -> None:
+    domains = served(graph, "/domains")["value"]
+
+    assert domains
+    assert [problem for domain in domains for problem in schema.check(domain, "microsoft.graph.domain")] == []
+
+
+def test_served_alerts_and_their_evidence_fit_microsoft_graph_security_alert(
+    schema: Schema, graph: httpx.Client
+) -> None:
+    listed = served(graph, "/security/alerts_v2")["value"]
+    one = served(graph, f"/security/alerts_v2/{RICH_ALERT['id']}")
+
+    for alert in [*listed, one]:
+        assert schema.check(alert, "microsoft.graph.security.alert") == []
+    assert [e["@odata.type"] for e in one["evidence"]] == [
+        "#microsoft.graph.security.userEvidence",
+        "#microsoft.graph.security.mailboxEvidence",
+    ]
+    assert "x-note" not in one
+
+
+def test_the_fixture_tenant_of_the_simulator_tests_serves_valid_graph(schema: Schema) -> None:
+    tenant = load_tenant(TENANT_FILE)
+    with (
+        Simulator(tenant) as sim,
+        httpx.Client(
+            base_url=sim.graph_url,
+            headers={"Authorization": f"Bearer {sim.issue_token('https://graph.microsoft.com')}"},
+            verify=TLS,
+        ) as client,
+    ):
+        objects = [(served(client, f"/users/{u['id']}"), "graph.user") for u in tenant.users]
+        objects += [(d, "graph.domain") for d in served(client, "/domains")["value"]]
+        objects += [(a, "microsoft.graph.security.alert") for a in served(client, "/security/alerts_v2")["value"]]
+
+    assert [problem for value, type_name in objects for problem in schema.check(value, type_name)] == []
+
+
+def test_aliases_and_base_types_resolve(schema: Schema) -> None:
+    assert schema.qualify("graph.user") == "microsoft.graph.user"
+    assert schema.qualify("Collection(self.alertEvidence)") == "Collection(microsoft.graph.security.alertEvidence)"
+    assert [t.name for t in schema.chain("graph.user")] == [
+        "microsoft.graph.user",
+        "microsoft.graph.directoryObject",
+        "microsoft.graph.entity",
+    ]
+    assert schema.properties("microsoft.graph.user")["id"].type == "Edm.String"
+    # security.alert's status is its own enum, not the legacy graph.alertStatus (newAlert, ...).
+    assert schema.properties("microsoft.graph.security.alert")["status"].type == "microsoft.graph.security.alertStatus"
+
+
+def _broken(change: Any, base: dict[str, Any]) -> dict[str, Any]:
+    value = copy.deepcopy({k: v for k, v in base.items() if not k.startswith("x-")})
+    change(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "type_name", "problem"),
+    [
+        (
+            _broken(lambda u: u.update(mailAddress="e@contoso.com"), RICH_USER),
+            "graph.user",
+            "$.mailAddress: not a property",
+        ),
+        (
+            _broken(lambda u: u.update(accountEnabled="true"), RICH_USER),
+            "graph.user",
+            "expected Edm.Boolean, got string",
+        ),
+        (_broken(lambda u: u.update(businessPhones="+1 425"), RICH_USER), "graph.user", "expected a JSON array"),
+        (_broken(lambda u: u.update(businessPhones=None), RICH_USER), "graph.user", "is not nullable"),
+        (
+            _broken(lambda u: u.update(imAddresses=[1]), RICH_USER),
+            "graph.user",
+            "$.imAddresses[0]: expected Edm.String",
+        ),
+        (
+            _broken(lambda u: u.update(createdDateTime="yesterday"), RICH_USER),
+            "graph.user",
+            "not a valid Edm.DateTimeOffset",
+        ),
+        (
+            _broken(lambda u: u["assignedLicenses"][0].update(skuId="E5"), RICH_USER),
+            "graph.user",
+            "$.assignedLicenses[0].skuId: 'E5' is not a valid Edm.Guid",
+        ),
+        (_broken(lambda u: u.update(memberOf=[]), RICH_USER), "graph.user", "navigation property"),
+        (
+            _broken(lambda a: a.update(status="newAlert"), RICH_ALERT),
+            "microsoft.graph.security.alert",
+            "'newAlert' is not a member",
+        ),
+        (
+            _broken(lambda a: a.update(severity=3), RICH_ALERT),
+            "microsoft.graph.security.alert",
+            "expected a member name",
+        ),
+        (
+            _broken(lambda a: a["evidence"][0]["userAccount"].update(upn="erin@contoso.com"), RICH_ALERT),
+            "microsoft.graph.security.alert",
+            "$.evidence[0].userAccount.upn: not a property of microsoft.graph.security.userAccount",
+        ),
+        (
+            _broken(lambda a: a["evidence"][1].update({"@odata.type": "#microsoft.graph.user"}), RICH_ALERT),
+            "microsoft.graph.security.alert",
+            "does not derive from microsoft.graph.security.alertEvidence",
+        ),
+        (
+            _broken(
+                lambda a: a["evidence"][1].update({"@odata.type": "#microsoft.graph.security.inboxEvidence"}),
+                RICH_ALERT,
+            ),
+            "microsoft.graph.security.alert",
+            "is not a type of the schema",
+        ),
+        (
+            _broken(lambda a: a["evidence"][1].update(stream={"name": "x"}), RICH_ALERT),
+            "microsoft.graph.security.alert",
+            "$.evidence[1].stream: not a property of microsoft.graph.security.mailboxEvidence",
+        ),
+    ],
+)
+def test_the_checker_catches_a_shape_the_service_would_never_send(
+    schema: Schema, value: dict[str, Any], type_name: str, problem: str
+) -> None:
+    problems = schema.check(value, type_name)
+
+    assert any(problem in p for p in problems), problems
+
+
+def test_the_schema_is_parsed_once_per_session(schema: Schema) -> None:
+    assert load_schema() is schema
