@@ -109,16 +109,14 @@ async def build_processor(
             retry=retry,
         )
     if directory is None:
-        from .adapters.graph import GraphDirectory, graph_client
+        from .adapters.graph import graph_directory
 
         assert credential is not None
-        graph = GraphDirectory(
-            graph_client(
-                credential,
-                base_url=settings.graph_base_url,
-                timeout=settings.http_timeout_seconds,
-                retry_delay=graph_retry_delay,
-            )
+        graph = graph_directory(
+            credential,
+            base_url=settings.graph_base_url,
+            timeout=settings.http_timeout_seconds,
+            retry_delay=graph_retry_delay,
         )
         closers.append(graph.close)
         directory = graph

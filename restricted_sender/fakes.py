@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -113,7 +114,8 @@ class MemoryStore:
         self.claims[key] = {"owner": delivery_id, "state": "done", "claimed_at": now, "outcome": outcome}
 
     async def record_unblock(self, entry: UnblockEntry) -> None:
-        self.history[(entry.user.lower(), entry.event_id)] = entry
+        # Like the real stores: the user is kept lower-cased, so it reads back the same whatever case was sent.
+        self.history[(entry.user.lower(), entry.event_id)] = replace(entry, user=entry.user.lower())
 
     async def unblocks(self, user: str, since: datetime) -> Sequence[UnblockEntry]:
         return sorted(

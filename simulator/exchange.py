@@ -244,12 +244,15 @@ def _payload(tenant_in_path: str, rows: list[Json], next_link: str | None = None
 
 
 def _page_size(request: Request, default: int) -> tuple[int, bool]:
-    """The page size from ``Prefer: odata.maxpagesize=N`` (and whether it was asked for)."""
+    """The page size from ``Prefer: odata.maxpagesize=N`` (and whether it was asked for).
+
+    The tenant's page size is the service's own maximum: a client may ask for smaller pages, never larger.
+    """
     prefer = request.header("Prefer") or ""
     for preference in prefer.split(","):
         name, _, value = preference.strip().partition("=")
         if name.strip().casefold() == "odata.maxpagesize" and value.strip().isdigit() and int(value) > 0:
-            return int(value), True
+            return min(int(value), default), True
     return default, False
 
 

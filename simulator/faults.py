@@ -19,6 +19,7 @@ FAULT_KINDS: tuple[FaultKind, ...] = ("status", "timeout", "malformed")
 ROUTES: tuple[str, ...] = (
     "identity.token",
     "graph.user",
+    "graph.users",
     "graph.checkMemberGroups",
     "graph.domains",
     "graph.alerts",

@@ -97,6 +97,26 @@ def get_user(request: Request, state: TenantState, key: str) -> Response:
     return ok(request, {"@odata.context": context, **picked})
 
 
+def list_users(request: Request, state: TenantState) -> Response:
+    """``GET /users`` with an optional ``$filter`` (``mail eq '...'`` and the like; string equality ignores case
+    as Graph's does for these properties), ``$select`` and ``$top``."""
+    top_text = request.query.get("$top", str(MAX_TOP))
+    if not top_text.isdigit() or not 1 <= int(top_text) <= MAX_TOP:
+        return error(request, 400, "BadRequest", f"Invalid $top value '{top_text}': use a number from 1 to {MAX_TOP}.")
+    users = [strip_private(u) for u in state.users]
+    expression = request.query.get("$filter")
+    if expression:
+        users = [u for u in users if _matches_filter(_fold(u), expression.casefold())]
+    names = _select(request)
+    if names is not None:
+        users = [{n: u.get(n) for n in names} for u in users]
+    return ok(request, {"@odata.context": f"{METADATA}#users", "value": users[: int(top_text)]})
+
+
+def _fold(item: Json) -> Json:
+    return {k.casefold(): v.casefold() if isinstance(v, str) else v for k, v in item.items()}
+
+
 def _lookup(state: TenantState, key: str) -> Json | None:
     """Graph addresses a user by object id or userPrincipalName only, never by mail."""
     folded = key.casefold()

@@ -289,6 +289,8 @@ class Simulator:
 
             return run
 
+        if folded == ["users"]:
+            return only("GET", "graph.users", authorized(lambda: graph.list_users(request, state)))
         if len(folded) == 2 and folded[0] == "users":
             return only("GET", "graph.user", authorized(lambda: graph.get_user(request, state, parts[1])))
         if len(folded) == 3 and folded[0] == "users" and folded[2] in _CHECK_MEMBER_GROUPS:

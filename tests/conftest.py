@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -74,7 +72,6 @@ def azurite() -> Iterator[Azurite]:
     missing = [name for name in ("azurite-queue", "azurite-table") if not (AZURITE_BIN / name).exists()]
     if missing:
         pytest.fail(f"Azurite is not installed ({', '.join(missing)} missing): run `make setup` (npm ci)")
-    workdir = tempfile.mkdtemp(prefix="azurite-")
     ports = {"queue": free_port(), "table": free_port()}
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -90,8 +87,6 @@ def azurite() -> Iterator[Azurite]:
                         "--inMemoryPersistence",
                         "--skipApiVersionCheck",
                         "--disableTelemetry",
-                        "--location",
-                        workdir,
                         "--silent",
                     ],
                     stdout=subprocess.DEVNULL,
@@ -111,7 +106,6 @@ def azurite() -> Iterator[Azurite]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

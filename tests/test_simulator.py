@@ -708,7 +708,7 @@ def test_faults_and_latency_can_come_from_the_tenant_file() -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"route": "graph.users"}, "unknown route 'graph.users'"),
+        ({"route": "graph.groups"}, "unknown route 'graph.groups'"),
         ({"route": "exchange-*"}, "matches none"),
         ({"route": "graph.user", "kind": "slow"}, "fault kind must be one of"),
         ({"route": "graph.user", "status": 99}, "HTTP status code"),
@@ -846,3 +846,13 @@ def test_serve_prints_where_it_listens_and_stops_on_sigterm() -> None:
     assert line.startswith("simulator listening on http://127.0.0.1:")
     assert f"(tenant {TENANT_ID}, identity header " in line
     assert token.status_code == 200
+
+
+def test_users_can_be_found_by_mail_ignoring_case(sim: Simulator) -> None:
+    with httpx.Client(base_url=sim.url) as client:
+        wanted = sim.tenant.users[0]["mail"].upper()
+        answer = client.get(
+            "/v1.0/users", params={"$filter": f"mail eq '{wanted}'", "$select": "id,mail"}, headers=graph_headers(sim)
+        )
+    assert answer.status_code == 200
+    assert [u["mail"] for u in answer.json()["value"]] == [sim.tenant.users[0]["mail"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
@@ -22,15 +22,15 @@ USER_FIELDS = ["id", "userPrincipalName", "mail", "accountEnabled", "userType", 
 CHECK_MEMBER_GROUPS_LIMIT = 20  # ids per checkMemberGroups call, the service's own limit
 
 
-def graph_client(
+def graph_directory(
     credential: AsyncTokenCredential,
     *,
     base_url: str = "https://graph.microsoft.com/v1.0",
     timeout: float = 30.0,
     max_retries: int = 3,
     retry_delay: float = 3.0,
-) -> GraphServiceClient:
-    """A client that keeps the SDK's retry/redirect middleware (a plain httpx client would drop it)."""
+) -> GraphDirectory:
+    """A directory on a client that keeps the SDK's retry/redirect middleware (a plain httpx client drops it)."""
     from kiota_authentication_azure.azure_identity_authentication_provider import (
         AzureIdentityAuthenticationProvider,
     )
@@ -42,20 +42,30 @@ def graph_client(
     root = base_url.rstrip("/")
     host = httpx.URL(root).host
     retry = RetryHandlerOption(delay=retry_delay, max_retries=max_retries)
+    # Kept to close it ourselves: msgraph-core's transport wrapper does not pass aclose() on (sockets leak).
+    transport = httpx.AsyncHTTPTransport()
     http = GraphClientFactory.create_with_default_middleware(
-        client=httpx.AsyncClient(base_url=root, timeout=timeout), options={retry.get_key(): retry}
+        client=httpx.AsyncClient(base_url=root, timeout=timeout, transport=transport), options={retry.get_key(): retry}
     )
     auth = AzureIdentityAuthenticationProvider(credential, scopes=[GRAPH_SCOPE], allowed_hosts=[host])
     adapter = GraphRequestAdapter(auth, client=http)
     adapter.base_url = root
-    return GraphServiceClient(request_adapter=adapter)
+    return GraphDirectory(GraphServiceClient(request_adapter=adapter), http=http, transport=transport)
 
 
 class GraphDirectory:
     service = "graph"
 
-    def __init__(self, client: GraphServiceClient) -> None:
+    def __init__(
+        self,
+        client: GraphServiceClient,
+        *,
+        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._client = client
+        self._http = http
+        self._transport = transport
 
     async def user(self, key: str) -> DirectoryUser | None:
         from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -105,8 +115,10 @@ class GraphDirectory:
         return frozenset(found)
 
     async def close(self) -> None:
-        adapter: Any = self._client.request_adapter
-        await adapter._http_client.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()
 
     async def _call(self, call: Callable[[], Awaitable[T | None]]) -> T | None:
         """Run an SDK call; ``None`` for 404, typed errors for everything else."""

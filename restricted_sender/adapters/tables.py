@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from ..errors import ServiceError, TransientServiceError
 from ..model import UnblockEntry, UnblockKind
@@ -22,9 +22,16 @@ MAX_RECORD_CHARS = 30_000  # a string property holds 64 KiB of UTF-16
 _CLAIM_ROW = "claim"
 
 
+_KEY_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@._-+")
+
+
 def table_key(value: str) -> str:
-    """PartitionKey/RowKey may not hold / \\ # ? or control characters (guest UPNs carry #EXT#)."""
-    return quote(value.lower(), safe="@.-_+!$&'()*,;=:~")
+    """PartitionKey/RowKey may not hold / \\ # ? or control characters (guest UPNs carry #EXT#).
+
+    Everything else is written as ``~XX`` per UTF-8 byte; ``%`` is avoided on purpose, since the service has
+    been known to mis-handle it in point look-ups. Injective, so two users never share a key.
+    """
+    return "".join(c if c in _KEY_SAFE else "".join(f"~{b:02X}" for b in c.encode()) for c in value.lower())
 
 
 class TableStore:
@@ -35,6 +42,7 @@ class TableStore:
         self._names = {kind: f"{prefix}{kind}" for kind in ("claims", "unblocks", "audit")}
         self._tables: dict[str, TableClient] = {}
         self._ready = asyncio.Lock()
+        self._last_append = 0
 
     @classmethod
     def from_connection_string(cls, connection: str, *, prefix: str = "rsr") -> TableStore:
@@ -46,9 +54,10 @@ class TableStore:
         if not self._tables:
             async with self._ready:
                 if not self._tables:
-                    clients = await asyncio.gather(
-                        *(self._service.create_table_if_not_exists(name) for name in self._names.values())
-                    )
+                    async with _errors("open tables"):  # the first call is where an unreachable account shows
+                        clients = await asyncio.gather(
+                            *(self._service.create_table_if_not_exists(name) for name in self._names.values())
+                        )
                     self._tables.update(zip(self._names, clients, strict=True))
         return self._tables[kind]
 
@@ -154,12 +163,14 @@ class TableStore:
         if truncated:
             text = json.dumps({k: v for k, v in record.items() if k != "evidence"}, sort_keys=True)
         at = str(record.get("at", ""))
+        row_key = f"{at}|{self._append_sequence():019d}|{record.get('event_id', '')}|{uuid.uuid4().hex[:8]}"
         async with _errors("append_audit"):
-            # Append-only: a fresh RowKey per row (time-ordered), never an update.
+            # Append-only: a fresh RowKey per row, never an update. Ordered by the record's time, then by when
+            # it was written (records of the same second, e.g. a quick retry, keep their order), then unique.
             await table.create_entity(
                 {
                     "PartitionKey": table_key(str(record.get("user", "")) or "-"),
-                    "RowKey": f"{at}|{record.get('event_id', '')}|{uuid.uuid4().hex[:8]}",
+                    "RowKey": row_key,
                     "EventId": str(record.get("event_id", "")),
                     "Decision": str(record.get("decision", "")),
                     "At": at,
@@ -167,6 +178,11 @@ class TableStore:
                     "EvidenceTruncated": truncated,
                 }
             )
+
+    def _append_sequence(self) -> int:
+        """Wall-clock nanoseconds, strictly increasing within this store even when the clock is coarse."""
+        self._last_append = max(self._last_append + 1, time.time_ns())
+        return self._last_append
 
     async def audit(self, user: str | None = None) -> Sequence[Mapping[str, Any]]:
         table = await self._table("audit")

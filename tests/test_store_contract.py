@@ -1,0 +1,365 @@
+"""One contract, three stores: the in-memory fake, SQLite and Azure Table Storage (on Azurite) behave alike.
+
+No pytest-asyncio: each test runs its scenario with ``asyncio.run``, opening the store inside that loop and
+closing it before the loop ends (the aio Table clients belong to the loop that made them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from restricted_sender.adapters.sqlite import SqliteStore
+from restricted_sender.adapters.tables import TableStore
+from restricted_sender.errors import TransientServiceError
+from restricted_sender.fakes import MemoryStore
+from restricted_sender.model import UnblockEntry, UnblockKind
+from restricted_sender.ports import CLAIM_LEASE, ClaimResult, Store
+from tests.conftest import DEV_ACCOUNT, DEV_KEY, Azurite, free_port
+
+T = TypeVar("T")
+OpenStore = Callable[[], Store]
+Scenario = Callable[[Store], Awaitable[T]]
+
+T0 = datetime(2026, 11, 27, 8, 0, 0, tzinfo=UTC)
+KEY = "3f9a0c1d2e4b5a6978c0d1e2f3a4b5c6"
+ALICE = "alice@contoso.com"
+BOB = "bob@contoso.com"
+UNUSUAL_USERS = [  # guest UPNs carry #EXT#; Table keys may not hold / \ # ?
+    "zoe_fabrikam.com#EXT#@contoso.onmicrosoft.com",
+    "odd/name?x=1@contoso.com",
+    "back\\slash%25@contoso.com",
+    "o'brien@contoso.com",
+]
+NEW, RESUMED, DUPLICATE = ClaimResult.NEW, ClaimResult.RESUMED, ClaimResult.DUPLICATE
+
+
+def run(open_store: OpenStore, scenario: Scenario[T]) -> T:
+    async def main() -> T:
+        store = open_store()
+        try:
+            return await scenario(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite-memory",
+        "sqlite-file",
+        pytest.param("tables", marks=pytest.mark.azurite),
+    ]
+)
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
+    """A factory of one store kind; call it inside the loop that will use the store."""
+    kind: str = request.param
+    if kind == "memory":
+        return MemoryStore
+    if kind == "sqlite-memory":
+        return lambda: SqliteStore(":memory:")
+    if kind == "sqlite-file":
+        return lambda: SqliteStore(tmp_path / "store.db")
+    connection = request.getfixturevalue("azurite").connection_string
+    prefix = request.getfixturevalue("table_prefix")
+    return lambda: TableStore.from_connection_string(connection, prefix=prefix)
+
+
+@pytest.fixture
+def open_table_store(azurite: Azurite, table_prefix: str) -> OpenStore:
+    return lambda: TableStore.from_connection_string(azurite.connection_string, prefix=table_prefix)
+
+
+def claims(open_store: OpenStore, *steps: tuple[str, datetime]) -> list[ClaimResult]:
+    """Claim ``KEY`` once per (delivery, now) step, in order, against one store."""
+
+    async def scenario(store: Store) -> list[ClaimResult]:
+        return [await store.claim(KEY, delivery, now) for delivery, now in steps]
+
+    return run(open_store, scenario)
+
+
+# Claims: exactly-once effects ------------------------------------------------------------------------------
+
+
+def test_the_first_claim_of_an_event_is_new(open_store: OpenStore) -> None:
+    assert claims(open_store, ("d1", T0)) == [NEW]
+
+
+def test_the_same_delivery_claiming_again_resumes_as_a_queue_retry(open_store: OpenStore) -> None:
+    assert claims(open_store, ("d1", T0), ("d1", T0 + timedelta(minutes=1))) == [NEW, RESUMED]
+
+
+@pytest.mark.parametrize("later", [timedelta(0), CLAIM_LEASE], ids=["at-once", "at-the-lease-end"])
+def test_another_delivery_is_a_duplicate_while_the_claim_is_live(open_store: OpenStore, later: timedelta) -> None:
+    assert claims(open_store, ("d1", T0), ("d2", T0 + later)) == [NEW, DUPLICATE]
+
+
+@pytest.mark.parametrize("delivery", ["d1", "d2"], ids=["the-owner", "another-delivery"])
+@pytest.mark.parametrize("later", [timedelta(0), 2 * CLAIM_LEASE], ids=["at-once", "after-the-lease"])
+def test_after_completion_every_delivery_is_a_duplicate(open_store: OpenStore, delivery: str, later: timedelta) -> None:
+    async def scenario(store: Store) -> list[ClaimResult]:
+        first = await store.claim(KEY, "d1", T0)
+        await store.complete(KEY, "d1", "unblock", T0 + timedelta(seconds=5))
+        return [first, await store.claim(KEY, delivery, T0 + later)]
+
+    assert run(open_store, scenario) == [NEW, DUPLICATE]
+
+
+def test_another_delivery_takes_over_when_the_lease_ran_out(open_store: OpenStore) -> None:
+    expired = T0 + CLAIM_LEASE + timedelta(seconds=1)
+    assert claims(open_store, ("d1", T0), ("d2", expired)) == [NEW, RESUMED]
+
+
+def test_after_a_take_over_the_original_owner_is_a_duplicate(open_store: OpenStore) -> None:
+    expired = T0 + CLAIM_LEASE + timedelta(seconds=1)
+    after = expired + timedelta(seconds=1)
+    steps = [("d1", T0), ("d2", expired), ("d1", after), ("d2", after)]  # the new owner may still retry
+    assert claims(open_store, *steps) == [NEW, RESUMED, DUPLICATE, RESUMED]
+
+
+def test_a_completed_take_over_is_a_duplicate_for_everyone(open_store: OpenStore) -> None:
+    expired = T0 + CLAIM_LEASE + timedelta(seconds=1)
+
+    async def scenario(store: Store) -> list[ClaimResult]:
+        results = [await store.claim(KEY, "d1", T0), await store.claim(KEY, "d2", expired)]
+        await store.complete(KEY, "d2", "ticket", expired)
+        return [*results, *[await store.claim(KEY, d, expired + CLAIM_LEASE * 2) for d in ("d1", "d2", "d3")]]
+
+    assert run(open_store, scenario) == [NEW, RESUMED, DUPLICATE, DUPLICATE, DUPLICATE]
+
+
+def test_claims_of_different_events_are_independent(open_store: OpenStore) -> None:
+    async def scenario(store: Store) -> list[ClaimResult]:
+        return [await store.claim(key, "d1", T0) for key in ("event-a", "event-b", "event-a")]
+
+    assert run(open_store, scenario) == [NEW, NEW, RESUMED]
+
+
+# Unblock history: what the budget guard counts -----------------------------------------------------------
+
+
+def unblock(user: str, event_id: str, at: datetime, status: str = "done") -> UnblockEntry:
+    return UnblockEntry(user=user, at=at, kind=UnblockKind.AUTO, event_id=event_id, status=status)
+
+
+def test_recording_an_unblock_again_replaces_it_and_never_counts_twice(open_store: OpenStore) -> None:
+    async def scenario(store: Store) -> list[UnblockEntry]:
+        await store.record_unblock(unblock(ALICE, "e1", T0, status="pending"))
+        await store.record_unblock(unblock(ALICE.upper(), "e1", T0, status="pending"))  # a retry, any case
+        await store.record_unblock(unblock(ALICE, "e1", T0 + timedelta(seconds=3), status="failed"))
+        return list(await store.unblocks(ALICE, T0 - timedelta(days=1)))
+
+    assert run(open_store, scenario) == [unblock(ALICE, "e1", T0 + timedelta(seconds=3), status="failed")]
+
+
+def test_unblocks_match_the_user_in_any_case_and_come_sorted_by_time_since_the_given_instant(
+    open_store: OpenStore,
+) -> None:
+    since = T0 - timedelta(days=7)
+    recorded = [
+        unblock(ALICE, "e3", T0),
+        unblock(ALICE, "e1", since - timedelta(seconds=1)),  # too old
+        unblock(ALICE, "e2", since),  # exactly at the boundary: counts
+        unblock(ALICE, "e4", T0 - timedelta(hours=1)),
+        unblock(BOB, "e5", T0 - timedelta(minutes=1)),  # someone else
+    ]
+
+    async def scenario(store: Store) -> list[UnblockEntry]:
+        for entry in recorded:
+            await store.record_unblock(entry)
+        return list(await store.unblocks("Alice@Contoso.COM", since))
+
+    assert run(open_store, scenario) == [recorded[2], recorded[3], recorded[0]]
+
+
+@pytest.mark.parametrize(
+    "at",
+    [T0, datetime(2026, 11, 27, 10, 30, 15, tzinfo=timezone(timedelta(hours=2)))],
+    ids=["utc", "plus-two-hours"],
+)
+def test_unblock_times_come_back_timezone_aware_and_equal_to_what_was_stored(
+    open_store: OpenStore, at: datetime
+) -> None:
+    async def scenario(store: Store) -> list[UnblockEntry]:
+        await store.record_unblock(unblock(ALICE, "e1", at))
+        return list(await store.unblocks(ALICE, at - timedelta(seconds=1)))
+
+    (entry,) = run(open_store, scenario)
+    assert entry.at == at
+    assert entry.at.utcoffset() is not None
+
+
+@pytest.mark.parametrize("odd_user", UNUSUAL_USERS)
+def test_users_with_reserved_key_characters_work_everywhere(open_store: OpenStore, odd_user: str) -> None:
+    record = {"event_id": "e1", "user": odd_user, "at": "2026-11-27T08:00:00Z", "decision": "unblock"}
+
+    async def scenario(store: Store) -> tuple[Any, ...]:
+        await store.record_unblock(unblock(odd_user, "e1", T0))
+        await store.record_unblock(unblock(ALICE, "e2", T0))
+        await store.append_audit(record)
+        await store.append_audit({**record, "user": ALICE})
+        return (
+            await store.claim(odd_user, "d1", T0),
+            await store.claim(odd_user, "d2", T0),
+            await store.unblocks(odd_user.upper(), T0),
+            await store.audit(odd_user.upper()),
+        )
+
+    new, duplicate, unblocks, audit = run(open_store, scenario)
+    assert (new, duplicate) == (NEW, DUPLICATE)
+    assert unblocks == [unblock(odd_user.lower(), "e1", T0)]
+    assert audit == [record]
+
+
+# Audit trail: append-only ---------------------------------------------------------------------------------
+
+
+def audit_record(event_id: str, user: str, at: str, decision: str, **extra: Any) -> dict[str, Any]:
+    return {"event_id": event_id, "user": user, "at": at, "decision": decision, **extra}
+
+
+def test_the_audit_trail_is_append_only_and_keeps_every_row_in_order(open_store: OpenStore) -> None:
+    # A retry within the same second: same event, same instant, different outcome. Both rows stay, in order.
+    rows = [audit_record("e1", ALICE, "2026-11-27T08:00:00Z", d) for d in ("wait", "unblock", "ticket")]
+
+    async def scenario(store: Store) -> list[Any]:
+        for row in rows:
+            await store.append_audit(row)
+        return list(await store.audit(ALICE))
+
+    assert run(open_store, scenario) == rows
+
+
+def test_the_audit_trail_filters_by_user_in_any_case_and_lists_everyone_in_order(open_store: OpenStore) -> None:
+    rows = [
+        audit_record("e1", ALICE, "2026-11-27T08:00:00Z", "wait"),
+        audit_record("e2", BOB, "2026-11-27T08:00:01Z", "unblock"),
+        audit_record("e1", ALICE, "2026-11-27T08:05:00Z", "unblock"),
+        audit_record("e3", "carol@contoso.com", "2026-11-27T09:00:00Z", "ticket"),
+    ]
+
+    async def scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
+        for row in rows:
+            await store.append_audit(row)
+        return list(await store.audit("ALICE@contoso.com")), list(await store.audit()), list(await store.audit(BOB))
+
+    alice, everyone, bob = run(open_store, scenario)
+    assert alice == [rows[0], rows[2]]
+    assert everyone == rows
+    assert bob == [rows[1]]
+
+
+def test_an_audit_record_with_nested_evidence_round_trips_as_equal_json(open_store: OpenStore) -> None:
+    record = audit_record(
+        "e1",
+        ALICE,
+        "2026-11-27T08:00:00Z",
+        "unblock",
+        reasons=[{"code": "budget:ok", "text": "1 of 3 this week"}],
+        actions=[{"kind": "unblock", "status": "done", "detail": ""}],
+        evidence={
+            "restriction": {"SenderAddress": ALICE, "TemporaryBlock": False, "Reason": "OutboundSpamPercent=88"},
+            "member_of": [],
+            "history": [{"at": "2026-11-20T08:00:00Z", "kind": "auto"}],
+            "ratio": 0.88,
+            "note": "Zoë — ✉ 日本",
+            "nothing": None,
+        },
+    )
+
+    async def scenario(store: Store) -> list[Any]:
+        await store.append_audit(record)
+        return list(await store.audit())
+
+    assert run(open_store, scenario) == [json.loads(json.dumps(record))]
+
+
+# Azure Table Storage only: races between instances, and errors --------------------------------------------
+
+
+def race(open_store: OpenStore, calls: list[Callable[[Store, str], Awaitable[T]]]) -> list[list[T]]:
+    """Two instances, each a thread with its own loop and store, make each call at the same moment.
+
+    Each instance is one delivery (``d-0``, ``d-1``); the result lists each call's pair of outcomes.
+    """
+    barrier = threading.Barrier(2, timeout=10)
+
+    def instance(delivery: str) -> list[T]:
+        async def scenario(store: Store) -> list[T]:
+            await store.audit("nobody")  # create the tables first: the race is the call itself
+            results = []
+            for call in calls:
+                barrier.wait()
+                results.append(await call(store, delivery))
+            return results
+
+        return run(open_store, scenario)
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(instance, ["d-0", "d-1"])
+    return [[a, b] for a, b in zip(first, second, strict=True)]
+
+
+def claim_at(key: str, now: datetime) -> Callable[[Store, str], Awaitable[ClaimResult]]:
+    return lambda store, delivery: store.claim(key, delivery, now)
+
+
+@pytest.mark.azurite
+def test_two_instances_racing_for_a_fresh_event_get_exactly_one_new(open_table_store: OpenStore) -> None:
+    pairs = race(open_table_store, [claim_at(f"fresh-{i}", T0) for i in range(5)])
+    assert [sorted(pair) for pair in pairs] == [sorted([NEW, DUPLICATE])] * 5
+
+
+@pytest.mark.azurite
+def test_two_deliveries_racing_to_take_over_an_expired_lease_get_exactly_one_resumed(
+    open_table_store: OpenStore,
+) -> None:
+    keys = [f"stale-{i}" for i in range(5)]
+
+    async def crashed_holder(store: Store) -> list[ClaimResult]:
+        return [await store.claim(key, "crashed", T0) for key in keys]
+
+    assert run(open_table_store, crashed_holder) == [NEW] * 5
+    expired = T0 + CLAIM_LEASE + timedelta(minutes=1)
+    pairs = race(open_table_store, [claim_at(key, expired) for key in keys])
+    assert [sorted(pair) for pair in pairs] == [sorted([RESUMED, DUPLICATE])] * 5
+
+
+def closed_port_store() -> TableStore:
+    from azure.data.tables.aio import TableServiceClient
+
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+        f"TableEndpoint=http://127.0.0.1:{free_port()}/{DEV_ACCOUNT};"
+    )
+    return TableStore(TableServiceClient.from_connection_string(connection, retry_total=0, connection_timeout=1))
+
+
+OPERATIONS: dict[str, Callable[[Store], Awaitable[object]]] = {
+    "claim": lambda s: s.claim(KEY, "d1", T0),
+    "complete": lambda s: s.complete(KEY, "d1", "unblock", T0),
+    "record_unblock": lambda s: s.record_unblock(unblock(ALICE, "e1", T0)),
+    "unblocks": lambda s: s.unblocks(ALICE, T0),
+    "append_audit": lambda s: s.append_audit(audit_record("e1", ALICE, "2026-11-27T08:00:00Z", "wait")),
+    "audit": lambda s: s.audit(),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS.values(), ids=OPERATIONS.keys())
+def test_unreachable_table_storage_is_a_transient_service_error(
+    operation: Callable[[Store], Awaitable[object]],
+) -> None:
+    with pytest.raises(TransientServiceError) as caught:
+        run(closed_port_store, operation)
+    assert caught.value.service == "store"
