@@ -25,7 +25,10 @@ from restricted_sender.restriction import BlockedSender
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 GROUP = "3f1c9a7e-2b4d-4e8f-9a6b-7c5d1e2f3a4b"
 SPAM = "OutboundSpamLast24Hours=212;OutboundMailLast24Hours=240;OutboundSpamPercent=88"
-LIMIT = "EmailSendingLimitExceeded;InternalRecipientCountToday=4;ExternalRecipientCountToday=396;ExceedingLimitType=External"
+LIMIT = (
+    "EmailSendingLimitExceeded;InternalRecipientCountToday=4;ExternalRecipientCountToday=396;"
+    "ExceedingLimitType=External"
+)
 
 BASE_POLICY: dict[str, Any] = {
     "mode": "enforce",

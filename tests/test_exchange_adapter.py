@@ -1,4 +1,4 @@
-"""The Exchange admin adapter over real HTTP (httpx) against the simulator, with the real managed-identity credential."""
+"""The Exchange admin adapter over real HTTP (httpx) against the simulator, with the real identity credential."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ from tests.conftest import TENANT_ID, blocked, tenant, user
 
 T = TypeVar("T")
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=1.0)
-LIMIT = "EmailSendingLimitExceeded;InternalRecipientCountToday=4;ExternalRecipientCountToday=396;ExceedingLimitType=External"
+LIMIT = (
+    "EmailSendingLimitExceeded;InternalRecipientCountToday=4;ExternalRecipientCountToday=396;"
+    "ExceedingLimitType=External"
+)
 
 
 def state(**extra: Any) -> dict[str, Any]:
@@ -71,8 +74,10 @@ def cmdlet_calls(sim: Simulator, cmdlet: str) -> int:
 def test_reads_every_restricted_sender_with_parsed_reasons(run: Callable[..., Any]) -> None:
     rows, _ = run(lambda ex, sim: ex.blocked_senders())
     assert [r.address for r in rows] == ["alice@contoso.com", "bob@contoso.com", "carol@contoso.com"]
-    assert rows[0].kind is BlockKind.SPAM and rows[0].reason.get("OutboundSpamPercent") == "88"
-    assert rows[2].kind is BlockKind.SENDING_LIMIT and rows[2].temporary is True
+    assert rows[0].kind is BlockKind.SPAM
+    assert rows[0].reason.get("OutboundSpamPercent") == "88"
+    assert rows[2].kind is BlockKind.SENDING_LIMIT
+    assert rows[2].temporary is True
 
 
 def test_reads_one_sender_by_address_ignoring_case(run: Callable[..., Any]) -> None:
