@@ -4,7 +4,7 @@ import json
 
 import azure.functions as func
 
-from restricted_sender.edge import JSON_HEADERS, runtime
+from restricted_sender.edge import runtime
 from restricted_sender.settings import EVENTS_QUEUE
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -14,7 +14,7 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 @app.route(route="alerts", methods=["POST"])
 def alerts(req: func.HttpRequest) -> func.HttpResponse:
     answer = runtime.receive_alerts(req.get_body(), dict(req.headers))
-    return func.HttpResponse(json.dumps(answer.body), status_code=answer.status, headers=JSON_HEADERS)
+    return func.HttpResponse(json.dumps(answer.body), status_code=answer.status, mimetype="application/json")
 
 
 @app.function_name("process_event")

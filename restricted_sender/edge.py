@@ -21,7 +21,6 @@ from .settings import Secret, Settings
 
 log = logging.getLogger("restricted_sender")
 SECRET_HEADER = "x-webhook-secret"  # noqa: S105  (a header name, not a secret)
-JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +119,23 @@ class Runtime:
     async def process_message(self, text: str) -> DecisionRecord:
         return await process_message(text, await self.processor())
 
+    async def aclose(self) -> None:
+        """Close the processor's clients (on the loop that built them) and forget every singleton."""
+        if self._processor is not None:
+            await self._processor.aclose()
+        self.reset()
+
     def reset(self) -> None:
-        """Forget everything (tests change settings between cases)."""
-        self.__init__()  # type: ignore[misc]
+        """Forget everything, e.g. after settings changed. Does not close clients: see ``aclose``."""
+        if self._intake is not None:
+            close = getattr(self._intake.queue, "close", None)
+            if close is not None:
+                close()
+        self._settings = None
+        self._policy = None
+        self._intake = None
+        self._processor = None
+        self._loop = None
 
 
 runtime = Runtime()

@@ -1,0 +1,174 @@
+"""The command line, run as a user runs it: ``python -m restricted_sender ...`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, alert_v2, blocked, tenant, user
+
+LIMIT = "EmailSendingLimitExceeded;InternalRecipientCountToday=4;ExternalRecipientCountToday=396"
+
+
+def cli(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "restricted_sender", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def write(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data) if path.suffix == ".yaml" else json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Path]:
+    """A tenant and policy the product has never seen, with one user for each decision."""
+    state = tenant(
+        [
+            user("ok", domain="northwind.test"),
+            user("outsider", domain="elsewhere.test"),
+            user("limited", domain="northwind.test"),
+            user("daily", domain="northwind.test"),
+            user("again", domain="northwind.test"),
+            user("off", domain="northwind.test", enabled=False),
+            user("boss", domain="northwind.test"),
+            user("spent", domain="northwind.test", **{"x-unblockLimitReached": True}),
+            user("free", domain="northwind.test"),
+        ],
+        [
+            blocked("ok@northwind.test"),
+            blocked("outsider@elsewhere.test"),
+            blocked("limited@northwind.test", reason=LIMIT),
+            blocked("daily@northwind.test", temporary=True, created="2026-03-02T06:00:00Z"),
+            blocked("again@northwind.test"),
+            blocked("off@northwind.test"),
+            blocked("boss@northwind.test"),
+            blocked("spent@northwind.test"),
+        ],
+        **{"x-history": [{"user": "again@northwind.test", "at": "2026-03-01T12:00:00Z", "kind": "manual"}]},
+    )
+    state["tenantId"] = "11111111-2222-3333-4444-555555555555"
+    policy = {
+        "mode": "enforce",
+        "allow": [{"name": "northwind", "domains": ["northwind.test"]}],
+        "deny": {"users": ["boss@northwind.test"]},
+        "guards": {"max_unblocks_per_user": {"count": 1, "days": 3}, "min_hours_to_auto_release": 3},
+    }
+    users = ["ok", "outsider", "limited", "daily", "again", "off", "boss", "spent", "free"]
+    addresses = [f"{u}@{'elsewhere.test' if u == 'outsider' else 'northwind.test'}" for u in users]
+    return {
+        "tenant": write(tmp_path / "tenant.yaml", state),
+        "policy": write(tmp_path / "policy.yaml", policy),
+        "alerts": write(tmp_path / "alerts.json", {"value": [alert_v2(*addresses, alert_id="aggregated")]}),
+        "other": write(tmp_path / "other.json", alert_v2("ok@northwind.test", alert_id="o1", title="Mail flow issue")),
+    }
+
+
+def test_replay_reproduces_every_decision_with_its_reason_codes(world: dict[str, Path], tmp_path: Path) -> None:
+    log = tmp_path / "requests.jsonl"
+    result = cli(
+        "replay", world["alerts"], world["other"], world["alerts"],
+        "--tenant", world["tenant"], "--policy", world["policy"],
+        "--now", "2026-03-02T22:00:00Z", "--json", "--requests-log", log,
+    )  # fmt: skip
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    decisions = [(r["user"], r["decision"], [x["code"] for x in r["reasons"]]) for r in records]
+    first_run = [
+        ("ok@northwind.test", "unblock", ["allow:northwind"]),
+        ("outsider@elsewhere.test", "ticket", ["no-allow-rule"]),
+        ("limited@northwind.test", "wait", ["allow:northwind", "limit-block"]),
+        ("daily@northwind.test", "wait", ["allow:northwind", "auto-release-soon"]),
+        ("again@northwind.test", "ticket", ["allow:northwind", "guard:user-budget"]),
+        ("off@northwind.test", "ticket", ["allow:northwind", "guard:account-disabled"]),
+        ("boss@northwind.test", "ticket", ["deny:user"]),
+        ("spent@northwind.test", "ticket", ["allow:northwind", "unblock-failed"]),
+        ("free@northwind.test", "ignore", ["not-restricted"]),
+    ]
+    other_alert = [("ok@northwind.test", "ignore", ["not-target-alert"])]
+    replayed_again = [(user, "ignore", ["duplicate"]) for user, _, _ in first_run]
+    assert decisions == first_run + other_alert + replayed_again
+    for record in records:
+        assert set(record) == {
+            "event_id", "alert_id", "source", "sources", "user", "decision", "reasons", "actions", "mode",
+            "policy_version", "at",
+        }  # fmt: skip
+        assert record["at"] == "2026-03-02T22:00:00Z"
+    requests = [json.loads(line) for line in log.read_text().splitlines()]
+    assert set(requests[0]) == {"method", "path", "query", "body"}
+    cmdlets = [r["body"]["CmdletInput"] for r in requests if r["body"] and "CmdletInput" in r["body"]]
+    removed = [c["Parameters"]["SenderAddress"] for c in cmdlets if c["CmdletName"] == "Remove-BlockedSenderAddress"]
+    assert removed == ["ok@northwind.test", "spent@northwind.test"]
+
+
+def test_replay_in_report_only_mode_changes_nothing(world: dict[str, Path], tmp_path: Path) -> None:
+    policy = yaml.safe_load(world["policy"].read_text()) | {"mode": "report-only"}
+    log = tmp_path / "requests.jsonl"
+    result = cli(
+        "replay", world["alerts"], "--tenant", world["tenant"], "--policy", write(tmp_path / "ro.yaml", policy),
+        "--now", "2026-03-02T22:00:00Z", "--json", "--requests-log", log,
+    )  # fmt: skip
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert records[0]["decision"] == "unblock"
+    assert {a["status"] for r in records for a in r["actions"]} == {"skipped"}
+    methods = {json.dumps(r["body"]) for r in map(json.loads, log.read_text().splitlines())}
+    assert not [m for m in methods if "Remove-BlockedSenderAddress" in m]
+    assert not [r for r in map(json.loads, log.read_text().splitlines()) if r["path"] == "/tickets/webhook"]
+
+
+def test_a_malformed_alert_file_stops_replay_before_anything_is_done(world: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"value": [{"id": 1}]')
+    result = cli("replay", world["alerts"], bad, "--tenant", world["tenant"], "--policy", world["policy"], check=False)
+    assert result.returncode == 2
+    assert "bad.json" in result.stderr
+    assert "not valid JSON" in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_invalid_policy_escalates_instead_of_unblocking(world: dict[str, Path], tmp_path: Path) -> None:
+    broken = write(tmp_path / "broken.yaml", {"mode": "enforced", "allow": [{"name": "x"}]})
+    result = cli("replay", world["alerts"], "--tenant", world["tenant"], "--policy", broken, "--json")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["decision"] for r in records} == {"ticket", "ignore"}
+    assert records[0]["reasons"][0]["code"] == "policy-invalid"
+    assert "POLICY INVALID" in result.stderr
+
+
+def test_the_demo_prints_a_readable_table() -> None:
+    out = cli("demo").stdout
+    assert "USER" in out
+    assert "DECISION" in out
+    for expected in ("unblock", "ticket", "wait", "ignore", "limit-block", "auto-release-soon", "unblock-failed"):
+        assert expected in out
+
+
+def test_policy_validate_reports_every_problem_with_its_location(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "mode: enforced\nallow:\n  - name: a\n    domains: [contoso.com]\n  - name: a\n    users: [x@y.z]\n"
+        "guards:\n  max_unblocks_per_user: {count: -1, days: 7}\n  bogus: 1\n"
+    )
+    result = cli("policy", "validate", policy, check=False)
+    assert result.returncode == 1
+    for expected in (
+        "mode: 'enforced' is not one of report-only, enforce",
+        "allow[1].name: duplicate rule name 'a'",
+        "guards.max_unblocks_per_user.count: expected a whole number >= 0",
+        "guards.bogus: unknown key",
+    ):
+        assert expected in result.stderr
+    assert cli("policy", "validate", ROOT / "samples" / "policy.yaml").returncode == 0

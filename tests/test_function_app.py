@@ -1,0 +1,330 @@
+"""The function app's handlers, called with real ``func.HttpRequest`` / ``func.QueueMessage`` objects, against
+Azurite (queue + tables) and the simulator (Graph, Exchange, identity, ticket webhook) — the end-to-end path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+import function_app
+from restricted_sender.adapters.tables import TableStore
+from restricted_sender.edge import runtime
+from restricted_sender.settings import EVENTS_QUEUE
+from simulator import Simulator
+from tests.conftest import TENANT_ID, Azurite, alert_v2, blocked, free_port, shared_file, tenant, user
+
+pytestmark = pytest.mark.azurite
+
+POLICY = """
+mode: {mode}
+allow:
+  - name: staff
+    domains: [contoso.com]
+"""
+TICKET_SECRET = "ticket-signing-secret"
+
+
+@pytest.fixture(scope="module")
+def handlers() -> dict[str, Callable[..., Any]]:
+    # get_functions() may be called only once per process.
+    return {fn.get_function_name(): fn.get_user_function() for fn in function_app.app.get_functions()}
+
+
+@pytest.fixture
+def queue(azurite: Azurite) -> Iterator[QueueClient]:
+    """The events queue, emptied, read the way the queue trigger reads it (base64)."""
+    client = QueueClient.from_connection_string(
+        azurite.connection_string, EVENTS_QUEUE, message_decode_policy=TextBase64DecodePolicy()
+    )
+    try:
+        client.create_queue()
+    except Exception:  # noqa: S110 - it exists already
+        pass
+    client.clear_messages()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sim(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Simulator:
+    return simulator_factory(
+        tenant(
+            [user("alice"), user("bob", domain="fabrikam.com"), user("ivan")],
+            [blocked("alice@contoso.com"), blocked("bob@fabrikam.com")],
+        )
+    )
+
+
+@pytest.fixture
+def configure(
+    monkeypatch: pytest.MonkeyPatch, azurite: Azurite, sim: Simulator, table_prefix: str
+) -> Iterator[Callable[..., None]]:
+    def apply(*, mode: str = "enforce", secret: str | None = None, storage: str | None = None) -> None:
+        values = {
+            "AzureWebJobsStorage": storage or azurite.connection_string,
+            "TENANT_ID": TENANT_ID,
+            "TABLE_PREFIX": table_prefix,
+            "POLICY_YAML": POLICY.format(mode=mode),
+            "GRAPH_BASE_URL": f"{sim.url}/v1.0",
+            "EXCHANGE_BASE_URL": sim.url,
+            "TICKET_WEBHOOK_URL": f"{sim.url}/tickets/webhook",
+            "TICKET_WEBHOOK_SECRET": TICKET_SECRET,
+            "IDENTITY_ENDPOINT": f"{sim.url}/msi/token",
+            "IDENTITY_HEADER": sim.identity_header,
+        }
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        if secret is None:
+            monkeypatch.delenv("ALERTS_SHARED_SECRET", raising=False)
+        else:
+            monkeypatch.setenv("ALERTS_SHARED_SECRET", secret)
+        monkeypatch.delenv("POLICY_FILE", raising=False)
+        runtime.reset()
+
+    apply()
+    yield apply
+    runtime.reset()
+
+
+def post(
+    handlers: dict[str, Callable[..., Any]],
+    body: bytes | dict[str, Any] | list[Any],
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = func.HttpRequest(method="POST", url="/api/alerts", body=raw, headers=headers or {})
+    response = handlers["alerts"](request)
+    assert response.mimetype == "application/json"
+    return response.status_code, json.loads(response.get_body())
+
+
+def queued(queue: QueueClient) -> list[str]:
+    return [m.content for m in queue.receive_messages(messages_per_page=32, visibility_timeout=1)]
+
+
+def process(handlers: dict[str, Callable[..., Any]], messages: list[str]) -> None:
+    """Run the queue trigger for each message, as the host would, and close the clients on the same loop."""
+
+    async def main() -> None:
+        try:
+            for text in messages:
+                await handlers["process_event"](func.QueueMessage(body=text.encode()))
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(main())
+
+
+def audit_rows(azurite: Azurite, prefix: str) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        store = TableStore.from_connection_string(azurite.connection_string, prefix=prefix)
+        try:
+            return [dict(row) for row in await store.audit()]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_a_valid_alert_is_queued_before_the_202(
+    handlers: dict[str, Callable[..., Any]], configure: Any, queue: QueueClient
+) -> None:
+    status, body = post(handlers, alert_v2("alice@contoso.com", "bob@fabrikam.com"))
+    assert status == 202
+    assert [a["user"] for a in body["accepted"]] == ["alice@contoso.com", "bob@fabrikam.com"]
+    assert body["ignored"] == []
+    messages = queued(queue)
+    assert sorted(json.loads(m)["user"]["address"] for m in messages) == ["alice@contoso.com", "bob@fabrikam.com"]
+
+
+def test_a_value_list_is_split_into_target_events_and_ignored_alerts(
+    handlers: dict[str, Callable[..., Any]], configure: Any, queue: QueueClient
+) -> None:
+    body = {
+        "value": [
+            alert_v2("alice@contoso.com", alert_id="a1"),
+            alert_v2("ivan@contoso.com", alert_id="a2", title="Tenant restricted from sending email"),
+            alert_v2("ivan@contoso.com", alert_id="a3", title="Suspicious email sending patterns detected"),
+        ]
+    }
+    status, answer = post(handlers, body)
+    assert status == 202
+    assert [a["alert_id"] for a in answer["accepted"]] == ["a1"]
+    assert [(i["alert_id"], i["reasons"][0]["code"]) for i in answer["ignored"]] == [
+        ("a2", "not-target-alert"),
+        ("a3", "not-target-alert"),
+    ]
+    assert len(queued(queue)) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "malformed-payload"),
+        (b"\xff\xfe", 400, "malformed-payload"),
+        (b'["a list"]', 400, "malformed-payload"),
+        (b'{"value": "not a list"}', 400, "malformed-payload"),
+        (b'{"id": "x"}', 400, "malformed-payload"),
+        (b'{"@odata.type": "#microsoft.graph.user", "id": "x", "title": "t"}', 400, "malformed-payload"),
+        (b"{" + b" " * (1024 * 1024) + b"}", 413, "payload-too-large"),
+    ],
+    ids=["broken json", "not utf-8", "a bare list", "value not a list", "no title", "another graph type", "over 1 MiB"],
+)
+def test_bad_input_gets_a_clear_4xx_and_queues_nothing(
+    handlers: dict[str, Callable[..., Any]], configure: Any, queue: QueueClient, body: bytes, status: int, code: str
+) -> None:
+    got_status, answer = post(handlers, body)
+    assert (got_status, answer["error"]["code"]) == (status, code)
+    assert answer["error"]["message"]
+    assert queued(queue) == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"X-Webhook-Secret": "wrong"}, 401), ({"x-webhook-secret": "s3cret"}, 202)],
+    ids=["missing", "wrong", "right (any case)"],
+)
+def test_the_optional_shared_secret_is_required_when_configured(
+    handlers: dict[str, Callable[..., Any]], configure: Any, queue: QueueClient, headers: dict[str, str], status: int
+) -> None:
+    configure(secret="s3cret")
+    got, _ = post(handlers, alert_v2("alice@contoso.com"), headers)
+    assert got == status
+    assert len(queued(queue)) == (1 if status == 202 else 0)
+
+
+def test_an_unreachable_queue_answers_503_so_the_sender_retries(
+    handlers: dict[str, Callable[..., Any]], configure: Any, azurite: Azurite
+) -> None:
+    configure(storage=azurite.connection_string.replace(str(azurite.queue_port), str(free_port())))
+    status, answer = post(handlers, alert_v2("alice@contoso.com"))
+    assert status == 503
+    assert answer["error"]["code"] == "queue-unavailable"
+
+
+@pytest.mark.parametrize(
+    ("sample", "status"),
+    [
+        ("alerts_v2_mde_example_graph_docs.json", 202),
+        ("alerts_v2_mdo_other_alert_wazuh.json", 202),
+        ("graph_change_notification.json", 400),
+        ("mgmt_activity_webhook_notification.json", 400),
+    ],
+)
+def test_real_payloads_of_other_alerts_are_ignored_cleanly(
+    handlers: dict[str, Callable[..., Any]], configure: Any, queue: QueueClient, sample: str, status: int
+) -> None:
+    got, answer = post(handlers, Path(shared_file("samples", sample)).read_bytes())
+    assert got == status
+    if status == 202:
+        assert answer["accepted"] == []
+        assert [i["reasons"][0]["code"] for i in answer["ignored"]] == ["not-target-alert"]
+    assert queued(queue) == []
+
+
+def test_end_to_end_an_allowed_user_is_unblocked_and_audited(
+    handlers: dict[str, Callable[..., Any]],
+    configure: Any,
+    queue: QueueClient,
+    sim: Simulator,
+    azurite: Azurite,
+    table_prefix: str,
+) -> None:
+    assert post(handlers, alert_v2("alice@contoso.com"))[0] == 202
+    process(handlers, queued(queue))
+    assert "alice@contoso.com" not in [r["SenderAddress"] for r in sim.blocked_senders]
+    [row] = audit_rows(azurite, table_prefix)
+    assert (row["user"], row["decision"], row["mode"]) == ("alice@contoso.com", "unblock", "enforce")
+    assert [(a["kind"], a["status"]) for a in row["actions"]] == [("unblock", "done")]
+    assert row["evidence"]["restriction"]["parsed_reason"]["values"]["OutboundSpamPercent"] == "88"
+
+
+def test_end_to_end_report_only_decides_and_records_but_changes_nothing(
+    handlers: dict[str, Callable[..., Any]],
+    configure: Any,
+    queue: QueueClient,
+    sim: Simulator,
+    azurite: Azurite,
+    table_prefix: str,
+) -> None:
+    configure(mode="report-only")
+    post(handlers, alert_v2("alice@contoso.com", "bob@fabrikam.com"))
+    process(handlers, queued(queue))
+    assert {r["SenderAddress"] for r in sim.blocked_senders} == {"alice@contoso.com", "bob@fabrikam.com"}
+    assert sim.tickets == []
+    assert not [r for r in sim.requests if r["route"] == "exchange.Remove-BlockedSenderAddress"]
+    rows = {r["user"]: r for r in audit_rows(azurite, table_prefix)}
+    assert rows["alice@contoso.com"]["decision"] == "unblock"
+    assert rows["bob@fabrikam.com"]["decision"] == "ticket"
+    assert all(a["status"] == "skipped" for r in rows.values() for a in r["actions"])
+
+
+def test_end_to_end_a_user_without_an_allow_rule_gets_one_signed_ticket(
+    handlers: dict[str, Callable[..., Any]], configure: Any, queue: QueueClient, sim: Simulator
+) -> None:
+    post(handlers, alert_v2("bob@fabrikam.com", alert_id="a1"))
+    post(handlers, alert_v2("bob@fabrikam.com", alert_id="a2"))  # another alert about the same restriction
+    process(handlers, queued(queue))
+    [ticket] = sim.tickets
+    assert ticket["deliveries"] == 2
+    body = json.dumps(ticket["body"], separators=(",", ":"), sort_keys=True).encode()
+    expected = "sha256=" + hmac.new(TICKET_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert ticket["signature"] == expected
+    assert ticket["body"]["record"]["reasons"][0]["code"] == "no-allow-rule"
+    assert ticket["idempotency_key"] == ticket["body"]["correlation_id"]
+
+
+def test_a_redelivered_message_is_a_duplicate_and_acts_once(
+    handlers: dict[str, Callable[..., Any]],
+    configure: Any,
+    queue: QueueClient,
+    sim: Simulator,
+    azurite: Azurite,
+    table_prefix: str,
+) -> None:
+    post(handlers, alert_v2("alice@contoso.com"))
+    [message] = queued(queue)
+    process(handlers, [message, message])
+    assert len([r for r in sim.requests if r["route"] == "exchange.Remove-BlockedSenderAddress"]) == 1
+    assert [r["decision"] for r in audit_rows(azurite, table_prefix)] == ["unblock", "ignore"]
+
+
+def test_an_exchange_outage_fails_the_message_and_its_retry_completes_the_unblock(
+    handlers: dict[str, Callable[..., Any]],
+    configure: Any,
+    queue: QueueClient,
+    sim: Simulator,
+    azurite: Azurite,
+    table_prefix: str,
+) -> None:
+    post(handlers, alert_v2("alice@contoso.com"))
+    [message] = queued(queue)
+    sim.inject_fault("exchange.Remove-BlockedSenderAddress", status=503, retry_after=0, times=None)
+    with pytest.raises(Exception, match="Remove-BlockedSenderAddress: HTTP 503"):
+        process(handlers, [message])
+    assert audit_rows(azurite, table_prefix) == []  # nothing recorded as final: the queue will retry it
+    sim.clear_faults()
+    process(handlers, [message])  # the host's retry of the same message
+    assert "alice@contoso.com" not in [r["SenderAddress"] for r in sim.blocked_senders]
+    assert [r["decision"] for r in audit_rows(azurite, table_prefix)] == ["unblock"]
+
+
+def test_queue_messages_are_base64_as_the_trigger_expects(
+    handlers: dict[str, Callable[..., Any]], configure: Any, azurite: Azurite, queue: QueueClient
+) -> None:
+    post(handlers, alert_v2("alice@contoso.com"))
+    with QueueClient.from_connection_string(azurite.connection_string, EVENTS_QUEUE) as raw:
+        [message] = list(raw.receive_messages(visibility_timeout=1))
+    assert json.loads(base64.b64decode(message.content))["user"]["address"] == "alice@contoso.com"
