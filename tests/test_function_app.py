@@ -4,8 +4,8 @@ Azurite (queue + tables) and the simulator (Graph, Exchange, identity, ticket we
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -48,10 +48,8 @@ def queue(azurite: Azurite) -> Iterator[QueueClient]:
     client = QueueClient.from_connection_string(
         azurite.connection_string, EVENTS_QUEUE, message_decode_policy=TextBase64DecodePolicy()
     )
-    try:
+    with contextlib.suppress(ResourceExistsError):
         client.create_queue()
-    except Exception:  # noqa: S110 - it exists already
-        pass
     client.clear_messages()
     yield client
     client.close()
