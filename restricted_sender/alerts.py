@@ -53,7 +53,8 @@ def _parse_alert(item: object, where: str) -> AlertReport:
         raise MalformedPayload(f"{where}: an alerts_v2 alert needs a string 'id'")
     if not isinstance(title, str):
         raise MalformedPayload(f"{where}: an alerts_v2 alert needs a string 'title'")
-    evidence = item.get("evidence") or []
+    evidence = item.get("evidence")
+    evidence = [] if evidence is None else evidence
     if not isinstance(evidence, list):
         raise MalformedPayload(f"{where}.evidence: expected a list")
     web_url = item.get("alertWebUrl")

@@ -1,0 +1,251 @@
+"""Parsing at the boundary: alert payloads, Get-BlockedSenderAddress rows and reasons, policies, settings."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from restricted_sender.alerts import parse_alert_payload, parse_json
+from restricted_sender.errors import MalformedPayload, PolicyError
+from restricted_sender.model import RestrictionEvent, UserRef
+from restricted_sender.policy import default_policy, load_policy_text
+from restricted_sender.restriction import BlockedSender, BlockKind, BlockReason
+from restricted_sender.retry import retry_after_seconds
+from restricted_sender.settings import Secret, Settings
+from restricted_sender.timeutil import parse_instant
+from tests.conftest import alert_v2, shared_file
+
+
+def evidence(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"@odata.type": f"#microsoft.graph.security.{kind}", **fields}
+
+
+def test_every_user_and_mailbox_in_an_aggregated_alert_becomes_a_user() -> None:
+    alert = alert_v2("alice@contoso.com")
+    alert["evidence"] += [
+        evidence("userEvidence", userAccount={"azureAdUserId": "0b1c-id", "userPrincipalName": None}),
+        evidence("mailboxEvidence", primaryAddress="Carol@Contoso.com"),
+        evidence("mailboxEvidence", upn="dave@contoso.com", userAccount={"azureAdUserId": "dave-id"}),
+        evidence("analyzedMessageEvidence", recipientEmailAddress="someone@else.net"),
+        evidence("userEvidence", userAccount={"accountName": "NOUPN"}),
+    ]
+    [report] = parse_alert_payload(alert)
+    assert report.users == (
+        UserRef("alice@contoso.com"),
+        UserRef(object_id="0b1c-id"),
+        UserRef("carol@contoso.com"),
+        UserRef("dave@contoso.com", "dave-id"),
+    )
+
+
+def test_evidence_naming_the_same_user_twice_is_merged() -> None:
+    alert = alert_v2("alice@contoso.com", object_ids={"alice@contoso.com": "alice-id"})
+    alert["evidence"] += [
+        evidence("mailboxEvidence", primaryAddress="ALICE@contoso.com"),
+        evidence("userEvidence", userAccount={"azureAdUserId": "ALICE-ID"}),
+    ]
+    assert parse_alert_payload(alert)[0].users == (UserRef("alice@contoso.com", "alice-id"),)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ([], "unknown payload shape"),
+        ("text", "unknown payload shape"),
+        ({"value": {}}, "'value' must be a list"),
+        ({"value": ["x"]}, "value[0]: expected an alerts_v2 alert object"),
+        ({"id": "a", "title": "t", "evidence": {}}, "body.evidence: expected a list"),
+        ({"id": "a", "title": "t", "evidence": ["x"]}, "body.evidence[0]: expected an evidence object"),
+        ({"id": "", "title": "t"}, "needs a string 'id'"),
+        ({"id": "a", "title": 5}, "needs a string 'title'"),
+    ],
+)
+def test_unknown_shapes_are_refused_with_the_place_named(payload: Any, message: str) -> None:
+    with pytest.raises(MalformedPayload, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_alert_payload(payload)
+
+
+def test_the_graph_docs_sample_alert_parses_as_another_alert_with_no_user() -> None:
+    body = shared_file("samples", "alerts_v2_mde_example_graph_docs.json").read_bytes()
+    [report] = parse_alert_payload(parse_json(body))
+    assert report.title == "Suspicious execution of hidden file"
+    assert report.users == ()  # a process's userAccount is not the restricted user
+
+
+def test_the_mdo_sample_alert_yields_its_mailbox() -> None:
+    body = shared_file("samples", "alerts_v2_mdo_other_alert_wazuh.json").read_bytes()
+    [report] = parse_alert_payload(parse_json(body))
+    assert report.users == (UserRef("xxxxxxxxxx@outlook.com"),)
+    assert not default_policy().is_target_alert(report.title)
+
+
+def test_an_event_survives_the_queue_round_trip() -> None:
+    [report] = parse_alert_payload(alert_v2("alice@contoso.com"))
+    event = RestrictionEvent.for_alert(
+        report, report.users[0], delivery_id="d1", received_at=datetime(2026, 11, 27, 8, 4, tzinfo=UTC)
+    )
+    assert RestrictionEvent.from_message(event.to_message()) == event
+
+
+def test_the_same_alert_and_user_always_get_the_same_event_id() -> None:
+    [a] = parse_alert_payload(alert_v2("Alice@contoso.com"))
+    [b] = parse_alert_payload(alert_v2("alice@CONTOSO.com"))
+    now = datetime(2026, 11, 27, tzinfo=UTC)
+    first = RestrictionEvent.for_alert(a, a.users[0], delivery_id="d1", received_at=now)
+    second = RestrictionEvent.for_alert(b, b.users[0], delivery_id="d2", received_at=now)
+    assert first.event_id == second.event_id
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind", "values", "flags"),
+    [
+        (
+            "OutboundSpamLast24Hours=212;OutboundMailLast24Hours=240;OutboundSpamPercent=88",
+            BlockKind.SPAM,
+            {"OutboundSpamLast24Hours": "212", "OutboundMailLast24Hours": "240", "OutboundSpamPercent": "88"},
+            [],
+        ),
+        (
+            "OutboundSpamLast24Hours:40; OutboundMailLast24Hours:90 ;OutboundSpamPercent:44;",
+            BlockKind.SPAM,
+            {"OutboundSpamLast24Hours": "40", "OutboundMailLast24Hours": "90", "OutboundSpamPercent": "44"},
+            [],
+        ),
+        (
+            "EmailSendingLimitExceeded;InternalRecipientCountToday=4;ExternalRecipientCountToday=396;"
+            "ExceedingLimitType=External;Last MessagetraceId=abc;LastMessageRcptCount=100;",
+            BlockKind.SENDING_LIMIT,
+            {
+                "InternalRecipientCountToday": "4",
+                "ExternalRecipientCountToday": "396",
+                "ExceedingLimitType": "External",
+                "Last MessagetraceId": "abc",
+                "LastMessageRcptCount": "100",
+            },
+            ["EmailSendingLimitExceeded"],
+        ),
+        ("SomethingNew=1;Another:two", BlockKind.UNKNOWN, {"SomethingNew": "1", "Another": "two"}, []),
+        ("", BlockKind.UNKNOWN, {}, []),
+    ],
+    ids=["spam with =", "spam with : and spaces", "sending limit", "unknown keys kept", "empty"],
+)
+def test_reasons_are_parsed_defensively(reason: str, kind: BlockKind, values: dict[str, str], flags: list[str]) -> None:
+    parsed = BlockReason.parse(reason)
+    assert (parsed.kind, dict(parsed.values), list(parsed.flags)) == (kind, values, flags)
+
+
+@pytest.mark.parametrize(
+    ("temporary", "reason", "created", "release"),
+    [
+        (True, "OutboundSpamPercent=50", "2026-11-27T08:30:00Z", "2026-11-28T00:00:00+00:00"),
+        (False, "EmailSendingLimitExceeded;ExceedingLimitType=Internal", "2026-11-27T08:30:00Z",
+         "2026-11-28T08:30:00+00:00"),
+        (False, "OutboundSpamPercent=50", "2026-11-27T08:30:00Z", None),
+        ("True", "OutboundSpamPercent=50", "/Date(1795163400000)/", "2026-11-21T00:00:00+00:00"),
+    ],
+    ids=["a day block lifts at midnight UTC", "a limit block lifts after 24 h", "a spam block needs an admin",
+         "string booleans and /Date()/ are understood"],
+)  # fmt: skip
+def test_when_a_block_lifts_by_itself(temporary: Any, reason: str, created: str, release: str | None) -> None:
+    row = BlockedSender.from_row(
+        {"SenderAddress": "a@b.c", "Reason": reason, "TemporaryBlock": temporary, "CreatedDatetime": created}
+    )
+    expected = row.expected_release()
+    assert (expected.isoformat() if expected else None) == release
+
+
+def test_a_row_without_an_address_is_refused() -> None:
+    with pytest.raises(ValueError, match="SenderAddress"):
+        BlockedSender.from_row({"Reason": "x"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-27T08:03:12.3300000Z", "2026-11-27T08:03:12.330000+00:00"),
+        ("2026-11-27T08:03:12+02:00", "2026-11-27T06:03:12+00:00"),
+        ("2026-11-27T08:03:12", "2026-11-27T08:03:12+00:00"),
+    ],
+)
+def test_instants_are_normalized_to_utc(text: str, expected: str) -> None:
+    assert parse_instant(text).isoformat() == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("3", 3.0), ("0.5", 0.5), ("-4", 0.0), ("Fri, 27 Nov 2026 09:00:30 GMT", 30.0), ("soon", None), (None, None)],
+)
+def test_retry_after_is_read_as_seconds_or_a_date(value: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(value, now=datetime(2026, 11, 27, 9, 0, tzinfo=UTC)) == seconds
+
+
+def test_the_default_policy_is_report_only_and_allows_nobody() -> None:
+    policy = default_policy()
+    assert (policy.mode, policy.allow, policy.alert_names) == (
+        "report-only",
+        (),
+        ("User restricted from sending email",),
+    )
+
+
+def test_the_policy_version_follows_content_not_formatting() -> None:
+    a = load_policy_text("mode: enforce\nallow: [{name: x, domains: [Contoso.com]}]\n")
+    b = load_policy_text("allow:\n  - domains: [contoso.com]\n    name: x\nmode: enforce  # comment\n")
+    c = load_policy_text("mode: enforce\nallow: [{name: x, domains: [fabrikam.com]}]\n")
+    assert a.version == b.version != c.version
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("alert_names: ['Tenant restricted from sending email']", "tenant-level alerts"),
+        ("allow: [{name: x, domains: ['@contoso.com']}]", "is not a domain"),
+        ("allow: [{name: x}]", "names no users, domains or groups"),
+        ("ticket: {system: servicenow}", "not supported by this version"),
+        ("guards: {max_unblocks_per_user: {count: 1}}", "guards.max_unblocks_per_user.days: is required"),
+        ("mode: [", "not valid YAML"),
+        ("- a list", "expected a mapping"),
+    ],
+)
+def test_policy_mistakes_are_reported(text: str, problem: str) -> None:
+    with pytest.raises(PolicyError, match=problem):
+        load_policy_text(text)
+
+
+def test_the_design_example_policy_loads_and_says_what_it_does_not_enforce_yet() -> None:
+    policy = load_policy_text(
+        """
+mode: report-only
+alert_names: ["User restricted from sending email"]
+allow:
+  - {name: bulk-mail senders, users: [newsletter@contoso.com], domains: [contoso.com], groups: [g1]}
+deny: {users: [], domains: [], groups: []}
+guards:
+  max_unblocks_per_user: {count: 1, days: 7}
+  max_unblocks_per_tenant: {count: 10, hours: 1}
+  max_risk_level: low
+  suspicious_inbox_rules: true
+  external_forwarding: true
+  account_enabled: true
+  min_hours_to_auto_release: 2
+containment: {revoke_sessions: false, confirm_compromised: false, disable_account: false}
+notify: {user: false, recipients: []}
+ticket: {system: webhook}
+"""
+    )
+    assert policy.group_ids() == {"g1"}
+    assert "guards.max_risk_level is read but not enforced by this version" in policy.notes
+
+
+def test_secrets_never_show_in_settings_repr() -> None:
+    settings = Settings.from_env(
+        {"AzureWebJobsStorage": "AccountKey=super-secret", "ALERTS_SHARED_SECRET": "hunter2", "TENANT_ID": "t"}
+    )
+    text = repr(settings) + str(settings.alerts_shared_secret)
+    assert "super-secret" not in text
+    assert "hunter2" not in text
+    assert settings.alerts_shared_secret == Secret("hunter2")
+    assert json.dumps({"s": str(settings.alerts_shared_secret)}) == '{"s": "Secret(\'***\')"}'

@@ -1,0 +1,196 @@
+"""Intake and processor with the in-memory fakes: the orchestration around the pure decision."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from restricted_sender.actions import Actor
+from restricted_sender.errors import MalformedPayload, PolicyError, QueueUnavailable
+from restricted_sender.facts import FactSources
+from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryQueue, MemoryStore
+from restricted_sender.model import DirectoryUser, RestrictionEvent, UnblockEntry, UnblockKind
+from restricted_sender.pipeline import Intake, Processor
+from restricted_sender.policy import Policy, load_policy_text
+from restricted_sender.timeutil import FixedClock
+from tests.conftest import alert_v2, blocked
+
+NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+POLICY = load_policy_text("mode: enforce\nallow: [{name: staff, domains: [contoso.com]}]\n")
+ALICE = DirectoryUser(id="alice-id", user_principal_name="alice@contoso.com", mail="alice@contoso.com",
+                      account_enabled=True)  # fmt: skip
+
+
+class CountingDirectory(FakeDirectory):
+    """Records how many look-ups were in flight at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.group_calls = 0
+
+    async def _slow(self) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+
+    async def user(self, key: str) -> DirectoryUser | None:
+        await self._slow()
+        return await super().user(key)
+
+    async def member_groups(self, key: str, group_ids: Sequence[str]) -> frozenset[str]:
+        self.group_calls += 1
+        await self._slow()
+        return await super().member_groups(key, group_ids)
+
+
+class World:
+    def __init__(self, rows: list[dict[str, Any]], users: list[DirectoryUser], policy: Policy | PolicyError = POLICY,
+                 **exchange: Any) -> None:  # fmt: skip
+        self.queue = MemoryQueue()
+        self.exchange = FakeExchange(rows, **exchange)
+        self.directory = CountingDirectory(users)
+        self.tickets = FakeTickets()
+        self.store = MemoryStore()
+        self.clock = FixedClock(NOW)
+        self.intake = Intake(queue=self.queue, clock=self.clock, policy=policy)
+        self.processor = Processor(
+            sources=FactSources(self.exchange, self.directory, self.store),
+            actor=Actor(self.exchange, self.tickets, self.store, tenant_id="t"),
+            store=self.store,
+            clock=self.clock,
+            policy=policy,
+        )
+
+    def run(self, *payloads: dict[str, Any]) -> list[Any]:
+        for payload in payloads:
+            self.intake.accept(json.dumps(payload).encode())
+
+        async def drain() -> list[Any]:
+            return [await self.processor.process(RestrictionEvent.from_message(m)) for m in self.queue.drain()]
+
+        return asyncio.run(drain())
+
+
+def test_intake_queues_one_event_per_user_even_when_an_alert_names_a_user_twice() -> None:
+    world = World([], [])
+    result = world.intake.accept(json.dumps(alert_v2("alice@contoso.com", "ALICE@contoso.com", "bob@x.com")).encode())
+    assert [e.user.key for e in result.accepted] == ["alice@contoso.com", "bob@x.com"]
+    assert len(world.queue.messages) == 2
+
+
+def test_intake_logs_each_ignored_alert_as_a_decision_record(caplog: pytest.LogCaptureFixture) -> None:
+    world = World([], [])
+    with caplog.at_level(logging.INFO, logger="restricted_sender.decision"):
+        world.intake.accept(json.dumps(alert_v2("a@contoso.com", title="Mail flow issue")).encode())
+    [line] = [r.getMessage() for r in caplog.records if r.name == "restricted_sender.decision"]
+    record = json.loads(line)
+    assert (record["decision"], record["reasons"][0]["code"]) == ("ignore", "not-target-alert")
+
+
+def test_a_target_alert_without_any_user_is_ignored_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    world = World([], [])
+    result = world.intake.accept(json.dumps(alert_v2()).encode())
+    assert result.to_body()["ignored"][0]["reasons"][0]["code"] == "no-user-evidence"
+    assert any(r.levelno == logging.WARNING and "names no user" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("failure", ["malformed", "queue down"])
+def test_intake_queues_nothing_on_any_error(failure: str) -> None:
+    world = World([], [])
+    body = b"{" if failure == "malformed" else json.dumps(alert_v2("a@contoso.com")).encode()
+    world.queue.available = failure != "queue down"
+    with pytest.raises(MalformedPayload if failure == "malformed" else QueueUnavailable):
+        world.intake.accept(body)
+    assert world.queue.messages == []
+
+
+def test_each_decision_is_one_structured_log_line_equal_to_the_audit_row(caplog: pytest.LogCaptureFixture) -> None:
+    world = World([blocked("alice@contoso.com")], [ALICE])
+    with caplog.at_level(logging.INFO, logger="restricted_sender.decision"):
+        [record] = world.run(alert_v2("alice@contoso.com"))
+    [line] = [r.getMessage() for r in caplog.records if r.name == "restricted_sender.decision"]
+    [row] = world.store.audit_rows
+    assert json.loads(line) == record.to_dict() == {k: v for k, v in row.items() if k != "evidence"}
+
+
+def test_facts_are_gathered_concurrently_and_groups_only_when_the_policy_names_some() -> None:
+    world = World([blocked("alice@contoso.com")], [ALICE])
+    world.run(alert_v2("alice@contoso.com"))
+    assert world.directory.group_calls == 0
+    grouped = load_policy_text("mode: enforce\nallow: [{name: g, groups: [g1]}]\ndeny: {groups: [g2]}\n")
+    world = World([blocked("alice@contoso.com")], [ALICE], policy=grouped)
+    world.run(alert_v2("alice@contoso.com"))
+    assert world.directory.group_calls == 1
+    assert world.directory.most_in_flight == 2
+
+
+def test_a_user_named_only_by_object_id_is_resolved_through_the_directory() -> None:
+    world = World([blocked("alice@contoso.com")], [ALICE])
+    alert = alert_v2()
+    alert["evidence"] = [{"@odata.type": "#microsoft.graph.security.userEvidence",
+                          "userAccount": {"azureAdUserId": "alice-id"}}]  # fmt: skip
+    [record] = world.run(alert)
+    assert (record.user, record.decision.outcome.value) == ("alice@contoso.com", "unblock")
+    assert world.exchange.removed == ["alice@contoso.com"]
+
+
+def test_a_mailbox_restricted_under_its_smtp_address_is_found_from_its_upn() -> None:
+    grace = DirectoryUser(id="g", user_principal_name="grace.h@contoso.onmicrosoft.com", mail="grace@contoso.com",
+                          account_enabled=True)  # fmt: skip
+    world = World([blocked("grace@contoso.com")], [grace])
+    [record] = world.run(alert_v2("grace.h@contoso.onmicrosoft.com"))
+    assert (record.user, record.decision.outcome.value) == ("grace@contoso.com", "unblock")
+
+
+def test_an_unblock_is_counted_and_a_refused_one_is_not() -> None:
+    world = World(
+        [blocked("alice@contoso.com"), blocked("bob@contoso.com")], [ALICE], limit_reached=["bob@contoso.com"]
+    )
+    world.run(alert_v2("alice@contoso.com", "bob@contoso.com"))
+    statuses = {user: entry.status for (user, _), entry in world.store.history.items()}
+    assert statuses == {"alice@contoso.com": "done", "bob@contoso.com": "failed"}
+    assert len(world.tickets.tickets) == 1
+
+
+def test_a_retried_event_does_not_count_its_own_pending_unblock_against_the_budget() -> None:
+    world = World([blocked("alice@contoso.com")], [ALICE])
+    world.intake.accept(json.dumps(alert_v2("alice@contoso.com")).encode())
+    [message] = world.queue.drain()
+    event = RestrictionEvent.from_message(message)
+    # A first attempt that spent the budget and then crashed before Exchange answered.
+    asyncio.run(world.store.record_unblock(UnblockEntry("alice@contoso.com", NOW - timedelta(minutes=5),
+                                                        UnblockKind.AUTO, event.event_id, "pending")))  # fmt: skip
+    asyncio.run(world.store.claim(event.claim_key, event.delivery_id, NOW - timedelta(minutes=5)))
+    record = asyncio.run(world.processor.process(event))
+    assert record.decision.codes == ("allow:staff",)
+    assert world.exchange.removed == ["alice@contoso.com"]
+
+
+def test_an_invalid_policy_opens_tickets_and_never_unblocks() -> None:
+    world = World([blocked("alice@contoso.com")], [ALICE], policy=PolicyError(["mode: 'x' is not one of ..."]))
+    [record] = world.run(alert_v2("alice@contoso.com"))
+    assert record.decision.codes == ("policy-invalid",)
+    assert world.exchange.removed == []
+    assert len(world.tickets.tickets) == 1
+
+
+def test_the_ticket_carries_the_record_and_the_evidence() -> None:
+    world = World([blocked("bob@fabrikam.com")], [])
+    world.run(alert_v2("bob@fabrikam.com"))
+    [(correlation, body)] = world.tickets.tickets.items()
+    assert correlation.startswith("rsr-")
+    assert body["record"]["reasons"][0]["code"] == "no-allow-rule"
+    assert body["evidence"]["restriction"]["kind"] == "spam"
+    assert body["evidence"]["links"]["restricted_entities"] == "https://security.microsoft.com/restrictedentities"
+    assert body["evidence"]["notes"] == [
+        "bob@fabrikam.com was not found in the directory: account state and groups unknown"
+    ]
