@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--tenant", required=True, type=Path)
     sim.add_argument("--port", type=int, default=8765)
     sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--identity-header", help="the X-IDENTITY-HEADER value to require (default: random)")
     sim.set_defaults(run=_simulator)
 
     policy = commands.add_parser("policy", help="work with policy files")
@@ -221,7 +222,7 @@ def _print_records(records: Sequence[DecisionRecord], *, as_json: bool, out: Tex
 def _simulator(args: argparse.Namespace) -> int:
     from simulator import serve
 
-    serve(args.tenant, host=args.host, port=args.port)
+    serve(args.tenant, host=args.host, port=args.port, identity_header=args.identity_header)
     return 0
 
 
