@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .decide import unblock_failed
-from .errors import ServiceRefused, UnblockLimitReached
+from .errors import SenderNotBlocked, ServiceRefused, UnblockLimitReached
 from .model import (
     Action,
     ActionStatus,
@@ -85,6 +85,12 @@ class Actor:
         await self.store.record_unblock(entry)
         try:
             await self.exchange.remove_blocked_sender(restriction.address)
+        except SenderNotBlocked:
+            # Lifted between our look-up and the unblock (it expired, or an admin was quicker): nothing spent.
+            await self.store.record_unblock(replace(entry, status="failed"))
+            return record.with_actions(
+                Action("unblock", ActionStatus.SKIPPED, f"{restriction.address} was no longer restricted")
+            )
         except ServiceRefused as refused:
             await self.store.record_unblock(replace(entry, status="failed"))
             why = (

@@ -14,7 +14,8 @@ Everything the product raises on purpose derives from :class:`ResponderError`. O
         ├── TransientServiceError   retrying later may help (429, 5xx, timeouts)        -> 503 / queue retry
         │   └── QueueUnavailable    the event could not be queued                        -> 503
         └── ServiceRefused          the service answered "no"; retrying cannot help
-            └── UnblockLimitReached Microsoft's unblock limit: only Microsoft Support can help; never retried
+            ├── UnblockLimitReached Microsoft's unblock limit: only Microsoft Support can help; never retried
+            └── SenderNotBlocked    the address is not (or no longer) on the restricted list
 """
 
 from __future__ import annotations
@@ -103,3 +104,7 @@ class ServiceRefused(ServiceError):
 
 class UnblockLimitReached(ServiceRefused):
     code = "unblock-limit-reached"
+
+
+class SenderNotBlocked(ServiceRefused):
+    code = "sender-not-blocked"

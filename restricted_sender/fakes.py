@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from .errors import QueueUnavailable, ServiceRefused, UnblockLimitReached
+from .errors import QueueUnavailable, SenderNotBlocked, UnblockLimitReached
 from .model import DirectoryUser, UnblockEntry
 from .ports import ClaimResult, resolve_claim
 from .restriction import BlockedSender
@@ -47,7 +47,7 @@ class FakeExchange:
         before = len(self.rows)
         self.rows = [r for r in self.rows if str(r["SenderAddress"]).lower() != address.lower()]
         if len(self.rows) == before:
-            raise ServiceRefused("exchange", f"{address} is not blocked", http_status=400)
+            raise SenderNotBlocked("exchange", f"{address} is not blocked", http_status=400)
         self.removed.append(address.lower())
 
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -156,12 +155,9 @@ class Processor:
         enforce = policy.enforce if policy else True
         record = await self.actor.carry_out(record, facts, enforce=enforce)
         row = {**record.to_dict(), "evidence": dict(record.evidence)}
-        if claim is ClaimResult.DUPLICATE:
-            await self.store.append_audit(row)
-        else:
-            await asyncio.gather(
-                self.store.append_audit(row),
-                self.store.complete(event.claim_key, event.delivery_id, record.decision.outcome.value, now),
-            )
+        await self.store.append_audit(row)
+        if claim is not ClaimResult.DUPLICATE:
+            # Only after the audit row exists: a retry after a failed audit write must not see "done".
+            await self.store.complete(event.claim_key, event.delivery_id, record.decision.outcome.value, now)
         log_decision(record)
         return record

@@ -194,3 +194,19 @@ def test_the_ticket_carries_the_record_and_the_evidence() -> None:
     assert body["evidence"]["notes"] == [
         "bob@fabrikam.com was not found in the directory: account state and groups unknown"
     ]
+
+
+def test_a_block_lifted_before_the_unblock_ran_spends_nothing() -> None:
+    class LiftedMeanwhile(FakeExchange):
+        async def remove_blocked_sender(self, address: str) -> None:
+            self.rows.clear()
+            await super().remove_blocked_sender(address)
+
+    world = World([blocked("alice@contoso.com")], [ALICE])
+    world.exchange = LiftedMeanwhile(world.exchange.rows)
+    world.processor.actor = Actor(world.exchange, world.tickets, world.store, tenant_id="t")
+    [record] = world.run(alert_v2("alice@contoso.com"))
+    assert record.decision.outcome.value == "unblock"
+    assert [(a.kind, a.status.value) for a in record.actions] == [("unblock", "skipped")]
+    assert [e.status for e in world.store.history.values()] == ["failed"]
+    assert world.tickets.tickets == {}

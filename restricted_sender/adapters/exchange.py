@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import ServiceRefused, TransientServiceError, UnblockLimitReached
+from ..errors import SenderNotBlocked, ServiceRefused, TransientServiceError, UnblockLimitReached
 from ..restriction import BlockedSender
 from ..retry import RetryPolicy, retry_after_seconds, with_retries
 from .identity import TokenProvider
@@ -23,6 +23,9 @@ SYSTEM_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 MAX_PAGES = 500
 # The service's wording is undocumented; these cover the known phrasings of "you used up your unblocks".
 _UNBLOCK_LIMIT = re.compile(r"unblock\s+limit|exceed\w*\s+the\s+(?:number|limit)\s+of\s+(?:times|unblocks)", re.I)
+_NOT_FOUND = re.compile(
+    r"couldn't be found|could not be found|ManagementObjectNotFound|isn't blocked|is not blocked", re.IGNORECASE
+)
 
 
 class ExchangeAdmin:
@@ -48,7 +51,10 @@ class ExchangeAdmin:
 
     async def blocked_senders(self, address: str | None = None) -> Sequence[BlockedSender]:
         parameters = {"SenderAddress": address} if address else {}
-        rows = await self.invoke("Get-BlockedSenderAddress", parameters)
+        try:
+            rows = await self.invoke("Get-BlockedSenderAddress", parameters)
+        except SenderNotBlocked:
+            return []  # asked about one address that is not restricted: an answer, not a failure
         return [BlockedSender.from_row(row) for row in rows if row.get("SenderAddress")]
 
     async def remove_blocked_sender(self, address: str) -> None:
@@ -102,6 +108,8 @@ class ExchangeAdmin:
             message = _error_message(response)
             if cmdlet == "Remove-BlockedSenderAddress" and _UNBLOCK_LIMIT.search(message):
                 raise UnblockLimitReached(self.service, message, http_status=status)
+            if cmdlet.endswith("-BlockedSenderAddress") and _NOT_FOUND.search(message):
+                raise SenderNotBlocked(self.service, f"{cmdlet}: {message}", http_status=status)
             if status in (401, 403):
                 message = f"{message} (check Exchange.ManageAsApp and the Exchange role of the identity)"
             raise ServiceRefused(self.service, f"{cmdlet}: HTTP {status}: {message}", http_status=status)

@@ -37,8 +37,9 @@ def table_key(value: str) -> str:
 class TableStore:
     service = "store"
 
-    def __init__(self, service: TableServiceClient, *, prefix: str = "rsr") -> None:
+    def __init__(self, service: TableServiceClient, *, prefix: str = "rsr", credential: Any = None) -> None:
         self._service = service
+        self._credential = credential  # closed with the store when the store created it
         self._names = {kind: f"{prefix}{kind}" for kind in ("claims", "unblocks", "audit")}
         self._tables: dict[str, TableClient] = {}
         self._ready = asyncio.Lock()
@@ -200,6 +201,8 @@ class TableStore:
         for table in self._tables.values():
             await table.close()
         await self._service.close()
+        if self._credential is not None:
+            await self._credential.close()
 
 
 class _errors:
