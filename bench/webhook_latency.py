@@ -168,11 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from bench._azurite import azurite_queue
     from restricted_sender.adapters.queue import StorageQueue
     from restricted_sender.edge import runtime
+    from simulator import azurite as local_storage
 
-    with azurite_queue() as azurite:
+    with local_storage.running(services=("queue",)) as azurite:
         configure_environment(azurite.connection_string)
         runtime.reset()  # settings are read once: make it read the ones just set
         try:

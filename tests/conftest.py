@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from simulator import Simulator
+from simulator import azurite as local_storage
+from simulator.azurite import Azurite
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
-AZURITE_BIN = ROOT / "node_modules" / ".bin"
-# Azurite's well-known development account: public, documented, not a secret.
-DEV_ACCOUNT = "devstoreaccount1"
-DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
 BULK_GROUP = "3f1c9a7e-2b4d-4e8f-9a6b-7c5d1e2f3a4b"
 
@@ -34,78 +28,14 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Azurite exited early with code {process.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"Azurite did not listen on port {port} in time")
-
-
-@dataclass(frozen=True)
-class Azurite:
-    queue_port: int
-    table_port: int
-
-    @property
-    def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
-            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{DEV_ACCOUNT};"
-            f"TableEndpoint=http://127.0.0.1:{self.table_port}/{DEV_ACCOUNT};"
-        )
-
-
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
     """Azurite's queue and table services, in memory, on free ports, for the whole session."""
-    missing = [name for name in ("azurite-queue", "azurite-table") if not (AZURITE_BIN / name).exists()]
-    if missing:
-        pytest.fail(f"Azurite is not installed ({', '.join(missing)} missing): run `make setup` (npm ci)")
-    ports = {"queue": free_port(), "table": free_port()}
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        for service, port in ports.items():
-            processes.append(
-                subprocess.Popen(
-                    [
-                        str(AZURITE_BIN / f"azurite-{service}"),
-                        f"--{service}Host",
-                        "127.0.0.1",
-                        f"--{service}Port",
-                        str(port),
-                        "--inMemoryPersistence",
-                        "--skipApiVersionCheck",
-                        "--disableTelemetry",
-                        "--silent",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        deadline = time.monotonic() + 30
-        for process, port in zip(processes, ports.values(), strict=True):
-            _wait_for_port(port, process, deadline)
-        yield Azurite(queue_port=ports["queue"], table_port=ports["table"])
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    absent = local_storage.missing()
+    if absent:
+        pytest.fail(f"Azurite is not installed ({', '.join(absent)} missing): run `make setup` (npm ci)")
+    with local_storage.running() as running:
+        yield running
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from restricted_sender.adapters.tables import TableStore
 from restricted_sender.edge import runtime
 from restricted_sender.settings import EVENTS_QUEUE
 from simulator import Simulator
-from tests.conftest import TENANT_ID, Azurite, alert_v2, blocked, free_port, shared_file, tenant, user
+from simulator.azurite import Azurite, free_port
+from tests.conftest import TENANT_ID, alert_v2, blocked, shared_file, tenant, user
 
 pytestmark = pytest.mark.azurite
 

@@ -14,7 +14,8 @@ import pytest
 from restricted_sender.adapters.queue import StorageQueue
 from restricted_sender.errors import QueueUnavailable
 from restricted_sender.fakes import MemoryQueue
-from tests.conftest import DEV_ACCOUNT, DEV_KEY, ROOT, Azurite, free_port
+from simulator.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, free_port
+from tests.conftest import ROOT
 
 EVENT = json.dumps({"schema": 1, "event_id": "3f9a0c1d", "user": {"address": "alice@contoso.com"}})
 UNICODE = "Zoë Ångström — ✉ 日本語 🚫📨"

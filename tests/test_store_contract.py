@@ -23,7 +23,7 @@ from restricted_sender.errors import TransientServiceError
 from restricted_sender.fakes import MemoryStore
 from restricted_sender.model import UnblockEntry, UnblockKind
 from restricted_sender.ports import CLAIM_LEASE, ClaimResult, Store
-from tests.conftest import DEV_ACCOUNT, DEV_KEY, Azurite, free_port
+from simulator.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, free_port
 
 T = TypeVar("T")
 OpenStore = Callable[[], Store]

@@ -16,7 +16,8 @@ import httpx
 
 from ..errors import SenderNotBlocked, ServiceRefused, TransientServiceError, UnblockLimitReached
 from ..restriction import BlockedSender
-from ..retry import RetryPolicy, retry_after_seconds, with_retries
+from ..retry import RetryPolicy, with_retries
+from .http import send
 from .identity import TokenProvider
 
 SYSTEM_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
@@ -90,20 +91,10 @@ class ExchangeAdmin:
             "X-CmdletName": cmdlet,
             "Prefer": f"odata.maxpagesize={self._page_size}",
         }
-        try:
-            response = await self._http.post(url, json=body, headers=headers)
-        except httpx.TimeoutException as error:
-            raise TransientServiceError(self.service, f"{cmdlet}: timed out ({type(error).__name__})") from error
-        except httpx.TransportError as error:
-            raise TransientServiceError(self.service, f"{cmdlet}: {type(error).__name__}: {error}") from error
+        response = await send(
+            self.service, cmdlet, partial(self._http.post, url, json=body, headers=headers), _error_message
+        )
         status = response.status_code
-        if status == 429 or status >= 500:
-            raise TransientServiceError(
-                self.service,
-                f"{cmdlet}: HTTP {status}: {_error_message(response)}",
-                http_status=status,
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-            )
         if status >= 400:
             message = _error_message(response)
             if cmdlet == "Remove-BlockedSenderAddress" and _UNBLOCK_LIMIT.search(message):

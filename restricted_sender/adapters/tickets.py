@@ -6,13 +6,15 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import httpx
 
-from ..errors import ServiceRefused, TransientServiceError
-from ..retry import RetryPolicy, retry_after_seconds, with_retries
+from ..errors import ServiceRefused
+from ..retry import RetryPolicy, with_retries
 from ..settings import Secret
+from .http import send
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -39,20 +41,13 @@ class WebhookTickets:
         return await with_retries(lambda: self._post(body, headers), self._retry)
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> str:
-        try:
-            response = await self._http.post(self._url, content=body, headers=headers)
-        except httpx.TimeoutException as error:
-            raise TransientServiceError(self.service, f"webhook timed out ({type(error).__name__})") from error
-        except httpx.TransportError as error:
-            raise TransientServiceError(self.service, f"webhook: {type(error).__name__}: {error}") from error
+        response = await send(
+            self.service,
+            "webhook",
+            partial(self._http.post, self._url, content=body, headers=headers),
+            lambda r: r.text[:300],
+        )
         status = response.status_code
-        if status == 429 or status >= 500:
-            raise TransientServiceError(
-                self.service,
-                f"webhook answered HTTP {status}",
-                http_status=status,
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-            )
         if status >= 400:
             raise ServiceRefused(
                 self.service, f"webhook answered HTTP {status}: {response.text[:300]}", http_status=status
