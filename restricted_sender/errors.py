@@ -61,8 +61,10 @@ class ConfigurationError(ResponderError):
 class PolicyError(ConfigurationError):
     code = "policy-invalid"
 
-    def __init__(self, problems: list[str], source: str = "policy") -> None:
+    def __init__(self, problems: list[str], source: str = "policy", *, mode: str = "report-only") -> None:
         self.problems = list(problems)
+        # The mode the broken file asks for, when it says so clearly: a report-only trial stays report-only.
+        self.mode = mode
         super().__init__(f"{source}: " + "; ".join(self.problems))
 
 

@@ -100,7 +100,6 @@ class Intake:
 
     def _ignored(self, report: AlertReport, decision: Decision, now: datetime) -> DecisionRecord:
         version = self.policy.version if isinstance(self.policy, Policy) else "invalid"
-        mode = self.policy.mode if isinstance(self.policy, Policy) else "report-only"
         return DecisionRecord(
             event_id=stable_id(report.source, report.alert_id),
             alert_id=report.alert_id,
@@ -109,7 +108,7 @@ class Intake:
             user=", ".join(u.key for u in report.users),
             decision=decision,
             actions=(),
-            mode=mode,
+            mode=self.policy.mode,
             policy_version=version,
             at=now,
         )
@@ -146,14 +145,13 @@ class Processor:
             user=(facts.restriction.address if facts.restriction else event.user.key).lower(),
             decision=decision,
             actions=(),
-            mode=policy.mode if policy else "report-only",
+            mode=self.policy.mode,
             policy_version=policy.version if policy else "invalid",
             at=now,
         )
         record = replace(record, evidence=evidence(facts, record, event.alert_url))
-        # An invalid policy says nothing about mode: tickets still go out, nothing is ever unblocked.
-        enforce = policy.enforce if policy else True
-        record = await self.actor.carry_out(record, facts, enforce=enforce)
+        # With an invalid policy decide() never unblocks; tickets still go out unless the file asked for report-only.
+        record = await self.actor.carry_out(record, facts, enforce=self.policy.mode == "enforce")
         row = {**record.to_dict(), "evidence": dict(record.evidence)}
         await self.store.append_audit(row)
         if claim is not ClaimResult.DUPLICATE:

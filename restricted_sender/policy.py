@@ -125,7 +125,8 @@ def parse_policy(data: object, *, source: str = "policy") -> Policy:
     checker = _Checker(problems)
     policy = checker.policy(data)
     if problems:
-        raise PolicyError(problems, source=source)
+        mode = data.get("mode") if isinstance(data, dict) else None
+        raise PolicyError(problems, source=source, mode=mode if mode in MODES else "report-only")
     assert policy is not None
     return policy
 

@@ -249,3 +249,11 @@ def test_secrets_never_show_in_settings_repr() -> None:
     assert "hunter2" not in text
     assert settings.alerts_shared_secret == Secret("hunter2")
     assert json.dumps({"s": str(settings.alerts_shared_secret)}) == '{"s": "Secret(\'***\')"}'
+
+
+@pytest.mark.parametrize(("text", "mode"), [("mode: enforce\nbogus: 1", "enforce"), ("mode: enforced", "report-only"),
+                                            ("bogus: 1", "report-only")])  # fmt: skip
+def test_a_broken_policy_still_says_which_mode_it_asked_for(text: str, mode: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(text)
+    assert caught.value.mode == mode

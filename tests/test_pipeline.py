@@ -175,12 +175,14 @@ def test_a_retried_event_does_not_count_its_own_pending_unblock_against_the_budg
     assert world.exchange.removed == ["alice@contoso.com"]
 
 
-def test_an_invalid_policy_opens_tickets_and_never_unblocks() -> None:
-    world = World([blocked("alice@contoso.com")], [ALICE], policy=PolicyError(["mode: 'x' is not one of ..."]))
+@pytest.mark.parametrize(("mode", "tickets"), [("enforce", 1), ("report-only", 0)])
+def test_an_invalid_policy_never_unblocks_and_tickets_only_when_it_asked_to_enforce(mode: str, tickets: int) -> None:
+    broken = PolicyError(["allow[0]: rule 'x' names no users, domains or groups"], mode=mode)
+    world = World([blocked("alice@contoso.com")], [ALICE], policy=broken)
     [record] = world.run(alert_v2("alice@contoso.com"))
-    assert record.decision.codes == ("policy-invalid",)
+    assert (record.decision.codes, record.mode) == (("policy-invalid",), mode)
     assert world.exchange.removed == []
-    assert len(world.tickets.tickets) == 1
+    assert len(world.tickets.tickets) == tickets
 
 
 def test_the_ticket_carries_the_record_and_the_evidence() -> None:
