@@ -11,13 +11,17 @@ import hmac
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, InputError, ResponderError, TransientServiceError, Unauthorized
 from .model import DecisionRecord, RestrictionEvent
 from .pipeline import Intake, Processor
 from .policy import Policy
 from .settings import Secret, Settings
+
+if TYPE_CHECKING:
+    from .compose import ProcessorBundle
+    from .errors import PolicyError
 
 log = logging.getLogger("restricted_sender")
 SECRET_HEADER = "x-webhook-secret"  # noqa: S105  (a header name, not a secret)
@@ -72,10 +76,11 @@ class Runtime:
 
     def __init__(self) -> None:
         self._settings: Settings | None = None
-        self._policy: Policy | Any = None
+        self._policy: Policy | PolicyError | None = None
         self._intake: Intake | None = None
-        self._processor: Any = None
+        self._processor: ProcessorBundle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._building: asyncio.Lock | None = None
 
     @property
     def settings(self) -> Settings:
@@ -84,7 +89,7 @@ class Runtime:
         return self._settings
 
     @property
-    def policy(self) -> Any:
+    def policy(self) -> Policy | PolicyError:
         if self._policy is None:
             from .compose import load_policy
 
@@ -108,13 +113,16 @@ class Runtime:
 
     async def processor(self) -> Processor:
         loop = asyncio.get_running_loop()
-        if self._processor is None or self._loop is not loop:
-            from .compose import build_processor
+        if self._loop is not loop:
+            self._processor, self._loop, self._building = None, loop, asyncio.Lock()
+        assert self._building is not None
+        # The host runs a batch of messages at once: exactly one of them builds the clients.
+        async with self._building:
+            if self._processor is None:
+                from .compose import build_processor
 
-            self._processor = await build_processor(self.settings, self.policy)
-            self._loop = loop
-        processor: Processor = self._processor.processor
-        return processor
+                self._processor = await build_processor(self.settings, self.policy)
+        return self._processor.processor
 
     async def process_message(self, text: str) -> DecisionRecord:
         return await process_message(text, await self.processor())
@@ -136,6 +144,7 @@ class Runtime:
         self._intake = None
         self._processor = None
         self._loop = None
+        self._building = None
 
 
 runtime = Runtime()

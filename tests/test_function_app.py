@@ -327,3 +327,20 @@ def test_queue_messages_are_base64_as_the_trigger_expects(
     with QueueClient.from_connection_string(azurite.connection_string, EVENTS_QUEUE) as raw:
         [message] = list(raw.receive_messages(visibility_timeout=1))
     assert json.loads(base64.b64decode(message.content))["user"]["address"] == "alice@contoso.com"
+
+
+def test_a_batch_of_messages_shares_one_set_of_clients_and_one_token_per_service(
+    handlers: dict[str, Callable[..., Any]], configure: Any, queue: QueueClient, sim: Simulator
+) -> None:
+    post(handlers, alert_v2("alice@contoso.com", "bob@fabrikam.com", "ivan@contoso.com"))
+    messages = queued(queue)
+
+    async def batch() -> None:
+        try:
+            await asyncio.gather(*(handlers["process_event"](func.QueueMessage(body=m.encode())) for m in messages))
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(batch())
+    resources = sorted(r["query"]["resource"] for r in sim.requests if r["route"] == "identity.token")
+    assert resources == ["https://graph.microsoft.com", "https://outlook.office365.com"]

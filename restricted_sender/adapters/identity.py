@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import TransientServiceError
 
 if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken
     from azure.core.credentials_async import AsyncTokenCredential
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
@@ -24,7 +26,33 @@ def managed_identity(client_id: str | None) -> AsyncTokenCredential:
     """
     from azure.identity.aio import ManagedIdentityCredential  # heavy (aiohttp): never on the webhook path
 
-    return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+    inner = ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+    return cast("AsyncTokenCredential", OneFetchPerScope(inner))
+
+
+class OneFetchPerScope:
+    """Wraps the process's credential so that concurrent requests for one scope share a single fetch.
+
+    azure-identity caches tokens but does not merge concurrent cache misses: a batch of queue messages on a
+    cold instance would otherwise each ask the identity endpoint for the same token.
+    """
+
+    def __init__(self, inner: AsyncTokenCredential) -> None:
+        self._inner = inner
+        self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        async with self._locks.setdefault(scopes, asyncio.Lock()):
+            return await self._inner.get_token(*scopes, **kwargs)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def __aenter__(self) -> OneFetchPerScope:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 def bearer(credential: AsyncTokenCredential, scope: str) -> TokenProvider:
