@@ -202,6 +202,14 @@ def test_a_user_with_select_fits_microsoft_graph_user(schema: Schema, graph: htt
     assert schema.check(user, "graph.user") == []
 
 
+def test_users_found_by_mail_fit_microsoft_graph_user(schema: Schema, graph: httpx.Client) -> None:
+    mail = RICH_USER["mail"]
+    found = served(graph, "/users", **{"$filter": f"mail eq '{mail}'"})["value"]
+
+    assert [u["mail"] for u in found] == [mail]
+    assert [problem for user in found for problem in schema.check(user, "microsoft.graph.user")] == []
+
+
 def test_check_member_groups_answers_a_collection_of_strings(schema: Schema, graph: httpx.Client) -> None:
     response = graph.post(f"/users/{USER_ID}/checkMemberGroups", json={"groupIds": GROUP_IDS})
 
