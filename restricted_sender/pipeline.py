@@ -152,7 +152,7 @@ class Processor:
         record = replace(record, evidence=evidence(facts, record, event.alert_url))
         # With an invalid policy decide() never unblocks; tickets still go out unless the file asked for report-only.
         record = await self.actor.carry_out(record, facts, enforce=self.policy.mode == "enforce")
-        row = {**record.to_dict(), "evidence": dict(record.evidence)}
+        row = {**record.to_dict(), "evidence": dict(record.evidence), "delivery_id": event.delivery_id}
         await self.store.append_audit(row)
         if claim is not ClaimResult.DUPLICATE:
             # Only after the audit row exists: a retry after a failed audit write must not see "done".

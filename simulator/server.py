@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
@@ -208,6 +209,8 @@ class Simulator:
         """The answer to ``request``, logged (control calls excepted) before it is sent.
 
         The status is logged before sending so a client that has its answer already sees it in the log.
+        ``started`` (request read) and ``ended`` (answer ready; ``None`` when the connection is dropped) are
+        ``time.monotonic()`` seconds, so a benchmark can tell which requests overlapped.
         """
         route, endpoint = self._route(request)
         entry: Json | None = None
@@ -221,10 +224,13 @@ class Simulator:
                     "route": route,
                     "status": None,
                     "headers": dict(request.headers.items()),
+                    "started": time.monotonic(),
+                    "ended": None,
                 }
             )
         response = self._answer(route, endpoint, request)
         if entry is not None and response.drop_after is None:
+            entry["ended"] = time.monotonic()
             self._log.set_status(entry, response.status)
         return response
 
