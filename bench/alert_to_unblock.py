@@ -20,24 +20,22 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from synthetic import ALERT_TITLE, TENANT_ID, address, alert, blocked, user, user_id  # bench/ is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 BAR_RATIO = 1.2
 BAR_ROUND_TRIPS = 4
-TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
 DOMAIN = "contoso.com"
-ALERT_TITLE = "User restricted from sending email"
 LATENCY_ROUTES = ("graph.*", "exchange.*", "identity.token")
 POLICY_YAML = f"""\
 mode: enforce
@@ -55,59 +53,13 @@ ticket:
 """
 
 
-def user_id(index: int) -> str:
-    return f"0b1c2d3e-{index // 10000:04d}-4a5b-8c9d-{index % 10000:012d}"
-
-
-def address(index: int) -> str:
-    return f"user{index:05d}@{DOMAIN}"
-
-
 def tenant(users: int) -> dict[str, Any]:
     """``users`` restricted, enabled users of the allowed domain, each on a spam (not temporary) block."""
     return {
         "tenantId": TENANT_ID,
-        "users": [
-            {
-                "id": user_id(i),
-                "userPrincipalName": address(i),
-                "mail": address(i),
-                "displayName": f"User {i}",
-                "accountEnabled": True,
-            }
-            for i in range(users)
-        ],
+        "users": [user(i, DOMAIN) for i in range(users)],
         "domains": [{"id": DOMAIN, "isVerified": True, "isDefault": True}],
-        "blockedSenders": [
-            {
-                "SenderAddress": address(i),
-                "Reason": "OutboundSpamLast24Hours=212;OutboundMailLast24Hours=240;OutboundSpamPercent=88",
-                "TemporaryBlock": False,
-                "CreatedDatetime": "2026-01-10T08:02:11Z",
-                "ChangedDatetime": "2026-01-10T08:02:11Z",
-            }
-            for i in range(users)
-        ],
-    }
-
-
-def alert(index: int) -> dict[str, Any]:
-    alert_id = f"a2u-{index:07d}"
-    return {
-        "@odata.type": "#microsoft.graph.security.alert",
-        "id": alert_id,
-        "title": ALERT_TITLE,
-        "serviceSource": "microsoftDefenderForOffice365",
-        "alertWebUrl": f"https://security.microsoft.com/alerts/{alert_id}",
-        "createdDateTime": "2026-01-10T08:03:12Z",
-        "evidence": [
-            {
-                "@odata.type": "#microsoft.graph.security.userEvidence",
-                "userAccount": {"userPrincipalName": address(index), "azureAdUserId": user_id(index)},
-                "verdict": "suspicious",
-                "roles": [],
-            }
-        ],
+        "blockedSenders": [blocked(address(i, DOMAIN)) for i in range(users)],
     }
 
 
@@ -140,21 +92,6 @@ def path_gaps(chain: Sequence[Mapping[str, Any]], window: tuple[float, float]) -
     return float(chain[0]["started"]) - start, between, served, end - float(chain[-1]["ended"])
 
 
-@contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """Set environment variables for the duration (the credential reads them when it is created)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 @dataclass
 class Measured:
     wall: list[float]  # seconds per measured event
@@ -165,12 +102,12 @@ class Measured:
 
 async def run(count: int, latency: float) -> Measured:
     from restricted_sender.adapters.sqlite import SqliteStore
+    from restricted_sender.cli import environment, simulated_settings
     from restricted_sender.compose import build_intake, build_processor
     from restricted_sender.fakes import MemoryQueue
     from restricted_sender.model import ActionStatus, Outcome, RestrictionEvent
     from restricted_sender.policy import load_policy_text
     from restricted_sender.retry import RetryPolicy
-    from restricted_sender.settings import Settings
     from restricted_sender.timeutil import SystemClock
     from simulator import Simulator
 
@@ -179,17 +116,11 @@ async def run(count: int, latency: float) -> Measured:
     with Simulator(tenant(count + 1), port=0) as sim:
         for route in LATENCY_ROUTES:
             sim.set_latency(route, latency)
-        settings = Settings(
-            tenant_id=TENANT_ID,
-            graph_base_url=f"{sim.url}/v1.0",
-            exchange_base_url=sim.url,
-            ticket_webhook_url=f"{sim.url}/tickets/webhook",
-            http_timeout_seconds=10,
-        )
+        settings = simulated_settings(sim)
         queue = MemoryQueue()
         intake = build_intake(settings, policy, queue=queue, clock=clock)
         for index in range(count + 1):  # user 0 is the warm-up
-            intake.accept(json.dumps(alert(index)).encode("utf-8"))
+            intake.accept(json.dumps(alert(f"a2u-{index:07d}", address(index, DOMAIN), user_id(index))).encode())
         events = [RestrictionEvent.from_message(text) for text in queue.drain()]
         assert len(events) == count + 1, f"the intake queued {len(events)} events for {count + 1} alerts"
 

@@ -26,22 +26,21 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import synthetic  # bench/ is on sys.path
+from synthetic import ALERT_TITLE, TENANT_ID, blocked, user, user_id
+
 ROOT = Path(__file__).resolve().parent.parent
-TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
 ALLOWED_DOMAIN = "contoso.com"
 OTHER_DOMAIN = "fabrikam.com"
-ALERT_TITLE = "User restricted from sending email"
 LIMIT_EVERY = 100  # every 100th user (an allowed one) is past Microsoft's unblock limit
 GET = "exchange.Get-BlockedSenderAddress"
 REMOVE = "exchange.Remove-BlockedSenderAddress"
@@ -67,10 +66,6 @@ ticket:
 # -- the tenant and the alerts ----------------------------------------------------------------------------------
 
 
-def user_id(index: int) -> str:
-    return f"0b1c2d3e-{index // 10000:04d}-4a5b-8c9d-{index % 10000:012d}"
-
-
 def allowed(index: int) -> bool:
     return index % 2 == 0
 
@@ -79,61 +74,35 @@ def limit_reached(index: int) -> bool:
     return index % LIMIT_EVERY == 0  # even, so always an allowed user
 
 
+def domain(index: int) -> str:
+    return ALLOWED_DOMAIN if allowed(index) else OTHER_DOMAIN
+
+
 def address(index: int) -> str:
-    return f"user{index:05d}@{ALLOWED_DOMAIN if allowed(index) else OTHER_DOMAIN}"
+    return synthetic.address(index, domain(index))
 
 
 def tenant(count: int) -> dict[str, Any]:
-    users = []
-    for i in range(count):
-        user: dict[str, Any] = {
-            "id": user_id(i),
-            "userPrincipalName": address(i),
-            "mail": address(i),
-            "displayName": f"User {i}",
-            "accountEnabled": True,
-        }
-        if limit_reached(i):
-            user["x-unblockLimitReached"] = True
-        users.append(user)
     return {
         "tenantId": TENANT_ID,
-        "users": users,
+        "users": [
+            user(
+                i,
+                ALLOWED_DOMAIN if allowed(i) else OTHER_DOMAIN,
+                **({"x-unblockLimitReached": True} if limit_reached(i) else {}),
+            )
+            for i in range(count)
+        ],
         "domains": [
             {"id": ALLOWED_DOMAIN, "isVerified": True, "isDefault": True},
             {"id": OTHER_DOMAIN, "isVerified": True, "isDefault": False},
         ],
-        "blockedSenders": [
-            {
-                "SenderAddress": address(i),
-                "Reason": "OutboundSpamLast24Hours=212;OutboundMailLast24Hours=240;OutboundSpamPercent=88",
-                "TemporaryBlock": False,
-                "CreatedDatetime": "2026-01-10T08:02:11Z",
-                "ChangedDatetime": "2026-01-10T08:02:11Z",
-            }
-            for i in range(count)
-        ],
+        "blockedSenders": [blocked(address(i)) for i in range(count)],
     }
 
 
 def alert(index: int) -> dict[str, Any]:
-    alert_id = f"burst-{index:07d}"
-    return {
-        "@odata.type": "#microsoft.graph.security.alert",
-        "id": alert_id,
-        "title": ALERT_TITLE,
-        "serviceSource": "microsoftDefenderForOffice365",
-        "alertWebUrl": f"https://security.microsoft.com/alerts/{alert_id}",
-        "createdDateTime": "2026-01-10T08:03:12Z",
-        "evidence": [
-            {
-                "@odata.type": "#microsoft.graph.security.userEvidence",
-                "userAccount": {"userPrincipalName": address(index), "azureAdUserId": user_id(index)},
-                "verdict": "suspicious",
-                "roles": [],
-            }
-        ],
-    }
+    return synthetic.alert(f"burst-{index:07d}", address(index), user_id(index))
 
 
 def bodies(count: int, batch: int, duplicates: int, rng: random.Random) -> list[bytes]:
@@ -156,21 +125,6 @@ def bodies(count: int, batch: int, duplicates: int, rng: random.Random) -> list[
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """Set environment variables for the duration (the credential reads them when it is created)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def throttle_plan(count: int, rate: float) -> dict[str, int]:
@@ -261,11 +215,11 @@ async def drain(
 
 async def run(args: argparse.Namespace) -> Outcome:
     from restricted_sender.adapters.sqlite import SqliteStore
+    from restricted_sender.cli import environment, simulated_settings
     from restricted_sender.compose import build_intake, build_processor
     from restricted_sender.fakes import MemoryQueue
     from restricted_sender.policy import load_policy_text
     from restricted_sender.retry import RetryPolicy
-    from restricted_sender.settings import Settings
     from restricted_sender.timeutil import SystemClock
     from simulator import Simulator
 
@@ -274,13 +228,7 @@ async def run(args: argparse.Namespace) -> Outcome:
     clock = SystemClock()
     posted = bodies(args.count, args.batch, round(args.duplicates * args.count), rng)
     with Simulator(tenant(args.count), port=0) as sim:
-        settings = Settings(
-            tenant_id=TENANT_ID,
-            graph_base_url=f"{sim.url}/v1.0",
-            exchange_base_url=sim.url,
-            ticket_webhook_url=sim.tickets_url,
-            http_timeout_seconds=10,
-        )
+        settings = simulated_settings(sim)
         queue = MemoryQueue()
         intake = build_intake(settings, policy, queue=queue, clock=clock)
         started = time.monotonic()

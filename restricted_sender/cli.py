@@ -11,7 +11,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,8 @@ from .timeutil import FixedClock, SystemClock, parse_instant
 
 if TYPE_CHECKING:
     from simulator import Simulator
+
+    from .settings import Settings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEMO_NOW = "2026-11-27T22:30:00Z"  # 90 minutes before the day blocks lift
@@ -111,23 +114,16 @@ async def replay(
     from .edge import process_message
     from .fakes import MemoryQueue
     from .retry import RetryPolicy
-    from .settings import Settings
 
     state = load_tenant(tenant)
     clock = FixedClock(now) if now else SystemClock()
     with _Simulated(Simulator(state, port=0)) as sim:
         store = SqliteStore(":memory:")
         await _seed_history(store, state.history)
-        settings = Settings(
-            tenant_id=state.tenant_id,
-            graph_base_url=f"{sim.url}/v1.0",
-            exchange_base_url=sim.url,
-            ticket_webhook_url=f"{sim.url}/tickets/webhook",
-            http_timeout_seconds=10,
-        )
+        settings = simulated_settings(sim)
         queue = MemoryQueue()
         intake = build_intake(settings, policy, queue=queue, clock=clock)
-        with _environment(IDENTITY_ENDPOINT=f"{sim.url}/msi/token", IDENTITY_HEADER=sim.identity_header):
+        with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
             bundle = await build_processor(
                 settings, policy, store=store, clock=clock, retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5)
             )
@@ -251,21 +247,29 @@ class _Simulated:
         self.sim.stop()
 
 
-class _environment:
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
     """Set environment variables for the duration (the credential reads them when it is created)."""
-
-    def __init__(self, **values: str) -> None:
-        self.values = values
-        self.saved: dict[str, str | None] = {}
-
-    def __enter__(self) -> None:
-        for key, value in self.values.items():
-            self.saved[key] = os.environ.get(key)
-            os.environ[key] = value
-
-    def __exit__(self, *exc: object) -> None:
-        for key, value in self.saved.items():
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def simulated_settings(sim: Simulator) -> Settings:
+    """Settings that point Graph, Exchange and the ticket webhook at the simulator."""
+    from .settings import Settings
+
+    return Settings(
+        tenant_id=sim.tenant_id,
+        graph_base_url=sim.graph_url,
+        exchange_base_url=sim.url,
+        ticket_webhook_url=sim.tickets_url,
+        http_timeout_seconds=10,
+    )
