@@ -41,6 +41,8 @@ test: lint typecheck
 bench: setup
 	$(BIN)/python bench/webhook_latency.py
 	$(BIN)/python bench/import_cost.py
+	$(BIN)/python bench/alert_to_unblock.py
+	$(BIN)/python bench/burst.py
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
