@@ -69,12 +69,12 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
     if policy and user is None:
         notes.append(f"{address or object_id} was not found in the directory: account state and groups unknown")
     # This event's own pending unblock (a retry after a failure) must not count against its budget.
-    own = tuple(sorted((h for h in history if h.event_id != event.event_id), key=lambda h: h.at))
+    counted = tuple(sorted((h for h in history if h.event_id != event.event_id), key=lambda h: h.at))
     return Facts(
         restriction=restriction,
         user=user,
         member_of=frozenset(g.lower() for g in member_of),
-        unblocks=own,
+        unblocks=counted,
         notes=tuple(notes),
     )
 
