@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     validate = policy_commands.add_parser("validate", help="report every problem of a policy file")
     validate.add_argument("file", type=Path)
     validate.set_defaults(run=_policy_validate)
+    schema = policy_commands.add_parser("schema", help="print the policy file's JSON Schema")
+    schema.set_defaults(run=_policy_schema)
     return parser
 
 
@@ -232,6 +234,13 @@ def _policy_validate(args: argparse.Namespace) -> int:
     print(f"{args.file}: valid (mode {policy.mode}, version {policy.version})")
     for note in policy.notes:
         print(f"{args.file}: note: {note}")
+    return 0
+
+
+def _policy_schema(args: argparse.Namespace) -> int:
+    from .policy_schema import POLICY_SCHEMA
+
+    print(json.dumps(POLICY_SCHEMA, indent=2))
     return 0
 
 

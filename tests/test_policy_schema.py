@@ -1,0 +1,94 @@
+"""The published JSON Schema of the policy file: shipped as printed, valid, and in step with the loader."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from restricted_sender.errors import PolicyError
+from restricted_sender.policy import parse_policy
+from restricted_sender.policy_schema import POLICY_SCHEMA
+from tests.conftest import ROOT
+
+VALIDATOR = jsonschema.Draft202012Validator(POLICY_SCHEMA)
+DESIGN_EXAMPLE = """
+mode: report-only
+alert_names: ["User restricted from sending email"]
+allow:
+  - {name: bulk-mail senders, users: [newsletter@contoso.com], domains: [contoso.com], groups: [g1]}
+deny: {users: [], domains: [], groups: []}
+guards:
+  max_unblocks_per_user: {count: 1, days: 7}
+  max_unblocks_per_tenant: {count: 10, hours: 1}
+  max_risk_level: low
+  suspicious_inbox_rules: true
+  external_forwarding: true
+  account_enabled: true
+  min_hours_to_auto_release: 2
+containment: {revoke_sessions: false, confirm_compromised: false, disable_account: false}
+notify: {user: false, recipients: []}
+ticket: {system: webhook}
+"""
+
+
+def test_the_shipped_schema_file_is_exactly_what_the_cli_prints() -> None:
+    printed = subprocess.run(
+        [sys.executable, "-m", "restricted_sender", "policy", "schema"], cwd=ROOT, capture_output=True, text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(printed) == json.loads((ROOT / "policy.schema.json").read_text()) == POLICY_SCHEMA
+
+
+def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(POLICY_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {},
+        yaml.safe_load(DESIGN_EXAMPLE),
+        yaml.safe_load((ROOT / "samples" / "policy.yaml").read_text()),
+        {"allow": [{"name": "subs", "domains": ["*.contoso.com"]}], "deny": {"groups": ["g"]}},
+    ],
+    ids=["empty", "the design example", "the sample policy", "subdomains"],
+)
+def test_good_policies_pass_both_the_schema_and_the_loader(policy: dict[str, Any]) -> None:
+    assert list(VALIDATOR.iter_errors(policy)) == []
+    parse_policy(policy)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"bogus": 1},
+        {"mode": "enforced"},
+        {"guards": {"max_risk_level": "meduim"}},
+        {"guards": {"max_unblocks_per_user": {"count": -1, "days": 7}}},
+        {"guards": {"max_unblocks_per_user": {"count": 1}}},
+        {"guards": {"max_unblocks_per_tenant": {"count": 1, "hours": 0}}},
+        {"guards": {"account_enabled": "yes"}},
+        {"allow": [{"users": ["a@b.c"]}]},
+        {"allow": [{"name": "nobody"}]},
+        {"allow": [{"name": "x", "domains": ["@contoso.com"]}]},
+        {"allow": [{"name": "x", "users": ["a@b.c"], "teams": ["t"]}]},
+        {"deny": {"users": "a@b.c"}},
+        {"ticket": {"system": "pagerduty"}},
+        {"notify": {"recipients": [""]}},
+    ],
+    ids=[
+        "unknown key", "mode typo", "risk typo", "negative budget", "budget without window", "zero window",
+        "not a boolean", "rule without name", "rule naming nobody", "address as domain", "unknown rule key",
+        "deny users not a list", "unknown ticket system", "empty recipient",
+    ],
+)  # fmt: skip
+def test_mistakes_fail_both_the_schema_and_the_loader(policy: dict[str, Any]) -> None:
+    assert list(VALIDATOR.iter_errors(policy)) != []
+    with pytest.raises(PolicyError):
+        parse_policy(policy)
