@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import re
 import uuid
 from typing import Any
@@ -280,3 +281,129 @@ def _compare(actual: Any, op: str, expected: Any) -> bool:
         return bool(actual <= expected)
     except TypeError:
         return False
+
+
+# -- Identity Protection and the mailbox ----------------------------------------------------------------
+
+_NOT_LICENSED = "Your tenant is not licensed for this feature."
+# Well-known folder names (lower case) and the displayName an English mailbox gives them.
+WELL_KNOWN_FOLDERS: dict[str, str] = {
+    "inbox": "Inbox",
+    "archive": "Archive",
+    "deleteditems": "Deleted Items",
+    "junkemail": "Junk Email",
+    "conversationhistory": "Conversation History",
+    "rssfeeds": "RSS Feeds",
+    "sentitems": "Sent Items",
+    "drafts": "Drafts",
+}
+_ROOT_FOLDER = "msgfolderroot"
+
+
+def get_risky_user(request: Request, state: TenantState, user_id: str) -> Response:
+    """``GET /identityProtection/riskyUsers/{id}``: object ids only, as in the real API.
+
+    A user without ``x-riskLevel`` stands for a tenant without Entra ID P2: 403 ``Authorization_RequestDenied``.
+    """
+    user = next((u for u in state.users if str(u.get("id", "")).casefold() == user_id.casefold()), None)
+    if user is None:
+        return not_found(request, user_id)
+    level = user.get("x-riskLevel")
+    if level is None:
+        return error(request, 403, "Authorization_RequestDenied", _NOT_LICENSED)
+    moment = state.loaded_at.astimezone(dt.UTC)
+    risky: Json = {
+        "@odata.context": f"{METADATA}#identityProtection/riskyUsers/$entity",
+        "id": user["id"],
+        "isDeleted": False,
+        "isProcessing": False,
+        # Graph writes seven fractional digits.
+        "riskLastUpdatedDateTime": f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond:06d}0Z",
+        "riskLevel": level,
+        "riskState": "none" if level == "none" else "atRisk",
+        "riskDetail": "none",
+        "userDisplayName": user.get("displayName"),
+        "userPrincipalName": user.get("userPrincipalName"),
+    }
+    return ok(request, risky)
+
+
+def invalid_user(request: Request, key: str) -> Response:
+    """How the mailbox endpoints answer a user that does not exist."""
+    return error(request, 404, "ErrorInvalidUser", f"The requested user '{key}' is invalid.")
+
+
+def folder_not_found(request: Request) -> Response:
+    return error(request, 404, "ErrorItemNotFound", "The specified object was not found in the store.")
+
+
+def folder_id(user: Json, name: str) -> str:
+    """The stable id of a well-known folder of ``user`` (an Exchange-like, URL-safe base64 string)."""
+    digest = hashlib.sha256(f"{user['id']}/{name}".encode()).digest()
+    return "AAMk" + base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def _folders(user: Json) -> list[Json]:
+    """Every folder of ``user``: the well-known ones, then its ``x-mailFolders`` (simulator keys kept)."""
+    root = folder_id(user, _ROOT_FOLDER)
+    folders: list[Json] = [
+        {"id": folder_id(user, name), "displayName": display, "parentFolderId": root, "x-wellKnownName": name}
+        for name, display in WELL_KNOWN_FOLDERS.items()
+    ]
+    for custom in user.get("x-mailFolders", []):
+        folders.append({"parentFolderId": root, **custom})
+    return folders
+
+
+def _find_folder(user: Json, key: str) -> Json | None:
+    folders = _folders(user)
+    for folder in folders:
+        if folder.get("x-wellKnownName") == key.casefold() or folder["id"] == key:
+            return folder
+    return None
+
+
+def get_mail_folder(request: Request, state: TenantState, key: str, folder_key: str) -> Response:
+    user = _lookup(state, key)
+    if user is None:
+        return invalid_user(request, key)
+    folder = _find_folder(user, folder_key)
+    if folder is None:
+        return folder_not_found(request)
+    children = sum(1 for f in _folders(user) if f.get("parentFolderId") == folder["id"])
+    served: Json = {
+        "@odata.context": f"{METADATA}#users('{quote(key, safe='')}')/mailFolders/$entity",
+        "id": folder["id"],
+        "displayName": folder["displayName"],
+        "parentFolderId": folder["parentFolderId"],
+        "childFolderCount": children,
+        "unreadItemCount": 0,
+        "totalItemCount": 0,
+        "isHidden": False,
+        **strip_private(folder),
+    }
+    return ok(request, served)
+
+
+def list_message_rules(request: Request, state: TenantState, key: str, folder_key: str) -> Response:
+    """``GET /users/{id}/mailFolders/inbox/messageRules``: rules live on the Inbox only."""
+    user = _lookup(state, key)
+    if user is None:
+        return invalid_user(request, key)
+    folder = _find_folder(user, folder_key)
+    if folder is None or folder.get("x-wellKnownName") != "inbox":
+        return folder_not_found(request)
+    rules = []
+    for index, rule in enumerate(user.get("x-inboxRules", [])):
+        served: Json = strip_private(rule)
+        if not served.get("id"):
+            served = {"id": rule_id(user, index), **served}
+        rules.append(served)
+    context = f"{METADATA}#users('{quote(key, safe='')}')/mailFolders('{folder_key}')/messageRules"
+    return ok(request, {"@odata.context": context, "value": rules})
+
+
+def rule_id(user: Json, index: int) -> str:
+    """A stable id for the ``index``-th inbox rule of ``user`` in Exchange's shape (``AQAAAJ5dZqA=``)."""
+    digest = hashlib.sha256(f"{user['id']}/rule/{index}".encode()).digest()
+    return base64.b64encode(b"\x01\x00\x00\x00" + digest[:4]).decode("ascii")

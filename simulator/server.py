@@ -305,6 +305,20 @@ class Simulator:
                 "graph.checkMemberGroups",
                 authorized(lambda: graph.check_member_groups(request, state, parts[1])),
             )
+        if len(folded) == 4 and folded[0] == "users" and folded[2] == "mailfolders":
+            return only(
+                "GET",
+                "graph.mailFolder",
+                authorized(lambda: graph.get_mail_folder(request, state, parts[1], parts[3])),
+            )
+        if len(folded) == 5 and folded[0] == "users" and folded[2] == "mailfolders" and folded[4] == "messagerules":
+            return only(
+                "GET",
+                "graph.messageRules",
+                authorized(lambda: graph.list_message_rules(request, state, parts[1], parts[3])),
+            )
+        if len(folded) == 3 and folded[:2] == ["identityprotection", "riskyusers"]:
+            return only("GET", "graph.riskyUser", authorized(lambda: graph.get_risky_user(request, state, parts[2])))
         if folded == ["domains"]:
             return only("GET", "graph.domains", authorized(lambda: graph.list_domains(request, state)))
         if folded == ["security", "alerts_v2"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ class TenantState:
         self._removal_due: dict[str, float] = {}
         self._tickets: list[Json] = []
         self._clock = clock
+        # When the tenant was loaded: what riskyUser.riskLastUpdatedDateTime reports (stable per run).
+        self.loaded_at = dt.datetime.now(dt.UTC)
         self._lock = threading.RLock()
 
     def find_user(self, key: str) -> Json | None:

@@ -141,6 +141,7 @@ def _build(document: Json, where: str) -> Tenant:
         member_of = user.get("x-memberOf", [])
         if not isinstance(member_of, list) or not all(isinstance(g, str) for g in member_of):
             raise fail(f"users[{index}].x-memberOf must be a list of group ids")
+        _check_mail_keys(user, f"users[{index}]", fail)
         mailbox = user.get("x-mailbox")
         if mailbox is not None and not isinstance(mailbox, dict):
             raise fail(f"users[{index}].x-mailbox must be a mapping of Get-Mailbox properties")
@@ -188,6 +189,32 @@ def _build(document: Json, where: str) -> Tenant:
         latency=latency,
         source=where,
     )
+
+
+RISK_LEVELS = ("none", "low", "medium", "high")
+
+
+def _check_mail_keys(user: Json, where: str, fail: Fail) -> None:
+    """``x-riskLevel``, ``x-inboxRules`` (Graph messageRule JSON) and ``x-mailFolders`` ({id, displayName})."""
+    if user.get("x-riskLevel") is not None and user["x-riskLevel"] not in RISK_LEVELS:
+        raise fail(f"{where}.x-riskLevel must be one of {', '.join(RISK_LEVELS)}, got {user['x-riskLevel']!r}")
+    rules = user.get("x-inboxRules", [])
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise fail(f"{where}.x-inboxRules must be a list of Graph messageRule mappings")
+    for number, rule in enumerate(rules):
+        if "id" in rule and (not isinstance(rule["id"], str) or not rule["id"]):
+            raise fail(f"{where}.x-inboxRules[{number}].id must be a non-empty string (or left out)")
+    folders = user.get("x-mailFolders", [])
+    if not isinstance(folders, list) or not all(isinstance(f, dict) for f in folders):
+        raise fail(f"{where}.x-mailFolders must be a list of {{id, displayName}} mappings")
+    seen: set[str] = set()
+    for number, folder in enumerate(folders):
+        for prop in ("id", "displayName"):
+            if not isinstance(folder.get(prop), str) or not folder[prop]:
+                raise fail(f"{where}.x-mailFolders[{number}] has no {prop} (a non-empty string)")
+        if folder["id"] in seen:
+            raise fail(f"{where}.x-mailFolders[{number}].id {folder['id']!r} repeats")
+        seen.add(folder["id"])
 
 
 def _unique(items: list[Json], key: str, prop: str, fail: Fail) -> None:

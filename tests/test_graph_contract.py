@@ -63,7 +63,56 @@ RICH_USER: dict[str, Any] = {
     "x-memberOf": [GROUP_IDS[0]],
     "x-riskLevel": "low",
     "x-mailbox": {"ForwardingSmtpAddress": None},
+    "x-inboxRules": [],  # set below, once RICH_RULE exists
+    "x-mailFolders": [
+        {"id": "AAMkAGVmMDEzMTM4LTZmYWUtNDdkNC1hMDZiLTU1OGY5OTZhYmY4OAAuAAAAAAA=", "displayName": "Kept"}
+    ],
 }
+
+
+def recipient(address: str, name: str | None = None) -> dict[str, Any]:
+    return {"emailAddress": {"address": address, "name": name}}
+
+
+RICH_RULE: dict[str, Any] = {
+    "id": "AQAAAJ5dZqA=",
+    "displayName": "Move, forward and delete",
+    "sequence": 1,
+    "isEnabled": False,
+    "hasError": False,
+    "isReadOnly": False,
+    "conditions": {
+        "subjectContains": ["invoice", "payment"],
+        "bodyOrSubjectContains": ["wire transfer"],
+        "senderContains": ["billing"],
+        "fromAddresses": [recipient("ceo@contoso.com", "CEO")],
+        "sentToAddresses": [recipient("erin@contoso.com")],
+        "hasAttachments": True,
+        "importance": "high",
+        "sensitivity": "confidential",
+        "messageActionFlag": "reply",
+        "withinSizeRange": {"minimumSize": 1, "maximumSize": 2048},
+        "sentToMe": True,
+    },
+    "exceptions": {"headerContains": ["X-Internal"], "isAutomaticReply": True},
+    "actions": {
+        "forwardTo": [recipient("drop@evil.example", "Drop")],
+        "redirectTo": [recipient("relay@evil.example")],
+        "forwardAsAttachmentTo": [recipient("archive@evil.example", None)],
+        "moveToFolder": "AAMkAGVmMDEzMTM4LTZmYWUtNDdkNC1hMDZiLTU1OGY5OTZhYmY4OAAuAAAAAAA=",
+        "copyToFolder": None,
+        "assignCategories": ["Red category"],
+        "markAsRead": True,
+        "markImportance": "low",
+        "delete": True,
+        "permanentDelete": True,
+        "stopProcessingRules": True,
+    },
+}
+RICH_USER["x-inboxRules"] = [
+    RICH_RULE,
+    {"displayName": "No id given", "sequence": 2, "isEnabled": True, "actions": {"delete": True}},
+]
 
 USER_EVIDENCE: dict[str, Any] = {
     "@odata.type": "#microsoft.graph.security.userEvidence",
@@ -239,6 +288,33 @@ def test_served_alerts_and_their_evidence_fit_microsoft_graph_security_alert(
     assert "x-note" not in one
 
 
+def test_a_served_risky_user_fits_microsoft_graph_risky_user(schema: Schema, graph: httpx.Client) -> None:
+    risky = served(graph, f"/identityProtection/riskyUsers/{USER_ID}")
+
+    assert schema.check(risky, "microsoft.graph.riskyUser") == []
+    assert (risky["riskLevel"], risky["riskState"]) == ("low", "atRisk")
+
+
+def test_served_inbox_rules_fit_microsoft_graph_message_rule(schema: Schema, graph: httpx.Client) -> None:
+    rules = served(graph, f"/users/{USER_ID}/mailFolders/inbox/messageRules")["value"]
+
+    assert [problem for rule in rules for problem in schema.check(rule, "microsoft.graph.messageRule")] == []
+    assert rules[0] == RICH_RULE
+    assert rules[1]["id"]
+    assert schema.check(RICH_RULE["actions"], "microsoft.graph.messageRuleActions") == []
+    assert schema.check(RICH_RULE["conditions"], "microsoft.graph.messageRulePredicates") == []
+    assert schema.check(RICH_RULE["actions"]["forwardTo"], "Collection(microsoft.graph.recipient)") == []
+
+
+def test_served_mail_folders_fit_microsoft_graph_mail_folder(schema: Schema, graph: httpx.Client) -> None:
+    names = ["inbox", "archive", "deleteditems", "junkemail", "conversationhistory", "rssfeeds", "sentitems", "drafts"]
+    folders = [served(graph, f"/users/erin@contoso.com/mailFolders/{name}") for name in names]
+    folders.append(served(graph, f"/users/{USER_ID}/mailFolders/{RICH_RULE['actions']['moveToFolder']}"))
+
+    assert [problem for folder in folders for problem in schema.check(folder, "microsoft.graph.mailFolder")] == []
+    assert folders[-1]["displayName"] == "Kept"
+
+
 def test_the_fixture_tenant_of_the_simulator_tests_serves_valid_graph(schema: Schema) -> None:
     tenant = load_tenant(TENANT_FILE)
     with (
@@ -252,6 +328,17 @@ def test_the_fixture_tenant_of_the_simulator_tests_serves_valid_graph(schema: Sc
         objects = [(served(client, f"/users/{u['id']}"), "graph.user") for u in tenant.users]
         objects += [(d, "graph.domain") for d in served(client, "/domains")["value"]]
         objects += [(a, "microsoft.graph.security.alert") for a in served(client, "/security/alerts_v2")["value"]]
+        objects += [
+            (served(client, f"/identityProtection/riskyUsers/{u['id']}"), "microsoft.graph.riskyUser")
+            for u in tenant.users
+            if "x-riskLevel" in u
+        ]
+        for u in tenant.users:
+            rules = served(client, f"/users/{u['id']}/mailFolders/inbox/messageRules")["value"]
+            objects += [(rule, "microsoft.graph.messageRule") for rule in rules]
+            folder_ids = ["inbox", "sentitems"] + [f["id"] for f in u.get("x-mailFolders", [])]
+            folder_ids += [r["actions"]["moveToFolder"] for r in rules if "moveToFolder" in r.get("actions", {})]
+            objects += [(served(client, f"/users/{u['id']}/mailFolders/{f}"), "graph.mailFolder") for f in folder_ids]
 
     assert [problem for value, type_name in objects for problem in schema.check(value, type_name)] == []
 
@@ -338,6 +425,37 @@ def _broken(change: Any, base: dict[str, Any]) -> dict[str, Any]:
             _broken(lambda a: a["evidence"][1].update(stream={"name": "x"}), RICH_ALERT),
             "microsoft.graph.security.alert",
             "$.evidence[1].stream: not a property of microsoft.graph.security.mailboxEvidence",
+        ),
+        (
+            _broken(lambda r: r["actions"].update(forwardTo="drop@evil.example"), RICH_RULE),
+            "microsoft.graph.messageRule",
+            "$.actions.forwardTo: expected a JSON array",
+        ),
+        (
+            _broken(lambda r: r["actions"]["redirectTo"][0].update(address="relay@evil.example"), RICH_RULE),
+            "microsoft.graph.messageRule",
+            "$.actions.redirectTo[0].address: not a property of microsoft.graph.recipient",
+        ),
+        (
+            _broken(lambda r: r["conditions"].update(importance="urgent"), RICH_RULE),
+            "microsoft.graph.messageRule",
+            "'urgent' is not a member of microsoft.graph.importance",
+        ),
+        (
+            _broken(lambda r: r.update(isEnabled="false"), RICH_RULE),
+            "microsoft.graph.messageRule",
+            "$.isEnabled: expected Edm.Boolean",
+        ),
+        (
+            {"id": "x", "riskLevel": "severe", "riskState": "atRisk"},
+            "microsoft.graph.riskyUser",
+            "'severe' is not a member of microsoft.graph.riskLevel",
+        ),
+        # wellKnownName is a beta property: the v1.0 mailFolder does not have it.
+        (
+            {"id": "AAMk", "displayName": "Inbox", "wellKnownName": "inbox"},
+            "microsoft.graph.mailFolder",
+            "$.wellKnownName: not a property of microsoft.graph.mailFolder",
         ),
     ],
 )

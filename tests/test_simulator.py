@@ -25,6 +25,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TENANT_FILE = FIXTURES / "tenant_basic.yaml"
 TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
 ALICE_ID = "5b7c6a1e-2f3d-4c8b-9e0a-1d2c3b4a5f60"
+BOB_ID = "6c8d7b2f-3a4e-4d9c-8f1b-2e3d4c5b6a71"
+CAROL_ID = "7d9e8c3a-4b5f-4eab-9a2c-3f4e5d6c7b82"
+HIDDEN_FOLDER = "AAMkADhiZGJjLWhpZGRlbi1yZXBsaWVzAC4AAAAAAA=="
+METADATA = "https://graph.microsoft.com/v1.0/$metadata"
 BULK_GROUP = "0e7f4a2b-8c1d-4e6f-a3b5-c7d9e1f20304"
 FINANCE_GROUP = "1f8a5b3c-9d2e-4f70-b4c6-d8e0f2a31415"
 GRAPH = "https://graph.microsoft.com"
@@ -117,6 +121,14 @@ def test_history_is_handed_over_untouched() -> None:
         (lambda d: d.update({"x-exchangePageSize": 0}), "x-exchangePageSize must be a whole number"),
         (lambda d: d.update({"x-faults": [{"route": "graph.user", "kind": "slow"}]}), r"x-faults\[0\]: fault kind"),
         (lambda d: d.update({"x-latency": {"graph.usr": 1}}), "x-latency: unknown route 'graph.usr'"),
+        (lambda d: d["users"][0].update({"x-riskLevel": "severe"}), r"users\[0\].x-riskLevel must be one of none"),
+        (lambda d: d["users"][0].update({"x-inboxRules": "forward"}), "x-inboxRules must be a list"),
+        (lambda d: d["users"][1]["x-inboxRules"][0].update(id=""), r"x-inboxRules\[0\].id must be a non-empty"),
+        (lambda d: d["users"][1]["x-mailFolders"][0].pop("displayName"), r"x-mailFolders\[0\] has no displayName"),
+        (
+            lambda d: d["users"][1]["x-mailFolders"].append(dict(d["users"][1]["x-mailFolders"][0])),
+            r"x-mailFolders\[1\].id .* repeats",
+        ),
     ],
 )
 def test_an_unusable_tenant_is_refused_with_a_clear_message(change: Any, message: str) -> None:
@@ -293,6 +305,13 @@ def test_select_returns_only_the_selected_properties(sim: Simulator, client: htt
         ("GET", "/v1.0/users/nobody@contoso.com", "nobody@contoso.com"),
         ("POST", "/v1.0/users/nobody@contoso.com/checkMemberGroups", "nobody@contoso.com"),
         ("GET", "/v1.0/security/alerts_v2/no-such-alert", "no-such-alert"),
+        (
+            "GET",
+            "/v1.0/identityProtection/riskyUsers/99999999-0000-4000-8000-000000000000",
+            "99999999-0000-4000-8000-000000000000",
+        ),
+        # riskyUsers are addressed by object id only, never by userPrincipalName.
+        ("GET", "/v1.0/identityProtection/riskyUsers/bob@contoso.com", "bob@contoso.com"),
     ],
 )
 def test_an_unknown_object_gets_graphs_not_found_body(
@@ -358,6 +377,210 @@ def test_domains_are_listed_as_graph_domains(sim: Simulator, client: httpx.Clien
 
     assert response.json()["@odata.context"] == "https://graph.microsoft.com/v1.0/$metadata#domains"
     assert [d["id"] for d in response.json()["value"]] == ["contoso.com", "contoso.onmicrosoft.com"]
+
+
+@pytest.mark.parametrize(("user_id", "level", "risk_state"), [(ALICE_ID, "none", "none"), (BOB_ID, "high", "atRisk")])
+def test_a_risky_user_reports_the_users_risk_level(
+    sim: Simulator, client: httpx.Client, user_id: str, level: str, risk_state: str
+) -> None:
+    response = client.get(f"/v1.0/identityProtection/riskyUsers/{user_id}", headers=graph_headers(sim))
+    again = client.get(f"/v1.0/identityProtection/riskyUsers/{user_id.upper()}", headers=graph_headers(sim))
+
+    risky = response.json()
+    user = sim.tenant.find_user(user_id)
+    assert user is not None
+    assert response.status_code == 200
+    assert {k: v for k, v in risky.items() if k != "riskLastUpdatedDateTime"} == {
+        "@odata.context": f"{METADATA}#identityProtection/riskyUsers/$entity",
+        "id": user_id,
+        "isDeleted": False,
+        "isProcessing": False,
+        "riskLevel": level,
+        "riskState": risk_state,
+        "riskDetail": "none",
+        "userDisplayName": user["displayName"],
+        "userPrincipalName": user["userPrincipalName"],
+    }
+    assert risky["riskLastUpdatedDateTime"].endswith("Z")
+    assert again.json()["riskLastUpdatedDateTime"] == risky["riskLastUpdatedDateTime"]
+
+
+def test_a_user_without_a_risk_level_is_refused_as_by_a_tenant_without_entra_id_p2(
+    sim: Simulator, client: httpx.Client
+) -> None:
+    response = client.get(f"/v1.0/identityProtection/riskyUsers/{CAROL_ID}", headers=graph_headers(sim))
+
+    error = response.json()["error"]
+    assert response.status_code == 403
+    assert (error["code"], error["message"]) == (
+        "Authorization_RequestDenied",
+        "Your tenant is not licensed for this feature.",
+    )
+    assert set(error["innerError"]) == {"date", "request-id", "client-request-id"}
+
+
+@pytest.mark.parametrize("key", [BOB_ID, "bob@contoso.com"])
+def test_inbox_rules_are_served_as_given_with_a_stable_id_for_rules_without_one(
+    sim: Simulator, client: httpx.Client, key: str
+) -> None:
+    path = f"/v1.0/users/{key}/mailFolders/inbox/messageRules"
+    first = client.get(path, headers=graph_headers(sim))
+    second = client.get(path, headers=graph_headers(sim)).json()
+
+    body = first.json()
+    given = sim.tenant.find_user(BOB_ID)["x-inboxRules"]  # type: ignore[index]
+    encoded = key.replace("@", "%40")
+    assert first.status_code == 200
+    assert body["@odata.context"] == f"{METADATA}#users('{encoded}')/mailFolders('inbox')/messageRules"
+    assert body["value"][0] == given[0]
+    generated = body["value"][1]
+    assert {k: v for k, v in generated.items() if k != "id"} == given[1]
+    assert generated["id"].startswith("AQAAA")
+    assert [r["id"] for r in second["value"]] == [r["id"] for r in body["value"]]
+
+
+def test_a_user_without_inbox_rules_has_an_empty_list(sim: Simulator, client: httpx.Client) -> None:
+    for key in ("alice@contoso.com", CAROL_ID):
+        response = client.get(f"/v1.0/users/{key}/mailFolders/Inbox/messageRules", headers=graph_headers(sim))
+        assert (response.status_code, response.json()["value"]) == (200, [])
+
+
+@pytest.mark.parametrize(
+    ("name", "display_name"),
+    [
+        ("inbox", "Inbox"),
+        ("archive", "Archive"),
+        ("deleteditems", "Deleted Items"),
+        ("JunkEmail", "Junk Email"),
+        ("conversationhistory", "Conversation History"),
+        ("rssfeeds", "RSS Feeds"),
+        ("sentitems", "Sent Items"),
+        ("drafts", "Drafts"),
+    ],
+)
+def test_a_well_known_folder_is_found_by_name_or_by_its_id(
+    sim: Simulator, client: httpx.Client, name: str, display_name: str
+) -> None:
+    by_name = client.get(f"/v1.0/users/alice@contoso.com/mailFolders/{name}", headers=graph_headers(sim))
+    folder = by_name.json()
+    by_id = client.get(f"/v1.0/users/{ALICE_ID}/mailFolders/{folder['id']}", headers=graph_headers(sim)).json()
+
+    assert by_name.status_code == 200
+    assert folder["@odata.context"] == f"{METADATA}#users('alice%40contoso.com')/mailFolders/$entity"
+    assert folder["displayName"] == display_name
+    assert {k: folder[k] for k in ("childFolderCount", "unreadItemCount", "totalItemCount", "isHidden")} == {
+        "childFolderCount": 0,
+        "unreadItemCount": 0,
+        "totalItemCount": 0,
+        "isHidden": False,
+    }
+    assert folder["parentFolderId"]
+    assert folder["parentFolderId"] != folder["id"]
+    assert {k: v for k, v in by_id.items() if k != "@odata.context"} == {
+        k: v for k, v in folder.items() if k != "@odata.context"
+    }
+    assert not [k for k in folder if k.startswith("x-")]
+
+
+def test_folder_ids_are_stable_per_user_and_differ_between_users(sim: Simulator, client: httpx.Client) -> None:
+    def inbox_id(server: Simulator, http: httpx.Client, key: str) -> str:
+        return str(http.get(f"/v1.0/users/{key}/mailFolders/inbox", headers=graph_headers(server)).json()["id"])
+
+    with Simulator(TENANT_FILE) as other, http_client(other) as other_client:
+        elsewhere = inbox_id(other, other_client, ALICE_ID)
+
+    assert inbox_id(sim, client, ALICE_ID) == elsewhere
+    assert inbox_id(sim, client, BOB_ID) != elsewhere
+
+
+def test_a_rules_move_to_folder_id_resolves_to_the_users_custom_folder(sim: Simulator, client: httpx.Client) -> None:
+    rules = client.get(f"/v1.0/users/{BOB_ID}/mailFolders/inbox/messageRules", headers=graph_headers(sim)).json()
+    target = rules["value"][1]["actions"]["moveToFolder"]
+
+    folder = client.get(f"/v1.0/users/{BOB_ID}/mailFolders/{target}", headers=graph_headers(sim)).json()
+    root = client.get(f"/v1.0/users/{BOB_ID}/mailFolders/inbox", headers=graph_headers(sim)).json()["parentFolderId"]
+
+    assert target == HIDDEN_FOLDER
+    assert {k: v for k, v in folder.items() if k != "@odata.context"} == {
+        "id": HIDDEN_FOLDER,
+        "displayName": "RSS Subscriptions",
+        "parentFolderId": root,
+        "childFolderCount": 0,
+        "unreadItemCount": 0,
+        "totalItemCount": 0,
+        "isHidden": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "message"),
+    [
+        (
+            "/v1.0/users/nobody@contoso.com/mailFolders/inbox",
+            "ErrorInvalidUser",
+            "The requested user 'nobody@contoso.com' is invalid.",
+        ),
+        (
+            "/v1.0/users/nobody@contoso.com/mailFolders/inbox/messageRules",
+            "ErrorInvalidUser",
+            "The requested user 'nobody@contoso.com' is invalid.",
+        ),
+        (f"/v1.0/users/{ALICE_ID}/mailFolders/outbox2", "ErrorItemNotFound", "not found in the store"),
+        # A folder id is exact (Exchange ids are case-sensitive), and one user's folder is not another's.
+        (f"/v1.0/users/{ALICE_ID}/mailFolders/{HIDDEN_FOLDER}", "ErrorItemNotFound", "not found in the store"),
+        (f"/v1.0/users/{BOB_ID}/mailFolders/{HIDDEN_FOLDER.lower()}", "ErrorItemNotFound", "not found in the store"),
+        # Inbox rules live on the Inbox only.
+        (f"/v1.0/users/{BOB_ID}/mailFolders/sentitems/messageRules", "ErrorItemNotFound", "not found in the store"),
+    ],
+)
+def test_mailbox_endpoints_answer_an_unknown_user_or_folder_with_404(
+    sim: Simulator, client: httpx.Client, path: str, code: str, message: str
+) -> None:
+    response = client.get(path, headers=graph_headers(sim))
+
+    error = response.json()["error"]
+    assert response.status_code == 404
+    assert error["code"] == code
+    assert message in error["message"]
+
+
+NEW_GRAPH_ROUTES = [
+    ("graph.riskyUser", f"/v1.0/identityProtection/riskyUsers/{BOB_ID}"),
+    ("graph.messageRules", f"/v1.0/users/{BOB_ID}/mailFolders/inbox/messageRules"),
+    ("graph.mailFolder", f"/v1.0/users/{BOB_ID}/mailFolders/inbox"),
+]
+
+
+@pytest.mark.parametrize(("route", "path"), NEW_GRAPH_ROUTES)
+def test_risk_and_mailbox_routes_need_a_graph_token(
+    sim: Simulator, client: httpx.Client, route: str, path: str
+) -> None:
+    response = client.get(path, headers={"Authorization": f"Bearer {sim.issue_token(EXCHANGE)}"})
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "InvalidAuthenticationToken"
+    assert [r["route"] for r in sim.requests] == [route]
+
+
+@pytest.mark.parametrize(("route", "path"), NEW_GRAPH_ROUTES)
+def test_risk_and_mailbox_routes_are_logged_and_take_faults_and_latency(
+    sim: Simulator, client: httpx.Client, route: str, path: str
+) -> None:
+    sim.inject_fault(route, status=429, retry_after=1)
+    sim.set_latency(route, 0.1)
+
+    throttled = client.get(path, headers=graph_headers(sim))
+    start = time.perf_counter()
+    served = client.get(path, headers=graph_headers(sim))
+    elapsed = time.perf_counter() - start
+    delete = client.delete(path, headers=graph_headers(sim))
+
+    assert (throttled.status_code, throttled.json()["error"]["code"]) == (429, "TooManyRequests")
+    assert throttled.headers["Retry-After"] == "1"
+    assert served.status_code == 200
+    assert elapsed >= 0.1
+    assert (delete.status_code, delete.headers["Allow"]) == (405, "GET")
+    assert [(r["route"], r["status"]) for r in sim.requests] == [(route, 429), (route, 200), (route, 405)]
 
 
 def test_alerts_are_paged_with_a_skiptoken_next_link(sim: Simulator, client: httpx.Client) -> None:
