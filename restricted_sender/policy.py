@@ -23,6 +23,9 @@ RISK_LEVELS = ("none", "low", "medium", "high")
 TICKET_SYSTEMS = ("webhook", "servicenow", "jira", "email")
 SUPPORTED_TICKET_SYSTEMS = ("webhook",)
 
+# Budget windows beyond ten years are a mistake (and overflow date arithmetic); a day block lifts within 24 h.
+_MAX_WINDOW = {"days": 3650.0, "hours": 87600.0}
+
 # Keys this version reads but does not act on yet; loading a policy that turns them on says so.
 _NOT_YET_ENFORCED = {
     ("guards", "max_unblocks_per_tenant"),
@@ -175,11 +178,11 @@ class _Checker:
             return default
         return value
 
-    def number(self, value: object, where: str, default: float, *, minimum: float = 0) -> float:
+    def number(self, value: object, where: str, default: float, *, minimum: float = 0, maximum: float) -> float:
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            self.fail(where, f"expected a number >= {minimum:g}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not minimum <= value <= maximum:
+            self.fail(where, f"expected a number from {minimum:g} to {maximum:g}, got {value!r}")
             return default
         return float(value)
 
@@ -213,7 +216,7 @@ class _Checker:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             self.fail(f"{where}.count", f"expected a whole number >= 0, got {count!r}")
             count = 0
-        span = self.number(raw.get(unit), f"{where}.{unit}", 0, minimum=0)
+        span = self.number(raw.get(unit), f"{where}.{unit}", 0, minimum=0, maximum=_MAX_WINDOW[unit])
         if span <= 0 and raw.get(unit) is not None:
             self.fail(f"{where}.{unit}", "must be greater than 0")
         if raw.get(unit) is None:
@@ -289,7 +292,7 @@ class _Checker:
             external_forwarding=self.boolean(raw_guards.get("external_forwarding"), "guards.external_forwarding", True),
             account_enabled=self.boolean(raw_guards.get("account_enabled"), "guards.account_enabled", True),
             min_hours_to_auto_release=self.number(
-                raw_guards.get("min_hours_to_auto_release"), "guards.min_hours_to_auto_release", 2.0
+                raw_guards.get("min_hours_to_auto_release"), "guards.min_hours_to_auto_release", 2.0, maximum=24
             ),
         )
 

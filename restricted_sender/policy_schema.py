@@ -18,7 +18,7 @@ _DOMAINS: dict[str, Any] = {
 }
 
 
-def _budget(unit: str, description: str) -> dict[str, Any]:
+def _budget(unit: str, description: str, maximum: float) -> dict[str, Any]:
     return {
         "type": "object",
         "description": description,
@@ -26,7 +26,7 @@ def _budget(unit: str, description: str) -> dict[str, Any]:
         "required": ["count", unit],
         "properties": {
             "count": {"type": "integer", "minimum": 0},
-            unit: {"type": "number", "exclusiveMinimum": 0},
+            unit: {"type": "number", "exclusiveMinimum": 0, "maximum": maximum},
         },
     }
 
@@ -74,13 +74,13 @@ POLICY_SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "max_unblocks_per_user": _budget("days", "Our own unblocks of one user in the window."),
-                "max_unblocks_per_tenant": _budget("hours", "Circuit breaker for a mass-compromise wave."),
+                "max_unblocks_per_user": _budget("days", "Our own unblocks of one user in the window.", 3650),
+                "max_unblocks_per_tenant": _budget("hours", "Circuit breaker for a mass-compromise wave.", 87600),
                 "max_risk_level": {"enum": ["none", "low", "medium", "high"]},
                 "suspicious_inbox_rules": {"type": "boolean"},
                 "external_forwarding": {"type": "boolean"},
                 "account_enabled": {"type": "boolean"},
-                "min_hours_to_auto_release": {"type": "number", "minimum": 0},
+                "min_hours_to_auto_release": {"type": "number", "minimum": 0, "maximum": 24},
             },
         },
         "containment": {
