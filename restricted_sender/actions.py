@@ -5,23 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .decide import unblock_failed
+from .decide import GUARD_TENANT_BUDGET, GUARD_USER_BUDGET, unblock_failed
 from .errors import SenderNotBlocked, ServiceRefused, UnblockLimitReached
 from .model import (
     Action,
     ActionStatus,
+    Decision,
     DecisionRecord,
     Facts,
     Outcome,
+    Reason,
     UnblockEntry,
     UnblockKind,
     stable_id,
 )
+from .policy import Guards
 from .ports import Exchange, Store, Tickets
 from .restriction import BlockedSender
 from .timeutil import iso
 
 RESTRICTED_ENTITIES_URL = "https://security.microsoft.com/restrictedentities"
+MAX_RULES = 50  # the evidence stays bounded; the total says how many there were
 UNBLOCK_EXPECTATION = "mail should flow again within an hour, at the latest within 24 hours"
 
 
@@ -45,6 +49,12 @@ def evidence(facts: Facts, record: DecisionRecord, alert_url: str | None) -> dic
             "created": user.created,
         },
         "member_of_policy_groups": sorted(facts.member_of),
+        "risk": {"level": facts.risk_level, "known": facts.risk_level is not None},
+        "inbox_rules": None
+        if facts.inbox_rules is None
+        else [r.to_evidence(facts.tenant_domains, facts.folder_names) for r in facts.inbox_rules[:MAX_RULES]],
+        "inbox_rules_total": None if facts.inbox_rules is None else len(facts.inbox_rules),
+        "forwarding": facts.forwarding.to_evidence() if facts.forwarding else None,
         "our_unblocks": [
             {"at": iso(u.at), "kind": u.kind.value, "event_id": u.event_id, "status": u.status} for u in facts.unblocks
         ],
@@ -60,14 +70,16 @@ class Actor:
     store: Store
     tenant_id: str
 
-    async def carry_out(self, record: DecisionRecord, facts: Facts, *, enforce: bool) -> DecisionRecord:
+    async def carry_out(
+        self, record: DecisionRecord, facts: Facts, *, enforce: bool, guards: Guards | None = None
+    ) -> DecisionRecord:
         if record.decision.outcome is Outcome.UNBLOCK:
-            record = await self._unblock(record, facts, enforce=enforce)
+            record = await self._unblock(record, facts, enforce=enforce, guards=guards or Guards())
         if record.decision.outcome is Outcome.TICKET:
             record = await self._ticket(record, facts, enforce=enforce)
         return record
 
-    async def _unblock(self, record: DecisionRecord, facts: Facts, *, enforce: bool) -> DecisionRecord:
+    async def _unblock(self, record: DecisionRecord, facts: Facts, *, enforce: bool, guards: Guards) -> DecisionRecord:
         restriction = facts.restriction
         assert restriction is not None, "decide only unblocks a restricted user"
         if not enforce:
@@ -81,8 +93,19 @@ class Actor:
             event_id=record.event_id,
             status="pending",
         )
-        # Counted before the call: a crash after Exchange said yes must not leave the budget unspent.
-        await self.store.record_unblock(entry)
+        # Spent atomically before the call: a processor running beside this one cannot spend the same last unblock
+        # of a window, and a crash after Exchange said yes does not leave the budget unspent.
+        full = await self.store.reserve_unblock(
+            entry, user_budget=guards.max_unblocks_per_user, tenant_budget=guards.max_unblocks_per_tenant
+        )
+        if full is not None:
+            code, scope = (
+                (GUARD_USER_BUDGET, "this user's") if full == "user" else (GUARD_TENANT_BUDGET, "the tenant's")
+            )
+            spent = Reason(code, f"another unblock spent the last of {scope} budget just before this one")
+            return record.with_decision(Decision(Outcome.TICKET, (*record.decision.reasons, spent))).with_actions(
+                Action("unblock", ActionStatus.SKIPPED, f"budget spent: {full}")
+            )
         try:
             await self.exchange.remove_blocked_sender(restriction.address)
         except SenderNotBlocked:

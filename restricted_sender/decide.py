@@ -22,6 +22,11 @@ NO_ALLOW_RULE = "no-allow-rule"
 POLICY_INVALID = "policy-invalid"
 GUARD_USER_BUDGET = "guard:user-budget"
 GUARD_ACCOUNT_DISABLED = "guard:account-disabled"
+GUARD_TENANT_BUDGET = "guard:tenant-budget"
+GUARD_RISK = "guard:risk"
+GUARD_INBOX_RULE = "guard:inbox-rule"
+GUARD_FORWARDING = "guard:forwarding"
+RISK_LEVELS = ("none", "low", "medium", "high")
 LIMIT_BLOCK = "limit-block"
 AUTO_RELEASE_SOON = "auto-release-soon"
 UNBLOCK_FAILED = "unblock-failed"
@@ -108,8 +113,10 @@ def _policy_invalid(event: RestrictionEvent, facts: Facts, error: PolicyError) -
 
 
 def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
+    """Every guard, in design order; each failing one is reported with the evidence that failed it."""
+    guards = policy.guards
     failed: list[Reason] = []
-    budget = policy.guards.max_unblocks_per_user
+    budget = guards.max_unblocks_per_user
     if budget is not None:
         spent = _spent(facts.unblocks, budget, now)
         if len(spent) >= budget.count:
@@ -121,6 +128,32 @@ def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
                     f"(limit {budget.count}): {listing}",
                 )
             )
+    tenant_budget = guards.max_unblocks_per_tenant
+    if tenant_budget is not None:
+        spent = _spent(facts.tenant_unblocks, tenant_budget, now)
+        if len(spent) >= tenant_budget.count:
+            users = ", ".join(sorted({u.user for u in spent})) or "none"
+            failed.append(
+                Reason(
+                    GUARD_TENANT_BUDGET,
+                    f"circuit breaker: {len(spent)} unblock(s) in the tenant in the last {_window(tenant_budget)} "
+                    f"(limit {tenant_budget.count}): {users}",
+                )
+            )
+    level = facts.risk_level
+    limit = guards.max_risk_level
+    if limit is not None and level in RISK_LEVELS and RISK_LEVELS.index(level) > RISK_LEVELS.index(limit):
+        failed.append(
+            Reason(GUARD_RISK, f"Identity Protection rates the user's risk {level!r}, above max_risk_level {limit!r}")
+        )
+    if guards.suspicious_inbox_rules and facts.inbox_rules:
+        findings = [f for rule in facts.inbox_rules for f in rule.findings(facts.tenant_domains, facts.folder_names)]
+        if findings:
+            failed.append(Reason(GUARD_INBOX_RULE, "; ".join(findings)))
+    if guards.external_forwarding and facts.forwarding is not None:
+        findings = list(facts.forwarding.findings(facts.tenant_domains))
+        if findings:
+            failed.append(Reason(GUARD_FORWARDING, "; ".join(findings)))
     if policy.guards.account_enabled and facts.user is not None and facts.user.account_enabled is False:
         failed.append(
             Reason(

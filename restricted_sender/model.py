@@ -10,6 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from .mailbox import Forwarding, InboxRule
 from .restriction import BlockedSender
 from .timeutil import iso, parse_instant
 
@@ -157,6 +158,12 @@ class Facts:
     unblocks: tuple[UnblockEntry, ...] = ()
     first_report: bool = True
     notes: tuple[str, ...] = ()
+    tenant_unblocks: tuple[UnblockEntry, ...] = ()
+    risk_level: str | None = None  # None: not asked, or unknown (no Entra ID P2)
+    inbox_rules: tuple[InboxRule, ...] | None = None  # None: not read
+    folder_names: Mapping[str, str] = field(default_factory=dict)  # moveToFolder id -> display name
+    forwarding: Forwarding | None = None
+    tenant_domains: frozenset[str] = frozenset()
 
     def identities(self, event_user: UserRef) -> frozenset[str]:
         """Every address we know the user by, lower-cased."""

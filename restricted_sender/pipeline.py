@@ -151,7 +151,9 @@ class Processor:
         )
         record = replace(record, evidence=evidence(facts, record, event.alert_url))
         # With an invalid policy decide() never unblocks; tickets still go out unless the file asked for report-only.
-        record = await self.actor.carry_out(record, facts, enforce=self.policy.mode == "enforce")
+        record = await self.actor.carry_out(
+            record, facts, enforce=self.policy.mode == "enforce", guards=policy.guards if policy else None
+        )
         row = {**record.to_dict(), "evidence": dict(record.evidence), "delivery_id": event.delivery_id}
         await self.store.append_audit(row)
         if claim is not ClaimResult.DUPLICATE:

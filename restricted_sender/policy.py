@@ -24,14 +24,11 @@ TICKET_SYSTEMS = ("webhook", "servicenow", "jira", "email")
 SUPPORTED_TICKET_SYSTEMS = ("webhook",)
 
 # Budget windows beyond ten years are a mistake (and overflow date arithmetic); a day block lifts within 24 h.
-_MAX_WINDOW = {"days": 3650.0, "hours": 87600.0}
+# The tenant window ("hours") stops at 30 days: the Table store keeps the tenant's entries that long.
+_MAX_WINDOW = {"days": 3650.0, "hours": 720.0}
 
 # Keys this version reads but does not act on yet; loading a policy that turns them on says so.
 _NOT_YET_ENFORCED = {
-    ("guards", "max_unblocks_per_tenant"),
-    ("guards", "max_risk_level"),
-    ("guards", "suspicious_inbox_rules"),
-    ("guards", "external_forwarding"),
     ("containment", "revoke_sessions"),
     ("containment", "confirm_compromised"),
     ("containment", "disable_account"),

@@ -75,7 +75,9 @@ POLICY_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 "max_unblocks_per_user": _budget("days", "Our own unblocks of one user in the window.", 3650),
-                "max_unblocks_per_tenant": _budget("hours", "Circuit breaker for a mass-compromise wave.", 87600),
+                "max_unblocks_per_tenant": _budget(
+                    "hours", "Circuit breaker for a mass-compromise wave (at most 30 days).", 720
+                ),
                 "max_risk_level": {"enum": ["none", "low", "medium", "high"]},
                 "suspicious_inbox_rules": {"type": "boolean"},
                 "external_forwarding": {"type": "boolean"},

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from .mailbox import Forwarding, InboxRule
 from .model import DirectoryUser, UnblockEntry
 from .restriction import BlockedSender
+
+if TYPE_CHECKING:
+    from .policy import Budget
+
+BudgetRefusal = Literal["user", "tenant"]  # which budget ``Store.reserve_unblock`` found spent
 
 
 class Clock(Protocol):
@@ -30,6 +36,10 @@ class Exchange(Protocol):
         """Raises ``UnblockLimitReached`` for Microsoft's unblock limit, ``ServiceRefused`` for other refusals."""
         ...
 
+    async def mailbox_forwarding(self, address: str) -> Forwarding | None:
+        """The mailbox's forwarding (``Get-Mailbox``); ``None`` when there is no such mailbox."""
+        ...
+
 
 class Directory(Protocol):
     """Microsoft Graph, reduced to what decisions need."""
@@ -40,6 +50,22 @@ class Directory(Protocol):
 
     async def member_groups(self, key: str, group_ids: Sequence[str]) -> frozenset[str]:
         """Which of ``group_ids`` the user is a transitive member of (lower-cased ids)."""
+        ...
+
+    async def risk_level(self, object_id: str) -> str | None:
+        """Identity Protection's risk level; ``None`` when unknown (no Entra ID P2, or no such risky user)."""
+        ...
+
+    async def inbox_rules(self, key: str) -> tuple[InboxRule, ...] | None:
+        """The Inbox rules; ``None`` when the user has no mailbox to read."""
+        ...
+
+    async def folder_name(self, key: str, folder_id: str) -> str | None:
+        """A mail folder's display name (to judge ``moveToFolder``); ``None`` when there is no such folder."""
+        ...
+
+    async def verified_domains(self) -> frozenset[str]:
+        """The tenant's verified domains, lower-cased: what "inside the tenant" means."""
         ...
 
 
@@ -72,6 +98,38 @@ def resolve_claim(*, owner: str, state: str, claimed_at: datetime, delivery_id: 
     return ClaimResult.DUPLICATE
 
 
+def budget_refusal(
+    entry: UnblockEntry,
+    history: Iterable[UnblockEntry],
+    *,
+    user_budget: Budget | None,
+    tenant_budget: Budget | None,
+) -> BudgetRefusal | None:
+    """Which budget recording ``entry`` would exceed, given the tenant's ``history``; one rule for every store.
+
+    Counts the entries with ``at > entry.at - window`` whose status is not "failed" and whose event_id differs
+    from ``entry.event_id`` (a retry of the same event never counts against itself): the user's own against
+    ``user_budget``, checked first, then everyone's against ``tenant_budget``. ``None`` is unlimited.
+    ``history`` may hold more than needed (other users, older entries): the rule filters.
+
+    An entry *later* than ``entry.at`` counts too: two processors take ``now`` a moment before reserving, so
+    the one that reserves second may carry the earlier instant; not counting the other's entry would let
+    both spend the last unblock of the window.
+    """
+    user = entry.user.lower()
+    counted = [e for e in history if e.status != "failed" and e.event_id != entry.event_id]
+
+    def spent(budget: Budget, entries: Iterable[UnblockEntry]) -> bool:
+        start = entry.at - timedelta(hours=budget.window_hours)
+        return sum(1 for e in entries if e.at > start) >= budget.count
+
+    if user_budget is not None and spent(user_budget, (e for e in counted if e.user.lower() == user)):
+        return "user"
+    if tenant_budget is not None and spent(tenant_budget, counted):
+        return "tenant"
+    return None
+
+
 class Store(Protocol):
     """Claims (exactly-once effects), our own unblock history, and the append-only audit trail."""
 
@@ -83,7 +141,24 @@ class Store(Protocol):
         """Insert or replace the entry for (user, event_id): retries never count twice."""
         ...
 
-    async def unblocks(self, user: str, since: datetime) -> Sequence[UnblockEntry]: ...
+    async def unblocks(self, user: str, since: datetime) -> Sequence[UnblockEntry]:
+        """The user's entries at or after ``since``, oldest first."""
+        ...
+
+    async def tenant_unblocks(self, since: datetime) -> Sequence[UnblockEntry]:
+        """Every user's entries at or after ``since``, oldest first (the circuit breaker's facts)."""
+        ...
+
+    async def reserve_unblock(
+        self, entry: UnblockEntry, *, user_budget: Budget | None, tenant_budget: Budget | None
+    ) -> BudgetRefusal | None:
+        """Atomically record ``entry`` unless that would exceed a budget (see :func:`budget_refusal`).
+
+        Returns "user" or "tenant" for the budget that is spent, and then writes nothing; otherwise records
+        the entry exactly as :meth:`record_unblock` does and returns ``None``. Two processors racing for the
+        last unblock of a window never both get ``None``. A budget of ``None`` is unlimited.
+        """
+        ...
 
     async def append_audit(self, record: Mapping[str, Any]) -> None: ...
 

@@ -172,3 +172,95 @@ def test_policy_validate_reports_every_problem_with_its_location(tmp_path: Path)
     ):
         assert expected in result.stderr
     assert cli("policy", "validate", ROOT / "samples" / "policy.yaml").returncode == 0
+
+
+def forward_rule(name: str, address: str, *, enabled: bool = True) -> dict[str, Any]:
+    return {
+        "id": name,
+        "displayName": name,
+        "sequence": 1,
+        "isEnabled": enabled,
+        "actions": {
+            "forwardTo": [{"emailAddress": {"name": address, "address": address}}],
+            "stopProcessingRules": True,
+        },
+    }
+
+
+def test_replay_reports_every_guard_with_its_own_reason_code(tmp_path: Path) -> None:
+    users = [
+        user("clean"),
+        user("risky", **{"x-riskLevel": "high"}),
+        user("lowrisk", **{"x-riskLevel": "low"}),
+        user("forwarder", **{"x-inboxRules": [forward_rule("to gmail", "drop@evil.example")]}),
+        user("dormant", **{"x-inboxRules": [forward_rule("old", "drop@evil.example", enabled=False)]}),
+        user("internal", **{"x-inboxRules": [forward_rule("to boss", "boss@contoso.com")]}),
+        user(
+            "hider",
+            **{
+                "x-inboxRules": [
+                    {"id": "h", "displayName": "hide", "isEnabled": True, "actions": {"moveToFolder": "deleteditems"}}
+                ]
+            },
+        ),
+        user(
+            "deleter",
+            **{
+                "x-inboxRules": [
+                    {"id": "d", "displayName": "purge", "isEnabled": True, "actions": {"permanentDelete": True}}
+                ]
+            },
+        ),
+        user(
+            "smtpfwd",
+            **{"x-mailbox": {"ForwardingSmtpAddress": "smtp:copy@evil.example", "DeliverToMailboxAndForward": True}},
+        ),
+        user(
+            "everything",
+            enabled=False,
+            **{"x-riskLevel": "medium", "x-mailbox": {"ForwardingSmtpAddress": "smtp:copy@evil.example"}},
+        ),
+    ]
+    names = [u["userPrincipalName"] for u in users]
+    state = tenant(users, [blocked(n) for n in names])
+    policy = {"mode": "report-only", "allow": [{"name": "staff", "domains": ["contoso.com"]}],
+              "guards": {"max_risk_level": "low"}}  # fmt: skip
+    result = cli(
+        "replay", write(tmp_path / "alerts.json", {"value": [alert_v2(*names, alert_id="many")]}),
+        "--tenant", write(tmp_path / "tenant.yaml", state), "--policy", write(tmp_path / "policy.yaml", policy),
+        "--now", "2026-11-27T12:00:00Z", "--json",
+    )  # fmt: skip
+    codes = {r["user"]: [x["code"] for x in r["reasons"]] for r in map(json.loads, result.stdout.splitlines())}
+    assert codes == {
+        "clean@contoso.com": ["allow:staff"],
+        "risky@contoso.com": ["allow:staff", "guard:risk"],
+        "lowrisk@contoso.com": ["allow:staff"],
+        "forwarder@contoso.com": ["allow:staff", "guard:inbox-rule"],
+        "dormant@contoso.com": ["allow:staff"],
+        "internal@contoso.com": ["allow:staff"],
+        "hider@contoso.com": ["allow:staff", "guard:inbox-rule"],
+        "deleter@contoso.com": ["allow:staff", "guard:inbox-rule"],
+        "smtpfwd@contoso.com": ["allow:staff", "guard:forwarding"],
+        "everything@contoso.com": ["allow:staff", "guard:risk", "guard:forwarding", "guard:account-disabled"],
+    }
+
+
+def test_replay_trips_the_circuit_breaker_after_the_tenant_budget(tmp_path: Path) -> None:
+    users = [user(f"u{i}") for i in range(4)]
+    names = [u["userPrincipalName"] for u in users]
+    history = [{"user": "earlier@contoso.com", "at": "2026-11-27T11:30:00Z", "kind": "auto"}]
+    state = tenant(users, [blocked(n) for n in names], **{"x-history": history})
+    policy = {"mode": "enforce", "allow": [{"name": "staff", "domains": ["contoso.com"]}],
+              "guards": {"max_unblocks_per_tenant": {"count": 3, "hours": 1}}}  # fmt: skip
+    result = cli(
+        "replay", write(tmp_path / "alerts.json", alert_v2(*names, alert_id="wave")),
+        "--tenant", write(tmp_path / "tenant.yaml", state), "--policy", write(tmp_path / "policy.yaml", policy),
+        "--now", "2026-11-27T12:00:00Z", "--json",
+    )  # fmt: skip
+    decided = [(r["decision"], [x["code"] for x in r["reasons"]]) for r in map(json.loads, result.stdout.splitlines())]
+    assert decided == [
+        ("unblock", ["allow:staff"]),
+        ("unblock", ["allow:staff"]),
+        ("ticket", ["allow:staff", "guard:tenant-budget"]),
+        ("ticket", ["allow:staff", "guard:tenant-budget"]),
+    ]

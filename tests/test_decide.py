@@ -10,6 +10,7 @@ import pytest
 
 from restricted_sender.decide import decide, unblock_failed
 from restricted_sender.errors import PolicyError
+from restricted_sender.mailbox import Forwarding, parse_rules
 from restricted_sender.model import (
     DirectoryUser,
     Facts,
@@ -63,6 +64,11 @@ class Case:
     first_report: bool = True
     policy: dict[str, Any] = field(default_factory=lambda: BASE_POLICY)
     now: datetime = NOW
+    tenant_unblocks: int = 0  # other users unblocked 10 minutes ago
+    risk: str | None = None
+    rules: tuple[dict[str, Any], ...] | None = ()
+    folders: dict[str, str] = field(default_factory=dict)
+    forwarding: dict[str, Any] | None = None
 
     def run(self) -> Any:
         event = RestrictionEvent(
@@ -90,8 +96,25 @@ class Case:
                 for i, (age, s) in enumerate(self.unblocks)
             ),
             first_report=self.first_report,
+            tenant_unblocks=tuple(
+                UnblockEntry(f"u{i}@contoso.com", self.now - timedelta(minutes=10), UnblockKind.AUTO, f"t{i}")
+                for i in range(self.tenant_unblocks)
+            ),
+            risk_level=self.risk,
+            inbox_rules=None if self.rules is None else parse_rules(self.rules),
+            folder_names=self.folders,
+            forwarding=None if self.forwarding is None else Forwarding.from_mailbox(self.forwarding),
+            tenant_domains=frozenset({"contoso.com", "fabrikam.com"}),
         )
         return decide(event, facts, parse_policy(self.policy), self.now)
+
+
+def rule(name: str = "r", enabled: bool = True, **actions: Any) -> dict[str, Any]:
+    return {"id": name, "displayName": name, "isEnabled": enabled, "actions": actions}
+
+
+def to(*addresses: str) -> list[dict[str, Any]]:
+    return [{"emailAddress": {"address": a}} for a in addresses]
 
 
 def with_guards(**guards: Any) -> dict[str, Any]:
@@ -239,6 +262,127 @@ CASES: list[tuple[str, Case, str, tuple[str, ...]]] = [
         "unblock",
         ("allow:staff",),
     ),
+    ("a user rated above max_risk_level is escalated", Case(risk="medium"), "ticket", ("allow:staff", "guard:risk")),
+    ("a user at max_risk_level passes", Case(risk="low"), "unblock", ("allow:staff",)),
+    ("unknown risk (no Entra ID P2) passes", Case(risk=None), "unblock", ("allow:staff",)),
+    (
+        "max_risk_level high lets every risk level through",
+        Case(risk="high", policy=with_guards(max_risk_level="high")),
+        "unblock",
+        ("allow:staff",),
+    ),
+    (
+        "an enabled rule forwarding outside the tenant is suspicious",
+        Case(rules=(rule(forwardTo=to("evil@example.net")),)),
+        "ticket",
+        ("allow:staff", "guard:inbox-rule"),
+    ),
+    (
+        "redirects and attachments count like forwards",
+        Case(rules=(rule(redirectTo=to("x@evil.net")), rule("b", forwardAsAttachmentTo=to("y@evil.net")))),
+        "ticket",
+        ("allow:staff", "guard:inbox-rule"),
+    ),
+    (
+        "a disabled forwarding rule never counts",
+        Case(rules=(rule(enabled=False, forwardTo=to("evil@example.net")),)),
+        "unblock",
+        ("allow:staff",),
+    ),
+    (
+        "forwarding inside the tenant's domains never counts",
+        Case(rules=(rule(forwardTo=to("boss@Fabrikam.com")),)),
+        "unblock",
+        ("allow:staff",),
+    ),
+    (
+        "a rule that deletes mail is suspicious",
+        Case(rules=(rule(delete=True),)),
+        "ticket",
+        ("allow:staff", "guard:inbox-rule"),
+    ),
+    (
+        "a rule that permanently deletes is suspicious",
+        Case(rules=(rule(permanentDelete=True),)),
+        "ticket",
+        ("allow:staff", "guard:inbox-rule"),
+    ),
+    (
+        "a rule moving mail to RSS Feeds is suspicious",
+        Case(rules=(rule(moveToFolder="AAMkRSS"),), folders={"AAMkRSS": "RSS Feeds"}),
+        "ticket",
+        ("allow:staff", "guard:inbox-rule"),
+    ),
+    (
+        "a rule moving mail to a well-known hiding folder by name is suspicious",
+        Case(rules=(rule(moveToFolder="deleteditems"),)),
+        "ticket",
+        ("allow:staff", "guard:inbox-rule"),
+    ),
+    (
+        "a rule filing mail into an ordinary folder is fine",
+        Case(rules=(rule(moveToFolder="AAMkProj"),), folders={"AAMkProj": "Projects"}),
+        "unblock",
+        ("allow:staff",),
+    ),
+    (
+        "rules are not judged when the guard is off",
+        Case(rules=(rule(delete=True),), policy=with_guards(suspicious_inbox_rules=False)),
+        "unblock",
+        ("allow:staff",),
+    ),
+    (
+        "mailbox forwarding outside the tenant is escalated",
+        Case(forwarding={"ForwardingSmtpAddress": "smtp:drop@evil.net", "DeliverToMailboxAndForward": True}),
+        "ticket",
+        ("allow:staff", "guard:forwarding"),
+    ),
+    (
+        "mailbox forwarding inside the tenant is fine",
+        Case(forwarding={"ForwardingSmtpAddress": "smtp:team@contoso.com", "ForwardingAddress": "Team Mailbox"}),
+        "unblock",
+        ("allow:staff",),
+    ),
+    (
+        "forwarding is not judged when the guard is off",
+        Case(forwarding={"ForwardingSmtpAddress": "smtp:drop@evil.net"}, policy=with_guards(external_forwarding=False)),
+        "unblock",
+        ("allow:staff",),
+    ),
+    (
+        "the circuit breaker trips at the tenant budget",
+        Case(tenant_unblocks=10),
+        "ticket",
+        ("allow:staff", "guard:tenant-budget"),
+    ),
+    ("the circuit breaker holds below the tenant budget", Case(tenant_unblocks=9), "unblock", ("allow:staff",)),
+    (
+        "several failing guards are all reported in design order",
+        Case(
+            unblocks=((timedelta(days=1), "done"),),
+            tenant_unblocks=10,
+            risk="high",
+            enabled=False,
+            rules=(rule(delete=True),),
+            forwarding={"ForwardingSmtpAddress": "smtp:drop@evil.net"},
+        ),
+        "ticket",
+        (
+            "allow:staff",
+            "guard:user-budget",
+            "guard:tenant-budget",
+            "guard:risk",
+            "guard:inbox-rule",
+            "guard:forwarding",
+            "guard:account-disabled",
+        ),
+    ),
+    (
+        "a suspicious user with a sending-limit block is ticketed, not left to wait",
+        Case(reason=LIMIT, rules=(rule(forwardTo=to("evil@example.net")),)),
+        "ticket",
+        ("allow:staff", "guard:inbox-rule"),
+    ),
     (
         "a permanent block close to midnight is not waited out",
         Case(temporary=False, now=datetime(2026, 11, 27, 23, 30, tzinfo=UTC)),
@@ -261,6 +405,11 @@ def test_a_wait_says_when_the_block_lifts() -> None:
     ).run()
     assert result.release_at == datetime(2026, 11, 28, tzinfo=UTC)
     assert "2026-11-28T00:00:00Z" in result.reasons[-1].text
+
+
+def test_the_inbox_rule_reason_names_the_rule_and_the_address() -> None:
+    result = Case(rules=(rule("x", forwardTo=to("evil@example.net")),)).run()
+    assert result.reasons[-1].text == 'inbox rule "x" forwards to evil@example.net (outside the tenant)'
 
 
 def test_the_budget_reason_names_the_unblocks_it_counted() -> None:

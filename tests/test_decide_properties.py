@@ -21,6 +21,7 @@ from restricted_sender.decide import decide, unblock_failed
 from restricted_sender.errors import PolicyError
 from restricted_sender.facts import FactSources
 from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryStore
+from restricted_sender.mailbox import Forwarding, parse_rules
 from restricted_sender.model import (
     ActionStatus,
     Decision,
@@ -84,6 +85,10 @@ FIXED_CODES = {
     "deny:group",
     "no-allow-rule",
     "guard:user-budget",
+    "guard:tenant-budget",
+    "guard:risk",
+    "guard:inbox-rule",
+    "guard:forwarding",
     "guard:account-disabled",
     "policy-invalid",
     "limit-block",
@@ -340,8 +345,44 @@ def scenarios(
         for i, (age, kind, status) in enumerate(draw(UNBLOCK_LISTS))
     )
     first_report = live or draw(st.integers(0, 3)) > 0  # mostly a first report: duplicates stop at the first check
-    facts = Facts(restriction=restriction, user=user, member_of=member_of, unblocks=unblocks, first_report=first_report)
+    tenant_unblocks = tuple(
+        UnblockEntry(user=f"other{i}@contoso.com", at=now - timedelta(minutes=draw(st.integers(1, 120))),
+                     kind=UnblockKind.AUTO, event_id=f"t-{i}")
+        for i in range(draw(st.integers(0, 12)))
+    )  # fmt: skip
+    rules = draw(st.none() | st.lists(RULE, max_size=3)) if not live or draw(BOOLS) else []
+    forwarding = draw(st.none() | FORWARDING) if not live or draw(BOOLS) else None
+    facts = Facts(
+        restriction=restriction,
+        user=user,
+        member_of=member_of,
+        unblocks=unblocks,
+        first_report=first_report,
+        tenant_unblocks=tenant_unblocks,
+        risk_level=draw(st.none() | st.sampled_from(("none", "low", "medium", "high"))),
+        inbox_rules=None if rules is None else parse_rules(rules),
+        folder_names=draw(st.sampled_from(({}, {"f1": "Deleted Items"}, {"f1": "Projects"}))),
+        forwarding=None if forwarding is None else Forwarding.from_mailbox(forwarding),
+        tenant_domains=frozenset(d.lower() for d in DOMAINS),
+    )
     return Scenario(policy_data, policy, event, facts, now, rows)
+
+
+RECIPIENTS = st.lists(
+    st.builds(lambda a: {"emailAddress": {"address": a}}, st.sampled_from(("x@evil.example", "boss@contoso.com"))),
+    max_size=2,
+)
+RULE = st.builds(
+    lambda enabled, forward, delete, folder: {
+        "id": "r", "displayName": "r", "isEnabled": enabled,
+        "actions": {"forwardTo": forward, "delete": delete, **({"moveToFolder": folder} if folder else {})},
+    },
+    BOOLS, RECIPIENTS, BOOLS, st.sampled_from((None, "f1", "junkemail", "inbox")),
+)  # fmt: skip
+FORWARDING = st.builds(
+    lambda smtp: {"ForwardingSmtpAddress": smtp},
+    st.sampled_from((None, "smtp:x@evil.example", "smtp:team@contoso.com")),
+)
 
 
 def identities(scenario: Scenario) -> set[str]:

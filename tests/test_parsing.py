@@ -215,7 +215,7 @@ def test_policy_mistakes_are_reported(text: str, problem: str) -> None:
         load_policy_text(text)
 
 
-def test_the_design_example_policy_loads_and_says_what_it_does_not_enforce_yet() -> None:
+def test_the_design_example_policy_loads_and_what_is_not_enforced_yet_is_said() -> None:
     policy = load_policy_text(
         """
 mode: report-only
@@ -237,7 +237,12 @@ ticket: {system: webhook}
 """
     )
     assert policy.group_ids() == {"g1"}
-    assert "guards.max_risk_level is read but not enforced by this version" in policy.notes
+    assert policy.notes == ()
+    containing = load_policy_text("containment: {disable_account: true}\nnotify: {user: true}")
+    assert containing.notes == (
+        "containment.disable_account is read but not enforced by this version",
+        "notify.user is read but not enforced by this version",
+    )
 
 
 def test_secrets_never_show_in_settings_repr() -> None:

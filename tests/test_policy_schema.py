@@ -99,9 +99,15 @@ def test_mistakes_fail_both_the_schema_and_the_loader(policy: dict[str, Any]) ->
     [
         {"max_unblocks_per_user": {"count": 1, "days": 1_000_000}},
         {"max_unblocks_per_tenant": {"count": 1, "hours": 10**9}},
+        {"max_unblocks_per_tenant": {"count": 1, "hours": 721}},
         {"min_hours_to_auto_release": 25},
     ],
-    ids=["a budget window of millennia", "a circuit-breaker window of millennia", "waiting longer than a day block"],
+    ids=[
+        "a budget window of millennia",
+        "a circuit-breaker window of millennia",
+        "a circuit-breaker window past the 30 days the store keeps",
+        "waiting longer than a day block",
+    ],
 )
 def test_numbers_beyond_any_sensible_range_are_refused_by_both(guards: dict[str, Any]) -> None:
     assert list(VALIDATOR.iter_errors({"guards": guards})) != []

@@ -18,11 +18,18 @@ from typing import Any, TypeVar
 import pytest
 
 from restricted_sender.adapters.sqlite import SqliteStore
-from restricted_sender.adapters.tables import TableStore
+from restricted_sender.adapters.tables import (
+    MAX_ENTRY_CHUNKS,
+    MAX_RECORD_CHARS,
+    TableStore,
+    pack_entries,
+    unpack_entries,
+)
 from restricted_sender.errors import TransientServiceError
 from restricted_sender.fakes import MemoryStore
 from restricted_sender.model import UnblockEntry, UnblockKind
-from restricted_sender.ports import CLAIM_LEASE, ClaimResult, Store
+from restricted_sender.policy import Budget
+from restricted_sender.ports import CLAIM_LEASE, BudgetRefusal, ClaimResult, Store
 from simulator.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, free_port
 
 T = TypeVar("T")
@@ -222,6 +229,155 @@ def test_users_with_reserved_key_characters_work_everywhere(open_store: OpenStor
     assert audit == [record]
 
 
+# Budgets: reserving an unblock atomically ------------------------------------------------------------------
+
+WEEK = Budget(count=1, window_hours=7 * 24)  # per user
+HOUR = Budget(count=2, window_hours=1)  # per tenant
+
+
+def reserve(
+    open_store: OpenStore,
+    seeded: list[UnblockEntry],
+    entry: UnblockEntry,
+    *,
+    user_budget: Budget | None = WEEK,
+    tenant_budget: Budget | None = HOUR,
+) -> tuple[BudgetRefusal | None, list[UnblockEntry]]:
+    """Seed the history, reserve ``entry``; the refusal and then everything the store holds, oldest first."""
+
+    async def scenario(store: Store) -> tuple[BudgetRefusal | None, list[UnblockEntry]]:
+        for seed in seeded:
+            await store.record_unblock(seed)
+        refusal = await store.reserve_unblock(entry, user_budget=user_budget, tenant_budget=tenant_budget)
+        return refusal, list(await store.tenant_unblocks(T0 - timedelta(days=29)))
+
+    return run(open_store, scenario)
+
+
+def test_a_reservation_within_budget_records_the_entry_like_record_unblock(open_store: OpenStore) -> None:
+    seeded = [unblock(ALICE, "e0", T0 - timedelta(days=8)), unblock(BOB, "e1", T0 - timedelta(minutes=30))]
+    refusal, held = reserve(open_store, seeded, unblock(ALICE.upper(), "e2", T0, status="pending"))
+    assert refusal is None
+    assert held == [*seeded, unblock(ALICE, "e2", T0, status="pending")]  # lower-cased, as record_unblock keeps it
+
+
+def test_a_user_at_budget_is_refused_as_user_and_nothing_is_written(open_store: OpenStore) -> None:
+    seeded = [unblock(ALICE, "e0", T0 - timedelta(days=6))]
+    assert reserve(open_store, seeded, unblock("Alice@Contoso.COM", "e1", T0)) == ("user", seeded)
+
+
+def test_a_tenant_at_budget_is_refused_as_tenant_and_nothing_is_written(open_store: OpenStore) -> None:
+    seeded = [unblock(BOB, "e0", T0 - timedelta(minutes=59)), unblock("carol@contoso.com", "e1", T0)]
+    assert reserve(open_store, seeded, unblock(ALICE, "e2", T0)) == ("tenant", seeded)
+
+
+def test_the_user_budget_is_checked_before_the_tenant_budget(open_store: OpenStore) -> None:
+    seeded = [unblock(ALICE, "e0", T0 - timedelta(minutes=10)), unblock(BOB, "e1", T0 - timedelta(minutes=5))]
+    assert reserve(open_store, seeded, unblock(ALICE, "e2", T0)) == ("user", seeded)
+
+
+@pytest.mark.parametrize(
+    ("seed", "expected"),
+    [
+        (unblock(ALICE, "e0", T0 - timedelta(minutes=1), status="failed"), None),
+        (unblock(ALICE, "e0", T0 - timedelta(days=7)), None),  # exactly one window ago: outside
+        (unblock(ALICE, "e0", T0 - timedelta(days=7) + timedelta(seconds=1)), "user"),
+        (unblock(ALICE, "e0", T0 - timedelta(minutes=1), status="pending"), "user"),  # in flight: counts
+        (unblock(ALICE, "e0", T0 + timedelta(seconds=5)), "user"),  # another processor's clock ran ahead
+        (unblock(BOB, "e0", T0 - timedelta(days=1)), None),  # someone else, outside the tenant's hour
+    ],
+    ids=["failed", "at-the-window-start", "just-inside", "pending", "later-than-the-entry", "other-user"],
+)
+def test_what_counts_against_the_user_budget(
+    open_store: OpenStore, seed: UnblockEntry, expected: BudgetRefusal | None
+) -> None:
+    refusal, _ = reserve(open_store, [seed], unblock(ALICE, "e1", T0))
+    assert refusal == expected
+
+
+def test_failed_and_old_entries_do_not_count_against_the_tenant_budget(open_store: OpenStore) -> None:
+    seeded = [
+        unblock(BOB, "e0", T0 - timedelta(hours=1)),  # exactly one window ago
+        unblock("dave@contoso.com", "e2", T0 - timedelta(minutes=2)),
+        unblock("carol@contoso.com", "e1", T0 - timedelta(minutes=1), status="failed"),
+    ]
+    refusal, held = reserve(open_store, seeded, unblock(ALICE, "e3", T0))
+    assert refusal is None
+    assert held == [*seeded, unblock(ALICE, "e3", T0)]
+
+
+def test_a_retry_of_the_same_event_never_counts_against_itself(open_store: OpenStore) -> None:
+    first = unblock(ALICE, "e1", T0 - timedelta(seconds=30), status="pending")
+    retry = unblock(ALICE, "e1", T0)
+    tight = Budget(count=1, window_hours=1)
+    refusal, held = reserve(open_store, [first], retry, tenant_budget=tight)
+    assert (refusal, held) == (None, [retry])  # replaced, not added
+
+
+def test_a_budget_of_none_is_unlimited(open_store: OpenStore) -> None:
+    seeded = [unblock(ALICE, f"e{i}", T0 - timedelta(minutes=i + 1)) for i in range(5)]
+    refusal, held = reserve(open_store, seeded, unblock(ALICE, "e9", T0), user_budget=None, tenant_budget=None)
+    assert refusal is None
+    assert held == [*reversed(seeded), unblock(ALICE, "e9", T0)]
+
+
+def test_a_count_of_zero_refuses_every_reservation(open_store: OpenStore) -> None:
+    zero = Budget(count=0, window_hours=1)
+    assert reserve(open_store, [], unblock(ALICE, "e1", T0), user_budget=None, tenant_budget=zero) == ("tenant", [])
+
+
+def test_tenant_unblocks_sees_every_users_entries_oldest_first_consistent_with_unblocks(
+    open_store: OpenStore,
+) -> None:
+    since = T0 - timedelta(hours=1)
+
+    async def scenario(store: Store) -> tuple[list[UnblockEntry], ...]:
+        await store.record_unblock(unblock(ALICE, "e1", since - timedelta(seconds=1)))  # before ``since``
+        await store.record_unblock(unblock(UNUSUAL_USERS[0], "e2", since))  # at ``since``: included
+        await store.record_unblock(unblock(BOB, "e3", T0 - timedelta(minutes=10), status="pending"))
+        assert (
+            await store.reserve_unblock(
+                unblock(ALICE.upper(), "e4", T0 - timedelta(minutes=20)), user_budget=None, tenant_budget=None
+            )
+            is None
+        )
+        assert (
+            await store.reserve_unblock(unblock(UNUSUAL_USERS[1], "e5", T0), user_budget=WEEK, tenant_budget=None)
+            is None
+        )
+        await store.record_unblock(unblock(BOB.upper(), "e3", T0 - timedelta(minutes=10)))  # pending -> done
+        return (
+            list(await store.tenant_unblocks(since)),
+            list(await store.unblocks(ALICE, since)),
+            list(await store.unblocks(BOB, since)),
+            list(await store.unblocks(UNUSUAL_USERS[1].upper(), since)),
+        )
+
+    everyone, alice, bob, odd = run(open_store, scenario)
+    assert everyone == [
+        unblock(UNUSUAL_USERS[0].lower(), "e2", since),
+        unblock(ALICE, "e4", T0 - timedelta(minutes=20)),
+        unblock(BOB, "e3", T0 - timedelta(minutes=10)),
+        unblock(UNUSUAL_USERS[1].lower(), "e5", T0),
+    ]
+    assert alice == [everyone[1]]
+    assert bob == [everyone[2]]
+    assert odd == [everyone[3]]
+
+
+def test_table_rows_keep_thirty_days_of_tenant_entries_and_drop_the_oldest_past_the_size_limit() -> None:
+    recent = [unblock(f"user{i:05d}@contoso.com", f"{i:032x}", T0 - timedelta(minutes=i)) for i in range(4000)]
+    stale = unblock(ALICE, "old", T0 - timedelta(days=31))
+    row = pack_entries([stale, *recent], timedelta(days=30))
+    assert len(row) == MAX_ENTRY_CHUNKS
+    assert all(len(text) <= MAX_RECORD_CHARS and text.isascii() for text in row.values())
+    kept = unpack_entries(row)
+    assert kept == sorted(recent, key=lambda e: e.at)[-len(kept) :]  # the newest, oldest first
+    assert 1000 < len(kept) < 4000
+    assert unpack_entries(pack_entries([stale, recent[0]], timedelta(days=30))) == [recent[0]]
+    assert unpack_entries({}) == []
+
+
 # Audit trail: append-only ---------------------------------------------------------------------------------
 
 
@@ -336,6 +492,89 @@ def test_two_deliveries_racing_to_take_over_an_expired_lease_get_exactly_one_res
     assert [sorted(pair) for pair in pairs] == [sorted([RESUMED, DUPLICATE])] * 5
 
 
+@pytest.fixture(params=["sqlite-file", pytest.param("tables", marks=pytest.mark.azurite)])
+def open_shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
+    """A factory of stores that share their data across instances (processes), unlike the fake or :memory:."""
+    if request.param == "sqlite-file":
+        return lambda: SqliteStore(tmp_path / "store.db")
+    return request.getfixturevalue("open_table_store")  # type: ignore[no-any-return]
+
+
+def race_rounds(open_store: OpenStore, rounds: list[list[Callable[[Store], Awaitable[T]]]]) -> list[list[T]]:
+    """One instance per call of a round, each a thread with its own loop and store; each round starts at once.
+
+    The result lists, per round, each instance's outcome.
+    """
+    instances = len(rounds[0])
+    barrier = threading.Barrier(instances, timeout=30)
+
+    def instance(index: int) -> list[T]:
+        async def scenario(store: Store) -> list[T]:
+            await store.tenant_unblocks(T0)  # connect first: the race is the call itself
+            results = []
+            for calls in rounds:
+                barrier.wait()
+                results.append(await calls[index](store))
+            return results
+
+        return run(open_store, scenario)
+
+    run(open_store, lambda store: store.tenant_unblocks(T0))  # tables and schema exist before anyone races
+    with ThreadPoolExecutor(instances) as pool:
+        outcomes = list(pool.map(instance, range(instances)))
+    return [[outcomes[i][r] for i in range(instances)] for r in range(len(rounds))]
+
+
+def reserving(
+    entry: UnblockEntry, user_budget: Budget | None, tenant_budget: Budget | None
+) -> Callable[[Store], Awaitable[BudgetRefusal | None]]:
+    return lambda store: store.reserve_unblock(entry, user_budget=user_budget, tenant_budget=tenant_budget)
+
+
+RACERS, ROUNDS = 6, 3
+
+
+def round_start(number: int) -> datetime:
+    return T0 + timedelta(days=40 * number)  # rounds far apart: each has a fresh window
+
+
+def test_racing_instances_never_spend_more_than_the_tenant_budget(open_shared_store: OpenStore) -> None:
+    # Different users; each instance's clock a second apart, so the later reservations carry earlier instants too.
+    rounds = [
+        [
+            reserving(unblock(f"user{i}@contoso.com", f"r{r}-e{i}", round_start(r) + timedelta(seconds=i)), WEEK, HOUR)
+            for i in range(RACERS)
+        ]
+        for r in range(ROUNDS)
+    ]
+    results = race_rounds(open_shared_store, rounds)
+    assert [sorted(map(str, outcome)) for outcome in results] == [["None"] * 2 + ["tenant"] * 4] * ROUNDS
+
+    async def written(store: Store) -> list[UnblockEntry]:
+        return list(await store.tenant_unblocks(T0))
+
+    entries = run(open_shared_store, written)  # the tenant row keeps 30 days: only the last round on Tables
+    last = {f"user{i}@contoso.com" for i, refusal in enumerate(results[-1]) if refusal is None}
+    assert {e.user for e in entries if e.at >= round_start(ROUNDS - 1)} == last
+
+
+def test_racing_instances_never_spend_more_than_one_users_budget(open_shared_store: OpenStore) -> None:
+    rounds = [
+        [
+            reserving(unblock(ALICE, f"r{r}-e{i}", round_start(r) + timedelta(seconds=i)), WEEK, None)
+            for i in range(RACERS)
+        ]
+        for r in range(ROUNDS)
+    ]
+    results = race_rounds(open_shared_store, rounds)
+    assert [sorted(map(str, outcome)) for outcome in results] == [["None"] + ["user"] * 5] * ROUNDS
+
+    async def alice(store: Store) -> list[UnblockEntry]:
+        return list(await store.unblocks(ALICE, T0))
+
+    assert len(run(open_shared_store, alice)) == ROUNDS
+
+
 def closed_port_store() -> TableStore:
     from azure.data.tables.aio import TableServiceClient
 
@@ -351,6 +590,8 @@ OPERATIONS: dict[str, Callable[[Store], Awaitable[object]]] = {
     "complete": lambda s: s.complete(KEY, "d1", "unblock", T0),
     "record_unblock": lambda s: s.record_unblock(unblock(ALICE, "e1", T0)),
     "unblocks": lambda s: s.unblocks(ALICE, T0),
+    "tenant_unblocks": lambda s: s.tenant_unblocks(T0),
+    "reserve_unblock": lambda s: s.reserve_unblock(unblock(ALICE, "e1", T0), user_budget=WEEK, tenant_budget=HOUR),
     "append_audit": lambda s: s.append_audit(audit_record("e1", ALICE, "2026-11-27T08:00:00Z", "wait")),
     "audit": lambda s: s.audit(),
 }

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..errors import SenderNotBlocked, ServiceRefused, TransientServiceError, UnblockLimitReached
+from ..mailbox import Forwarding
 from ..restriction import BlockedSender
 from ..retry import RetryPolicy, with_retries
 from .http import send
@@ -57,6 +58,15 @@ class ExchangeAdmin:
         except SenderNotBlocked:
             return []  # asked about one address that is not restricted: an answer, not a failure
         return [BlockedSender.from_row(row) for row in rows if row.get("SenderAddress")]
+
+    async def mailbox_forwarding(self, address: str) -> Forwarding | None:
+        try:
+            rows = await self.invoke("Get-Mailbox", {"Identity": address})
+        except ServiceRefused as refused:
+            if _NOT_FOUND.search(refused.message):
+                return None  # no mailbox (e.g. a shared sender without one): nothing forwards
+            raise
+        return Forwarding.from_mailbox(rows[0]) if rows else None
 
     async def remove_blocked_sender(self, address: str) -> None:
         # Never retried when refused: a second try cannot lift Microsoft's unblock limit.

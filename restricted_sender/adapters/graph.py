@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from ..errors import ServiceError, ServiceRefused, TransientServiceError
+from ..mailbox import InboxRule, parse_rules
 from ..model import DirectoryUser
 from .identity import GRAPH_SCOPE
 
@@ -67,6 +68,7 @@ class GraphDirectory:
         self._client = client
         self._http = http
         self._transport = transport
+        self._domains: frozenset[str] | None = None
 
     async def user(self, key: str) -> DirectoryUser | None:
         from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -99,6 +101,43 @@ class GraphDirectory:
             user_type=_text(found.get("userType")),
             created=_text(found.get("createdDateTime")),
         )
+
+    async def risk_level(self, object_id: str) -> str | None:
+        request = self._client.identity_protection.risky_users.by_risky_user_id(object_id).to_get_request_information()
+        try:
+            found = await self._json(request)
+        except ServiceRefused as refused:
+            if refused.http_status == 403:
+                return None  # a tenant without Entra ID P2: risk is unknown, not a failure
+            raise
+        level = found.get("riskLevel") if isinstance(found, dict) else None
+        return level if isinstance(level, str) and level in ("none", "low", "medium", "high") else None
+
+    async def inbox_rules(self, key: str) -> tuple[InboxRule, ...] | None:
+        inbox = self._client.users.by_user_id(key).mail_folders.by_mail_folder_id("inbox")
+        found = await self._json(inbox.message_rules.to_get_request_information())
+        if not isinstance(found, dict):
+            return None
+        value = found.get("value")
+        return parse_rules(value if isinstance(value, list) else [])
+
+    async def folder_name(self, key: str, folder_id: str) -> str | None:
+        folder = self._client.users.by_user_id(key).mail_folders.by_mail_folder_id(folder_id)
+        found = await self._json(folder.to_get_request_information())
+        name = found.get("displayName") if isinstance(found, dict) else None
+        return name if isinstance(name, str) else None
+
+    async def verified_domains(self) -> frozenset[str]:
+        # Domains change rarely: read once per instance (an instance lives minutes to hours).
+        if self._domains is None:
+            found = await self._json(self._client.domains.to_get_request_information())
+            value = found.get("value") if isinstance(found, dict) else None
+            self._domains = frozenset(
+                str(d["id"]).lower()
+                for d in (value or [])
+                if isinstance(d, dict) and d.get("isVerified") and d.get("id")
+            )
+        return self._domains
 
     async def _json(self, request: RequestInformation) -> Any:
         """Send a request built by the SDK through its adapter (auth, retry and redirect middleware) and read the

@@ -6,13 +6,16 @@ import json
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..model import UnblockEntry, UnblockKind
-from ..ports import ClaimResult, resolve_claim
+from ..ports import BudgetRefusal, ClaimResult, budget_refusal, resolve_claim
 from ..timeutil import iso, parse_instant
+
+if TYPE_CHECKING:
+    from ..policy import Budget
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -27,6 +30,7 @@ CREATE TABLE IF NOT EXISTS audit (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_user ON audit (user, seq);
+CREATE INDEX IF NOT EXISTS unblocks_at ON unblocks (at);
 """
 
 
@@ -78,21 +82,66 @@ class SqliteStore:
 
     async def record_unblock(self, entry: UnblockEntry) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO unblocks (user, event_id, at, kind, status) VALUES (?, ?, ?, ?, ?)",
-                (entry.user.lower(), entry.event_id, iso(entry.at), entry.kind.value, entry.status),
-            )
+            self._put(entry)
 
-    async def unblocks(self, user: str, since: datetime) -> Sequence[UnblockEntry]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT user, event_id, at, kind, status FROM unblocks WHERE user = ? ORDER BY at", (user.lower(),)
-            ).fetchall()
+    def _put(self, entry: UnblockEntry) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO unblocks (user, event_id, at, kind, status) VALUES (?, ?, ?, ?, ?)",
+            (entry.user.lower(), entry.event_id, iso(entry.at), entry.kind.value, entry.status),
+        )
+
+    def _select(self, user: str | None, since: datetime) -> list[UnblockEntry]:
+        """The user's entries (everyone's for ``None``) at or after ``since``, oldest first."""
+        # ``at`` is always ``iso()`` text (UTC, seconds, ``Z``), so text order is time order; a second's margin
+        # keeps the SQL filter conservative, and the exact one runs on the parsed instants.
+        try:
+            bound = iso(since - timedelta(seconds=1))
+        except OverflowError:  # ``since`` at the very start of time: everything
+            bound = ""
+        columns = "SELECT user, event_id, at, kind, status FROM unblocks"
+        if user is None:
+            rows = self._db.execute(f"{columns} WHERE at >= ? ORDER BY at", (bound,)).fetchall()
+        else:
+            rows = self._db.execute(f"{columns} WHERE user = ? AND at >= ? ORDER BY at", (user, bound)).fetchall()
         entries = [
             UnblockEntry(user=u, event_id=e, at=parse_instant(a), kind=UnblockKind(k), status=s)
             for u, e, a, k, s in rows
         ]
         return [entry for entry in entries if entry.at >= since]
+
+    async def unblocks(self, user: str, since: datetime) -> Sequence[UnblockEntry]:
+        with self._lock:
+            return self._select(user.lower(), since)
+
+    async def tenant_unblocks(self, since: datetime) -> Sequence[UnblockEntry]:
+        with self._lock:
+            return self._select(None, since)
+
+    async def reserve_unblock(
+        self, entry: UnblockEntry, *, user_budget: Budget | None, tenant_budget: Budget | None
+    ) -> BudgetRefusal | None:
+        with self._lock:
+            # BEGIN IMMEDIATE takes the database's write lock before reading: another connection (another
+            # process) reserving at the same time waits here, then sees this entry.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                history: dict[tuple[str, str], UnblockEntry] = {}
+                if user_budget is not None:
+                    start = entry.at - timedelta(hours=user_budget.window_hours)
+                    for found in self._select(entry.user.lower(), start):
+                        history[(found.user, found.event_id)] = found
+                if tenant_budget is not None:
+                    start = entry.at - timedelta(hours=tenant_budget.window_hours)
+                    for found in self._select(None, start):
+                        history[(found.user, found.event_id)] = found
+                refusal = budget_refusal(entry, history.values(), user_budget=user_budget, tenant_budget=tenant_budget)
+                if refusal is None:
+                    self._put(entry)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return refusal
 
     async def append_audit(self, record: Mapping[str, Any]) -> None:
         with self._lock:

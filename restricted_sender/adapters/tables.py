@@ -1,25 +1,46 @@
-"""Azure Table Storage store: claims (conditional insert + ETag take-over), unblock history, audit trail."""
+"""Azure Table Storage store: claims (conditional insert + ETag take-over), unblock history, audit trail.
+
+Unblock history lives in ONE partition (``budget``) of the unblocks table, so a reservation can check and
+write it atomically: a row per user (``user:<key>``, that user's entries, kept ten years) and a ``tenant`` row
+(everyone's entries, kept 30 days: the longest circuit-breaker window the policy allows). Each row holds its
+entries as JSON text. Every write reads both rows, then replaces both in one entity-group transaction
+conditioned on the ETags it read (or creates a missing row); a concurrent writer makes it fail with 412/409
+and the loop reads again. The tenant row is therefore a serialisation point for every unblock in the tenant:
+fine at the rates the budgets allow (a handful an hour).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ServiceError, TransientServiceError
 from ..model import UnblockEntry, UnblockKind
-from ..ports import ClaimResult, resolve_claim
-from ..timeutil import parse_instant
+from ..ports import BudgetRefusal, ClaimResult, budget_refusal, resolve_claim
+from ..timeutil import iso, parse_instant
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient, TableServiceClient
 
+    from ..policy import Budget
+
 MAX_RECORD_CHARS = 30_000  # a string property holds 64 KiB of UTF-16
 _CLAIM_ROW = "claim"
+
+BUDGET_PARTITION = "budget"
+TENANT_ROW = "tenant"
+TENANT_KEEP = timedelta(days=30)  # >= the policy's longest tenant window (720 hours)
+USER_KEEP = timedelta(days=3650)  # >= the policy's longest user window
+# Entries are ASCII JSON split over properties of MAX_RECORD_CHARS: 8 of them is 480 KB of UTF-16, inside the
+# 1 MiB entity limit (and two rows inside a transaction's 4 MiB). About 2,000 entries; the oldest go first.
+MAX_ENTRY_CHUNKS = 8
+MAX_WRITE_TRIES = 10
 
 
 _KEY_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@._-+")
@@ -123,39 +144,56 @@ class TableStore:
             )
 
     async def record_unblock(self, entry: UnblockEntry) -> None:
-        from azure.data.tables import UpdateMode
+        await self._write_unblock(entry, "record_unblock", user_budget=None, tenant_budget=None)
 
-        table = await self._table("unblocks")
-        async with _errors("record_unblock"):
-            await table.upsert_entity(
-                {
-                    "PartitionKey": table_key(entry.user),
-                    "RowKey": table_key(entry.event_id),
-                    "User": entry.user.lower(),
-                    "EventId": entry.event_id,
-                    "At": entry.at,
-                    "Kind": entry.kind.value,
-                    "Status": entry.status,
-                },
-                mode=UpdateMode.REPLACE,
-            )
+    async def reserve_unblock(
+        self, entry: UnblockEntry, *, user_budget: Budget | None, tenant_budget: Budget | None
+    ) -> BudgetRefusal | None:
+        return await self._write_unblock(entry, "reserve_unblock", user_budget=user_budget, tenant_budget=tenant_budget)
 
     async def unblocks(self, user: str, since: datetime) -> Sequence[UnblockEntry]:
         table = await self._table("unblocks")
         async with _errors("unblocks"):
-            found = [
-                UnblockEntry(
-                    user=str(row["User"]),
-                    event_id=str(row["EventId"]),
-                    at=_instant(row["At"]),
-                    kind=UnblockKind(str(row["Kind"])),
-                    status=str(row["Status"]),
-                )
-                async for row in table.query_entities(
-                    "PartitionKey eq @pk and At ge @since", parameters={"pk": table_key(user), "since": since}
-                )
-            ]
-        return sorted(found, key=lambda e: e.at)
+            found, _ = await _read_row(table, _user_row(user))
+        return sorted((e for e in found if e.at >= since), key=lambda e: e.at)
+
+    async def tenant_unblocks(self, since: datetime) -> Sequence[UnblockEntry]:
+        table = await self._table("unblocks")
+        async with _errors("tenant_unblocks"):
+            found, _ = await _read_row(table, TENANT_ROW)
+        return sorted((e for e in found if e.at >= since), key=lambda e: e.at)
+
+    async def _write_unblock(
+        self, entry: UnblockEntry, operation: str, *, user_budget: Budget | None, tenant_budget: Budget | None
+    ) -> BudgetRefusal | None:
+        """Read both rows, check the budgets, write both rows in one transaction on the ETags read; retry."""
+        from azure.core.exceptions import HttpResponseError
+
+        table = await self._table("unblocks")
+        user_row = _user_row(entry.user)
+        for attempt in range(MAX_WRITE_TRIES):
+            async with _errors(operation):
+                # One after the other, not gathered: a failed read must not leave the other one running.
+                mine, user_etag = await _read_row(table, user_row)
+                everyone, tenant_etag = await _read_row(table, TENANT_ROW)
+                history = {(e.user, e.event_id): e for e in (*everyone, *mine)}
+                refusal = budget_refusal(entry, history.values(), user_budget=user_budget, tenant_budget=tenant_budget)
+                if refusal is not None:
+                    return refusal
+                operations = [
+                    _row_operation(user_row, _merged(mine, entry), USER_KEEP, user_etag, user=entry.user.lower()),
+                    _row_operation(TENANT_ROW, _merged(everyone, entry), TENANT_KEEP, tenant_etag),
+                ]
+                try:
+                    await table.submit_transaction(operations)
+                    return None
+                except HttpResponseError as error:  # TableTransactionError, ResourceExistsError, ...
+                    if error.status_code not in (409, 412):  # 412: a row changed; 409: a missing row appeared
+                        raise
+            await asyncio.sleep(random.uniform(0.0, 0.02 * 2 ** min(attempt, 5)))
+        raise TransientServiceError(
+            "store", f"{operation}: the unblock history stayed contended for {MAX_WRITE_TRIES} tries", http_status=412
+        )
 
     async def append_audit(self, record: Mapping[str, Any]) -> None:
         table = await self._table("audit")
@@ -221,6 +259,91 @@ class _errors:
             return False
         status = error.status_code if isinstance(error, HttpResponseError) else None
         raise TransientServiceError("store", f"{self.operation}: {error.message}", http_status=status) from error
+
+
+def _user_row(user: str) -> str:
+    return f"user:{table_key(user)}"
+
+
+def _stamp(at: datetime) -> str:
+    """``iso()``, keeping a fraction of a second when there is one (the budget window compares instants)."""
+    if at.microsecond == 0:
+        return iso(at)
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _merged(entries: Iterable[UnblockEntry], entry: UnblockEntry) -> list[UnblockEntry]:
+    """``entries`` with ``entry`` inserted or replacing the one of the same (user, event_id)."""
+    user = entry.user.lower()
+    kept = [e for e in entries if (e.user, e.event_id) != (user, entry.event_id)]
+    return [*kept, UnblockEntry(user=user, at=entry.at, kind=entry.kind, event_id=entry.event_id, status=entry.status)]
+
+
+def pack_entries(entries: Iterable[UnblockEntry], keep: timedelta) -> dict[str, str]:
+    """Row properties ``Entries0``… holding ``entries`` as one ASCII JSON list, oldest first.
+
+    Drops entries older than ``keep`` before the newest, then the oldest until the text fits in
+    ``MAX_ENTRY_CHUNKS`` properties of ``MAX_RECORD_CHARS`` characters.
+    """
+    ordered = sorted(entries, key=lambda e: e.at)
+    if ordered:
+        horizon = ordered[-1].at - keep
+        ordered = [e for e in ordered if e.at >= horizon]
+    encoded = [
+        json.dumps([e.user, e.event_id, _stamp(e.at), e.kind.value, e.status], separators=(",", ":")) for e in ordered
+    ]
+    room = MAX_ENTRY_CHUNKS * MAX_RECORD_CHARS - 2  # the brackets
+    size = sum(len(text) + 1 for text in encoded) - 1
+    first = 0
+    while size > room:
+        size -= len(encoded[first]) + 1
+        first += 1
+    text = "[" + ",".join(encoded[first:]) + "]"
+    return {
+        f"Entries{index}": text[offset : offset + MAX_RECORD_CHARS]
+        for index, offset in enumerate(range(0, len(text), MAX_RECORD_CHARS))
+    }
+
+
+def unpack_entries(row: Mapping[str, Any]) -> list[UnblockEntry]:
+    chunks = []
+    for index in range(MAX_ENTRY_CHUNKS):
+        chunk = row.get(f"Entries{index}")
+        if chunk is None:
+            break
+        chunks.append(str(chunk))
+    return [
+        UnblockEntry(user=str(u), event_id=str(e), at=parse_instant(str(a)), kind=UnblockKind(str(k)), status=str(s))
+        for u, e, a, k, s in json.loads("".join(chunks) or "[]")
+    ]
+
+
+async def _read_row(table: TableClient, row_key: str) -> tuple[list[UnblockEntry], str | None]:
+    """The row's entries and ETag; a missing row is empty, with no ETag."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        row = await table.get_entity(BUDGET_PARTITION, row_key)
+    except ResourceNotFoundError:
+        return [], None
+    return unpack_entries(row), str(row.metadata["etag"])
+
+
+def _row_operation(
+    row_key: str, entries: Iterable[UnblockEntry], keep: timedelta, etag: str | None, **extra: str
+) -> tuple[Any, ...]:
+    """Create the row when it was missing (fails if another writer created it), else replace it if unchanged."""
+    from azure.core import MatchConditions
+    from azure.data.tables import UpdateMode
+
+    entity = {"PartitionKey": BUDGET_PARTITION, "RowKey": row_key, **extra, **pack_entries(entries, keep)}
+    if etag is None:
+        return ("create", entity)
+    return (
+        "update",
+        entity,
+        {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified},
+    )
 
 
 def _instant(value: object) -> datetime:
