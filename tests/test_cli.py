@@ -152,7 +152,8 @@ def test_the_demo_prints_a_readable_table() -> None:
     out = cli("demo").stdout
     assert "USER" in out
     assert "DECISION" in out
-    for expected in ("unblock", "ticket", "wait", "ignore", "limit-block", "auto-release-soon", "unblock-failed"):
+    for expected in ("unblock", "ticket", "wait", "ignore", "limit-block", "auto-release-soon", "unblock-failed",
+                     "guard:inbox-rule", "guard:risk", "guard:forwarding"):  # fmt: skip
         assert expected in out
 
 
