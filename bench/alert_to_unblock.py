@@ -30,27 +30,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from synthetic import ALERT_TITLE, TENANT_ID, address, alert, blocked, user, user_id  # bench/ is on sys.path
+from synthetic import TENANT_ID, address, alert, blocked, policy_yaml, user, user_id  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 BAR_RATIO = 1.2
 BAR_ROUND_TRIPS = 4
 DOMAIN = "contoso.com"
 LATENCY_ROUTES = ("graph.*", "exchange.*", "identity.token")
-POLICY_YAML = f"""\
-mode: enforce
-alert_names: ["{ALERT_TITLE}"]
-allow:
-  - name: contoso staff
-    domains: [{DOMAIN}]
-guards:
-  max_unblocks_per_user: {{count: 1, days: 7}}
-  max_unblocks_per_tenant: {{count: 100000, hours: 1}}  # not enforced yet; its default (10/h) would stop a burst
-  account_enabled: true
-  min_hours_to_auto_release: 2
-ticket:
-  system: webhook
-"""
+POLICY_YAML = policy_yaml(DOMAIN)
 
 
 def tenant(users: int) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import synthetic  # bench/ is on sys.path
-from synthetic import ALERT_TITLE, TENANT_ID, blocked, user, user_id
+from synthetic import TENANT_ID, blocked, policy_yaml, user, user_id
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLOWED_DOMAIN = "contoso.com"
@@ -47,20 +47,7 @@ REMOVE = "exchange.Remove-BlockedSenderAddress"
 USER = "graph.user"
 TICKET = "tickets.webhook"
 THROTTLED_ROUTES = (GET, REMOVE, USER, TICKET)
-POLICY_YAML = f"""\
-mode: enforce
-alert_names: ["{ALERT_TITLE}"]
-allow:
-  - name: contoso staff
-    domains: [{ALLOWED_DOMAIN}]
-guards:
-  max_unblocks_per_user: {{count: 1, days: 7}}
-  max_unblocks_per_tenant: {{count: 100000, hours: 1}}  # not enforced yet; its default (10/h) would stop a burst
-  account_enabled: true
-  min_hours_to_auto_release: 2
-ticket:
-  system: webhook
-"""
+POLICY_YAML = policy_yaml(ALLOWED_DOMAIN)
 
 
 # -- the tenant and the alerts ----------------------------------------------------------------------------------

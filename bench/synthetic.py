@@ -9,6 +9,25 @@ ALERT_TITLE = "User restricted from sending email"
 SPAM_REASON = "OutboundSpamLast24Hours=212;OutboundMailLast24Hours=240;OutboundSpamPercent=88"
 
 
+def policy_yaml(allowed_domain: str) -> str:
+    """Enforce mode; users of ``allowed_domain`` are allowed. The circuit breaker is raised so a burst is not
+    stopped by it (its default is 10 unblocks an hour), every other guard keeps its default."""
+    return f"""\
+mode: enforce
+alert_names: ["{ALERT_TITLE}"]
+allow:
+  - name: contoso staff
+    domains: [{allowed_domain}]
+guards:
+  max_unblocks_per_user: {{count: 1, days: 7}}
+  max_unblocks_per_tenant: {{count: 100000, hours: 1}}
+  account_enabled: true
+  min_hours_to_auto_release: 2
+ticket:
+  system: webhook
+"""
+
+
 def user_id(index: int) -> str:
     return f"0b1c2d3e-{index // 10000:04d}-4a5b-8c9d-{index % 10000:012d}"
 

@@ -18,6 +18,25 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
 BULK_GROUP = "3f1c9a7e-2b4d-4e8f-9a6b-7c5d1e2f3a4b"
+# The policy example of design §5, every key present.
+DESIGN_POLICY_EXAMPLE = """
+mode: report-only
+alert_names: ["User restricted from sending email"]
+allow:
+  - {name: bulk-mail senders, users: [newsletter@contoso.com], domains: [contoso.com], groups: [g1]}
+deny: {users: [], domains: [], groups: []}
+guards:
+  max_unblocks_per_user: {count: 1, days: 7}
+  max_unblocks_per_tenant: {count: 10, hours: 1}
+  max_risk_level: low
+  suspicious_inbox_rules: true
+  external_forwarding: true
+  account_enabled: true
+  min_hours_to_auto_release: 2
+containment: {revoke_sessions: false, confirm_compromised: false, disable_account: false}
+notify: {user: false, recipients: []}
+ticket: {system: webhook}
+"""
 
 
 def shared_file(*parts: str) -> Path:

@@ -16,7 +16,7 @@ from restricted_sender.restriction import BlockedSender, BlockKind, BlockReason
 from restricted_sender.retry import retry_after_seconds
 from restricted_sender.settings import Secret, Settings
 from restricted_sender.timeutil import parse_instant
-from tests.conftest import alert_v2, shared_file
+from tests.conftest import DESIGN_POLICY_EXAMPLE, alert_v2, shared_file
 
 
 def evidence(kind: str, **fields: Any) -> dict[str, Any]:
@@ -216,26 +216,7 @@ def test_policy_mistakes_are_reported(text: str, problem: str) -> None:
 
 
 def test_the_design_example_policy_loads_and_what_is_not_enforced_yet_is_said() -> None:
-    policy = load_policy_text(
-        """
-mode: report-only
-alert_names: ["User restricted from sending email"]
-allow:
-  - {name: bulk-mail senders, users: [newsletter@contoso.com], domains: [contoso.com], groups: [g1]}
-deny: {users: [], domains: [], groups: []}
-guards:
-  max_unblocks_per_user: {count: 1, days: 7}
-  max_unblocks_per_tenant: {count: 10, hours: 1}
-  max_risk_level: low
-  suspicious_inbox_rules: true
-  external_forwarding: true
-  account_enabled: true
-  min_hours_to_auto_release: 2
-containment: {revoke_sessions: false, confirm_compromised: false, disable_account: false}
-notify: {user: false, recipients: []}
-ticket: {system: webhook}
-"""
-    )
+    policy = load_policy_text(DESIGN_POLICY_EXAMPLE)
     assert policy.group_ids() == {"g1"}
     assert policy.notes == ()
     containing = load_policy_text("containment: {disable_account: true}\nnotify: {user: true}")

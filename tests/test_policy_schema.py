@@ -14,27 +14,9 @@ import yaml
 from restricted_sender.errors import PolicyError
 from restricted_sender.policy import parse_policy
 from restricted_sender.policy_schema import POLICY_SCHEMA
-from tests.conftest import ROOT
+from tests.conftest import DESIGN_POLICY_EXAMPLE, ROOT
 
 VALIDATOR = jsonschema.Draft202012Validator(POLICY_SCHEMA)
-DESIGN_EXAMPLE = """
-mode: report-only
-alert_names: ["User restricted from sending email"]
-allow:
-  - {name: bulk-mail senders, users: [newsletter@contoso.com], domains: [contoso.com], groups: [g1]}
-deny: {users: [], domains: [], groups: []}
-guards:
-  max_unblocks_per_user: {count: 1, days: 7}
-  max_unblocks_per_tenant: {count: 10, hours: 1}
-  max_risk_level: low
-  suspicious_inbox_rules: true
-  external_forwarding: true
-  account_enabled: true
-  min_hours_to_auto_release: 2
-containment: {revoke_sessions: false, confirm_compromised: false, disable_account: false}
-notify: {user: false, recipients: []}
-ticket: {system: webhook}
-"""
 
 
 def test_the_shipped_schema_file_is_exactly_what_the_cli_prints() -> None:
@@ -53,7 +35,7 @@ def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
     "policy",
     [
         {},
-        yaml.safe_load(DESIGN_EXAMPLE),
+        yaml.safe_load(DESIGN_POLICY_EXAMPLE),
         yaml.safe_load((ROOT / "samples" / "policy.yaml").read_text()),
         {"allow": [{"name": "subs", "domains": ["*.contoso.com"]}], "deny": {"groups": ["g"]}},
     ],
