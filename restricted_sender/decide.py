@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from .errors import PolicyError
-from .model import Decision, Facts, Outcome, Reason, RestrictionEvent, UnblockEntry
+from .model import Decision, Facts, Outcome, Reason, RestrictionEvent
 from .policy import Budget, Policy, Selector
 from .restriction import BlockKind
 from .timeutil import iso
@@ -118,7 +118,7 @@ def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
     failed: list[Reason] = []
     budget = guards.max_unblocks_per_user
     if budget is not None:
-        spent = _spent(facts.unblocks, budget, now)
+        spent = budget.spent_by(facts.unblocks, now)
         if len(spent) >= budget.count:
             listing = ", ".join(f"{iso(u.at)} ({u.kind.value})" for u in spent) or "none"
             failed.append(
@@ -130,7 +130,7 @@ def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
             )
     tenant_budget = guards.max_unblocks_per_tenant
     if tenant_budget is not None:
-        spent = _spent(facts.tenant_unblocks, tenant_budget, now)
+        spent = tenant_budget.spent_by(facts.tenant_unblocks, now)
         if len(spent) >= tenant_budget.count:
             users = ", ".join(sorted({u.user for u in spent})) or "none"
             failed.append(
@@ -162,11 +162,6 @@ def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
             )
         )
     return failed
-
-
-def _spent(unblocks: tuple[UnblockEntry, ...], budget: Budget, now: datetime) -> list[UnblockEntry]:
-    start = now - timedelta(hours=budget.window_hours)
-    return sorted((u for u in unblocks if u.status != "failed" and start < u.at <= now), key=lambda u: u.at)
 
 
 def _window(budget: Budget) -> str:

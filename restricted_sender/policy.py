@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import PolicyError
+from .model import UnblockEntry
 
 DEFAULT_ALERT_NAMES = ("User restricted from sending email",)
 MODES = ("report-only", "enforce")
@@ -58,6 +60,19 @@ class AllowRule:
 class Budget:
     count: int
     window_hours: float
+
+    def spent_by(self, entries: Iterable[UnblockEntry], at: datetime) -> list[UnblockEntry]:
+        """The unblocks that count against this budget at ``at``, oldest first: not refused, and inside the window.
+
+        One rule for the decision and for every store's atomic reservation. An entry *later* than ``at`` counts
+        too: two processors take ``now`` a moment before reserving, so the one reserving second may carry the
+        earlier instant, and must still see the other's unblock.
+        """
+        start = at - timedelta(hours=self.window_hours)
+        return sorted((e for e in entries if e.status != "failed" and e.at > start), key=lambda e: e.at)
+
+    def is_spent(self, entries: Iterable[UnblockEntry], at: datetime) -> bool:
+        return len(self.spent_by(entries, at)) >= self.count
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,25 +107,16 @@ def budget_refusal(
 ) -> BudgetRefusal | None:
     """Which budget recording ``entry`` would exceed, given the tenant's ``history``; one rule for every store.
 
-    Counts the entries with ``at > entry.at - window`` whose status is not "failed" and whose event_id differs
-    from ``entry.event_id`` (a retry of the same event never counts against itself): the user's own against
-    ``user_budget``, checked first, then everyone's against ``tenant_budget``. ``None`` is unlimited.
-    ``history`` may hold more than needed (other users, older entries): the rule filters.
-
-    An entry *later* than ``entry.at`` counts too: two processors take ``now`` a moment before reserving, so
-    the one that reserves second may carry the earlier instant; not counting the other's entry would let
-    both spend the last unblock of the window.
+    Counts with :meth:`Budget.spent_by`, leaving out entries of ``entry.event_id`` (a retry of the same event
+    never counts against itself): the user's own against ``user_budget``, checked first, then everyone's against
+    ``tenant_budget``. ``None`` is unlimited. ``history`` may hold more than needed: the rule filters.
     """
     user = entry.user.lower()
-    counted = [e for e in history if e.status != "failed" and e.event_id != entry.event_id]
+    counted = [e for e in history if e.event_id != entry.event_id]
 
-    def spent(budget: Budget, entries: Iterable[UnblockEntry]) -> bool:
-        start = entry.at - timedelta(hours=budget.window_hours)
-        return sum(1 for e in entries if e.at > start) >= budget.count
-
-    if user_budget is not None and spent(user_budget, (e for e in counted if e.user.lower() == user)):
+    if user_budget is not None and user_budget.is_spent((e for e in counted if e.user.lower() == user), entry.at):
         return "user"
-    if tenant_budget is not None and spent(tenant_budget, counted):
+    if tenant_budget is not None and tenant_budget.is_spent(counted, entry.at):
         return "tenant"
     return None
 
