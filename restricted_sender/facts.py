@@ -35,7 +35,8 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
     user_budget = guards.max_unblocks_per_user if guards else None
     tenant_budget = guards.max_unblocks_per_tenant if guards else None
     since = now - (timedelta(hours=user_budget.window_hours) if user_budget else _NO_HISTORY_WINDOW)
-    want_risk = guards is not None and guards.max_risk_level is not None
+    # "high" lets every level through: nothing to ask Identity Protection then.
+    want_risk = guards is not None and guards.max_risk_level not in (None, "high")
     want_rules = guards is not None and guards.suspicious_inbox_rules
     want_forwarding = guards is not None and guards.external_forwarding
     address, object_id = event.user.address, event.user.object_id

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ class Policy:
         return frozenset(ids)
 
 
+@cache
 def default_policy() -> Policy:
     return parse_policy({}, source="default policy")
 

@@ -215,3 +215,17 @@ def test_a_block_lifted_before_the_unblock_ran_spends_nothing() -> None:
     assert [(a.kind, a.status.value) for a in record.actions] == [("unblock", "skipped")]
     assert [e.status for e in world.store.history.values()] == ["failed"]
     assert world.tickets.tickets == {}
+
+
+def test_risk_is_not_asked_for_when_max_risk_level_lets_every_level_through() -> None:
+    class NoRiskAsked(CountingDirectory):
+        async def risk_level(self, object_id: str) -> str | None:
+            raise AssertionError("risk was fetched although the policy does not need it")
+
+    policy = load_policy_text(
+        "mode: enforce\nallow: [{name: s, domains: [contoso.com]}]\nguards: {max_risk_level: high}\n"
+    )
+    world = World([blocked("alice@contoso.com")], [ALICE], policy=policy)
+    world.processor.sources = FactSources(world.exchange, NoRiskAsked([ALICE]), world.store)
+    [record] = world.run(alert_v2("alice@contoso.com", object_ids={"alice@contoso.com": "alice-id"}))
+    assert record.decision.outcome.value == "unblock"
