@@ -22,6 +22,7 @@ from .settings import EVENTS_QUEUE, Settings
 from .timeutil import SystemClock
 
 if TYPE_CHECKING:
+    import httpx
     from azure.core.credentials_async import AsyncTokenCredential
 
 log = logging.getLogger("restricted_sender")
@@ -152,12 +153,11 @@ def table_store(settings: Settings) -> Store:
     raise ConfigurationError("set AzureWebJobsStorage or AzureWebJobsStorage__tableServiceUri for the store")
 
 
-def _tickets(settings: Settings, policy: Policy | PolicyError, http: object, retry: RetryPolicy | None) -> Tickets:
-    import httpx
-
+def _tickets(
+    settings: Settings, policy: Policy | PolicyError, http: httpx.AsyncClient, retry: RetryPolicy | None
+) -> Tickets:
     from .adapters.tickets import WebhookTickets
 
-    assert isinstance(http, httpx.AsyncClient)
     system = policy.ticket_system if isinstance(policy, Policy) else "webhook"
     if system != "webhook":  # the policy loader already refuses others; kept for a clear message
         raise ConfigurationError(f"ticket system {system!r} is not supported by this version")
