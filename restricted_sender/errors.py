@@ -7,7 +7,10 @@ Everything the product raises on purpose derives from :class:`ResponderError`. O
     ├── InputError                  the caller sent something we cannot use            -> 4xx, nothing changes
     │   ├── MalformedPayload        not JSON, or JSON of a shape we do not know          -> 400
     │   ├── PayloadTooLarge         body over the limit                                  -> 413
-    │   └── Unauthorized            missing or wrong shared secret                       -> 401
+    │   ├── Unauthorized            missing or invalid credentials (secret, bearer token)-> 401
+    │   ├── Forbidden               a valid caller without the needed app role           -> 403
+    │   ├── NotFound                no such user                                         -> 404
+    │   └── Conflict                the request does not fit the current state           -> 409
     ├── ConfigurationError          settings or policy are unusable                      -> 500, logged loudly
     │   └── PolicyError             the policy file failed to load or validate
     └── ServiceError                a dependency (Exchange, Graph, store, queue, tickets) failed
@@ -52,6 +55,32 @@ class PayloadTooLarge(InputError):
 class Unauthorized(InputError):
     code = "unauthorized"
     status = 401
+
+
+class Forbidden(InputError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(InputError):
+    code = "not-found"
+    status = 404
+
+
+class Conflict(InputError):
+    """``code`` is set per instance (e.g. ``not-restricted``, ``force-required``) so callers can tell them apart."""
+
+    status = 409
+
+    def __init__(self, message: str, *, code: str = "conflict", details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details or {}
+
+    def to_body(self) -> dict[str, dict[str, str]]:
+        body = super().to_body()
+        body["error"].update(self.details)  # type: ignore[arg-type]
+        return body
 
 
 class ConfigurationError(ResponderError):

@@ -266,3 +266,57 @@ class DecisionRecord:
             "policy_version": self.policy_version,
             "at": iso(self.at),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TicketRef:
+    """A ticket in some system: ``id`` is what the system updates by, ``label`` what a person reads."""
+
+    id: str
+    label: str
+    url: str | None = None
+
+    def __str__(self) -> str:
+        return self.label if self.label == self.id else f"{self.label} ({self.id})"
+
+
+@dataclass(frozen=True, slots=True)
+class TicketContent:
+    """One ticket's text, rendered once from the decision record and its evidence.
+
+    ``text`` is for a person (plain text with simple headings); ``html`` is the same for mail; ``record`` is the
+    complete machine-readable ``{"correlation_id", "record", "evidence"}``; ``update`` is the short note added
+    to an existing ticket when a later report of the same restriction arrives.
+    """
+
+    correlation_id: str
+    title: str
+    text: str
+    html: str
+    record: Mapping[str, Any]
+    update: str
+    severity: str = "high"  # high: compromise suspected; medium: escalated for another reason
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """One message sent through Graph ``sendMail``; ``html`` picks the body's content type."""
+
+    to: tuple[str, ...]
+    subject: str
+    body: str
+    html: bool = False
+    importance: str = "normal"  # low | normal | high
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """The person or app behind a manual request, from a validated Entra ID token."""
+
+    object_id: str
+    name: str  # the UPN (delegated token) or the app id (app-only token)
+    roles: frozenset[str] = frozenset()
+    app_id: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"object_id": self.object_id, "name": self.name, "app_id": self.app_id}

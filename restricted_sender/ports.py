@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .mailbox import Forwarding, InboxRule
-from .model import DirectoryUser, UnblockEntry
+from .model import DirectoryUser, Mail, TicketContent, TicketRef, UnblockEntry
 from .restriction import BlockedSender
 
 if TYPE_CHECKING:
@@ -68,11 +69,60 @@ class Directory(Protocol):
         """The tenant's verified domains, lower-cased: what "inside the tenant" means."""
         ...
 
+    # -- containment and mail (Graph writes) ------------------------------------------------------------
 
-class Tickets(Protocol):
-    async def open(self, correlation_id: str, record: Mapping[str, Any]) -> str:
-        """Open (or find, for a repeated ``correlation_id``) the ticket; returns its reference."""
+    async def revoke_sessions(self, object_id: str) -> None:
+        """``POST /users/{id}/revokeSignInSessions``: every refresh token and session cookie stops working."""
         ...
+
+    async def confirm_compromised(self, object_id: str) -> bool:
+        """``POST /identityProtection/riskyUsers/confirmCompromised``; ``False`` (nothing done) without Entra ID P2."""
+        ...
+
+    async def disable_account(self, object_id: str) -> None:
+        """``PATCH /users/{id}`` ``{"accountEnabled": false}``: blocks sign-in."""
+        ...
+
+    async def send_mail(self, sender: str, mail: Mail) -> None:
+        """``POST /users/{sender}/sendMail`` (saved to the sender's Sent Items)."""
+        ...
+
+
+class Tickets(Protocol):  # the old one-call interface, replaced by TicketSystem + the ledger
+    async def open(self, correlation_id: str, record: Mapping[str, Any]) -> str: ...
+
+
+class TicketSystem(Protocol):
+    """One ticket system (webhook, ServiceNow, Jira, email). Deduplication across processors is the caller's
+    (the store's ticket ledger); ``find_open`` only recovers a ticket a crashed processor opened unrecorded."""
+
+    name: str
+
+    async def find_open(self, correlation_id: str) -> TicketRef | None:
+        """An open ticket carrying ``correlation_id``; ``None`` when there is none or the system cannot search."""
+        ...
+
+    async def create(self, content: TicketContent) -> TicketRef: ...
+
+    async def update(self, ticket: TicketRef, content: TicketContent) -> None:
+        """Add ``content.update`` (a work note, a comment, a follow-up mail) to an existing ticket."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TicketSlot:
+    """What the ticket ledger says one event should do about its restriction's ticket.
+
+    ``create``: no ticket is recorded and this event now holds the right to open it. ``update``: the ticket
+    exists and this event has not been added to it. ``done``: this event is already on it. ``wait``: another
+    event is opening it right now (its lease, ``TICKET_LEASE``, has not run out).
+    """
+
+    action: Literal["create", "update", "done", "wait"]
+    ticket: TicketRef | None = None
+
+
+TICKET_LEASE = timedelta(minutes=2)
 
 
 class ClaimResult(StrEnum):
@@ -149,6 +199,23 @@ class Store(Protocol):
         the entry exactly as :meth:`record_unblock` does and returns ``None``. Two processors racing for the
         last unblock of a window never both get ``None``. A budget of ``None`` is unlimited.
         """
+        ...
+
+    async def begin_ticket(self, correlation_id: str, event_id: str, now: datetime) -> TicketSlot:
+        """Claim the right to open, or learn the ticket to update, for ``correlation_id`` (see :class:`TicketSlot`).
+
+        A conditional insert: of two events racing for a new correlation id exactly one gets ``create``. The
+        holder's own retry gets ``create`` again; another event takes over (``create``) once the holder's lease
+        ran out without a ticket being recorded.
+        """
+        ...
+
+    async def ticket_opened(self, correlation_id: str, event_id: str, ticket: TicketRef, now: datetime) -> None:
+        """Record the ticket opened for ``correlation_id`` and that ``event_id`` is on it."""
+        ...
+
+    async def ticket_noted(self, correlation_id: str, event_id: str, now: datetime) -> None:
+        """Record that ``event_id`` was added to the ticket (so a retry does not add it twice)."""
         ...
 
     async def append_audit(self, record: Mapping[str, Any]) -> None: ...
