@@ -91,7 +91,7 @@ async def run(count: int, latency: float) -> Measured:
     from restricted_sender.adapters.sqlite import SqliteStore
     from restricted_sender.cli import environment, simulated_settings
     from restricted_sender.compose import build_intake, build_processor
-    from restricted_sender.fakes import MemoryQueue
+    from restricted_sender.fakes import MemoryDelayedQueue, MemoryQueue
     from restricted_sender.model import ActionStatus, Outcome, RestrictionEvent
     from restricted_sender.policy import load_policy_text
     from restricted_sender.retry import RetryPolicy
@@ -114,7 +114,12 @@ async def run(count: int, latency: float) -> Measured:
         store = SqliteStore(":memory:")
         with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
             bundle = await build_processor(
-                settings, policy, store=store, clock=clock, retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5)
+                settings,
+                policy,
+                store=store,
+                clock=clock,
+                verifications=MemoryDelayedQueue(),
+                retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5),
             )
         wall: list[float] = []
         windows: list[tuple[float, float]] = []

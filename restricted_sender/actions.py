@@ -1,28 +1,52 @@
-"""Carries a decision out: unblock, or open a ticket. ``report-only`` records what it would have done."""
+"""Carries a decision out: unblock (then verify), contain, open or update the one ticket, notify.
+
+``report-only`` records what it would have done and does nothing. Each step is an :class:`Action` with its
+status; a failing containment or notification step is recorded and the others go on. A ticket that could not
+be filed is recorded too, and then the event fails so the queue retries it (see ``Processor``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any, Literal
 
 from .decide import GUARD_TENANT_BUDGET, GUARD_USER_BUDGET, unblock_failed
-from .errors import SenderNotBlocked, ServiceRefused, UnblockLimitReached
+from .errors import (
+    ConfigurationError,
+    SenderNotBlocked,
+    ServiceError,
+    ServiceRefused,
+    TransientServiceError,
+    UnblockLimitReached,
+)
 from .model import (
     Action,
     ActionStatus,
     Decision,
     DecisionRecord,
     Facts,
+    Mail,
     Outcome,
     Reason,
+    TicketContent,
+    TicketRef,
     UnblockEntry,
     UnblockKind,
     stable_id,
 )
-from .policy import Guards
-from .ports import Exchange, Store, Tickets
+from .notices import recipients_notice, user_notice
+from .policy import Budget, Containment, Notify
+from .ports import Clock, DelayedQueue, Directory, Exchange, Store, TicketSystem
 from .restriction import BlockedSender
+from .ticket_body import render_ticket
 from .timeutil import iso
+from .verify import DEFAULT_VERIFY_AFTER, VerifyTask, check_at
+
+log = logging.getLogger("restricted_sender")
 
 RESTRICTED_ENTITIES_URL = "https://security.microsoft.com/restrictedentities"
 MAX_RULES = 50  # the evidence stays bounded; the total says how many there were
@@ -63,41 +87,108 @@ def evidence(facts: Facts, record: DecisionRecord, alert_url: str | None) -> dic
     }
 
 
+FiledAs = Literal["created", "updated", "recovered", "already"]
+
+
+@dataclass(frozen=True, slots=True)
+class TicketDesk:
+    """One ticket per restriction, whatever the system, also with processors racing: the store's ledger decides
+    who opens it; everyone else adds an update. ``find_open`` recovers a ticket opened by a processor that
+    crashed before recording it."""
+
+    system: TicketSystem
+    store: Store
+    clock: Clock
+    wait_seconds: float = 20.0  # for a peer that is opening the ticket right now; then the queue retries us
+    poll_seconds: float = 0.2
+
+    async def file(self, content: TicketContent, event_id: str) -> tuple[TicketRef, FiledAs]:
+        cid = content.correlation_id
+        give_up = time.monotonic() + self.wait_seconds
+        while True:
+            slot = await self.store.begin_ticket(cid, event_id, self.clock.now())
+            if slot.action != "wait":
+                break
+            if time.monotonic() >= give_up:
+                raise TransientServiceError("tickets", f"another processor is still opening the ticket {cid}")
+            await asyncio.sleep(self.poll_seconds)
+        if slot.action == "done":
+            assert slot.ticket is not None
+            return slot.ticket, "already"
+        if slot.action == "update":
+            assert slot.ticket is not None
+            await self.system.update(slot.ticket, content)
+            await self.store.ticket_noted(cid, event_id, self.clock.now())
+            return slot.ticket, "updated"
+        found = await self.system.find_open(cid)
+        filed: FiledAs = "recovered" if found else "created"
+        ticket = found or await self.system.create(content)
+        await self.store.ticket_opened(cid, event_id, ticket, self.clock.now())
+        return ticket, filed
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     exchange: Exchange
-    tickets: Tickets
+    directory: Directory
+    desk: TicketDesk
     store: Store
     tenant_id: str
+    verifications: DelayedQueue | None = None
+    verify_after: timedelta = DEFAULT_VERIFY_AFTER
+    containment: Containment = field(default_factory=Containment)
+    notify: Notify = field(default_factory=Notify)
 
     async def carry_out(
-        self, record: DecisionRecord, facts: Facts, *, enforce: bool, guards: Guards | None = None
+        self,
+        record: DecisionRecord,
+        facts: Facts,
+        *,
+        enforce: bool,
+        user_budget: Budget | None = None,
+        tenant_budget: Budget | None = None,
     ) -> DecisionRecord:
         if record.decision.outcome is Outcome.UNBLOCK:
-            record = await self._unblock(record, facts, enforce=enforce, guards=guards or Guards())
+            record = await self.unblock(
+                record,
+                facts,
+                enforce=enforce,
+                kind=UnblockKind.AUTO,
+                user_budget=user_budget,
+                tenant_budget=tenant_budget,
+            )
+        ticket: TicketRef | None = None
         if record.decision.outcome is Outcome.TICKET:
-            record = await self._ticket(record, facts, enforce=enforce)
-        return record
+            record = await self.contain(record, facts, enforce=enforce)
+            record, ticket = await self.file_ticket(record, facts, enforce=enforce)
+            if ticket_failed(record):
+                return record  # the event is retried: notify once, when the ticket exists
+        return await self.send_notices(record, facts, enforce=enforce, ticket=ticket)
 
-    async def _unblock(self, record: DecisionRecord, facts: Facts, *, enforce: bool, guards: Guards) -> DecisionRecord:
+    # -- unblock and verification --------------------------------------------------------------------------
+
+    async def unblock(
+        self,
+        record: DecisionRecord,
+        facts: Facts,
+        *,
+        enforce: bool,
+        kind: UnblockKind,
+        user_budget: Budget | None,
+        tenant_budget: Budget | None,
+    ) -> DecisionRecord:
         restriction = facts.restriction
-        assert restriction is not None, "decide only unblocks a restricted user"
+        assert restriction is not None, "only a restricted user is unblocked"
         if not enforce:
             return record.with_actions(
                 Action("unblock", ActionStatus.SKIPPED, f"report-only: would remove {restriction.address}")
             )
         entry = UnblockEntry(
-            user=restriction.address.lower(),
-            at=record.at,
-            kind=UnblockKind.AUTO,
-            event_id=record.event_id,
-            status="pending",
+            user=restriction.address.lower(), at=record.at, kind=kind, event_id=record.event_id, status="pending"
         )
         # Spent atomically before the call: a processor running beside this one cannot spend the same last unblock
         # of a window, and a crash after Exchange said yes does not leave the budget unspent.
-        full = await self.store.reserve_unblock(
-            entry, user_budget=guards.max_unblocks_per_user, tenant_budget=guards.max_unblocks_per_tenant
-        )
+        full = await self.store.reserve_unblock(entry, user_budget=user_budget, tenant_budget=tenant_budget)
         if full is not None:
             code, scope = (
                 (GUARD_USER_BUDGET, "this user's") if full == "user" else (GUARD_TENANT_BUDGET, "the tenant's")
@@ -125,22 +216,138 @@ class Actor:
                 Action("unblock", ActionStatus.FAILED, refused.message)
             )
         await self.store.record_unblock(replace(entry, status="done"))
-        return record.with_actions(
+        record = record.with_actions(
             Action(
                 "unblock",
                 ActionStatus.DONE,
                 f"removed {restriction.address} from Restricted entities; {UNBLOCK_EXPECTATION}",
             )
         )
+        return await self.schedule_verification(record, restriction)
 
-    async def _ticket(self, record: DecisionRecord, facts: Facts, *, enforce: bool) -> DecisionRecord:
+    async def schedule_verification(self, record: DecisionRecord, restriction: BlockedSender) -> DecisionRecord:
+        if self.verifications is None:
+            return record.with_actions(Action("verify", ActionStatus.SKIPPED, "no verification queue configured"))
+        task = VerifyTask(
+            event_id=record.event_id,
+            address=restriction.address,
+            restriction_created=restriction.created,
+            unblocked_at=record.at,
+            attempt=1,
+            source=record.source,
+            alert_id=record.alert_id,
+            correlation_id=correlation_id(self.tenant_id, restriction),
+        )
+        first = check_at(record.at, 1, self.verify_after)
+        assert first is not None
+        try:
+            await self.verifications.send_later(task.to_message(), first - record.at)
+        except ServiceError as error:
+            # The unblock happened; losing its check is logged loudly rather than undoing or repeating the unblock.
+            log.error("could not schedule the verification of %s: %s", restriction.address, error)
+            return record.with_actions(Action("verify", ActionStatus.FAILED, f"not scheduled: {error.message}"))
+        return record.with_actions(Action("verify", ActionStatus.DONE, f"first check scheduled for {iso(first)}"))
+
+    # -- containment -----------------------------------------------------------------------------------------
+
+    async def contain(self, record: DecisionRecord, facts: Facts, *, enforce: bool) -> DecisionRecord:
+        steps = [
+            (name, on)
+            for name, on in (
+                ("revoke_sessions", self.containment.revoke_sessions),
+                ("confirm_compromised", self.containment.confirm_compromised),
+                ("disable_account", self.containment.disable_account),
+            )
+            if on
+        ]
+        if not steps:
+            return record
+        user = facts.user
+        if not enforce:
+            return record.with_actions(*(Action(n, ActionStatus.SKIPPED, "report-only: would run") for n, _ in steps))
+        if user is None:
+            return record.with_actions(
+                *(Action(n, ActionStatus.SKIPPED, "the directory has no such user") for n, _ in steps)
+            )
+        # One at a time, in this order: sessions are revoked before the account is disabled, as the runbook says.
+        actions = [await self._contain_step(name, user.id) for name, _ in steps]
+        return record.with_actions(*actions)
+
+    async def _contain_step(self, name: str, object_id: str) -> Action:
+        try:
+            if name == "revoke_sessions":
+                await self.directory.revoke_sessions(object_id)
+                return Action(name, ActionStatus.DONE, "sign-in sessions and refresh tokens revoked")
+            if name == "confirm_compromised":
+                if await self.directory.confirm_compromised(object_id):
+                    return Action(name, ActionStatus.DONE, "confirmed compromised in Identity Protection (risk high)")
+                return Action(name, ActionStatus.SKIPPED, "Identity Protection needs Entra ID P2; not confirmed")
+            await self.directory.disable_account(object_id)
+            return Action(name, ActionStatus.DONE, "account disabled (sign-in blocked)")
+        except ServiceError as error:
+            log.warning("containment step %s failed: %s", name, error)
+            return Action(name, ActionStatus.FAILED, error.message)
+
+    # -- the ticket ------------------------------------------------------------------------------------------
+
+    async def file_ticket(
+        self, record: DecisionRecord, facts: Facts, *, enforce: bool, correlation: str | None = None
+    ) -> tuple[DecisionRecord, TicketRef | None]:
         restriction = facts.restriction
-        assert restriction is not None, "decide only tickets a restricted user"
-        correlation = correlation_id(self.tenant_id, restriction)
+        if correlation is None:
+            assert restriction is not None, "only a restricted user is ticketed"
+            correlation = correlation_id(self.tenant_id, restriction)
         if not enforce:
             return record.with_actions(
                 Action("ticket", ActionStatus.SKIPPED, f"report-only: would open a ticket ({correlation})")
+            ), None
+        content = render_ticket(correlation, record.to_dict(), dict(record.evidence))
+        try:
+            ticket, filed = await self.desk.file(content, record.event_id)
+        except (ServiceError, ConfigurationError) as error:
+            return record.with_actions(
+                Action("ticket", ActionStatus.FAILED, f"{self.desk.system.name}: {error.message} ({correlation})")
+            ), None
+        return record.with_actions(
+            Action("ticket", ActionStatus.DONE, f"{filed} {self.desk.system.name} ticket {ticket} ({correlation})")
+        ), ticket
+
+    # -- notifications ---------------------------------------------------------------------------------------
+
+    async def send_notices(
+        self, record: DecisionRecord, facts: Facts, *, enforce: bool, ticket: TicketRef | None = None
+    ) -> DecisionRecord:
+        outcome = record.decision.outcome
+        notify = self.notify
+        if outcome is Outcome.IGNORE or notify.sender is None:
+            return record
+        mails: list[tuple[str, Mail]] = []
+        if notify.user and facts.restriction is not None:
+            unblocked = any(a.kind == "unblock" and a.status is ActionStatus.DONE for a in record.actions)
+            if outcome is Outcome.WAIT or unblocked or not enforce:
+                address = facts.user.mail if facts.user and facts.user.mail else facts.restriction.address
+                mail = user_notice(outcome, address, at=record.at, release_at=record.decision.release_at)
+                if mail is not None:
+                    mails.append(("user", mail))
+        if notify.recipients:
+            mails.append(
+                ("recipients", recipients_notice(notify.recipients, record.to_dict(), ticket=str(ticket or "") or None))
             )
-        body = {"correlation_id": correlation, "record": record.to_dict(), "evidence": dict(record.evidence)}
-        reference = await self.tickets.open(correlation, body)
-        return record.with_actions(Action("ticket", ActionStatus.DONE, f"{reference} ({correlation})"))
+        if not enforce:
+            return record.with_actions(
+                *(Action("notify", ActionStatus.SKIPPED, f"report-only: would mail the {who}") for who, _ in mails)
+            )
+        actions = []
+        for who, mail in mails:
+            try:
+                await self.directory.send_mail(notify.sender, mail)
+            except ServiceError as error:
+                log.warning("notifying the %s failed: %s", who, error)
+                actions.append(Action("notify", ActionStatus.FAILED, f"{who}: {error.message}"))
+            else:
+                actions.append(Action("notify", ActionStatus.DONE, f"mailed the {who}: {', '.join(mail.to)}"))
+        return record.with_actions(*actions)
+
+
+def ticket_failed(record: DecisionRecord) -> bool:
+    return any(a.kind == "ticket" and a.status is ActionStatus.FAILED for a in record.actions)

@@ -1,4 +1,4 @@
-"""``python -m restricted_sender``: replay, demo, simulator, policy validate.
+"""``python -m restricted_sender``: replay, check, unblock, demo, simulator, policy validate|schema.
 
 ``replay`` runs alert files through the very intake and processor code the function app runs, with Graph,
 Exchange, the identity endpoint and the ticket webhook all served by the simulator.
@@ -11,8 +11,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +27,9 @@ from .timeutil import FixedClock, SystemClock, parse_instant
 if TYPE_CHECKING:
     from simulator import Simulator
 
+    from .admin import Admin
+    from .compose import ProcessorBundle
+    from .fakes import MemoryDelayedQueue
     from .settings import Settings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -56,6 +59,24 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="print one decision record per line")
     replay.add_argument("--requests-log", type=Path, help="write every request the simulator received (JSON lines)")
     replay.set_defaults(run=_replay)
+
+    for name, help_text in (
+        ("check", "gather the facts about a user and print the decision, without acting"),
+        ("unblock", "unblock a user by hand (recorded with --operator and --justification, verified later)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("upn", metavar="UPN", help="the user's UPN or mail address")
+        command.add_argument("--tenant", type=Path, help="run against the simulator seeded with this tenant file")
+        command.add_argument("--policy", type=Path, help="policy file (default: POLICY_FILE / POLICY_YAML)")
+        command.add_argument("--now", type=parse_instant, help="fix the clock (ISO 8601)")
+        command.add_argument("--json", action="store_true", help="print the decision record as JSON")
+        if name == "unblock":
+            command.add_argument("--justification", required=True, help="why this user may send again")
+            command.add_argument("--force", action="store_true", help="override the deny list and the budgets")
+            command.add_argument(
+                "--operator", default=os.environ.get("USER", "cli"), help="who is unblocking (recorded)"
+            )
+        command.set_defaults(run=_check if name == "check" else _unblock)
 
     demo = commands.add_parser("demo", help="replay the shipped sample alerts against the sample tenant and policy")
     demo.add_argument("--json", action="store_true", help="print one decision record per line")
@@ -101,6 +122,41 @@ def _read_alert_files(paths: Sequence[Path]) -> list[tuple[Path, bytes]]:
     return bodies
 
 
+@asynccontextmanager
+async def simulated_bundle(
+    tenant: Path | dict[str, Any], policy: Policy | PolicyError, now: datetime | None = None
+) -> AsyncIterator[tuple[ProcessorBundle, Simulator, MemoryDelayedQueue]]:
+    """The processor, verifier and admin side wired exactly as in the function app, against a simulator seeded
+    with ``tenant`` on a free loopback port, with an embedded store and an in-memory verification queue."""
+    from simulator import Simulator, load_tenant
+
+    from .adapters.sqlite import SqliteStore
+    from .compose import build_processor
+    from .fakes import MemoryDelayedQueue
+    from .retry import RetryPolicy
+
+    state = load_tenant(tenant)
+    clock = FixedClock(now) if now else SystemClock()
+    with _Simulated(Simulator(state, port=0)) as sim:
+        store = SqliteStore(":memory:")
+        await _seed_history(store, state.history)
+        verifications = MemoryDelayedQueue()
+        with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
+            bundle = await build_processor(
+                simulated_settings(sim),
+                policy,
+                store=store,
+                clock=clock,
+                verifications=verifications,
+                retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5),
+            )
+        try:
+            yield bundle, sim, verifications
+        finally:
+            await bundle.aclose()
+            await store.close()
+
+
 async def replay(
     bodies: Sequence[bytes],
     *,
@@ -109,41 +165,52 @@ async def replay(
     now: datetime | None = None,
 ) -> ReplayOutcome:
     """The replay engine: the simulator on a free loopback port, an embedded store, the real clients."""
-    from simulator import Simulator, load_tenant
-
-    from .adapters.sqlite import SqliteStore
-    from .compose import build_intake, build_processor
+    from .compose import build_intake
     from .edge import process_message
     from .fakes import MemoryQueue
-    from .retry import RetryPolicy
 
-    state = load_tenant(tenant)
     clock = FixedClock(now) if now else SystemClock()
-    with _Simulated(Simulator(state, port=0)) as sim:
-        store = SqliteStore(":memory:")
-        await _seed_history(store, state.history)
-        settings = simulated_settings(sim)
+    async with simulated_bundle(tenant, policy, now) as (bundle, sim, verifications):
         queue = MemoryQueue()
-        intake = build_intake(settings, policy, queue=queue, clock=clock)
-        with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
-            bundle = await build_processor(
-                settings, policy, store=store, clock=clock, retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5)
-            )
+        intake = build_intake(simulated_settings(sim), policy, queue=queue, clock=clock)
         records: list[DecisionRecord] = []
-        try:
-            for body in bodies:
-                result = intake.accept(body)
-                records.extend(result.ignored)
-                for message in queue.drain():
+        for body in bodies:
+            result = intake.accept(body)
+            records.extend(result.ignored)
+            for message in queue.drain():
+                try:
                     records.append(await process_message(message, bundle.processor))
-        finally:
-            await bundle.aclose()
-            await store.close()
+                except ResponderError as error:
+                    # As in the function app the event would be retried; the record is in the audit trail.
+                    print(f"event not completed, the queue would retry it: {error}", file=sys.stderr)
+                    audit = await bundle.processor.store.audit()
+                    records.append(_record_of(audit[-1]))
         return ReplayOutcome(
             records=records,
             requests=sim.requests,
-            simulator_state={"blocked_senders": sim.blocked_senders, "tickets": sim.tickets},
+            simulator_state={
+                "blocked_senders": sim.blocked_senders,
+                "tickets": sim.tickets,
+                "verifications": [message for message, _ in verifications.scheduled],
+            },
         )
+
+
+def _record_of(row: Any) -> DecisionRecord:
+    from .model import Action, ActionStatus, Decision, Outcome, Reason, Source
+
+    return DecisionRecord(
+        event_id=row["event_id"],
+        alert_id=row["alert_id"],
+        source=row["source"],
+        sources=tuple(Source(s["kind"], s["id"], parse_instant(s["at"])) for s in row["sources"]),
+        user=row["user"],
+        decision=Decision(Outcome(row["decision"]), tuple(Reason(r["code"], r["text"]) for r in row["reasons"])),
+        actions=tuple(Action(a["kind"], ActionStatus(a["status"]), a["detail"]) for a in row["actions"]),
+        mode=row["mode"],
+        policy_version=row["policy_version"],
+        at=parse_instant(row["at"]),
+    )
 
 
 async def _seed_history(store: Any, history: Sequence[dict[str, Any]]) -> None:
@@ -177,6 +244,56 @@ def _replay(args: argparse.Namespace) -> int:
             for request in outcome.requests:
                 logged = {k: request.get(k) for k in ("method", "path", "query", "body")}
                 log.write(json.dumps(logged, sort_keys=True) + "\n")
+    return 0
+
+
+@asynccontextmanager
+async def _admin_for(args: argparse.Namespace) -> AsyncIterator[Admin]:
+    """The admin side against the simulator (``--tenant``) or, without it, the tenant the app settings name."""
+    from .compose import build_processor, load_policy
+    from .settings import Settings
+
+    if args.tenant is not None:
+        policy = (
+            _load_policy_for_replay(args.policy) if args.policy else _load_policy_for_replay(SAMPLES / "policy.yaml")
+        )
+        async with simulated_bundle(args.tenant, policy, args.now) as (bundle, _, _):
+            yield bundle.admin
+        return
+    settings = Settings.from_env()
+    policy = _load_policy_for_replay(args.policy) if args.policy else load_policy(settings)
+    bundle = await build_processor(settings, policy, clock=FixedClock(args.now) if args.now else None)
+    try:
+        yield bundle.admin
+    finally:
+        await bundle.aclose()
+
+
+def _check(args: argparse.Namespace) -> int:
+    async def run() -> DecisionRecord:
+        async with _admin_for(args) as admin:
+            return await admin.check(args.upn)
+
+    record = asyncio.run(run())
+    _print_records([record], as_json=args.json, out=sys.stdout)
+    return 0
+
+
+def _unblock(args: argparse.Namespace) -> int:
+    from .admin import UnblockRequest, parse_unblock_request
+    from .model import Operator
+
+    request: UnblockRequest = parse_unblock_request(
+        json.dumps({"justification": args.justification, "force": args.force}).encode()
+    )
+    operator = Operator(object_id=f"cli:{args.operator}", name=args.operator)
+
+    async def run() -> DecisionRecord:
+        async with _admin_for(args) as admin:
+            return await admin.unblock(args.upn, request, operator)
+
+    record = asyncio.run(run())
+    _print_records([record], as_json=args.json, out=sys.stdout)
     return 0
 
 
@@ -273,13 +390,22 @@ def environment(**values: str) -> Iterator[None]:
 
 
 def simulated_settings(sim: Simulator) -> Settings:
-    """Settings that point Graph, Exchange and the ticket webhook at the simulator."""
-    from .settings import Settings
+    """Settings that point Graph, Exchange, the identity endpoint and every ticket system at the simulator."""
+    from .settings import Secret, Settings
 
+    itsm = sim.itsm_credentials
     return Settings(
         tenant_id=sim.tenant_id,
         graph_base_url=sim.graph_url,
         exchange_base_url=sim.url,
         ticket_webhook_url=sim.tickets_url,
+        servicenow_instance_url=itsm["SERVICENOW_INSTANCE_URL"],
+        servicenow_username=itsm["SERVICENOW_USERNAME"],
+        servicenow_password=Secret(itsm["SERVICENOW_PASSWORD"]),
+        jira_site_url=itsm["JIRA_SITE_URL"],
+        jira_email=itsm["JIRA_EMAIL"],
+        jira_api_token=Secret(itsm["JIRA_API_TOKEN"]),
+        admin_api_audiences=(sim.admin_api.audience,),
+        entra_authority=sim.url,
         http_timeout_seconds=10,
     )

@@ -9,21 +9,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from .actions import Actor
+from .actions import Actor, TicketDesk
+from .admin import Admin
 from .errors import ConfigurationError, PolicyError
 from .facts import FactSources
-from .pipeline import Intake, Processor
-from .policy import Policy, default_policy, load_policy_file, load_policy_text
-from .ports import Clock, Directory, EventQueue, Exchange, Store, Tickets
+from .model import TicketContent, TicketRef
+from .pipeline import Intake, Processor, Verifier
+from .policy import Containment, Notify, Policy, TicketOptions, default_policy, load_policy_file, load_policy_text
+from .ports import Clock, DelayedQueue, Directory, EventQueue, Exchange, Store, TicketSystem
 from .retry import RetryPolicy
-from .settings import EVENTS_QUEUE, Settings
+from .settings import EVENTS_QUEUE, VERIFY_QUEUE, Settings
 from .timeutil import SystemClock
 
 if TYPE_CHECKING:
     import httpx
     from azure.core.credentials_async import AsyncTokenCredential
+
+    from .adapters.queue import DelayedStorageQueue
+    from .auth import TokenValidator
 
 log = logging.getLogger("restricted_sender")
 
@@ -64,7 +70,11 @@ def build_intake(
 
 @dataclass
 class ProcessorBundle:
+    """The processor and everything built with it: the verifier and the admin side share its clients."""
+
     processor: Processor
+    verifier: Verifier
+    admin: Admin
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
@@ -81,10 +91,12 @@ async def build_processor(
     store: Store | None = None,
     exchange: Exchange | None = None,
     directory: Directory | None = None,
-    tickets: Tickets | None = None,
+    tickets: TicketSystem | None = None,
+    verifications: DelayedQueue | None = None,
     clock: Clock | None = None,
     retry: RetryPolicy | None = None,
     graph_retry_delay: float = 3.0,
+    ticket_wait_seconds: float = 20.0,
 ) -> ProcessorBundle:
     """Wire the processor from settings; any port passed in is used as is (tests, the CLI)."""
     import httpx
@@ -122,18 +134,48 @@ async def build_processor(
         closers.append(graph.close)
         directory = graph
     if tickets is None:
-        tickets = _tickets(settings, policy, http, retry)
+        tickets = ticket_system(settings, policy, http, directory, retry)
     if store is None:
         store = table_store(settings)
         closers.append(store.close)
-    processor = Processor(
-        sources=FactSources(exchange=exchange, directory=directory, store=store),
-        actor=Actor(exchange=exchange, tickets=tickets, store=store, tenant_id=tenant_id),
+    if verifications is None:
+        delayed = verification_queue(settings)
+        closers.append(delayed.close)
+        verifications = delayed
+    clock = clock or SystemClock()
+    valid = policy if isinstance(policy, Policy) else None
+    actor = Actor(
+        exchange=exchange,
+        directory=directory,
+        desk=TicketDesk(tickets, store, clock, wait_seconds=ticket_wait_seconds),
         store=store,
-        clock=clock or SystemClock(),
-        policy=policy,
+        tenant_id=tenant_id,
+        verifications=verifications,
+        verify_after=timedelta(minutes=settings.verify_after_minutes),
+        containment=valid.containment if valid else Containment(),
+        notify=valid.notify if valid else Notify(),
     )
-    return ProcessorBundle(processor=processor, closers=closers)
+    sources = FactSources(exchange=exchange, directory=directory, store=store)
+    return ProcessorBundle(
+        processor=Processor(sources=sources, actor=actor, store=store, clock=clock, policy=policy),
+        verifier=Verifier(exchange=exchange, actor=actor, store=store, clock=clock, policy=policy),
+        admin=Admin(sources=sources, actor=actor, store=store, clock=clock, policy=policy),
+        closers=closers,
+    )
+
+
+def verification_queue(settings: Settings) -> DelayedStorageQueue:
+    from .adapters.queue import DelayedStorageQueue, StorageQueue
+
+    if settings.storage_connection:
+        return DelayedStorageQueue(
+            StorageQueue.from_connection_string(settings.storage_connection.reveal(), VERIFY_QUEUE)
+        )
+    if settings.queue_service_uri:
+        return DelayedStorageQueue(
+            StorageQueue.with_identity(settings.queue_service_uri, VERIFY_QUEUE, settings.storage_client_id)
+        )
+    raise ConfigurationError("set AzureWebJobsStorage or AzureWebJobsStorage__queueServiceUri for the queues")
 
 
 def table_store(settings: Settings) -> Store:
@@ -153,21 +195,115 @@ def table_store(settings: Settings) -> Store:
     raise ConfigurationError("set AzureWebJobsStorage or AzureWebJobsStorage__tableServiceUri for the store")
 
 
-def _tickets(
-    settings: Settings, policy: Policy | PolicyError, http: httpx.AsyncClient, retry: RetryPolicy | None
-) -> Tickets:
+def ticket_system(
+    settings: Settings,
+    policy: Policy | PolicyError,
+    http: httpx.AsyncClient,
+    directory: Directory,
+    retry: RetryPolicy | None = None,
+) -> TicketSystem:
+    """The policy's ticket system with its app settings. Missing settings do not stop the processor: tickets fail
+    (recorded, retried, then poisoned) with a message naming what to set. An unloadable policy cannot name a
+    system: the webhook, else ServiceNow, is used when its settings are there."""
+    if isinstance(policy, Policy):
+        options = policy.ticket
+    elif settings.ticket_webhook_url or not settings.servicenow_instance_url:
+        options = TicketOptions(system="webhook")
+    else:
+        options = TicketOptions(system="servicenow")
+    if options.system == "servicenow":
+        from .adapters.servicenow import ServiceNowTickets
+
+        missing = _missing(settings, "SERVICENOW_INSTANCE_URL")
+        if not settings.servicenow_token and not (settings.servicenow_username and settings.servicenow_password):
+            missing.append("SERVICENOW_USERNAME and SERVICENOW_PASSWORD (or SERVICENOW_TOKEN)")
+        if missing:
+            return MissingTickets("servicenow", missing)
+        assert settings.servicenow_instance_url is not None
+        return ServiceNowTickets(
+            http,
+            instance_url=settings.servicenow_instance_url,
+            table=options.servicenow_table,
+            username=settings.servicenow_username,
+            password=settings.servicenow_password,
+            token=settings.servicenow_token,
+            fields=options.servicenow_fields,
+            retry=retry,
+        )
+    if options.system == "jira":
+        from .adapters.jira import JiraTickets
+
+        missing = _missing(settings, "JIRA_SITE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN")
+        if missing or options.jira_project is None:
+            return MissingTickets("jira", missing or ["ticket.jira.project in the policy"])
+        assert settings.jira_site_url is not None
+        assert settings.jira_email is not None
+        assert settings.jira_api_token is not None
+        return JiraTickets(
+            http,
+            site_url=settings.jira_site_url,
+            project=options.jira_project,
+            issue_type=options.jira_issue_type,
+            email=settings.jira_email,
+            api_token=settings.jira_api_token,
+            labels=options.jira_labels,
+            retry=retry,
+        )
+    if options.system == "email":
+        from .adapters.email_tickets import EmailTickets
+
+        assert options.email_sender is not None, "the policy loader requires it"
+        return EmailTickets(directory, sender=options.email_sender, to=options.email_to)
     from .adapters.tickets import WebhookTickets
 
-    system = policy.ticket_system if isinstance(policy, Policy) else "webhook"
-    if system != "webhook":  # the policy loader already refuses others; kept for a clear message
-        raise ConfigurationError(f"ticket system {system!r} is not supported by this version")
     if not settings.ticket_webhook_url:
-        return _MissingTickets()
+        return MissingTickets("webhook", ["TICKET_WEBHOOK_URL"])
     return WebhookTickets(http, url=settings.ticket_webhook_url, secret=settings.ticket_webhook_secret, retry=retry)
 
 
-class _MissingTickets:
-    """No ticket destination configured: fail the event (it is retried, then kept in the poison queue)."""
+_SETTING_ATTRIBUTES = {
+    "SERVICENOW_INSTANCE_URL": "servicenow_instance_url",
+    "JIRA_SITE_URL": "jira_site_url",
+    "JIRA_EMAIL": "jira_email",
+    "JIRA_API_TOKEN": "jira_api_token",
+}
 
-    async def open(self, correlation_id: str, record: object) -> str:
-        raise ConfigurationError("TICKET_WEBHOOK_URL is not set: cannot open the ticket " + correlation_id)
+
+def _missing(settings: Settings, *names: str) -> list[str]:
+    return [name for name in names if not getattr(settings, _SETTING_ATTRIBUTES[name])]
+
+
+class MissingTickets:
+    """A ticket system without its settings: every ticket fails (recorded, retried, then kept in the poison
+    queue) with a message that names what to set."""
+
+    def __init__(self, name: str, missing: list[str]) -> None:
+        self.name = name
+        self._message = f"the {name} ticket system is not configured: set {', '.join(missing)}"
+
+    async def find_open(self, correlation_id: str) -> TicketRef | None:
+        raise ConfigurationError(self._message)
+
+    async def create(self, content: TicketContent) -> TicketRef:
+        raise ConfigurationError(self._message)
+
+    async def update(self, ticket: TicketRef, content: TicketContent) -> None:
+        raise ConfigurationError(self._message)
+
+
+def token_validator(settings: Settings) -> TokenValidator:
+    """The admin API's Entra ID token validator; its own httpx client (closed by ``aclose``)."""
+    import httpx
+
+    from .auth import TokenValidator
+
+    if not settings.admin_api_audiences:
+        raise ConfigurationError(
+            "ADMIN_API_AUDIENCE is not set: the admin API needs its app registration's client id or api:// URI"
+        )
+    return TokenValidator(
+        httpx.AsyncClient(timeout=10),
+        settings.require_tenant_id(),
+        settings.admin_api_audiences,
+        authority=settings.entra_authority,
+    )

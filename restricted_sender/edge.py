@@ -9,19 +9,35 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import ConfigurationError, InputError, ResponderError, TransientServiceError, Unauthorized
-from .model import DecisionRecord, RestrictionEvent
-from .pipeline import Intake, Processor
+from .admin import parse_unblock_request, warnings_of
+from .errors import (
+    ConfigurationError,
+    Forbidden,
+    InputError,
+    ResponderError,
+    ServiceError,
+    TransientServiceError,
+    Unauthorized,
+)
+from .model import DecisionRecord, Operator, RestrictionEvent
+from .pipeline import Intake, Processor, Verifier
 from .policy import Policy
 from .settings import Secret, Settings
+from .verify import VerifyTask
 
 if TYPE_CHECKING:
+    from .auth import TokenValidator
     from .compose import ProcessorBundle
     from .errors import PolicyError
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, authorization: str | None, *, role: str | tuple[str, ...]) -> Operator: ...
+
 
 log = logging.getLogger("restricted_sender")
 SECRET_HEADER = "x-webhook-secret"  # noqa: S105  (a header name, not a secret)
@@ -58,13 +74,65 @@ def receive_alerts(body: bytes, headers: Mapping[str, str], intake: Intake, secr
     return HttpAnswer(202, result.to_body())
 
 
-async def process_message(text: str, processor: Processor) -> DecisionRecord:
+async def process_message(text: str, processor: Processor, *, attempt: int = 1) -> DecisionRecord:
     """One queue message. A failure propagates: the queue retries it, then keeps it in the poison queue."""
     try:
         event = RestrictionEvent.from_message(text)
     except (ValueError, KeyError, TypeError) as error:
         raise ConfigurationError(f"unreadable event message ({error}); it will end in the poison queue") from error
-    return await processor.process(event)
+    return await processor.process(event, attempt=attempt)
+
+
+async def verify_message(text: str, verifier: Verifier, *, attempt: int = 1) -> DecisionRecord | None:
+    """One verification check; a failure propagates like an event's."""
+    try:
+        task = VerifyTask.from_message(text)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigurationError(f"unreadable verification message ({error}); it goes to the poison queue") from error
+    return await verifier.verify(task, attempt=attempt)
+
+
+ROLE_UNBLOCK = "Sender.Unblock"  # the app role an operator needs to unblock by hand
+ROLE_READ = "Sender.Read"  # enough to read status and the restricted list (Sender.Unblock also reads)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name), None)
+
+
+async def admin_call(
+    call: Callable[[Operator], Awaitable[dict[str, Any]]],
+    headers: Mapping[str, str],
+    validator: Authenticator,
+    roles: tuple[str, ...],
+) -> HttpAnswer:
+    """An admin endpoint: the bearer token first (401/403, nothing done), then the call; errors become statuses."""
+    try:
+        operator = await validator.authenticate(_header(headers, "authorization"), role=roles)
+        return HttpAnswer(200, await call(operator))
+    except InputError as error:
+        if isinstance(error, Unauthorized | Forbidden):
+            log.warning("admin request refused: %s", error.message)
+        return HttpAnswer(error.status, error.to_body())
+    except TransientServiceError as error:
+        log.warning("admin request failed, retry later: %s", error)
+        return HttpAnswer(503, error.to_body())
+    except ServiceError as error:
+        log.error("admin request failed: %s", error)
+        return HttpAnswer(502, error.to_body())
+    except ResponderError as error:
+        log.error("admin request failed: %s", error)
+        return HttpAnswer(500, error.to_body())
+
+
+def unblock_answer(record: DecisionRecord) -> dict[str, Any]:
+    return {
+        "user": record.user,
+        "decision": record.decision.outcome.value,
+        "warnings": [r.to_dict() for r in warnings_of(record.decision) if r.code != "manual"],
+        "actions": [a.to_dict() for a in record.actions],
+        "record": record.to_dict(),
+    }
 
 
 class Runtime:
@@ -81,6 +149,7 @@ class Runtime:
         self._processor: ProcessorBundle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._building: asyncio.Lock | None = None
+        self._validator: TokenValidator | None = None
 
     @property
     def settings(self) -> Settings:
@@ -111,10 +180,10 @@ class Runtime:
             return HttpAnswer(500, error.to_body())
         return receive_alerts(body, headers, intake, self.settings.alerts_shared_secret)
 
-    async def processor(self) -> Processor:
+    async def bundle(self) -> ProcessorBundle:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._processor, self._loop, self._building = None, loop, asyncio.Lock()
+            self._processor, self._validator, self._loop, self._building = None, None, loop, asyncio.Lock()
         assert self._building is not None
         # The host runs a batch of messages at once: exactly one of them builds the clients.
         async with self._building:
@@ -122,10 +191,56 @@ class Runtime:
                 from .compose import build_processor
 
                 self._processor = await build_processor(self.settings, self.policy)
-        return self._processor.processor
+        return self._processor
 
-    async def process_message(self, text: str) -> DecisionRecord:
-        return await process_message(text, await self.processor())
+    async def processor(self) -> Processor:
+        return (await self.bundle()).processor
+
+    async def process_message(self, text: str, attempt: int = 1) -> DecisionRecord:
+        return await process_message(text, await self.processor(), attempt=attempt)
+
+    async def verify_message(self, text: str, attempt: int = 1) -> DecisionRecord | None:
+        return await verify_message(text, (await self.bundle()).verifier, attempt=attempt)
+
+    async def validator(self) -> TokenValidator:
+        await self.bundle()  # the validator lives on the same loop as the processor's clients
+        if self._validator is None:
+            from .compose import token_validator
+
+            self._validator = token_validator(self.settings)
+            assert self._processor is not None
+            self._processor.closers.append(self._validator.aclose)
+        return self._validator
+
+    async def _admin(
+        self, headers: Mapping[str, str], roles: tuple[str, ...], call: Callable[[ProcessorBundle, Operator], Any]
+    ) -> HttpAnswer:
+        try:
+            validator = await self.validator()
+            bundle = await self.bundle()
+        except ConfigurationError as error:
+            log.error("the admin API is not available: %s", error)
+            return HttpAnswer(500, error.to_body())
+        return await admin_call(lambda operator: call(bundle, operator), headers, validator, roles)
+
+    async def unblock(self, upn: str, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
+        async def run(bundle: ProcessorBundle, operator: Operator) -> dict[str, Any]:
+            request = parse_unblock_request(body)
+            return unblock_answer(await bundle.admin.unblock(upn, request, operator))
+
+        return await self._admin(headers, (ROLE_UNBLOCK,), run)
+
+    async def user_status(self, upn: str, headers: Mapping[str, str]) -> HttpAnswer:
+        async def run(bundle: ProcessorBundle, operator: Operator) -> dict[str, Any]:
+            return await bundle.admin.status(upn)
+
+        return await self._admin(headers, (ROLE_READ, ROLE_UNBLOCK), run)
+
+    async def restricted(self, headers: Mapping[str, str]) -> HttpAnswer:
+        async def run(bundle: ProcessorBundle, operator: Operator) -> dict[str, Any]:
+            return await bundle.admin.restricted()
+
+        return await self._admin(headers, (ROLE_READ, ROLE_UNBLOCK), run)
 
     async def aclose(self) -> None:
         """Close the processor's clients (on the loop that built them) and forget every singleton."""
@@ -145,6 +260,7 @@ class Runtime:
         self._processor = None
         self._loop = None
         self._building = None
+        self._validator = None
 
 
 runtime = Runtime()

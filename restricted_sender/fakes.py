@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .errors import QueueUnavailable, SenderNotBlocked, UnblockLimitReached
+from .errors import QueueUnavailable, SenderNotBlocked, ServiceRefused, UnblockLimitReached
 from .mailbox import Forwarding, InboxRule, parse_rules
-from .model import DirectoryUser, UnblockEntry
-from .ports import BudgetRefusal, ClaimResult, budget_refusal, resolve_claim
+from .model import DirectoryUser, Mail, TicketContent, TicketRef, UnblockEntry
+from .ports import (
+    BudgetRefusal,
+    ClaimResult,
+    TicketSlot,
+    budget_refusal,
+    noted_with,
+    resolve_claim,
+    resolve_ticket,
+)
 from .restriction import BlockedSender
 
 if TYPE_CHECKING:
@@ -77,6 +85,7 @@ class FakeDirectory:
         rules: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
         folders: Mapping[str, str] | None = None,
         domains: Sequence[str] = ("contoso.com",),
+        p2: bool = True,
     ):
         self.users = list(users)
         self.groups = {k.lower(): {g.lower() for g in v} for k, v in (groups or {}).items()}
@@ -85,6 +94,14 @@ class FakeDirectory:
         self.folders = dict(folders or {})  # folder id -> display name
         self.domains = frozenset(d.lower() for d in domains)
         self.calls = 0
+        # Writes, in the order they happened. ``failures`` maps a write's method name (``revoke_sessions``,
+        # ``confirm_compromised``, ``disable_account``, ``send_mail``) to the error it raises, on every call.
+        self.p2 = p2  # Entra ID P2: without it confirm_compromised does nothing and answers False
+        self.revoked: list[str] = []
+        self.confirmed: list[str] = []
+        self.disabled: list[str] = []
+        self.sent: list[tuple[str, Mail]] = []
+        self.failures: dict[str, Exception] = {}
 
     async def risk_level(self, object_id: str) -> str | None:
         self.calls += 1
@@ -124,16 +141,102 @@ class FakeDirectory:
         member = self.groups.get(user.id.lower(), set()) | self.groups.get(user.user_principal_name.lower(), set())
         return frozenset(g.lower() for g in group_ids if g.lower() in member)
 
+    # -- containment and mail (writes) ---------------------------------------------------------------
+
+    async def revoke_sessions(self, object_id: str) -> None:
+        self._write("revoke_sessions", object_id)
+        self.revoked.append(object_id)
+
+    async def confirm_compromised(self, object_id: str) -> bool:
+        user = self._write("confirm_compromised", object_id)
+        if not self.p2:
+            return False
+        self.risk[user.id] = "high"  # what Identity Protection does on confirmCompromised
+        self.confirmed.append(object_id)
+        return True
+
+    async def disable_account(self, object_id: str) -> None:
+        user = self._write("disable_account", object_id)
+        self.users = [replace(u, account_enabled=False) if u is user else u for u in self.users]
+        self.disabled.append(object_id)
+
+    async def send_mail(self, sender: str, mail: Mail) -> None:
+        self._write("send_mail", sender)
+        if not mail.to:
+            raise ServiceRefused(
+                "graph", "HTTP 400: ErrorInvalidRecipients: the message has no recipients", http_status=400
+            )
+        self.sent.append((sender, mail))
+
+    def _write(self, method: str, key: str) -> DirectoryUser:
+        """Count the call, raise the failure set for ``method``, else the user ``key`` names (404 when none)."""
+        self.calls += 1
+        failure = self.failures.get(method)
+        if failure is not None:
+            raise failure
+        user = self._find(key)
+        if user is None:
+            raise ServiceRefused("graph", f"HTTP 404: Request_ResourceNotFound: no user {key}", http_status=404)
+        return user
+
 
 class FakeTickets:
-    def __init__(self) -> None:
+    """An in-memory ticket system (the ``TicketSystem`` port): it records what was created and every update.
+
+    ``created`` holds each created ticket's content in order, ``updates`` each (ticket, content) update,
+    ``tickets`` the machine-readable record of each correlation id's first ticket. Set ``fail_create`` or
+    ``fail_update`` to an exception to make those calls raise it (nothing recorded), ``create_then_fail`` to
+    create the ticket and then raise (a response lost on the way back: what ``find_open`` recovers), and
+    ``searchable=False`` for a system ``find_open`` cannot search. ``close`` resolves a ticket.
+    """
+
+    def __init__(self, name: str = "fake", *, searchable: bool = True) -> None:
+        self.name = name
+        self.searchable = searchable
+        self.created: list[TicketContent] = []
+        self.updates: list[tuple[TicketRef, TicketContent]] = []
         self.tickets: dict[str, Mapping[str, Any]] = {}
-        self.deliveries = 0
+        self.open_tickets: dict[str, TicketRef] = {}  # correlation id -> its open ticket
+        self.fail_create: BaseException | None = None
+        self.fail_update: BaseException | None = None
+        self.create_then_fail: BaseException | None = None
+        self.deliveries = 0  # calls that reached the system (create, update, open), failed ones included
+        self._numbers = 0
+
+    async def find_open(self, correlation_id: str) -> TicketRef | None:
+        return self.open_tickets.get(correlation_id) if self.searchable else None
+
+    async def create(self, content: TicketContent) -> TicketRef:
+        self.deliveries += 1
+        if self.fail_create is not None:
+            raise self.fail_create
+        ticket = self._new(content.correlation_id, content.record)
+        self.created.append(content)
+        if self.create_then_fail is not None:
+            raise self.create_then_fail
+        return ticket
+
+    async def update(self, ticket: TicketRef, content: TicketContent) -> None:
+        self.deliveries += 1
+        if self.fail_update is not None:
+            raise self.fail_update
+        self.updates.append((ticket, content))
+
+    def close(self, correlation_id: str) -> None:
+        self.open_tickets.pop(correlation_id, None)
+
+    def _new(self, correlation_id: str, record: Mapping[str, Any]) -> TicketRef:
+        self._numbers += 1
+        ticket = TicketRef(id=f"FAKE-{self._numbers}", label=f"FAKE-{self._numbers}")
+        self.open_tickets[correlation_id] = ticket
+        self.tickets.setdefault(correlation_id, record)
+        return ticket
 
     async def open(self, correlation_id: str, record: Mapping[str, Any]) -> str:
+        """The old one-call ``Tickets`` port, kept while the actor still calls it: one ticket per correlation id."""
         self.deliveries += 1
-        self.tickets.setdefault(correlation_id, record)
-        return f"FAKE-{list(self.tickets).index(correlation_id) + 1}"
+        ticket = self.open_tickets.get(correlation_id) or self._new(correlation_id, record)
+        return ticket.label
 
 
 class MemoryStore:
@@ -141,6 +244,7 @@ class MemoryStore:
         self.claims: dict[str, dict[str, Any]] = {}
         self.history: dict[tuple[str, str], UnblockEntry] = {}
         self.audit_rows: list[Mapping[str, Any]] = []
+        self.ledger: dict[str, dict[str, Any]] = {}  # correlation id -> owner, started_at, ticket, noted
 
     async def claim(self, key: str, delivery_id: str, now: datetime) -> ClaimResult:
         row = self.claims.get(key)
@@ -186,6 +290,37 @@ class MemoryStore:
             self._put(entry)
         return refusal
 
+    # No await in the ledger's methods: each is atomic within the one event loop that owns this fake.
+
+    async def begin_ticket(self, correlation_id: str, event_id: str, now: datetime) -> TicketSlot:
+        row = self.ledger.get(correlation_id)
+        if row is None:
+            self.ledger[correlation_id] = {"owner": event_id, "started_at": now, "ticket": None, "noted": []}
+            return TicketSlot("create")
+        slot = resolve_ticket(
+            owner=row["owner"],
+            started_at=row["started_at"],
+            ticket=row["ticket"],
+            noted=row["noted"],
+            event_id=event_id,
+            now=now,
+        )
+        if slot.action == "create":  # the owner's retry renews its lease; a taker writes itself in
+            row.update(owner=event_id, started_at=now)
+        return slot
+
+    async def ticket_opened(self, correlation_id: str, event_id: str, ticket: TicketRef, now: datetime) -> None:
+        fresh = {"owner": event_id, "started_at": now, "ticket": None, "noted": []}
+        row = self.ledger.setdefault(correlation_id, fresh)
+        if row["ticket"] is None:  # the first ticket recorded stays the restriction's ticket
+            row["ticket"] = ticket
+        row["noted"] = noted_with(row["noted"], event_id)
+
+    async def ticket_noted(self, correlation_id: str, event_id: str, now: datetime) -> None:
+        row = self.ledger.get(correlation_id)
+        if row is not None and row["ticket"] is not None:
+            row["noted"] = noted_with(row["noted"], event_id)
+
     async def append_audit(self, record: Mapping[str, Any]) -> None:
         self.audit_rows.append(dict(record))
 
@@ -194,3 +329,20 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+class MemoryDelayedQueue:
+    """The verification queue in memory: ``scheduled`` holds (message, delay) in the order sent."""
+
+    def __init__(self) -> None:
+        self.scheduled: list[tuple[str, timedelta]] = []
+        self.available = True
+
+    async def send_later(self, message: str, delay: timedelta) -> None:
+        if not self.available:
+            raise QueueUnavailable("queue", "the verification queue is unavailable")
+        self.scheduled.append((message, delay))
+
+    def drain(self) -> list[tuple[str, timedelta]]:
+        taken, self.scheduled = self.scheduled, []
+        return taken

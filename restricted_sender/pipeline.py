@@ -9,25 +9,30 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import decide as rules
-from .actions import Actor, evidence
+from .actions import RESTRICTED_ENTITIES_URL, Actor, correlation_id, evidence, ticket_failed
 from .alerts import MAX_BODY_BYTES, parse_alert_payload, parse_json
-from .errors import PayloadTooLarge, PolicyError
+from .errors import PayloadTooLarge, PolicyError, TransientServiceError
 from .facts import FactSources, gather_facts
 from .model import (
+    Action,
+    ActionStatus,
     AlertReport,
     Decision,
     DecisionRecord,
     Facts,
+    Outcome,
     RestrictionEvent,
     Source,
     stable_id,
 )
 from .policy import Policy, default_policy
-from .ports import ClaimResult, Clock, EventQueue, Store
+from .ports import ClaimResult, Clock, EventQueue, Exchange, Store
+from .timeutil import iso
+from .verify import NOT_LIFTED, PENDING, VERIFIED, Verdict, VerifyTask, judge
 
 decision_log = logging.getLogger("restricted_sender.decision")
 log = logging.getLogger("restricted_sender")
@@ -114,6 +119,15 @@ class Intake:
         )
 
 
+MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount: after this try the host poisons the message
+
+
+class TicketNotFiled(TransientServiceError):
+    """The decision is recorded but its ticket is not: the event fails so the queue retries it."""
+
+    code = "ticket-not-filed"
+
+
 @dataclass
 class Processor:
     """Handles one queued event end to end. Safe to run again for the same event (a queue retry)."""
@@ -124,7 +138,7 @@ class Processor:
     clock: Clock
     policy: Policy | PolicyError
 
-    async def process(self, event: RestrictionEvent) -> DecisionRecord:
+    async def process(self, event: RestrictionEvent, *, attempt: int = 1) -> DecisionRecord:
         now = self.clock.now()
         policy = self.policy if isinstance(self.policy, Policy) else None
         if policy is None:
@@ -151,13 +165,115 @@ class Processor:
         )
         record = replace(record, evidence=evidence(facts, record, event.alert_url))
         # With an invalid policy decide() never unblocks; tickets still go out unless the file asked for report-only.
+        guards = policy.guards if policy else None
         record = await self.actor.carry_out(
-            record, facts, enforce=self.policy.mode == "enforce", guards=policy.guards if policy else None
+            record,
+            facts,
+            enforce=self.policy.mode == "enforce",
+            user_budget=guards.max_unblocks_per_user if guards else None,
+            tenant_budget=guards.max_unblocks_per_tenant if guards else None,
         )
+        if ticket_failed(record):
+            record = _with_retry_note(record, attempt)
         row = {**record.to_dict(), "evidence": dict(record.evidence), "delivery_id": event.delivery_id}
         await self.store.append_audit(row)
+        log_decision(record)
+        if ticket_failed(record):
+            # Recorded, not completed: the queue delivers the event again and the ticket is tried again.
+            raise TicketNotFiled("tickets", f"the ticket for {record.user} was not filed (try {attempt})")
         if claim is not ClaimResult.DUPLICATE:
             # Only after the audit row exists: a retry after a failed audit write must not see "done".
             await self.store.complete(event.claim_key, event.delivery_id, record.decision.outcome.value, now)
-        log_decision(record)
         return record
+
+
+def _with_retry_note(record: DecisionRecord, attempt: int) -> DecisionRecord:
+    if attempt >= MAX_DEQUEUE_COUNT:
+        note = f"try {attempt} of {MAX_DEQUEUE_COUNT}: the event goes to the poison queue for an operator"
+    else:
+        note = f"try {attempt} of {MAX_DEQUEUE_COUNT}: the queue retries the event"
+    actions = tuple(
+        replace(a, detail=f"{a.detail}; {note}") if a.kind == "ticket" and a.status is ActionStatus.FAILED else a
+        for a in record.actions
+    )
+    return replace(record, actions=actions)
+
+
+@dataclass
+class Verifier:
+    """Runs one scheduled check of an unblock (a verification queue message); see :mod:`restricted_sender.verify`."""
+
+    exchange: Exchange
+    actor: Actor
+    store: Store
+    clock: Clock
+    policy: Policy | PolicyError
+
+    async def verify(self, task: VerifyTask, *, attempt: int = 1) -> DecisionRecord | None:
+        """The check's record; ``None`` when this check already ran (a repeated message)."""
+        now = self.clock.now()
+        # The check itself is the delivery: its own retry resumes, a repeat after it completed is dropped.
+        if await self.store.claim(task.claim_key, task.claim_key, now) is ClaimResult.DUPLICATE:
+            return None
+        rows = await self.exchange.blocked_senders(task.address)
+        verdict = judge(task, rows, now, self.actor.verify_after)
+        outcome = Outcome.TICKET if verdict.kind == NOT_LIFTED else Outcome.UNBLOCK
+        record = DecisionRecord(
+            event_id=task.event_id,
+            alert_id=task.alert_id,
+            source=task.source,
+            sources=(Source(task.source, task.alert_id, task.unblocked_at),),
+            user=task.address.lower(),
+            decision=Decision(outcome, (verdict.reason,)),
+            actions=(),
+            mode=self.policy.mode,
+            policy_version=self.policy.version if isinstance(self.policy, Policy) else "invalid",
+            at=now,
+        )
+        record = replace(
+            record,
+            evidence={
+                "restriction": verdict.restriction.to_evidence() if verdict.restriction else None,
+                "unblocked_at": iso(task.unblocked_at),
+                "check": task.attempt,
+                "links": {"restricted_entities": RESTRICTED_ENTITIES_URL},
+            },
+        )
+        enforce = self.policy.mode == "enforce"
+        facts = Facts(restriction=verdict.restriction)
+        if verdict.kind == PENDING:
+            record = await self._next_check(record, task, verdict)
+        elif verdict.kind == VERIFIED:
+            record = record.with_actions(Action("verify", ActionStatus.DONE, verdict.reason.text))
+        else:
+            record = record.with_actions(Action("verify", ActionStatus.FAILED, verdict.reason.text))
+            # Restricted again: a new restriction, so the ticket its own alert would open is the same one.
+            again = verdict.restriction is not None and verdict.restriction.created != task.restriction_created
+            cid = correlation_id(self.actor.tenant_id, verdict.restriction) if again and verdict.restriction else None
+            record, ticket = await self.actor.file_ticket(
+                replace(record, event_id=task.claim_key),
+                facts,
+                enforce=enforce,
+                correlation=cid or task.correlation_id,
+            )
+            record = replace(record, event_id=task.event_id)
+            if not ticket_failed(record):
+                record = await self.actor.send_notices(record, facts, enforce=enforce, ticket=ticket)
+        if ticket_failed(record):
+            record = _with_retry_note(record, attempt)
+        await self.store.append_audit({**record.to_dict(), "evidence": dict(record.evidence), "check": task.attempt})
+        log_decision(record)
+        if ticket_failed(record):
+            raise TicketNotFiled("tickets", f"the not-lifted ticket for {record.user} was not filed (try {attempt})")
+        await self.store.complete(task.claim_key, task.claim_key, verdict.kind, now)
+        return record
+
+    async def _next_check(self, record: DecisionRecord, task: VerifyTask, verdict: Verdict) -> DecisionRecord:
+        assert verdict.next_check is not None
+        queue = self.actor.verifications
+        if queue is None:
+            return record.with_actions(Action("verify", ActionStatus.SKIPPED, "no verification queue configured"))
+        following = replace(task, attempt=task.attempt + 1)
+        delay = max(verdict.next_check - record.at, timedelta(0))
+        await queue.send_later(following.to_message(), delay)  # a failure fails the check: the queue retries it
+        return record.with_actions(Action("verify", ActionStatus.SKIPPED, verdict.reason.text))

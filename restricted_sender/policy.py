@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -24,20 +25,12 @@ DEFAULT_ALERT_NAMES = ("User restricted from sending email",)
 MODES = ("report-only", "enforce")
 RISK_LEVELS = ("none", "low", "medium", "high")
 TICKET_SYSTEMS = ("webhook", "servicenow", "jira", "email")
-SUPPORTED_TICKET_SYSTEMS = ("webhook",)
 
 # Budget windows beyond ten years are a mistake (and overflow date arithmetic); a day block lifts within 24 h.
 # The tenant window ("hours") stops at 30 days: the Table store keeps the tenant's entries that long.
 _MAX_WINDOW = {"days": 3650.0, "hours": 720.0}
-
-# Keys this version reads but does not act on yet; loading a policy that turns them on says so.
-_NOT_YET_ENFORCED = {
-    ("containment", "revoke_sessions"),
-    ("containment", "confirm_compromised"),
-    ("containment", "disable_account"),
-    ("notify", "user"),
-    ("notify", "recipients"),
-}
+_JIRA_PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{1,9}$")
+_MAILBOX = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,16 +81,55 @@ class Guards:
 
 
 @dataclass(frozen=True, slots=True)
+class Containment:
+    """Steps taken on ``ticket`` decisions only, each off unless the policy turns it on."""
+
+    revoke_sessions: bool = False
+    confirm_compromised: bool = False
+    disable_account: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.revoke_sessions or self.confirm_compromised or self.disable_account
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    user: bool = False
+    recipients: tuple[str, ...] = ()
+    sender: str | None = None  # the mailbox Graph sendMail sends from (required when anything is notified)
+
+
+@dataclass(frozen=True, slots=True)
+class TicketOptions:
+    """The ticket system and its non-secret options. Endpoints and credentials are app settings."""
+
+    system: str = "webhook"
+    servicenow_table: str = "incident"
+    servicenow_fields: Mapping[str, str] = field(default_factory=dict)
+    jira_project: str | None = None
+    jira_issue_type: str = "Task"
+    jira_labels: tuple[str, ...] = ()
+    email_sender: str | None = None
+    email_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     mode: str = "report-only"
     alert_names: tuple[str, ...] = DEFAULT_ALERT_NAMES
     allow: tuple[AllowRule, ...] = ()
     deny: Selector = Selector()
     guards: Guards = Guards()
-    ticket_system: str = "webhook"
-    ticket: Mapping[str, Any] = field(default_factory=dict)
+    containment: Containment = Containment()
+    notify: Notify = Notify()
+    ticket: TicketOptions = TicketOptions()
     version: str = ""
     notes: tuple[str, ...] = ()
+
+    @property
+    def ticket_system(self) -> str:
+        return self.ticket.system
 
     @property
     def enforce(self) -> bool:
@@ -310,27 +342,31 @@ class _Checker:
             ),
         )
 
-        containment = self.mapping(
+        raw_containment = self.mapping(
             top.get("containment"),
             "containment",
             ("revoke_sessions", "confirm_compromised", "disable_account"),
         )
-        for key, value in containment.items():
-            self.boolean(value, f"containment.{key}", False)
-        notify = self.mapping(top.get("notify"), "notify", ("user", "recipients"))
-        self.boolean(notify.get("user"), "notify.user", False)
-        self.strings(notify.get("recipients"), "notify.recipients")
-
-        ticket = dict(self.mapping(top.get("ticket"), "ticket", ("system", "webhook", "servicenow", "jira", "email")))
-        system = self.choice(ticket.get("system"), "ticket.system", TICKET_SYSTEMS, "webhook")
-        if system not in SUPPORTED_TICKET_SYSTEMS:
-            self.fail("ticket.system", f"{system!r} is not supported by this version (supported: webhook)")
-
-        notes = tuple(
-            f"{section}.{key} is read but not enforced by this version"
-            for section, key in sorted(_NOT_YET_ENFORCED)
-            if isinstance(top.get(section), dict) and _turned_on(top[section].get(key))
+        containment = Containment(
+            **{
+                key: self.boolean(raw_containment.get(key), f"containment.{key}", False)
+                for key in ("revoke_sessions", "confirm_compromised", "disable_account")
+            }
         )
+        raw_notify = self.mapping(top.get("notify"), "notify", ("user", "recipients", "sender"))
+        notify = Notify(
+            user=self.boolean(raw_notify.get("user"), "notify.user", False),
+            recipients=tuple(
+                sorted({r.lower() for r in self.mailboxes(raw_notify.get("recipients"), "notify.recipients")})
+            ),
+            sender=self.mailbox(raw_notify.get("sender"), "notify.sender"),
+        )
+        if (notify.user or notify.recipients) and notify.sender is None:
+            self.fail(
+                "notify.sender", "is required when notify.user or notify.recipients is set (the mailbox to send from)"
+            )
+        ticket = self.ticket_options(top.get("ticket"))
+
         normalized = {
             "mode": mode,
             "alert_names": sorted(n.casefold() for n in alert_names),
@@ -349,12 +385,9 @@ class _Checker:
                 "groups": sorted(deny.groups),
             },
             "guards": _guards_dict(guards),
-            "containment": {k: containment[k] for k in sorted(containment)},
-            "notify": {
-                "user": notify.get("user", False),
-                "recipients": sorted(notify.get("recipients") or []),
-            },
-            "ticket": _jsonable(ticket | {"system": system}),
+            "containment": _jsonable(asdict(containment)),
+            "notify": _jsonable(asdict(notify)),
+            "ticket": _jsonable(asdict(ticket)),
         }
         if self.problems:
             return None
@@ -364,15 +397,73 @@ class _Checker:
             allow=tuple(allow),
             deny=deny,
             guards=guards,
-            ticket_system=system,
+            containment=containment,
+            notify=notify,
             ticket=ticket,
             version=_version(normalized),
-            notes=notes,
         )
 
+    def mailbox(self, value: object, where: str) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _MAILBOX.match(value.strip()):
+            self.fail(where, f"expected a mailbox address, got {value!r}")
+            return None
+        return value.strip().lower()
 
-def _turned_on(value: object) -> bool:
-    return value not in (None, False, [], "none")
+    def mailboxes(self, value: object, where: str) -> list[str]:
+        found = self.strings(value, where)
+        for index, address in enumerate(found):
+            if not _MAILBOX.match(address):
+                self.fail(f"{where}[{index}]", f"expected a mailbox address, got {address!r}")
+        return found
+
+    def ticket_options(self, value: object) -> TicketOptions:
+        raw = self.mapping(value, "ticket", ("system", "webhook", "servicenow", "jira", "email"))
+        system = self.choice(raw.get("system"), "ticket.system", TICKET_SYSTEMS, "webhook")
+        self.mapping(raw.get("webhook"), "ticket.webhook", ())
+        now = self.mapping(raw.get("servicenow"), "ticket.servicenow", ("table", "fields"))
+        table = now.get("table", "incident")
+        if not isinstance(table, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", table):
+            self.fail("ticket.servicenow.table", f"expected a table name such as incident, got {table!r}")
+            table = "incident"
+        fields = self.mapping(now.get("fields"), "ticket.servicenow.fields", tuple(now.get("fields") or ()))
+        for name, field_value in fields.items():
+            if not isinstance(field_value, str):
+                self.fail(f"ticket.servicenow.fields.{name}", f"expected a string, got {field_value!r}")
+        jira = self.mapping(raw.get("jira"), "ticket.jira", ("project", "issue_type", "labels"))
+        project = jira.get("project")
+        if project is not None and (not isinstance(project, str) or not _JIRA_PROJECT_KEY.match(project)):
+            self.fail("ticket.jira.project", f"expected a Jira project key such as SEC, got {project!r}")
+            project = None
+        if system == "jira" and project is None and "project" not in jira:
+            self.fail("ticket.jira.project", "is required when ticket.system is jira")
+        issue_type = jira.get("issue_type", "Task")
+        if not isinstance(issue_type, str) or not issue_type.strip():
+            self.fail("ticket.jira.issue_type", f"expected an issue type name, got {issue_type!r}")
+            issue_type = "Task"
+        labels = self.strings(jira.get("labels"), "ticket.jira.labels")
+        for index, label in enumerate(labels):
+            if any(c.isspace() for c in label):
+                self.fail(f"ticket.jira.labels[{index}]", f"Jira labels cannot contain spaces: {label!r}")
+        email = self.mapping(raw.get("email"), "ticket.email", ("sender", "to"))
+        sender = self.mailbox(email.get("sender"), "ticket.email.sender")
+        to = self.mailboxes(email.get("to"), "ticket.email.to")
+        if system == "email":
+            if sender is None and "sender" not in email:
+                self.fail("ticket.email.sender", "is required when ticket.system is email")
+            if not to and "to" not in email:
+                self.fail("ticket.email.to", "is required when ticket.system is email")
+        return TicketOptions(
+            system=system,
+            servicenow_table=table,
+            servicenow_fields={k: v for k, v in fields.items() if isinstance(v, str)},
+            jira_project=project if isinstance(project, str) else None,
+            jira_issue_type=issue_type.strip(),
+            jira_labels=tuple(labels),
+            email_sender=sender,
+            email_to=tuple(sorted({t.lower() for t in to})),
+        )
 
 
 def _guards_dict(guards: Guards) -> dict[str, Any]:

@@ -16,6 +16,8 @@ _DOMAINS: dict[str, Any] = {
     "items": {"type": "string", "pattern": r"^(\*\.)?[^@*\s]+\.[^@*\s]+$"},
     "description": 'Domains of the address: "contoso.com" exactly, "*.contoso.com" for its subdomains only.',
 }
+_MAILBOX: dict[str, Any] = {"type": "string", "pattern": r"^[^@\s]+@[^@\s]+\.[^@\s]+$"}
+_MAILBOXES: dict[str, Any] = {"type": "array", "items": _MAILBOX}
 
 
 def _budget(unit: str, description: str, maximum: float) -> dict[str, Any]:
@@ -97,18 +99,64 @@ POLICY_SCHEMA: dict[str, Any] = {
         "notify": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"user": {"type": "boolean"}, "recipients": _STRINGS},
+            "description": "Mail through Graph sendMail from the sender mailbox (never evidence in the user's mail).",
+            "properties": {
+                "user": {"type": "boolean", "description": "Tell the user what happened and when mail flows again."},
+                "recipients": {**_MAILBOXES, "description": "Helpdesk / SOC mailboxes told of every decision."},
+                "sender": _MAILBOX,
+            },
+            "if": {
+                "anyOf": [
+                    {"required": ["user"], "properties": {"user": {"const": True}}},
+                    {"required": ["recipients"], "properties": {"recipients": {"minItems": 1}}},
+                ]
+            },
+            "then": {"required": ["sender"]},
         },
         "ticket": {
             "type": "object",
             "additionalProperties": False,
+            "description": "Endpoints and credentials are app settings, never this file.",
             "properties": {
                 "system": {"enum": ["webhook", "servicenow", "jira", "email"], "default": "webhook"},
-                "webhook": {"type": "object"},
-                "servicenow": {"type": "object"},
-                "jira": {"type": "object"},
-                "email": {"type": "object"},
+                "webhook": {"type": "object", "additionalProperties": False},
+                "servicenow": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "table": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$", "default": "incident"},
+                        "fields": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                            "description": "Extra fields set on every record, e.g. assignment_group.",
+                        },
+                    },
+                },
+                "jira": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "project": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]{1,9}$"},
+                        "issue_type": {"type": "string", "minLength": 1, "default": "Task"},
+                        "labels": {"type": "array", "items": {"type": "string", "pattern": "^\\S+$"}},
+                    },
+                },
+                "email": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"sender": _MAILBOX, "to": _MAILBOXES},
+                },
             },
+            "allOf": [
+                {
+                    "if": {"required": ["system"], "properties": {"system": {"const": "jira"}}},
+                    "then": {"required": ["jira"], "properties": {"jira": {"required": ["project"]}}},
+                },
+                {
+                    "if": {"required": ["system"], "properties": {"system": {"const": "email"}}},
+                    "then": {"required": ["email"], "properties": {"email": {"required": ["sender", "to"]}}},
+                },
+            ],
         },
     },
 }

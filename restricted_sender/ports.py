@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -26,6 +26,12 @@ class EventQueue(Protocol):
     """Durable hand-off from the webhook to the processor. ``send`` returns only once the event is stored."""
 
     def send(self, message: str) -> None: ...
+
+
+class DelayedQueue(Protocol):
+    """A queue whose messages become visible later (the verification checks)."""
+
+    async def send_later(self, message: str, delay: timedelta) -> None: ...
 
 
 class Exchange(Protocol):
@@ -123,6 +129,41 @@ class TicketSlot:
 
 
 TICKET_LEASE = timedelta(minutes=2)
+TICKET_NOTED_KEEP = 200  # a ledger row remembers the last 200 events added to its ticket
+
+
+def resolve_ticket(
+    *,
+    owner: str,
+    started_at: datetime,
+    ticket: TicketRef | None,
+    noted: Collection[str],
+    event_id: str,
+    now: datetime,
+) -> TicketSlot:
+    """What an existing ticket-ledger row means for ``event_id``; one rule shared by every store backend.
+
+    A recorded ticket: ``done`` when ``event_id`` is noted on it, else ``update``. No ticket yet: the owner's own
+    retry, or anyone once the owner's lease (``TICKET_LEASE`` from ``started_at``) ran out, gets ``create`` (the
+    store then writes itself in as owner, conditionally, so one of several takers wins); everyone else ``wait``.
+    """
+    if ticket is not None:
+        return TicketSlot("done" if event_id in noted else "update", ticket)
+    if owner == event_id or now - started_at > TICKET_LEASE:
+        return TicketSlot("create")
+    return TicketSlot("wait")
+
+
+def noted_with(noted: Sequence[str], event_id: str) -> list[str]:
+    """``noted`` with ``event_id`` added once, keeping the newest ``TICKET_NOTED_KEEP`` ids (oldest first).
+
+    An event pushed out of a busy ticket's window would be added to it again if it were retried after that:
+    a repeated work note, never a second ticket.
+    """
+    kept = list(noted)
+    if event_id not in kept:
+        kept.append(event_id)
+    return kept[-TICKET_NOTED_KEEP:]
 
 
 class ClaimResult(StrEnum):

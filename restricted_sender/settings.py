@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from .errors import ConfigurationError
 
 EVENTS_QUEUE = "restriction-events"  # fixed: the queue trigger's binding names it too
+VERIFY_QUEUE = "restriction-verify"  # fixed too: the verification trigger's binding
+ENTRA_AUTHORITY = "https://login.microsoftonline.com"
 GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
 EXCHANGE_BASE_URL = "https://outlook.office365.com"
 
@@ -55,6 +57,16 @@ class Settings:
     ticket_webhook_secret: Secret | None = None  # TICKET_WEBHOOK_SECRET
     table_prefix: str = "rsr"  # TABLE_PREFIX
     http_timeout_seconds: float = 30.0  # HTTP_TIMEOUT_SECONDS
+    verify_after_minutes: float = 60.0  # VERIFY_AFTER (minutes until the first check of an unblock)
+    servicenow_instance_url: str | None = None  # SERVICENOW_INSTANCE_URL
+    servicenow_username: str | None = None  # SERVICENOW_USERNAME
+    servicenow_password: Secret | None = None  # SERVICENOW_PASSWORD
+    servicenow_token: Secret | None = None  # SERVICENOW_TOKEN (OAuth bearer, instead of user and password)
+    jira_site_url: str | None = None  # JIRA_SITE_URL
+    jira_email: str | None = None  # JIRA_EMAIL
+    jira_api_token: Secret | None = None  # JIRA_API_TOKEN
+    admin_api_audiences: tuple[str, ...] = ()  # ADMIN_API_AUDIENCE (comma-separated: client id, api://...)
+    entra_authority: str = ENTRA_AUTHORITY  # ENTRA_AUTHORITY
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +87,13 @@ class Settings:
             raise ConfigurationError(
                 f"HTTP_TIMEOUT_SECONDS must be a number of seconds, got {timeout_text!r}"
             ) from error
+        verify_text = text("VERIFY_AFTER") or "60"
+        try:
+            verify_after = float(verify_text)
+        except ValueError:
+            verify_after = -1.0
+        if not 0 < verify_after <= 24 * 60:
+            raise ConfigurationError(f"VERIFY_AFTER must be minutes, more than 0 and at most 1440, got {verify_text!r}")
         prefix = text("TABLE_PREFIX") or "rsr"
         if not prefix.isalnum() or not prefix[0].isalpha():
             raise ConfigurationError(f"TABLE_PREFIX must be letters and digits starting with a letter, got {prefix!r}")
@@ -94,6 +113,16 @@ class Settings:
             ticket_webhook_secret=secret("TICKET_WEBHOOK_SECRET"),
             table_prefix=prefix,
             http_timeout_seconds=timeout,
+            verify_after_minutes=verify_after,
+            servicenow_instance_url=text("SERVICENOW_INSTANCE_URL"),
+            servicenow_username=text("SERVICENOW_USERNAME"),
+            servicenow_password=secret("SERVICENOW_PASSWORD"),
+            servicenow_token=secret("SERVICENOW_TOKEN"),
+            jira_site_url=text("JIRA_SITE_URL"),
+            jira_email=text("JIRA_EMAIL"),
+            jira_api_token=secret("JIRA_API_TOKEN"),
+            admin_api_audiences=tuple(a.strip() for a in (text("ADMIN_API_AUDIENCE") or "").split(",") if a.strip()),
+            entra_authority=(text("ENTRA_AUTHORITY") or ENTRA_AUTHORITY).rstrip("/"),
         )
 
     def require_tenant_id(self) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import copy
 import datetime as dt
 import hashlib
 import re
+import threading
 import uuid
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -13,7 +15,7 @@ from urllib.parse import quote, urlencode
 from simulator.state import TenantState
 from simulator.tenant import Json, strip_private
 from simulator.tokens import TokenProblem
-from simulator.wire import ODATA_CONTENT_TYPE, Request, Response, iso_seconds, json_response, utc_now
+from simulator.wire import ODATA_CONTENT_TYPE, NotJson, Request, Response, iso_seconds, json_response, utc_now
 
 METADATA = "https://graph.microsoft.com/v1.0/$metadata"
 CHECK_MEMBER_GROUPS_LIMIT = 20
@@ -311,17 +313,16 @@ def get_risky_user(request: Request, state: TenantState, user_id: str) -> Respon
     level = user.get("x-riskLevel")
     if level is None:
         return error(request, 403, "Authorization_RequestDenied", _NOT_LICENSED)
-    moment = state.loaded_at.astimezone(dt.UTC)
+    # confirmCompromised leaves its marks in x-riskState, x-riskDetail and x-riskUpdatedAt.
     risky: Json = {
         "@odata.context": f"{METADATA}#identityProtection/riskyUsers/$entity",
         "id": user["id"],
         "isDeleted": False,
         "isProcessing": False,
-        # Graph writes seven fractional digits.
-        "riskLastUpdatedDateTime": f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond:06d}0Z",
+        "riskLastUpdatedDateTime": user.get("x-riskUpdatedAt") or _seven_digits(state.loaded_at),
         "riskLevel": level,
-        "riskState": "none" if level == "none" else "atRisk",
-        "riskDetail": "none",
+        "riskState": user.get("x-riskState") or ("none" if level == "none" else "atRisk"),
+        "riskDetail": user.get("x-riskDetail") or "none",
         "userDisplayName": user.get("displayName"),
         "userPrincipalName": user.get("userPrincipalName"),
     }
@@ -407,3 +408,217 @@ def rule_id(user: Json, index: int) -> str:
     """A stable id for the ``index``-th inbox rule of ``user`` in Exchange's shape (``AQAAAJ5dZqA=``)."""
     digest = hashlib.sha256(f"{user['id']}/rule/{index}".encode()).digest()
     return base64.b64encode(b"\x01\x00\x00\x00" + digest[:4]).decode("ascii")
+
+
+def _seven_digits(moment: dt.datetime) -> str:
+    """``2026-11-27T08:02:11.1234560Z``: Graph writes seven fractional digits."""
+    moment = moment.astimezone(dt.UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond:06d}0Z"
+
+
+# -- writes: containment and mail --------------------------------------------------------------------------
+
+# Identity Protection answers a tenant without Entra ID P2 with 403 ``Forbidden`` and this message (observed on
+# live tenants for riskyUsers, riskDetections and other identityProtection paths). A token without the
+# permission gets ``Forbidden`` too, with "... required scopes are missing in the token.": only the message
+# tells them apart.
+_P2_MISSING_CODE = "Forbidden"
+_NO_RECIPIENTS = "At least one recipient isn't valid., A message can't be sent because it contains no recipients."
+_NO_MAILBOX = "REST API is not yet supported for this mailbox."
+# PATCH /users/{id}: what the simulator lets a client change, with the JSON type each value must have.
+WRITABLE_USER_PROPERTIES: dict[str, tuple[type, ...]] = {
+    "accountEnabled": (bool,),
+    "displayName": (str,),
+    "givenName": (str, type(None)),
+    "surname": (str, type(None)),
+    "jobTitle": (str, type(None)),
+    "department": (str, type(None)),
+    "companyName": (str, type(None)),
+    "officeLocation": (str, type(None)),
+    "mobilePhone": (str, type(None)),
+    "usageLocation": (str, type(None)),
+    "preferredLanguage": (str, type(None)),
+}
+READ_ONLY_USER_PROPERTIES = frozenset(
+    {
+        "id",
+        "createdDateTime",
+        "deletedDateTime",
+        "lastPasswordChangeDateTime",
+        "signInSessionsValidFromDateTime",
+        "onPremisesSyncEnabled",
+        "onPremisesSecurityIdentifier",
+        "securityIdentifier",
+        "proxyAddresses",
+        "assignedPlans",
+        "provisionedPlans",
+        "imAddresses",
+    }
+)
+
+
+class GraphWrites:
+    """What the Graph write endpoints did: mail sent (the outbox) and one lock that serializes user updates.
+
+    A user is never changed in place: an update builds a new dict and swaps it into ``TenantState.users``, so a
+    reader running at the same time sees the old user or the new one, never half of each.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sent: list[Json] = []
+
+    def sent_mail(self) -> list[Json]:
+        """``{"from", "message", "saveToSentItems"}`` per accepted sendMail, in order (copies)."""
+        with self._lock:
+            return copy.deepcopy(self._sent)
+
+    def record_mail(self, entry: Json) -> None:
+        with self._lock:
+            self._sent.append(copy.deepcopy(entry))
+
+    def change_user(self, state: TenantState, user: Json, changes: Json) -> None:
+        """Swap ``user`` for a copy with ``changes`` applied."""
+        with self._lock:
+            for index, current in enumerate(state.users):
+                if current is user or current.get("id") == user.get("id"):
+                    state.users[index] = {**current, **changes}
+                    return
+
+
+def _body(request: Request) -> Json | Response:
+    """The JSON object a write carries, or Graph's answer to a body that is not one."""
+    try:
+        body = request.json()
+    except NotJson:
+        return bad_json(request)
+    if not isinstance(body, dict):
+        return bad_json(request)
+    return body
+
+
+def _param(body: Json, name: str) -> Any:
+    """An action parameter, its name matched regardless of case as Graph does (the v1.0 CSDL spells sendMail's
+    ``Message``/``SaveToSentItems``, the documentation ``message``/``saveToSentItems``; the SDK sends the first)."""
+    folded = name.casefold()
+    return next((value for key, value in body.items() if key.casefold() == folded), None)
+
+
+def no_content(request: Request, status: int = 204) -> Response:
+    request_id, client_request_id = _request_ids(request)
+    return Response(status, b"", {"request-id": request_id, "client-request-id": client_request_id})
+
+
+def revoke_sign_in_sessions(request: Request, state: TenantState, writes: GraphWrites, key: str) -> Response:
+    """``POST /users/{id}/revokeSignInSessions``: resets ``signInSessionsValidFromDateTime`` to now."""
+    user = _lookup(state, key)
+    if user is None:
+        return not_found(request, key)
+    writes.change_user(state, user, {"signInSessionsValidFromDateTime": f"{iso_seconds(utc_now())}Z"})
+    return ok(request, {"@odata.context": f"{METADATA}#Edm.Boolean", "value": True})
+
+
+def confirm_compromised(request: Request, state: TenantState, writes: GraphWrites) -> Response:
+    """``POST /identityProtection/riskyUsers/confirmCompromised`` ``{"userIds": [...]}``: risk level high, 204.
+
+    All or nothing: an id that is no user answers 404, a user without ``x-riskLevel`` (a tenant without Entra
+    ID P2) 403 ``Forbidden`` "Your tenant is not licensed for this feature.", and then no user changes.
+    """
+    body = _body(request)
+    if isinstance(body, Response):
+        return body
+    user_ids = _param(body, "userIds")
+    if not isinstance(user_ids, list) or not user_ids or not all(isinstance(u, str) for u in user_ids):
+        return error(request, 400, "BadRequest", "Invalid request: userIds must be a non-empty collection of strings.")
+    users: list[Json] = []
+    for user_id in user_ids:
+        user = next((u for u in state.users if str(u.get("id", "")).casefold() == user_id.casefold()), None)
+        if user is None:
+            return not_found(request, user_id)
+        users.append(user)
+    if any(user.get("x-riskLevel") is None for user in users):
+        return error(request, 403, _P2_MISSING_CODE, _NOT_LICENSED)
+    moment = _seven_digits(utc_now())
+    for user in users:
+        writes.change_user(
+            state,
+            user,
+            {
+                "x-riskLevel": "high",
+                "x-riskState": "confirmedCompromised",
+                "x-riskDetail": "adminConfirmedUserCompromised",
+                "x-riskUpdatedAt": moment,
+            },
+        )
+    return no_content(request)
+
+
+def update_user(request: Request, state: TenantState, writes: GraphWrites, key: str) -> Response:
+    """``PATCH /users/{id}``: the properties of ``WRITABLE_USER_PROPERTIES`` only, 204.
+
+    Like Directory: a known property the simulator does not let a client set is read-only, any other name is
+    an invalid property, each a 400 ``Request_BadRequest``; nothing changes unless every property is accepted.
+    Annotations (``@odata.type``, which the SDK sends) are ignored.
+    """
+    user = _lookup(state, key)
+    if user is None:
+        return not_found(request, key)
+    body = _body(request)
+    if isinstance(body, Response):
+        return body
+    changes: Json = {}
+    for name, value in body.items():
+        if name.startswith("@") or "@odata." in name:
+            continue
+        kinds = WRITABLE_USER_PROPERTIES.get(name)
+        if kinds is None:
+            if name in READ_ONLY_USER_PROPERTIES or (name in user and not name.startswith("x-")):
+                return error(request, 400, "Request_BadRequest", f"Property '{name}' is read-only and cannot be set.")
+            return error(request, 400, "Request_BadRequest", f"Invalid property '{name}'.")
+        if not isinstance(value, kinds):
+            return error(
+                request,
+                400,
+                "Request_BadRequest",
+                f"Invalid value specified for property '{name}' of resource 'User'.",
+            )
+        changes[name] = value
+    if changes:
+        writes.change_user(state, user, changes)
+    return no_content(request)
+
+
+def send_mail(request: Request, state: TenantState, writes: GraphWrites, key: str) -> Response:
+    """``POST /users/{id}/sendMail``: recorded in the outbox, 202.
+
+    A user without ``mail`` has no Exchange Online mailbox: 404 ``MailboxNotEnabledForRESTAPI``. A message
+    without recipients (to, cc and bcc all empty) or with one that has no address: 400 ``ErrorInvalidRecipients``.
+    """
+    user = _lookup(state, key)
+    if user is None:
+        return invalid_user(request, key)
+    if not user.get("mail"):
+        return error(request, 404, "MailboxNotEnabledForRESTAPI", _NO_MAILBOX)
+    body = _body(request)
+    if isinstance(body, Response):
+        return body
+    message = _param(body, "message")
+    if not isinstance(message, dict):
+        return error(request, 400, "ErrorInvalidParameter", "The value of the parameter 'Message' is empty.")
+    recipients: list[Any] = []
+    for field in ("toRecipients", "ccRecipients", "bccRecipients"):
+        value = message.get(field) or []
+        if not isinstance(value, list):
+            return error(request, 400, "ErrorInvalidRecipients", _NO_RECIPIENTS)
+        recipients.extend(value)
+    if not recipients or not all(_address(r) for r in recipients):
+        return error(request, 400, "ErrorInvalidRecipients", _NO_RECIPIENTS)
+    save = _param(body, "saveToSentItems")
+    writes.record_mail({"from": user["mail"], "message": message, "saveToSentItems": save is not False})
+    return no_content(request, 202)
+
+
+def _address(recipient: Any) -> str | None:
+    email = recipient.get("emailAddress") if isinstance(recipient, dict) else None
+    address = email.get("address") if isinstance(email, dict) else None
+    return address if isinstance(address, str) and "@" in address else None

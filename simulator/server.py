@@ -10,14 +10,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from simulator import exchange, graph, identity, tickets
+from simulator import entra, exchange, graph, identity, itsm, tickets
 from simulator.faults import CONTROL_ROUTE, Fault, FaultBook, FaultKind
 from simulator.state import RequestLog, TenantState
 from simulator.tenant import Json, Tenant, TenantSource, load_tenant
@@ -52,8 +52,11 @@ class Simulator:
         self._port = port
         self._state = TenantState(self.tenant)
         self._tokens = TokenIssuer(self.tenant.tenant_id)
+        self._entra = entra.Entra(self.tenant)
+        self._itsm = itsm.ItsmState(self.tenant)
         self._faults = FaultBook()
         self._log = RequestLog()
+        self._graph_writes = graph.GraphWrites()
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -126,6 +129,29 @@ class Simulator:
         return f"{self.url}/tickets/webhook"
 
     @property
+    def servicenow_url(self) -> str:
+        """The ServiceNow instance URL: the Table API lives at ``{servicenow_url}/api/now/table/{table}``."""
+        return self.url
+
+    @property
+    def itsm_credentials(self) -> dict[str, str]:
+        """The app settings that point the product's ServiceNow and Jira adapters at this simulator."""
+        servicenow, jira = self._itsm.servicenow, self._itsm.jira
+        return {
+            "SERVICENOW_INSTANCE_URL": self.servicenow_url,
+            "SERVICENOW_USERNAME": servicenow.username,
+            "SERVICENOW_PASSWORD": servicenow.password,
+            "JIRA_SITE_URL": self.jira_url,
+            "JIRA_EMAIL": jira.email,
+            "JIRA_API_TOKEN": jira.api_token,
+        }
+
+    @property
+    def jira_url(self) -> str:
+        """The Jira Cloud site URL: REST v3 lives at ``{jira_url}/rest/api/3/...``."""
+        return self.url
+
+    @property
     def tenant_id(self) -> str:
         return self.tenant.tenant_id
 
@@ -153,14 +179,81 @@ class Simulator:
         """Restrict a sender (a Get-BlockedSenderAddress row; ``x-`` keys allowed), replacing any row for it."""
         self._state.add_blocked(row)
 
+    def sent_mail(self) -> list[Json]:
+        """Mail accepted by Graph sendMail, in order: ``{"from", "message", "saveToSentItems"}`` (copies)."""
+        return self._graph_writes.sent_mail()
+
     @property
     def tickets(self) -> list[Json]:
         """Tickets the webhook sink received, one per distinct Idempotency-Key (copies)."""
         return self._state.tickets()
 
+    # -- ServiceNow and Jira (simulator/itsm.py) ---------------------------------------------------------
+
+    def servicenow_records(self) -> list[Json]:
+        """Records created through the Table API, oldest first (copies): the wire fields, plus ``x-table`` and the
+        journal entries ``x-work_notes`` / ``x-comments`` (``[{value, sys_created_on, sys_created_by}]``)."""
+        return self._itsm.records()
+
+    def jira_issues(self) -> list[Json]:
+        """Issues created through REST v3, oldest first (copies): ``{id, key, self, fields}`` plus ``x-comments``."""
+        return self._itsm.issues()
+
+    def close_servicenow_record(self, key: str) -> Json:
+        """Close a record (by sys_id or number): state 7 (Closed), active false. KeyError when there is none."""
+        record = self._itsm.close_record(key)
+        if record is None:
+            raise KeyError(f"no ServiceNow record {key!r}")
+        return record
+
+    def close_jira_issue(self, key: str) -> Json:
+        """Move an issue (by key or id) to Done (status category done). KeyError when there is none."""
+        issue = self._itsm.set_issue_status(key, "Done")
+        if issue is None:
+            raise KeyError(f"no Jira issue {key!r}")
+        return issue
+
     def issue_token(self, resource: str, *, lifetime: int = 3600) -> str:
         """A bearer token for ``resource``, as the identity endpoint would issue it."""
         token, _ = self._tokens.issue(resource.rstrip("/"), lifetime=lifetime)
+        return token
+
+    @property
+    def admin_api(self) -> entra.AdminApi:
+        """The product's API app registration (tenant file ``x-adminApi``): token ``audience`` and ``client_id``."""
+        return self._entra.admin_api
+
+    def mint_token(
+        self,
+        *,
+        roles: Sequence[str] = entra.DEFAULT_ROLES,
+        audience: str | None = None,
+        upn: str | None = None,
+        object_id: str | None = None,
+        variant: str = "valid",
+        version: str = "2.0",
+        lifetime: int = entra.DEFAULT_LIFETIME,
+        app_id: str | None = None,
+        claims: Mapping[str, Any] | None = None,
+    ) -> str:
+        """An Entra ID access token for the product's admin API, RS256-signed with a key this simulator publishes.
+
+        ``variant``: ``valid``, ``expired``, ``not-yet-valid``, ``wrong-issuer``, ``wrong-audience``, ``wrong-key``,
+        ``alg-none``, ``no-role``, ``hs256``, ``app-only``, ``other-tenant`` (see simulator/README.md). ``claims``
+        sets claims last (``None`` removes one). The simulator must be running (the issuer is its URL).
+        """
+        token, _ = self._entra.mint(
+            self.url,
+            variant=variant,
+            roles=roles,
+            audience=audience,
+            upn=upn,
+            object_id=object_id,
+            version=version,
+            lifetime=lifetime,
+            app_id=app_id,
+            claims=claims,
+        )
         return token
 
     # -- faults and latency ------------------------------------------------------------------------------
@@ -275,6 +368,13 @@ class Simulator:
             return only("POST", route, lambda: self._exchange(request, parts[2]))
         if folded == ["tickets", "webhook"]:
             return only("POST", "tickets.webhook", lambda: tickets.webhook(request, state))
+        if len(folded) == 4 and folded[1:] == ["v2.0", ".well-known", "openid-configuration"]:
+            return only("GET", "entra.metadata", lambda: self._entra.metadata(request, parts[0]))
+        if len(folded) == 4 and folded[1:] == ["discovery", "v2.0", "keys"]:
+            return only("GET", "entra.keys", lambda: self._entra.keys(request, parts[0]))
+        routed = itsm.route(request, self._itsm)
+        if routed is not None:
+            return routed
         if folded[:1] == ["adminapi"]:
             return UNKNOWN_ROUTE, lambda: exchange.error(404, "NotFound", f"No resource at '{request.path}'.")
         return UNKNOWN_ROUTE, lambda: _plain_error(404, "NotFound", f"No route for {method} {request.path}")
@@ -297,6 +397,25 @@ class Simulator:
 
         if folded == ["users"]:
             return only("GET", "graph.users", authorized(lambda: graph.list_users(request, state)))
+        writes = self._graph_writes
+        if len(folded) == 2 and folded[0] == "users" and request.method == "PATCH":
+            return only(
+                "PATCH", "graph.updateUser", authorized(lambda: graph.update_user(request, state, writes, parts[1]))
+            )
+        if len(folded) == 3 and folded[0] == "users" and folded[2] in _REVOKE_SIGN_IN_SESSIONS:
+            return only(
+                "POST",
+                "graph.revokeSignInSessions",
+                authorized(lambda: graph.revoke_sign_in_sessions(request, state, writes, parts[1])),
+            )
+        if len(folded) == 3 and folded[0] == "users" and folded[2] in _SEND_MAIL:
+            return only("POST", "graph.sendMail", authorized(lambda: graph.send_mail(request, state, writes, parts[1])))
+        if len(folded) == 3 and folded[:2] == ["identityprotection", "riskyusers"] and folded[2] in _CONFIRM:
+            return only(
+                "POST",
+                "graph.confirmCompromised",
+                authorized(lambda: graph.confirm_compromised(request, state, writes)),
+            )
         if len(folded) == 2 and folded[0] == "users":
             return only("GET", "graph.user", authorized(lambda: graph.get_user(request, state, parts[1])))
         if len(folded) == 3 and folded[0] == "users" and folded[2] in _CHECK_MEMBER_GROUPS:
@@ -362,6 +481,9 @@ class Simulator:
     def _control(self, request: Request) -> Response:
         action = (request.method, "/".join(s.casefold() for s in request.segments[1:]))
         try:
+            closed = itsm.control(request, self._itsm)
+            if closed is not None:
+                return closed
             if action == ("GET", "requests"):
                 return json_response(200, {"value": self.requests})
             if action == ("GET", "state"):
@@ -378,6 +500,8 @@ class Simulator:
                     raise ValueError('the body must be {"route": "<route>", "seconds": <number>}')
                 self._faults.set_latency(spec["route"], spec["seconds"])
                 return json_response(200, {"latency": self._faults.latencies()})
+            if action == ("POST", "tokens"):
+                return self._entra.token_request(request)
             if action == ("POST", "reset-requests"):
                 return json_response(200, {"cleared": self._log.clear()})
             if action == ("POST", "blocked-senders"):
@@ -405,12 +529,18 @@ class Simulator:
             "tenantId": self.tenant_id,
             "blockedSenders": self.blocked_senders,
             "tickets": self.tickets,
+            "sentMail": self.sent_mail(),
+            "servicenowRecords": self.servicenow_records(),
+            "jiraIssues": self.jira_issues(),
             "faults": [f.to_json() for f in self._faults.pending()],
             "latency": self._faults.latencies(),
         }
 
 
 _CHECK_MEMBER_GROUPS = frozenset({"checkmembergroups", "microsoft.graph.checkmembergroups"})
+_REVOKE_SIGN_IN_SESSIONS = frozenset({"revokesigninsessions", "microsoft.graph.revokesigninsessions"})
+_SEND_MAIL = frozenset({"sendmail", "microsoft.graph.sendmail"})
+_CONFIRM = frozenset({"confirmcompromised", "microsoft.graph.confirmcompromised"})
 _GRAPH_FAULT_CODES = {
     429: ("TooManyRequests", "Too many requests are being made. Retry after the time in Retry-After."),
     500: ("generalException", "An unspecified error has occurred."),
@@ -436,6 +566,10 @@ def _service_error(status: int, route: str, request: Request) -> Response:
         return exchange.error(status, _reason(status), f"Simulated failure: HTTP {status}.")
     if route == "identity.token":
         return json_response(status, {"statusCode": status, "message": f"Simulated failure: HTTP {status}."})
+    if route.startswith("entra."):
+        return entra.service_error(status)
+    if route.startswith(("servicenow.", "jira.")):
+        return itsm.injected_error(route, status)
     return _plain_error(status, _reason(status), f"Simulated failure: HTTP {status}.")
 
 

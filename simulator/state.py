@@ -109,9 +109,21 @@ class TenantState:
                 "body": copy.deepcopy(body),
                 "headers": dict(headers),
                 "deliveries": 1,
+                "updates": [],
             }
             self._tickets.append(ticket)
             return copy.deepcopy(ticket), True
+
+    def update_ticket(self, ticket_id: str, key: str | None, body: Any) -> Json | None:
+        """Add an update to ticket ``ticket_id`` (an exact repeat of ``key`` is counted, not added)."""
+        with self._lock:
+            ticket = next((t for t in self._tickets if t["id"] == ticket_id), None)
+            if ticket is None:
+                return None
+            ticket["deliveries"] += 1
+            if key is None or all(u["idempotency_key"] != key for u in ticket["updates"]):
+                ticket["updates"].append({"idempotency_key": key, "body": copy.deepcopy(body)})
+            return copy.deepcopy(ticket)
 
     def tickets(self) -> list[Json]:
         with self._lock:

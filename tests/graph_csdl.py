@@ -46,6 +46,18 @@ class StructuredType:
 
 
 @dataclass
+class Action:
+    """A bound action: its parameters (the binding parameter left out) are the JSON body's properties."""
+
+    name: str
+    """The qualified name, e.g. ``microsoft.graph.sendMail``."""
+    bound_to: str
+    """The qualified type of the binding parameter, e.g. ``microsoft.graph.user``."""
+    parameters: dict[str, Property] = field(default_factory=dict)
+    returns: str | None = None
+
+
+@dataclass
 class EnumType:
     name: str
     members: frozenset[str]
@@ -60,6 +72,7 @@ class Schema:
         self.structured: dict[str, StructuredType] = {}
         self.enums: dict[str, EnumType] = {}
         self.definitions: dict[str, str] = {}
+        self.actions: dict[tuple[str, str], Action] = {}
         schemas = list(root.iter(f"{_EDM}Schema"))
         for schema in schemas:
             alias = schema.get("Alias")
@@ -91,6 +104,52 @@ class Schema:
                     self.enums[name] = EnumType(name, members, element.get("IsFlags") == "true")
                 elif tag == "TypeDefinition":
                     self.definitions[name] = element.get("UnderlyingType", "Edm.String")
+                elif tag == "Action" and element.get("IsBound") == "true":
+                    self._add_action(name, element)
+
+    def _add_action(self, name: str, element: ET.Element) -> None:
+        parameters = [child for child in element if child.tag == f"{_EDM}Parameter"]
+        if not parameters:
+            return
+        action = Action(name, self.qualify(parameters[0].get("Type", "")))
+        for parameter in parameters[1:]:
+            prop_name = parameter.get("Name", "")
+            action.parameters[prop_name] = Property(
+                prop_name, self.qualify(parameter.get("Type", "")), parameter.get("Nullable") != "false", False
+            )
+        returns = element.find(f"{_EDM}ReturnType")
+        if returns is not None:
+            action.returns = self.qualify(returns.get("Type", ""))
+        self.actions[(action.name, action.bound_to)] = action
+
+    def action(self, name: str, bound_to: str) -> Action:
+        """The action ``name`` bound to ``bound_to`` (actions are overloaded on their binding type)."""
+        key = (self.qualify(name), self.qualify(bound_to))
+        if key not in self.actions:
+            raise KeyError(f"no action {key[0]!r} bound to {key[1]!r} in the schema")
+        return self.actions[key]
+
+    def check_action(self, body: Any, name: str, bound_to: str) -> list[str]:
+        """Every way the JSON body of a POST to the action departs from its parameters; empty when it fits.
+
+        Names are matched exactly, as the CSDL spells them; a parameter declared ``Nullable="false"`` must be there.
+        """
+        action = self.action(name, bound_to)
+        if not isinstance(body, dict):
+            return [f"$: expected a JSON object of the parameters of {action.name}, got {_json_kind(body)}"]
+        problems: list[str] = []
+        for key, value in body.items():
+            if "@" in key:
+                continue
+            parameter = action.parameters.get(key)
+            if parameter is None:
+                problems.append(f"$.{key}: not a parameter of {action.name}")
+                continue
+            self._check(value, parameter.type, parameter.nullable, f"$.{key}", problems)
+        for parameter in action.parameters.values():
+            if not parameter.nullable and parameter.name not in body:
+                problems.append(f"$.{parameter.name}: a parameter of {action.name} that is not nullable is missing")
+        return problems
 
     def qualify(self, name: str) -> str:
         """``graph.user`` -> ``microsoft.graph.user``; ``Collection(self.x)`` keeps its wrapper."""

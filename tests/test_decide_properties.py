@@ -16,11 +16,11 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from restricted_sender.actions import Actor
+from restricted_sender.actions import Actor, TicketDesk
 from restricted_sender.decide import decide, unblock_failed
 from restricted_sender.errors import PolicyError
 from restricted_sender.facts import FactSources
-from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryStore
+from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryDelayedQueue, MemoryStore
 from restricted_sender.mailbox import Forwarding, parse_rules
 from restricted_sender.model import (
     ActionStatus,
@@ -552,7 +552,14 @@ class ReportOnlyWorld:
         self.history_before = dict(self.store.history)
         self.processor = Processor(
             sources=FactSources(self.exchange, self.directory, self.store),
-            actor=Actor(self.exchange, self.tickets, self.store, tenant_id="t"),
+            actor=Actor(
+                self.exchange,
+                self.directory,
+                TicketDesk(self.tickets, self.store, FixedClock(scenario.now)),
+                self.store,
+                tenant_id="t",
+                verifications=MemoryDelayedQueue(),
+            ),
             store=self.store,
             clock=FixedClock(scenario.now),
             policy=scenario.policy,

@@ -246,7 +246,7 @@ def test_end_to_end_an_allowed_user_is_unblocked_and_audited(
     assert "alice@contoso.com" not in [r["SenderAddress"] for r in sim.blocked_senders]
     [row] = audit_rows(azurite, table_prefix)
     assert (row["user"], row["decision"], row["mode"]) == ("alice@contoso.com", "unblock", "enforce")
-    assert [(a["kind"], a["status"]) for a in row["actions"]] == [("unblock", "done")]
+    assert [(a["kind"], a["status"]) for a in row["actions"]] == [("unblock", "done"), ("verify", "done")]
     assert row["evidence"]["restriction"]["parsed_reason"]["values"]["OutboundSpamPercent"] == "88"
 
 
@@ -270,14 +270,15 @@ def test_end_to_end_report_only_decides_and_records_but_changes_nothing(
     assert all(a["status"] == "skipped" for r in rows.values() for a in r["actions"])
 
 
-def test_end_to_end_a_user_without_an_allow_rule_gets_one_signed_ticket(
+def test_end_to_end_a_user_without_an_allow_rule_gets_one_signed_ticket_and_one_update(
     handlers: dict[str, Callable[..., Any]], configure: Any, queue: QueueClient, sim: Simulator
 ) -> None:
     post(handlers, alert_v2("bob@fabrikam.com", alert_id="a1"))
     post(handlers, alert_v2("bob@fabrikam.com", alert_id="a2"))  # another alert about the same restriction
     process(handlers, queued(queue))
     [ticket] = sim.tickets
-    assert ticket["deliveries"] == 2
+    [update] = ticket["updates"]
+    assert "a2" in update["body"]["note"]
     body = json.dumps(ticket["body"], separators=(",", ":"), sort_keys=True).encode()
     expected = "sha256=" + hmac.new(TICKET_SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert ticket["signature"] == expected

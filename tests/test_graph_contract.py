@@ -1,16 +1,21 @@
-"""Every Graph shape the simulator serves is one the real Graph v1.0 schema allows."""
+"""Every Graph shape the simulator serves is one the real Graph v1.0 schema allows, and so is every request body
+the adapter writes."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from azure.identity.aio import ManagedIdentityCredential
 
+from restricted_sender.adapters.graph import graph_directory
+from restricted_sender.model import Mail
 from simulator import Simulator, load_tenant
 from tests.graph_csdl import CSDL_PATH, Schema, load_schema
 
@@ -469,3 +474,140 @@ def test_the_checker_catches_a_shape_the_service_would_never_send(
 
 def test_the_schema_is_parsed_once_per_session(schema: Schema) -> None:
     assert load_schema() is schema
+
+
+def test_the_request_bodies_the_adapter_writes_fit_the_graph_actions_and_user(
+    schema: Schema,
+    simulator_factory: Callable[[dict[str, Any]], Simulator],
+    identity_env: Callable[[Simulator], None],
+) -> None:
+    sim = simulator_factory(RICH_TENANT)
+    identity_env(sim)
+    mails = [
+        Mail(to=("soc@contoso.com",), subject="Contained", body="<p>Erin</p>", html=True, importance="high"),
+        Mail(to=("soc@contoso.com", "erin@contoso.com"), subject="Unblocked", body="Erin", importance="low"),
+    ]
+
+    async def write() -> bool:
+        async with ManagedIdentityCredential() as credential:
+            directory = graph_directory(credential, base_url=sim.graph_url, timeout=5)
+            try:
+                await directory.revoke_sessions(USER_ID)
+                confirmed = await directory.confirm_compromised(USER_ID)
+                await directory.disable_account(USER_ID)
+                for mail in mails:
+                    await directory.send_mail("erin@contoso.com", mail)
+                return confirmed
+            finally:
+                await directory.close()
+
+    assert asyncio.run(write()) is True
+    bodies = {route: [r["body"] for r in sim.requests if r["route"] == route] for route in ROUTES_WRITTEN}
+
+    assert bodies["graph.revokeSignInSessions"] == [None]
+    assert schema.action("graph.revokeSignInSessions", "graph.user").parameters == {}
+    assert [
+        schema.check_action(b, "graph.confirmCompromised", "Collection(graph.riskyUser)")
+        for b in bodies["graph.confirmCompromised"]
+    ] == [[]]
+    assert [schema.check(b, "microsoft.graph.user") for b in bodies["graph.updateUser"]] == [[]]
+    assert [b["accountEnabled"] for b in bodies["graph.updateUser"]] == [False]
+    assert [schema.check_action(b, "graph.sendMail", "graph.user") for b in bodies["graph.sendMail"]] == [[], []]
+    # What the mail carries, in the message type's own terms: subject, itemBody, recipients, importance.
+    message = bodies["graph.sendMail"][0]["Message"]
+    assert {"subject", "body", "toRecipients", "importance"} <= set(message)
+    assert [(m["Message"]["body"]["contentType"], m["Message"]["importance"]) for m in bodies["graph.sendMail"]] == [
+        ("html", "high"),
+        ("text", "low"),
+    ]
+
+
+def test_what_the_writes_serve_fits_the_schema(schema: Schema, simulator_factory: Callable[..., Simulator]) -> None:
+    sim = simulator_factory(RICH_TENANT)
+    token = sim.issue_token("https://graph.microsoft.com")
+    with httpx.Client(base_url=sim.graph_url, headers={"Authorization": f"Bearer {token}"}, verify=TLS) as client:
+        revoked = client.post(f"/users/{USER_ID}/revokeSignInSessions").json()
+        client.post("/identityProtection/riskyUsers/confirmCompromised", json={"userIds": [USER_ID]})
+        client.patch(f"/users/{USER_ID}", json={"accountEnabled": False}).raise_for_status()
+        user = served(client, f"/users/{USER_ID}")
+        risky = served(client, f"/identityProtection/riskyUsers/{USER_ID}")
+
+    returns = schema.action("graph.revokeSignInSessions", "graph.user").returns
+    assert returns == "Edm.Boolean"
+    assert revoked["@odata.context"].endswith(f"#{returns}")
+    assert schema.check(revoked["value"], returns) == []
+    assert schema.check(user, "microsoft.graph.user") == []
+    assert user["accountEnabled"] is False
+    assert schema.check(risky, "microsoft.graph.riskyUser") == []
+    assert (risky["riskLevel"], risky["riskState"]) == ("high", "confirmedCompromised")
+
+
+ROUTES_WRITTEN = ("graph.revokeSignInSessions", "graph.confirmCompromised", "graph.updateUser", "graph.sendMail")
+SEND_MAIL: dict[str, Any] = {
+    "Message": {
+        "subject": "Contained",
+        "body": {"contentType": "html", "content": "<p>Erin</p>"},
+        "toRecipients": [recipient("soc@contoso.com")],
+        "importance": "high",
+    },
+    "SaveToSentItems": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "action", "bound_to", "problem"),
+    [
+        (SEND_MAIL, "graph.sendMail", "graph.user", None),
+        (
+            _broken(lambda b: b.update(saveToSentItem=True), SEND_MAIL),
+            "graph.sendMail",
+            "graph.user",
+            "not a parameter",
+        ),
+        (
+            {"SaveToSentItems": True},
+            "graph.sendMail",
+            "graph.user",
+            "$.Message: a parameter of microsoft.graph.sendMail",
+        ),
+        (
+            _broken(lambda b: b["Message"]["body"].update(contentType="markdown"), SEND_MAIL),
+            "graph.sendMail",
+            "graph.user",
+            "$.Message.body.contentType: 'markdown' is not a member of microsoft.graph.bodyType",
+        ),
+        (
+            _broken(lambda b: b["Message"].update(toRecipients=[{"address": "soc@contoso.com"}]), SEND_MAIL),
+            "graph.sendMail",
+            "graph.user",
+            "$.Message.toRecipients[0].address: not a property of microsoft.graph.recipient",
+        ),
+        (
+            _broken(lambda b: b["Message"].update(importance="urgent"), SEND_MAIL),
+            "graph.sendMail",
+            "graph.user",
+            "'urgent' is not a member of microsoft.graph.importance",
+        ),
+        (
+            {"userIds": USER_ID},
+            "graph.confirmCompromised",
+            "Collection(graph.riskyUser)",
+            "$.userIds: expected a JSON array",
+        ),
+        (
+            {"userIds": [USER_ID], "servicePrincipalIds": []},
+            "graph.confirmCompromised",
+            "Collection(graph.riskyUser)",
+            "$.servicePrincipalIds: not a parameter of microsoft.graph.confirmCompromised",
+        ),
+    ],
+)
+def test_the_checker_reads_action_parameters_from_the_schema(
+    schema: Schema, body: Any, action: str, bound_to: str, problem: str | None
+) -> None:
+    problems = schema.check_action(body, action, bound_to)
+
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in p for p in problems), problems

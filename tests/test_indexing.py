@@ -96,12 +96,14 @@ def run_indexer(folder: Path) -> tuple[int, dict[str, Any]]:
     return done.returncode, result
 
 
-def test_runtime_indexes_exactly_the_two_functions() -> None:
+def test_runtime_indexes_exactly_the_six_functions() -> None:
     code, result = run_indexer(ROOT)
 
     assert code == 0, f"the Functions runtime refused function_app.py: {result}"
     functions = result["functions"]
-    assert sorted(functions) == ["alerts", "process_event"]
+    assert sorted(functions) == [
+        "alerts", "process_event", "restricted_users", "unblock_user", "user_status", "verify_unblock",
+    ]  # fmt: skip
 
     alerts = functions["alerts"]
     assert alerts["raw_bindings"] == [
@@ -138,6 +140,28 @@ def test_runtime_indexes_exactly_the_two_functions() -> None:
     assert process_event["is_async"]
     assert not process_event["is_http_func"]
     assert not process_event["has_return"]
+
+    assert functions["verify_unblock"]["raw_bindings"] == [
+        {
+            "direction": "IN",
+            "type": "queueTrigger",
+            "name": "msg",
+            "queueName": "restriction-verify",
+            "connection": "AzureWebJobsStorage",
+        }
+    ]
+    admin_routes = {
+        name: (functions[name]["raw_bindings"][0]["route"], functions[name]["raw_bindings"][0]["methods"])
+        for name in ("unblock_user", "user_status", "restricted_users")
+    }
+    assert admin_routes == {
+        "unblock_user": ("users/{upn}/unblock", ["POST"]),
+        "user_status": ("users/{upn}", ["GET"]),
+        "restricted_users": ("restricted", ["GET"]),
+    }
+    for name in admin_routes:
+        assert functions[name]["raw_bindings"][0]["authLevel"] == "FUNCTION"  # plus the Entra token, checked inside
+        assert functions[name]["is_async"]
 
     for function in functions.values():
         assert function["script_file"] == "function_app.py"

@@ -204,7 +204,7 @@ def test_the_policy_version_follows_content_not_formatting() -> None:
         ("alert_names: ['Tenant restricted from sending email']", "tenant-level alerts"),
         ("allow: [{name: x, domains: ['@contoso.com']}]", "is not a domain"),
         ("allow: [{name: x}]", "names no users, domains or groups"),
-        ("ticket: {system: servicenow}", "not supported by this version"),
+        ("ticket: {system: jira}", "ticket.jira.project: is required when ticket.system is jira"),
         ("guards: {max_unblocks_per_user: {count: 1}}", "guards.max_unblocks_per_user.days: is required"),
         ("mode: [", "not valid YAML"),
         ("- a list", "expected a mapping"),
@@ -215,15 +215,26 @@ def test_policy_mistakes_are_reported(text: str, problem: str) -> None:
         load_policy_text(text)
 
 
-def test_the_design_example_policy_loads_and_what_is_not_enforced_yet_is_said() -> None:
+def test_the_design_example_policy_loads_with_containment_and_notification_off() -> None:
     policy = load_policy_text(DESIGN_POLICY_EXAMPLE)
     assert policy.group_ids() == {"g1"}
-    assert policy.notes == ()
-    containing = load_policy_text("containment: {disable_account: true}\nnotify: {user: true}")
-    assert containing.notes == (
-        "containment.disable_account is read but not enforced by this version",
-        "notify.user is read but not enforced by this version",
+    assert not policy.containment.any
+    assert (policy.notify.user, policy.notify.recipients) == (False, ())
+    assert policy.ticket_system == "webhook"
+
+
+def test_containment_notification_and_ticket_options_are_read_typed() -> None:
+    policy = load_policy_text(
+        "containment: {disable_account: true}\n"
+        "notify: {user: true, recipients: [SOC@Contoso.com], sender: RSR@contoso.com}\n"
+        "ticket: {system: servicenow, servicenow: {table: sn_si_incident, fields: {assignment_group: SOC}}}"
     )
+    assert policy.containment.disable_account
+    assert not policy.containment.revoke_sessions
+    assert policy.notify.recipients == ("soc@contoso.com",)
+    assert policy.notify.sender == "rsr@contoso.com"
+    assert policy.ticket.servicenow_table == "sn_si_incident"
+    assert policy.ticket.servicenow_fields == {"assignment_group": "SOC"}
 
 
 def test_secrets_never_show_in_settings_repr() -> None:

@@ -11,10 +11,17 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.actions import Actor
+from restricted_sender.actions import Actor, TicketDesk
 from restricted_sender.errors import MalformedPayload, PolicyError, QueueUnavailable
 from restricted_sender.facts import FactSources
-from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryQueue, MemoryStore
+from restricted_sender.fakes import (
+    FakeDirectory,
+    FakeExchange,
+    FakeTickets,
+    MemoryDelayedQueue,
+    MemoryQueue,
+    MemoryStore,
+)
 from restricted_sender.model import DirectoryUser, RestrictionEvent, UnblockEntry, UnblockKind
 from restricted_sender.pipeline import Intake, Processor
 from restricted_sender.policy import Policy, load_policy_text
@@ -60,14 +67,21 @@ class World:
         self.directory = CountingDirectory(users)
         self.tickets = FakeTickets()
         self.store = MemoryStore()
+        self.verify = MemoryDelayedQueue()
         self.clock = FixedClock(NOW)
         self.intake = Intake(queue=self.queue, clock=self.clock, policy=policy)
         self.processor = Processor(
             sources=FactSources(self.exchange, self.directory, self.store),
-            actor=Actor(self.exchange, self.tickets, self.store, tenant_id="t"),
+            actor=self.actor(),
             store=self.store,
             clock=self.clock,
             policy=policy,
+        )
+
+    def actor(self, **options: Any) -> Actor:
+        desk = TicketDesk(self.tickets, self.store, self.clock, wait_seconds=0.5, poll_seconds=0.01)
+        return Actor(
+            self.exchange, self.directory, desk, self.store, tenant_id="t", verifications=self.verify, **options
         )
 
     def run(self, *payloads: dict[str, Any]) -> list[Any]:
@@ -209,7 +223,7 @@ def test_a_block_lifted_before_the_unblock_ran_spends_nothing() -> None:
 
     world = World([blocked("alice@contoso.com")], [ALICE])
     world.exchange = LiftedMeanwhile(world.exchange.rows)
-    world.processor.actor = Actor(world.exchange, world.tickets, world.store, tenant_id="t")
+    world.processor.actor = world.actor()
     [record] = world.run(alert_v2("alice@contoso.com"))
     assert record.decision.outcome.value == "unblock"
     assert [(a.kind, a.status.value) for a in record.actions] == [("unblock", "skipped")]

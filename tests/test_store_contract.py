@@ -27,9 +27,19 @@ from restricted_sender.adapters.tables import (
 )
 from restricted_sender.errors import TransientServiceError
 from restricted_sender.fakes import MemoryStore
-from restricted_sender.model import UnblockEntry, UnblockKind
+from restricted_sender.model import TicketRef, UnblockEntry, UnblockKind
 from restricted_sender.policy import Budget
-from restricted_sender.ports import CLAIM_LEASE, BudgetRefusal, ClaimResult, Store
+from restricted_sender.ports import (
+    CLAIM_LEASE,
+    TICKET_LEASE,
+    TICKET_NOTED_KEEP,
+    BudgetRefusal,
+    ClaimResult,
+    Store,
+    TicketSlot,
+    noted_with,
+    resolve_ticket,
+)
 from simulator.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, free_port
 
 T = TypeVar("T")
@@ -441,6 +451,191 @@ def test_an_audit_record_with_nested_evidence_round_trips_as_equal_json(open_sto
     assert run(open_store, scenario) == [json.loads(json.dumps(record))]
 
 
+# The ticket ledger: one ticket per restriction ----------------------------------------------------------
+
+CORRELATION = "rsr-5db33eddd557cf420a66c5732be18eaa"
+TICKET = TicketRef(id="a1b2c3", label="INC0010001", url="https://contoso.service-now.com/incident/a1b2c3")
+CREATE, WAIT = TicketSlot("create"), TicketSlot("wait")
+UPDATE, DONE = TicketSlot("update", TICKET), TicketSlot("done", TICKET)
+ODD_CORRELATIONS = [  # ours are rsr-<hex>; Table keys may not hold / \ # ? and keys are case-sensitive
+    "rsr-odd/one?x=1#frag\\end",
+    "RSR-ODD/ONE?X=1#FRAG\\END",
+    "rsr-~7E41",
+    "rsr-~41",
+    "rsr-A",
+    "rsr-a",
+    "rsr-zoë ✉ %41",
+    "rsr-tab\tnewline\n",
+]
+
+
+def begin(correlation_id: str, event_id: str, now: datetime) -> Callable[[Store], Awaitable[TicketSlot]]:
+    return lambda store: store.begin_ticket(correlation_id, event_id, now)
+
+
+def test_the_first_event_creates_the_next_waits_and_after_the_ticket_is_recorded_updates_it_once(
+    open_store: OpenStore,
+) -> None:
+    async def scenario(store: Store) -> list[TicketSlot]:
+        slots = [await store.begin_ticket(CORRELATION, "e1", T0), await store.begin_ticket(CORRELATION, "e2", T0)]
+        await store.ticket_opened(CORRELATION, "e1", TICKET, T0 + timedelta(seconds=3))
+        later = T0 + timedelta(seconds=10)
+        slots += [await store.begin_ticket(CORRELATION, e, later) for e in ("e1", "e2")]
+        await store.ticket_noted(CORRELATION, "e2", later)
+        await store.ticket_noted(CORRELATION, "e2", later)  # a retry: harmless
+        slots += [await store.begin_ticket(CORRELATION, e, later) for e in ("e2", "e1", "e3")]
+        return slots
+
+    assert run(open_store, scenario) == [CREATE, WAIT, DONE, UPDATE, DONE, DONE, UPDATE]
+
+
+def test_the_owners_retry_creates_again_and_renews_its_lease(open_store: OpenStore) -> None:
+    retried = T0 + timedelta(seconds=90)
+    steps = [
+        ("e1", T0),
+        ("e1", retried),  # its own retry: create again (it never recorded a ticket)
+        ("e2", T0 + TICKET_LEASE + timedelta(seconds=1)),  # the first lease ran out, the renewed one did not
+        ("e2", retried + TICKET_LEASE + timedelta(seconds=1)),
+    ]
+
+    async def scenario(store: Store) -> list[TicketSlot]:
+        return [await store.begin_ticket(CORRELATION, event, now) for event, now in steps]
+
+    assert run(open_store, scenario) == [CREATE, CREATE, WAIT, CREATE]
+
+
+def test_another_event_takes_over_only_after_the_lease_and_then_the_first_owner_waits(open_store: OpenStore) -> None:
+    expired = T0 + TICKET_LEASE + timedelta(seconds=1)
+
+    async def scenario(store: Store) -> list[TicketSlot]:
+        slots = [
+            await store.begin_ticket(CORRELATION, "crashed", T0),
+            await store.begin_ticket(CORRELATION, "e2", T0 + TICKET_LEASE),  # exactly at the lease end: still held
+            await store.begin_ticket(CORRELATION, "e2", expired),
+            await store.begin_ticket(CORRELATION, "crashed", expired),
+        ]
+        await store.ticket_opened(CORRELATION, "e2", TICKET, expired)
+        return [*slots, await store.begin_ticket(CORRELATION, "crashed", expired)]
+
+    assert run(open_store, scenario) == [CREATE, WAIT, CREATE, WAIT, UPDATE]
+
+
+def test_the_first_ticket_recorded_stays_the_restrictions_ticket(open_store: OpenStore) -> None:
+    # The crashed owner's slow create and the taker's both landed: the ledger keeps pointing at one of them.
+    second = TicketRef(id="d4e5f6", label="INC0010002")
+
+    async def scenario(store: Store) -> list[TicketSlot]:
+        await store.begin_ticket(CORRELATION, "e1", T0)
+        await store.begin_ticket(CORRELATION, "e2", T0 + 2 * TICKET_LEASE)
+        await store.ticket_opened(CORRELATION, "e1", TICKET, T0 + 2 * TICKET_LEASE)
+        await store.ticket_opened(CORRELATION, "e2", second, T0 + 2 * TICKET_LEASE)
+        return [await store.begin_ticket(CORRELATION, e, T0 + 3 * TICKET_LEASE) for e in ("e1", "e2", "e3")]
+
+    assert run(open_store, scenario) == [DONE, DONE, UPDATE]
+
+
+def test_a_ticket_recorded_without_a_slot_is_kept_and_a_url_is_optional(open_store: OpenStore) -> None:
+    bare = TicketRef(id="42", label="42")  # e.g. found again by find_open after a crash
+
+    async def scenario(store: Store) -> list[TicketSlot]:
+        await store.ticket_opened(CORRELATION, "e1", bare, T0)
+        return [await store.begin_ticket(CORRELATION, e, T0) for e in ("e1", "e2")]
+
+    assert run(open_store, scenario) == [TicketSlot("done", bare), TicketSlot("update", bare)]
+
+
+def test_noting_an_event_before_any_ticket_is_recorded_changes_nothing(open_store: OpenStore) -> None:
+    async def scenario(store: Store) -> list[TicketSlot]:
+        await store.ticket_noted("rsr-unknown", "e1", T0)
+        slots = [await store.begin_ticket(CORRELATION, "e1", T0)]
+        await store.ticket_noted(CORRELATION, "e2", T0)
+        await store.ticket_opened(CORRELATION, "e1", TICKET, T0)
+        return [
+            *slots,
+            await store.begin_ticket(CORRELATION, "e2", T0),
+            await store.begin_ticket("rsr-unknown", "e1", T0),
+        ]
+
+    assert run(open_store, scenario) == [CREATE, UPDATE, CREATE]
+
+
+def test_the_noted_set_keeps_the_newest_events_only(open_store: OpenStore) -> None:
+    events = [f"{i:032x}" for i in range(TICKET_NOTED_KEEP + 5)]
+
+    async def scenario(store: Store) -> list[TicketSlot]:
+        await store.begin_ticket(CORRELATION, events[0], T0)
+        await store.ticket_opened(CORRELATION, events[0], TICKET, T0)
+        for event in events[1:]:
+            await store.ticket_noted(CORRELATION, event, T0)
+        return [await store.begin_ticket(CORRELATION, e, T0) for e in (events[4], events[5], events[-1])]
+
+    # The oldest five fell out (a late retry of one of them would add a second note, never a second ticket).
+    assert run(open_store, scenario) == [UPDATE, DONE, DONE]
+
+
+def test_correlation_ids_with_reserved_or_odd_characters_are_distinct_and_safe(open_store: OpenStore) -> None:
+    tickets = {c: TicketRef(id=str(i), label=f"T-{i}") for i, c in enumerate(ODD_CORRELATIONS)}
+
+    async def scenario(store: Store) -> tuple[list[TicketSlot], list[TicketSlot]]:
+        first = [await store.begin_ticket(c, "e1", T0) for c in ODD_CORRELATIONS]
+        for correlation, ticket in tickets.items():
+            await store.ticket_opened(correlation, "e1", ticket, T0)
+        return first, [await store.begin_ticket(c, "e2", T0) for c in ODD_CORRELATIONS]
+
+    first, second = run(open_store, scenario)
+    assert first == [CREATE] * len(ODD_CORRELATIONS)
+    assert second == [TicketSlot("update", tickets[c]) for c in ODD_CORRELATIONS]
+
+
+def test_two_events_beginning_at_once_get_exactly_one_create(open_store: OpenStore) -> None:
+    async def scenario(store: Store) -> list[list[str]]:
+        rounds: list[list[str]] = []
+        for i in range(3):
+            slots = await asyncio.gather(*(store.begin_ticket(f"rsr-fresh-{i}", e, T0) for e in ("e1", "e2")))
+            rounds.append(sorted(slot.action for slot in slots))
+        return rounds
+
+    assert run(open_store, scenario) == [["create", "wait"]] * 3
+
+
+def test_many_takers_after_the_lease_get_exactly_one_create(open_store: OpenStore) -> None:
+    expired = T0 + TICKET_LEASE + timedelta(minutes=1)
+
+    async def scenario(store: Store) -> list[str]:
+        await store.begin_ticket(CORRELATION, "crashed", T0)
+        slots = await asyncio.gather(*(store.begin_ticket(CORRELATION, f"e{i}", expired) for i in range(RACERS)))
+        return sorted(slot.action for slot in slots)
+
+    assert run(open_store, scenario) == ["create"] + ["wait"] * (RACERS - 1)
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"owner": "e1", "started_at": T0, "ticket": None, "noted": []}, CREATE),
+        ({"owner": "e0", "started_at": T0, "ticket": None, "noted": []}, WAIT),
+        ({"owner": "e0", "started_at": T0 - TICKET_LEASE, "ticket": None, "noted": []}, WAIT),
+        (
+            {"owner": "e0", "started_at": T0 - TICKET_LEASE - timedelta(microseconds=1), "ticket": None, "noted": []},
+            CREATE,
+        ),
+        ({"owner": "e0", "started_at": T0, "ticket": TICKET, "noted": ["e0"]}, UPDATE),
+        ({"owner": "e0", "started_at": T0 - 9 * TICKET_LEASE, "ticket": TICKET, "noted": ["e0", "e1"]}, DONE),
+        ({"owner": "e1", "started_at": T0, "ticket": TICKET, "noted": []}, UPDATE),  # recorded by a taker
+    ],
+    ids=["own-retry", "held", "at-the-lease-end", "past-the-lease", "recorded", "noted", "owner-not-noted"],
+)
+def test_what_a_ledger_row_means_for_event_e1(row: dict[str, Any], expected: TicketSlot) -> None:
+    assert resolve_ticket(**row, event_id="e1", now=T0) == expected
+
+
+def test_noting_adds_once_and_keeps_the_newest() -> None:
+    assert noted_with(["a", "b"], "b") == ["a", "b"]
+    assert noted_with(["a", "b"], "c") == ["a", "b", "c"]
+    full = [str(i) for i in range(TICKET_NOTED_KEEP)]
+    assert noted_with(full, "new") == [*full[1:], "new"]
+
+
 # Azure Table Storage only: races between instances, and errors --------------------------------------------
 
 
@@ -490,6 +685,19 @@ def test_two_deliveries_racing_to_take_over_an_expired_lease_get_exactly_one_res
     expired = T0 + CLAIM_LEASE + timedelta(minutes=1)
     pairs = race(open_table_store, [claim_at(key, expired) for key in keys])
     assert [sorted(pair) for pair in pairs] == [sorted([RESUMED, DUPLICATE])] * 5
+
+
+def begin_at(correlation_id: str, now: datetime) -> Callable[[Store, str], Awaitable[str]]:
+    async def call(store: Store, event_id: str) -> str:
+        return (await store.begin_ticket(correlation_id, event_id, now)).action
+
+    return call
+
+
+@pytest.mark.azurite
+def test_two_instances_racing_for_a_new_ticket_get_exactly_one_create(open_table_store: OpenStore) -> None:
+    pairs = race(open_table_store, [begin_at(f"rsr-fresh-{i}", T0) for i in range(5)])
+    assert [sorted(pair) for pair in pairs] == [["create", "wait"]] * 5
 
 
 @pytest.fixture(params=["sqlite-file", pytest.param("tables", marks=pytest.mark.azurite)])
@@ -575,6 +783,21 @@ def test_racing_instances_never_spend_more_than_one_users_budget(open_shared_sto
     assert len(run(open_shared_store, alice)) == ROUNDS
 
 
+def test_racing_instances_take_over_an_expired_ticket_lease_exactly_once(open_shared_store: OpenStore) -> None:
+    correlations = [f"rsr-stale-{r}" for r in range(ROUNDS)]
+
+    async def crashed_holder(store: Store) -> list[TicketSlot]:
+        return [await store.begin_ticket(c, "crashed", T0) for c in correlations]
+
+    assert run(open_shared_store, crashed_holder) == [CREATE] * ROUNDS
+    expired = T0 + TICKET_LEASE + timedelta(minutes=1)
+    rounds = [[begin(c, f"e{i}", expired) for i in range(RACERS)] for c in correlations]
+    results = race_rounds(open_shared_store, rounds)
+    assert [sorted(slot.action for slot in outcome) for outcome in results] == [
+        ["create"] + ["wait"] * (RACERS - 1)
+    ] * ROUNDS
+
+
 def closed_port_store() -> TableStore:
     from azure.data.tables.aio import TableServiceClient
 
@@ -594,6 +817,9 @@ OPERATIONS: dict[str, Callable[[Store], Awaitable[object]]] = {
     "reserve_unblock": lambda s: s.reserve_unblock(unblock(ALICE, "e1", T0), user_budget=WEEK, tenant_budget=HOUR),
     "append_audit": lambda s: s.append_audit(audit_record("e1", ALICE, "2026-11-27T08:00:00Z", "wait")),
     "audit": lambda s: s.audit(),
+    "begin_ticket": lambda s: s.begin_ticket(CORRELATION, "e1", T0),
+    "ticket_opened": lambda s: s.ticket_opened(CORRELATION, "e1", TICKET, T0),
+    "ticket_noted": lambda s: s.ticket_noted(CORRELATION, "e1", T0),
 }
 
 

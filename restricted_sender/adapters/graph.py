@@ -11,7 +11,7 @@ import httpx
 
 from ..errors import ServiceError, ServiceRefused, TransientServiceError
 from ..mailbox import InboxRule, parse_rules
-from ..model import DirectoryUser
+from ..model import DirectoryUser, Mail
 from .identity import GRAPH_SCOPE
 
 if TYPE_CHECKING:
@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from msgraph.graph_service_client import GraphServiceClient
 
 T = TypeVar("T")
+# 403 answers that mean "the tenant lacks the licence" (Entra ID P2 for Identity Protection), not "the app lacks
+# the permission". Identity Protection answers both with code ``Forbidden``: only the message tells them apart
+# ("Your tenant is not licensed for this feature." vs "... required scopes are missing in the token.").
+_UNLICENSED_CODES = frozenset(
+    {"authentication_requestfromnonpremiumtenantorb2ctenant", "tenantnotlicensed", "aadpremiumlicenserequired"}
+)
+_UNLICENSED_PHRASES = ("not licensed", "premium license", "requires a subscription")
 USER_FIELDS = ["id", "userPrincipalName", "mail", "accountEnabled", "userType", "createdDateTime"]
 CHECK_MEMBER_GROUPS_LIMIT = 20  # ids per checkMemberGroups call, the service's own limit
 
@@ -170,39 +177,116 @@ class GraphDirectory:
             found.update(g.lower() for g in (result.value or []))
         return frozenset(found)
 
+    # -- containment and mail (writes) ---------------------------------------------------------------
+
+    async def revoke_sessions(self, object_id: str) -> None:
+        request = self._client.users.by_user_id(object_id).revoke_sign_in_sessions.to_post_request_information()
+        found = await self._write(request, permission="User.RevokeSessions.All")
+        if isinstance(found, dict) and found.get("value") is False:
+            raise ServiceRefused(self.service, f"revokeSignInSessions answered false for {object_id}")
+
+    async def confirm_compromised(self, object_id: str) -> bool:
+        from msgraph.generated.identity_protection.risky_users.confirm_compromised import (
+            confirm_compromised_post_request_body as action,
+        )
+
+        body = action.ConfirmCompromisedPostRequestBody(user_ids=[object_id])
+        request = self._client.identity_protection.risky_users.confirm_compromised.to_post_request_information(body)
+        try:
+            await self._write(request, permission="IdentityRiskyUser.ReadWrite.All")
+        except NotLicensed:
+            return False  # no Entra ID P2: Identity Protection is not there to tell
+        return True
+
+    async def disable_account(self, object_id: str) -> None:
+        from msgraph.generated.models.user import User
+
+        request = self._client.users.by_user_id(object_id).to_patch_request_information(User(account_enabled=False))
+        await self._write(request, permission="User.EnableDisableAccount.All")
+
+    async def send_mail(self, sender: str, mail: Mail) -> None:
+        from msgraph.generated.models.body_type import BodyType
+        from msgraph.generated.models.email_address import EmailAddress
+        from msgraph.generated.models.importance import Importance
+        from msgraph.generated.models.item_body import ItemBody
+        from msgraph.generated.models.message import Message
+        from msgraph.generated.models.recipient import Recipient
+        from msgraph.generated.users.item.send_mail.send_mail_post_request_body import SendMailPostRequestBody
+
+        message = Message(
+            subject=mail.subject,
+            body=ItemBody(content_type=BodyType.Html if mail.html else BodyType.Text, content=mail.body),
+            to_recipients=[Recipient(email_address=EmailAddress(address=address)) for address in mail.to],
+            importance=Importance(mail.importance.lower()),
+        )
+        body = SendMailPostRequestBody(message=message, save_to_sent_items=True)
+        request = self._client.users.by_user_id(sender).send_mail.to_post_request_information(body)
+        await self._write(request, permission="Mail.Send")
+
+    async def _write(self, request: RequestInformation, *, permission: str) -> Any:
+        """Like :meth:`_json` for a write: a 404 (no such user or mailbox) is refused, not ``None``; a 401/403 names
+        ``permission``, the application permission the write needs."""
+        from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+
+        adapter = self._client.request_adapter
+        error_map: dict[str, Any] = {"XXX": ODataError}
+        send = partial(adapter.send_primitive_async, request, "bytes", error_map)
+        raw = await self._call(send, missing=False, permission=permission)
+        if not raw:
+            return None  # 202 Accepted / 204 No Content
+        try:
+            return json.loads(raw)
+        except ValueError as error:
+            raise TransientServiceError(self.service, "response is not JSON") from error
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
         if self._transport is not None:
             await self._transport.aclose()
 
-    async def _call(self, call: Callable[[], Awaitable[T | None]]) -> T | None:
-        """Run an SDK call; ``None`` for 404, typed errors for everything else."""
+    async def _call(
+        self, call: Callable[[], Awaitable[T | None]], *, missing: bool = True, permission: str = "User.Read.All"
+    ) -> T | None:
+        """Run an SDK call; ``None`` for 404 (when ``missing``), typed errors for everything else."""
         from kiota_abstractions.api_error import APIError
 
         try:
             return await call()
         except APIError as error:
             status = error.response_status_code
-            if status == 404:
+            if status == 404 and missing:
                 return None
-            raise _mapped(status, _odata_message(error)) from error
+            if status == 403 and _unlicensed(error):
+                raise NotLicensed(self.service, f"HTTP 403: {_odata_message(error)}", http_status=403) from error
+            raise _mapped(status, _odata_message(error), permission) from error
         except httpx.TimeoutException as error:
             raise TransientServiceError(self.service, f"timed out ({type(error).__name__})") from error
         except httpx.TransportError as error:
             raise TransientServiceError(self.service, f"{type(error).__name__}: {error}") from error
 
 
+class NotLicensed(ServiceRefused):
+    """403 because the tenant lacks the licence for the feature (e.g. Entra ID P2), not the app a permission."""
+
+
+def _unlicensed(error: Exception) -> bool:
+    inner = getattr(error, "error", None)
+    code = str(getattr(inner, "code", None) or "").lower()
+    message = str(getattr(inner, "message", None) or "").lower()
+    return code in _UNLICENSED_CODES or any(phrase in message for phrase in _UNLICENSED_PHRASES)
+
+
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _mapped(status: int | None, message: str) -> ServiceError:
+def _mapped(status: int | None, message: str, permission: str = "User.Read.All") -> ServiceError:
     if status is None or status == 429 or status >= 500:
         # The SDK's retry middleware already waited out Retry-After; the queue retries the event later.
         return TransientServiceError("graph", f"HTTP {status}: {message}", http_status=status)
     if status in (401, 403):
-        message = f"{message} (check the identity's Graph application permissions, e.g. User.Read.All)"
+        message = f"{message} (check the identity's Graph application permissions, e.g. {permission})"
     return ServiceRefused("graph", f"HTTP {status}: {message}", http_status=status)
 
 

@@ -5,8 +5,10 @@ Messages are base64-encoded: the queue trigger decodes base64 by default (host.j
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QueueUnavailable
@@ -58,15 +60,16 @@ class StorageQueue:
             )
         )
 
-    def send(self, message: str) -> None:
+    def send(self, message: str, *, visibility_timeout: int | None = None) -> None:
+        """Store ``message``; with ``visibility_timeout`` (seconds, at most 7 days) it is delivered only then."""
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
             try:
-                self._client.send_message(message)
+                self._client.send_message(message, visibility_timeout=visibility_timeout)
             except ResourceNotFoundError:
                 self._create()  # a new storage account: the queue does not exist until first use
-                self._client.send_message(message)
+                self._client.send_message(message, visibility_timeout=visibility_timeout)
         except AzureError as error:
             raise QueueUnavailable("queue", f"could not queue the event: {error.message}") from error
 
@@ -82,3 +85,20 @@ class StorageQueue:
 
     def close(self) -> None:
         self._client.close()
+
+
+MAX_VISIBILITY_DELAY = timedelta(days=7)  # the Storage queue service's limit
+
+
+class DelayedStorageQueue:
+    """The verification queue for the (async) processor: a send is a few milliseconds, done off the event loop."""
+
+    def __init__(self, queue: StorageQueue) -> None:
+        self._queue = queue
+
+    async def send_later(self, message: str, delay: timedelta) -> None:
+        seconds = int(min(max(delay, timedelta(0)), MAX_VISIBILITY_DELAY).total_seconds())
+        await asyncio.to_thread(self._queue.send, message, visibility_timeout=seconds or None)
+
+    async def close(self) -> None:
+        self._queue.close()

@@ -1,17 +1,31 @@
-"""The embedded store (SQLite) for the CLI and the demo. Same contract as the Table Storage store."""
+"""The embedded store (SQLite) for the CLI and the demo. Same contract as the Table Storage store.
+
+The ticket ledger is the ``tickets`` table: one row per correlation id (its owner and lease start while the
+ticket is being opened, then the ticket), with the events already on the ticket as a JSON list of at most
+``TICKET_NOTED_KEEP`` ids. Every ledger write is one ``BEGIN IMMEDIATE`` transaction: read, decide, write.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..model import UnblockEntry, UnblockKind
-from ..ports import BudgetRefusal, ClaimResult, budget_refusal, resolve_claim
+from ..model import TicketRef, UnblockEntry, UnblockKind
+from ..ports import (
+    BudgetRefusal,
+    ClaimResult,
+    TicketSlot,
+    budget_refusal,
+    noted_with,
+    resolve_claim,
+    resolve_ticket,
+)
 from ..timeutil import iso, parse_instant
 
 if TYPE_CHECKING:
@@ -28,6 +42,10 @@ CREATE TABLE IF NOT EXISTS unblocks (
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL, at TEXT NOT NULL, event_id TEXT NOT NULL,
     record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tickets (
+    correlation_id TEXT PRIMARY KEY, owner TEXT NOT NULL, started_at TEXT NOT NULL,
+    ticket_id TEXT, ticket_label TEXT, ticket_url TEXT, noted TEXT NOT NULL DEFAULT '[]', updated_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_user ON audit (user, seq);
 CREATE INDEX IF NOT EXISTS unblocks_at ON unblocks (at);
@@ -143,6 +161,87 @@ class SqliteStore:
                 raise
         return refusal
 
+    @contextmanager
+    def _immediate(self) -> Iterator[None]:
+        """One write transaction: ``BEGIN IMMEDIATE`` takes the write lock before reading, so another process's
+        read-decide-write waits for this one and then sees its result."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _ledger_row(self, correlation_id: str) -> tuple[str, str, TicketRef | None, list[str]] | None:
+        found = self._db.execute(
+            "SELECT owner, started_at, ticket_id, ticket_label, ticket_url, noted FROM tickets "
+            "WHERE correlation_id = ?",
+            (correlation_id,),
+        ).fetchone()
+        if found is None:
+            return None
+        owner, started_at, ticket_id, label, url, noted = found
+        ticket = None if ticket_id is None else TicketRef(id=ticket_id, label=label, url=url)
+        return owner, started_at, ticket, [str(e) for e in json.loads(noted)]
+
+    async def begin_ticket(self, correlation_id: str, event_id: str, now: datetime) -> TicketSlot:
+        with self._immediate():
+            row = self._ledger_row(correlation_id)
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO tickets (correlation_id, owner, started_at, updated_at) VALUES (?, ?, ?, ?)",
+                    (correlation_id, event_id, _micro(now), _micro(now)),
+                )
+                return TicketSlot("create")
+            owner, started_at, ticket, noted = row
+            slot = resolve_ticket(
+                owner=owner,
+                started_at=parse_instant(started_at),
+                ticket=ticket,
+                noted=noted,
+                event_id=event_id,
+                now=now,
+            )
+            if slot.action == "create":  # the owner's retry renews its lease; a taker writes itself in
+                self._db.execute(
+                    "UPDATE tickets SET owner = ?, started_at = ?, updated_at = ? WHERE correlation_id = ?",
+                    (event_id, _micro(now), _micro(now), correlation_id),
+                )
+            return slot
+
+    async def ticket_opened(self, correlation_id: str, event_id: str, ticket: TicketRef, now: datetime) -> None:
+        with self._immediate():
+            row = self._ledger_row(correlation_id)
+            recorded, noted = (row[2], row[3]) if row else (None, [])
+            kept = recorded or ticket  # the first ticket recorded stays the restriction's ticket
+            self._db.execute(
+                "INSERT INTO tickets (correlation_id, owner, started_at, ticket_id, ticket_label, ticket_url, noted, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (correlation_id) DO UPDATE SET "
+                "ticket_id = excluded.ticket_id, ticket_label = excluded.ticket_label, "
+                "ticket_url = excluded.ticket_url, noted = excluded.noted, updated_at = excluded.updated_at",
+                (
+                    correlation_id,
+                    event_id,
+                    _micro(now),
+                    kept.id,
+                    kept.label,
+                    kept.url,
+                    json.dumps(noted_with(noted, event_id)),
+                    _micro(now),
+                ),
+            )
+
+    async def ticket_noted(self, correlation_id: str, event_id: str, now: datetime) -> None:
+        with self._immediate():
+            row = self._ledger_row(correlation_id)
+            if row is not None and row[2] is not None:  # only a recorded ticket has events on it
+                self._db.execute(
+                    "UPDATE tickets SET noted = ?, updated_at = ? WHERE correlation_id = ?",
+                    (json.dumps(noted_with(row[3], event_id)), _micro(now), correlation_id),
+                )
+
     async def append_audit(self, record: Mapping[str, Any]) -> None:
         with self._lock:
             self._db.execute(
@@ -168,3 +267,8 @@ class SqliteStore:
     async def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _micro(instant: datetime) -> str:
+    """An instant to the microsecond (the lease compares instants), UTC, ``Z``."""
+    return instant.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

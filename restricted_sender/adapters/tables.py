@@ -7,6 +7,13 @@ entries as JSON text. Every write reads both rows, then replaces both in one ent
 conditioned on the ETags it read (or creates a missing row); a concurrent writer makes it fail with 412/409
 and the loop reads again. The tenant row is therefore a serialisation point for every unblock in the tenant:
 fine at the rates the budgets allow (a handful an hour).
+
+The ticket ledger shares the claims table: one row per restriction, PartitionKey ``ledger_key(correlation id)``,
+RowKey ``ticket`` (a claim's RowKey is ``claim``, so the two never meet). It holds ``Owner`` and ``StartedAt``
+(who is opening the ticket, and since when: the lease), then ``TicketId``/``TicketLabel``/``TicketUrl`` once
+the ticket is recorded, and ``Noted``: the events already on the ticket, a JSON list of at most
+``TICKET_NOTED_KEEP`` ids. The first caller creates the row (a conditional insert: of racing callers exactly one
+succeeds); every later change is a merge conditioned on the ETag read, retried on 412 after reading again.
 """
 
 from __future__ import annotations
@@ -21,17 +28,28 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ServiceError, TransientServiceError
-from ..model import UnblockEntry, UnblockKind
-from ..ports import BudgetRefusal, ClaimResult, budget_refusal, resolve_claim
+from ..model import TicketRef, UnblockEntry, UnblockKind
+from ..ports import (
+    TICKET_NOTED_KEEP,
+    BudgetRefusal,
+    ClaimResult,
+    TicketSlot,
+    budget_refusal,
+    noted_with,
+    resolve_claim,
+    resolve_ticket,
+)
 from ..timeutil import iso, parse_instant
 
 if TYPE_CHECKING:
+    from azure.data.tables import TableEntity
     from azure.data.tables.aio import TableClient, TableServiceClient
 
     from ..policy import Budget
 
 MAX_RECORD_CHARS = 30_000  # a string property holds 64 KiB of UTF-16
 _CLAIM_ROW = "claim"
+_TICKET_ROW = "ticket"
 
 BUDGET_PARTITION = "budget"
 TENANT_ROW = "tenant"
@@ -53,6 +71,14 @@ def table_key(value: str) -> str:
     been known to mis-handle it in point look-ups. Injective, so two users never share a key.
     """
     return "".join(c if c in _KEY_SAFE else "".join(f"~{b:02X}" for b in c.encode()) for c in value.lower())
+
+
+def ledger_key(correlation_id: str) -> str:
+    """Like :func:`table_key`, but case-preserving: a correlation id is an exact value, not an address."""
+    return "".join(
+        c if c in _KEY_SAFE or (c.isascii() and c.isupper()) else "".join(f"~{b:02X}" for b in c.encode())
+        for c in correlation_id
+    )
 
 
 class TableStore:
@@ -193,6 +219,82 @@ class TableStore:
             await asyncio.sleep(random.uniform(0.0, 0.02 * 2 ** min(attempt, 5)))
         raise TransientServiceError(
             "store", f"{operation}: the unblock history stayed contended for {MAX_WRITE_TRIES} tries", http_status=412
+        )
+
+    async def begin_ticket(self, correlation_id: str, event_id: str, now: datetime) -> TicketSlot:
+        from azure.core.exceptions import ResourceExistsError
+
+        table = await self._table("claims")
+        key = ledger_key(correlation_id)
+        async with _errors("begin_ticket"):
+            try:
+                await table.create_entity(
+                    {"PartitionKey": key, "RowKey": _TICKET_ROW, "Owner": event_id, "StartedAt": now, "UpdatedAt": now}
+                )
+                return TicketSlot("create")
+            except ResourceExistsError:
+                pass
+            for _ in range(MAX_WRITE_TRIES):
+                row = await _ledger_row(table, key)
+                if row is None:  # rows are never deleted; only a wiped table gets here
+                    raise TransientServiceError("store", "begin_ticket: the ledger row vanished", http_status=404)
+                slot = resolve_ticket(
+                    owner=str(row.get("Owner", "")),
+                    started_at=_instant(row.get("StartedAt")),
+                    ticket=_ticket_of(row),
+                    noted=_noted_of(row),
+                    event_id=event_id,
+                    now=now,
+                )
+                if slot.action != "create":
+                    return slot
+                # The owner's retry renews its lease; a taker writes itself in. One of several wins the ETag.
+                changes = {"Owner": event_id, "StartedAt": now, "UpdatedAt": now}
+                if await _merge_if_unchanged(table, key, row, changes):
+                    return slot
+        raise TransientServiceError(
+            "store", f"begin_ticket: the ledger row stayed contended for {MAX_WRITE_TRIES} tries", http_status=412
+        )
+
+    async def ticket_opened(self, correlation_id: str, event_id: str, ticket: TicketRef, now: datetime) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        table = await self._table("claims")
+        key = ledger_key(correlation_id)
+        async with _errors("ticket_opened"):
+            for _ in range(MAX_WRITE_TRIES):
+                row = await _ledger_row(table, key)
+                if row is None:
+                    try:
+                        entity = {"PartitionKey": key, "RowKey": _TICKET_ROW, "Owner": event_id, "StartedAt": now}
+                        await table.create_entity({**entity, **_ticket_properties(ticket, [event_id], now)})
+                        return
+                    except ResourceExistsError:
+                        continue
+                kept = _ticket_of(row) or ticket  # the first ticket recorded stays the restriction's ticket
+                changes = _ticket_properties(kept, noted_with(_noted_of(row), event_id), now)
+                if await _merge_if_unchanged(table, key, row, changes):
+                    return
+        raise TransientServiceError(
+            "store", f"ticket_opened: the ledger row stayed contended for {MAX_WRITE_TRIES} tries", http_status=412
+        )
+
+    async def ticket_noted(self, correlation_id: str, event_id: str, now: datetime) -> None:
+        table = await self._table("claims")
+        key = ledger_key(correlation_id)
+        async with _errors("ticket_noted"):
+            for _ in range(MAX_WRITE_TRIES):
+                row = await _ledger_row(table, key)
+                if row is None or _ticket_of(row) is None:  # only a recorded ticket has events on it
+                    return
+                noted = _noted_of(row)
+                if event_id in noted:  # a retry: already there
+                    return
+                changes = {"Noted": _noted_text(noted_with(noted, event_id)), "UpdatedAt": now}
+                if await _merge_if_unchanged(table, key, row, changes):
+                    return
+        raise TransientServiceError(
+            "store", f"ticket_noted: the ledger row stayed contended for {MAX_WRITE_TRIES} tries", http_status=412
         )
 
     async def append_audit(self, record: Mapping[str, Any]) -> None:
@@ -348,3 +450,66 @@ def _row_operation(
 
 def _instant(value: object) -> datetime:
     return value if isinstance(value, datetime) else parse_instant(str(value))
+
+
+async def _ledger_row(table: TableClient, key: str) -> TableEntity | None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return await table.get_entity(key, _TICKET_ROW)
+    except ResourceNotFoundError:
+        return None
+
+
+async def _merge_if_unchanged(table: TableClient, key: str, row: TableEntity, changes: Mapping[str, Any]) -> bool:
+    """Merge ``changes`` into the ledger row if it is still as read; ``False`` when another writer came first."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import HttpResponseError
+    from azure.data.tables import UpdateMode
+
+    try:
+        await table.update_entity(
+            {"PartitionKey": key, "RowKey": _TICKET_ROW, **changes},
+            mode=UpdateMode.MERGE,
+            etag=row.metadata["etag"],
+            match_condition=MatchConditions.IfNotModified,
+        )
+    except HttpResponseError as error:
+        if error.status_code == 412:
+            return False
+        raise
+    return True
+
+
+def _ticket_of(row: Mapping[str, Any]) -> TicketRef | None:
+    ticket_id = row.get("TicketId")
+    if not ticket_id:
+        return None
+    url = row.get("TicketUrl")
+    return TicketRef(id=str(ticket_id), label=str(row.get("TicketLabel") or ticket_id), url=str(url) if url else None)
+
+
+def _noted_of(row: Mapping[str, Any]) -> list[str]:
+    return [str(e) for e in json.loads(str(row.get("Noted") or "[]"))]
+
+
+def _noted_text(noted: Sequence[str]) -> str:
+    """The noted ids as JSON: the newest ``TICKET_NOTED_KEEP``, fewer if they would not fit in one property."""
+    kept = list(noted)[-TICKET_NOTED_KEEP:]
+    text = json.dumps(kept)
+    while len(text) > MAX_RECORD_CHARS:
+        kept = kept[1:]
+        text = json.dumps(kept)
+    return text
+
+
+def _ticket_properties(ticket: TicketRef, noted: Sequence[str], now: datetime) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "TicketId": ticket.id,
+        "TicketLabel": ticket.label,
+        "Noted": _noted_text(noted),
+        "UpdatedAt": now,
+    }
+    if ticket.url:
+        properties["TicketUrl"] = ticket.url
+    return properties

@@ -1,17 +1,22 @@
-"""Ticket systems. This version speaks the generic webhook: POST the record and evidence as JSON."""
+"""The generic ticket webhook: POST the ticket as JSON, signed, with an ``Idempotency-Key``.
+
+A new ticket is ``{"kind": "open", "correlation_id", "title", "text", "severity", "record", "evidence"}`` keyed by the
+correlation id; a later report of the same restriction is ``{"kind": "update", "ticket", "correlation_id",
+"note"}`` keyed by the correlation id and the note, so a receiver can drop exact repeats.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 import httpx
 
 from ..errors import ServiceRefused
+from ..model import TicketContent, TicketRef
 from ..retry import RetryPolicy, with_retries
 from ..settings import Secret
 from .http import send
@@ -23,6 +28,7 @@ def signature(secret: str, body: bytes) -> str:
 
 
 class WebhookTickets:
+    name = "webhook"
     service = "tickets"
 
     def __init__(
@@ -33,14 +39,35 @@ class WebhookTickets:
         self._secret = secret
         self._retry = retry or RetryPolicy()
 
-    async def open(self, correlation_id: str, record: Mapping[str, Any]) -> str:
-        body = json.dumps(record, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Idempotency-Key": correlation_id}
+    async def find_open(self, correlation_id: str) -> TicketRef | None:
+        return None  # a webhook cannot be searched; the receiver dedupes on Idempotency-Key instead
+
+    async def create(self, content: TicketContent) -> TicketRef:
+        body = {
+            "kind": "open",
+            "correlation_id": content.correlation_id,
+            "title": content.title,
+            "severity": content.severity,
+            "text": content.text,
+            "record": content.record.get("record"),
+            "evidence": content.record.get("evidence"),
+        }
+        reference = await self._post(body, content.correlation_id)
+        return TicketRef(id=reference, label=reference)
+
+    async def update(self, ticket: TicketRef, content: TicketContent) -> None:
+        note_key = hashlib.sha256(content.update.encode("utf-8")).hexdigest()[:16]
+        body = {"kind": "update", "ticket": ticket.id, "correlation_id": content.correlation_id, "note": content.update}
+        await self._post(body, f"{content.correlation_id}:{note_key}")
+
+    async def _post(self, payload: dict[str, Any], key: str) -> str:
+        body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         if self._secret is not None:
             headers["X-Signature"] = signature(self._secret.reveal(), body)
-        return await with_retries(lambda: self._post(body, headers), self._retry)
+        return await with_retries(lambda: self._send(body, headers), self._retry)
 
-    async def _post(self, body: bytes, headers: dict[str, str]) -> str:
+    async def _send(self, body: bytes, headers: dict[str, str]) -> str:
         response = await send(
             self.service,
             "webhook",

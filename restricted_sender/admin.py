@@ -1,0 +1,282 @@
+"""The admin side (design §7): a manual unblock by an authenticated operator, a user's status, the restricted list,
+and ``check`` (facts and the decision, no action).
+
+A manual unblock evaluates the same policy as the automatic path. Guard failures come back as warnings; a deny
+match, a spent budget or an unloadable policy stop it unless the operator passes ``force``. It acts whatever
+the policy's ``mode`` (report-only governs the automation, not an operator's explicit request), is recorded with
+the operator and the justification, counts against the budgets, and is verified like any other unblock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import decide as rules
+from .actions import Actor, evidence
+from .errors import Conflict, MalformedPayload, NotFound, PolicyError, ServiceRefused
+from .facts import FactSources, gather_facts
+from .model import (
+    Action,
+    ActionStatus,
+    Decision,
+    DecisionRecord,
+    DirectoryUser,
+    Facts,
+    Operator,
+    Outcome,
+    Reason,
+    RestrictionEvent,
+    Source,
+    UnblockKind,
+    UserRef,
+    stable_id,
+)
+from .pipeline import log_decision
+from .policy import Policy, default_policy
+from .ports import Clock, Store
+
+MANUAL = "manual"
+FORCED = "manual:forced"
+FORCE_REQUIRED = "manual:force-required"
+MAX_JUSTIFICATION = 1000
+MAX_HISTORY = 50
+_ADDRESS = re.compile(r"^[^@\s/\\]{1,64}@[^@\s/\\]{1,255}\.[^@\s/\\]+$")
+# Reasons a manual unblock only overrides on purpose: the admin's own deny list, the budgets, no usable policy.
+_NEEDS_FORCE = (rules.GUARD_USER_BUDGET, rules.GUARD_TENANT_BUDGET, rules.POLICY_INVALID)
+
+
+@dataclass(frozen=True, slots=True)
+class UnblockRequest:
+    justification: str
+    force: bool = False
+
+
+def parse_address(upn: str) -> str:
+    address = upn.strip().lower()
+    if not _ADDRESS.match(address):
+        raise MalformedPayload(f"{upn[:100]!r} is not a user principal name or mail address")
+    return address
+
+
+def parse_unblock_request(body: bytes) -> UnblockRequest:
+    try:
+        data = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise MalformedPayload(f"the body is not JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise MalformedPayload('the body must be a JSON object: {"justification": "...", "force": false}')
+    unknown = sorted(set(data) - {"justification", "force"})
+    if unknown:
+        raise MalformedPayload(f"unknown fields: {', '.join(unknown)} (expected justification, force)")
+    justification = data.get("justification")
+    if not isinstance(justification, str) or len(justification.strip()) < 3:
+        raise MalformedPayload("justification is required: say why this user may send again (3 characters or more)")
+    if len(justification) > MAX_JUSTIFICATION:
+        raise MalformedPayload(f"justification is longer than {MAX_JUSTIFICATION} characters")
+    force = data.get("force", False)
+    if not isinstance(force, bool):
+        raise MalformedPayload("force must be true or false")
+    return UnblockRequest(justification=justification.strip(), force=force)
+
+
+def warnings_of(decision: Decision) -> tuple[Reason, ...]:
+    """What the policy says against unblocking: everything but the allow rule that matched."""
+    return tuple(r for r in decision.reasons if not r.code.startswith("allow:"))
+
+
+def needs_force(reason: Reason) -> bool:
+    return reason.code.startswith("deny:") or reason.code in _NEEDS_FORCE
+
+
+@dataclass
+class Admin:
+    sources: FactSources
+    actor: Actor
+    store: Store
+    clock: Clock
+    policy: Policy | PolicyError
+
+    def _event(self, address: str, now: datetime, source: str) -> RestrictionEvent:
+        policy = self.policy if isinstance(self.policy, Policy) else default_policy()
+        delivery = uuid.uuid4().hex
+        return RestrictionEvent(
+            event_id=stable_id(source, delivery),
+            delivery_id=delivery,
+            source=source,
+            alert_id=f"{source}-{delivery[:12]}",
+            alert_name=policy.alert_names[0],  # decide() judges it as the alert the policy acts on
+            user=UserRef(address=address),
+            received_at=now,
+        )
+
+    async def _facts(self, event: RestrictionEvent, now: datetime) -> Facts:
+        policy = self.policy if isinstance(self.policy, Policy) else None
+        return await gather_facts(event, policy, self.sources, now)
+
+    def _record(self, event: RestrictionEvent, facts: Facts, decision: Decision, now: datetime) -> DecisionRecord:
+        policy = self.policy if isinstance(self.policy, Policy) else None
+        record = DecisionRecord(
+            event_id=event.event_id,
+            alert_id=event.alert_id,
+            source=event.source,
+            sources=(Source(event.source, event.alert_id, now),),
+            user=(facts.restriction.address if facts.restriction else event.user.key).lower(),
+            decision=decision,
+            actions=(),
+            mode=self.policy.mode,
+            policy_version=policy.version if policy else "invalid",
+            at=now,
+        )
+        return replace(record, evidence=evidence(facts, record, None))
+
+    async def check(self, upn: str) -> DecisionRecord:
+        """The facts and the decision the automatic path would take now; nothing is done or recorded."""
+        now = self.clock.now()
+        event = self._event(parse_address(upn), now, "check")
+        facts = await self._facts(event, now)
+        return self._record(event, facts, rules.decide(event, facts, self.policy, now), now)
+
+    async def unblock(self, upn: str, request: UnblockRequest, operator: Operator) -> DecisionRecord:
+        now = self.clock.now()
+        event = self._event(parse_address(upn), now, MANUAL)
+        facts = await self._facts(event, now)
+        if facts.restriction is None:
+            raise Conflict(f"{event.user.key} is not on the restricted list", code="not-restricted")
+        warnings = warnings_of(rules.decide(event, facts, self.policy, now))
+        blocking = [w for w in warnings if needs_force(w)]
+        who = Reason(MANUAL, f"unblocked by hand by {operator.name}: {request.justification}")
+        if blocking and not request.force:
+            refused = self._operator_record(
+                event, facts, Decision(Outcome.IGNORE, (Reason(FORCE_REQUIRED, _codes(blocking)), *warnings)), now,
+                operator, request,
+            ).with_actions(Action("unblock", ActionStatus.SKIPPED, "refused: force is required"))  # fmt: skip
+            await self._record_and_log(refused)
+            raise Conflict(
+                f"the policy says not to unblock {event.user.key} ({_codes(blocking)}); "
+                'repeat with "force": true to override',
+                code="force-required",
+                details={"warnings": [w.to_dict() for w in warnings]},
+            )
+        forced = (Reason(FORCED, f"forced past {_codes(blocking)}"),) if blocking else ()
+        record = self._operator_record(
+            event, facts, Decision(Outcome.UNBLOCK, (who, *forced, *warnings)), now, operator, request
+        )
+        guards = self.policy.guards if isinstance(self.policy, Policy) else None
+        record = await self.actor.unblock(
+            record,
+            facts,
+            enforce=True,
+            kind=UnblockKind.MANUAL,
+            # Forced: the budgets are overridden, but the unblock is still counted in them.
+            user_budget=None if request.force or guards is None else guards.max_unblocks_per_user,
+            tenant_budget=None if request.force or guards is None else guards.max_unblocks_per_tenant,
+        )
+        done = any(a.kind == "unblock" and a.status is ActionStatus.DONE for a in record.actions)
+        if done:
+            record = await self.actor.send_notices(record, facts, enforce=True)
+        await self._record_and_log(record)
+        unblock = next(a for a in record.actions if a.kind == "unblock")
+        if unblock.status is ActionStatus.FAILED:
+            raise ServiceRefused("exchange", unblock.detail)
+        if not done and record.decision.outcome is Outcome.TICKET:
+            raise Conflict(
+                f"another unblock spent the budget first: {_codes(record.decision.reasons[-1:])}; "
+                'repeat with "force": true to override',
+                code="force-required",
+            )
+        if not done:
+            raise Conflict(f"{event.user.key} is no longer on the restricted list", code="not-restricted")
+        return record
+
+    def _operator_record(
+        self,
+        event: RestrictionEvent,
+        facts: Facts,
+        decision: Decision,
+        now: datetime,
+        operator: Operator,
+        request: UnblockRequest,
+    ) -> DecisionRecord:
+        record = self._record(event, facts, decision, now)
+        extra = {"operator": operator.to_dict(), "justification": request.justification, "force": request.force}
+        return replace(record, evidence={**record.evidence, **extra})
+
+    async def _record_and_log(self, record: DecisionRecord) -> None:
+        await self.store.append_audit({**record.to_dict(), "evidence": dict(record.evidence)})
+        log_decision(record)
+
+    async def status(self, upn: str) -> dict[str, Any]:
+        """Live restriction status (parsed reason), the directory user, our decisions and unblocks."""
+        address = parse_address(upn)
+        now = self.clock.now()
+        exchange, directory = self.sources.exchange, self.sources.directory
+        rows, user, history, unblocks = await asyncio.gather(
+            exchange.blocked_senders(address),
+            directory.user(address),
+            self.store.audit(address),
+            self.store.unblocks(address, now - timedelta(days=365)),
+        )
+        row = next((r for r in rows if r.address.lower() == address), None)
+        if row is None and user is None and not history:
+            raise NotFound(f"no user, restriction or history for {address}")
+        return {
+            "user": address,
+            "restricted": row is not None,
+            "restriction": row.to_evidence() if row else None,
+            "directory": None
+            if user is None
+            else {
+                "id": user.id,
+                "user_principal_name": user.user_principal_name,
+                "account_enabled": user.account_enabled,
+            },
+            "decisions": [_summary(r) for r in list(history)[-MAX_HISTORY:][::-1]],
+            "unblocks": [
+                {"at": u.at.isoformat(), "kind": u.kind.value, "status": u.status, "event_id": u.event_id}
+                for u in unblocks
+            ][::-1],
+        }
+
+    async def restricted(self) -> dict[str, Any]:
+        """Every restricted user with the parsed reason and our last decision about them."""
+        rows = await self.sources.exchange.blocked_senders()
+        gate = asyncio.Semaphore(8)
+
+        async def last(address: str) -> Mapping[str, Any] | None:
+            async with gate:
+                history = await self.store.audit(address)
+            return _summary(history[-1]) if history else None
+
+        lasts: Sequence[Mapping[str, Any] | None] = await asyncio.gather(*(last(r.address.lower()) for r in rows))
+        return {
+            "count": len(rows),
+            "restricted": [
+                {"user": r.address.lower(), "restriction": r.to_evidence(), "last_decision": d}
+                for r, d in zip(rows, lasts, strict=True)
+            ],
+        }
+
+
+def _directory_summary(user: DirectoryUser) -> dict[str, Any]:
+    return {"id": user.id, "user_principal_name": user.user_principal_name, "account_enabled": user.account_enabled}
+
+
+def _codes(reasons: Sequence[Reason]) -> str:
+    return ", ".join(r.code for r in reasons)
+
+
+def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    keep = ("event_id", "alert_id", "source", "decision", "reasons", "actions", "mode", "policy_version", "at")
+    summary = {k: row[k] for k in keep if k in row}
+    found = row.get("evidence")
+    if isinstance(found, Mapping) and "operator" in found:
+        summary["operator"] = found["operator"]
+        summary["justification"] = found.get("justification")
+    return summary

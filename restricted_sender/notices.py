@@ -1,0 +1,66 @@
+"""The mail the product sends to people (pure): the restricted user, and the configured recipients.
+
+The user's notice says what happened and when mail flows again, never why in detail: the evidence (inbox
+rules, risk, forwarding) is for the helpdesk, and the mailbox may be read by whoever took the account over.
+The user gets no notice on ``ticket`` decisions for the same reason; the helpdesk contacts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from .model import Mail, Outcome
+
+_FOOTER = "This message was sent automatically by Restricted Sender Responder on behalf of your IT team."
+
+
+def _when(instant: datetime) -> str:
+    return instant.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def user_notice(outcome: Outcome, address: str, *, at: datetime, release_at: datetime | None = None) -> Mail | None:
+    """The user's notice for an ``unblock`` or ``wait`` decision; ``None`` for anything else."""
+    if outcome is Outcome.UNBLOCK:
+        body = (
+            f"Microsoft 365 had blocked {address} from sending email, so mail you sent recently may have bounced.\n\n"
+            f"Your IT team removed the block at {_when(at)}. Mail should flow again within an hour, "
+            f"at the latest within 24 hours (by {_when(at + timedelta(hours=24))}).\n\n"
+            "Messages that bounced while you were blocked were not delivered: please send them again once you "
+            "can. If you did not send unusual mail, tell your helpdesk.\n\n" + _FOOTER
+        )
+        return Mail((address,), "You can send email again", body)
+    if outcome is Outcome.WAIT:
+        lifts = f"at {_when(release_at)}" if release_at else "within 24 hours"
+        body = (
+            f"Microsoft 365 has blocked {address} from sending email for a limited time, so mail you send now "
+            f"bounces.\n\nThe block lifts by itself {lifts}; after that, mail flows again. Messages that bounced "
+            "were not delivered: please send them again then. If you did not send unusual mail, tell your "
+            "helpdesk.\n\n" + _FOOTER
+        )
+        return Mail((address,), "Your email sending is paused for a short time", body)
+    return None
+
+
+def recipients_notice(recipients: Sequence[str], record: Mapping[str, Any], *, ticket: str | None = None) -> Mail:
+    """A short summary of one decision for the helpdesk / SOC mailboxes."""
+    decision = str(record.get("decision"))
+    user = str(record.get("user"))
+    lines = [
+        f"Decision: {decision} for {user} ({record.get('mode')}, policy {record.get('policy_version')})",
+        f"Alert: {record.get('source')} {record.get('alert_id')} at {record.get('at')}",
+        "",
+        "Why:",
+        *(f"  - {r['code']}: {r['text']}" for r in record.get("reasons", [])),
+        "",
+        "What was done:",
+        *(f"  - {a['kind']}: {a['status']} - {a['detail']}" for a in record.get("actions", [])),
+    ]
+    if not record.get("actions"):
+        lines.append("  - nothing")
+    if ticket:
+        lines += ["", f"Ticket: {ticket}"]
+    lines += ["", f"Event id: {record.get('event_id')}", "", _FOOTER]
+    importance = "high" if decision == Outcome.TICKET.value else "normal"
+    return Mail(tuple(recipients), f"Restricted sender {decision}: {user}", "\n".join(lines), importance=importance)

@@ -1,0 +1,291 @@
+"""Closing the loop end to end, on Azurite and the simulator with the real clients: one ticket per restriction in
+every ticket system (also with two processors racing), a failing ticket system ending in the poison queue with
+the decision recorded, and the verification of an unblock through the verification queue's trigger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.functions.queue import QueueMessage
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+import function_app
+from restricted_sender.adapters.tables import TableStore
+from restricted_sender.compose import build_processor, load_policy
+from restricted_sender.edge import runtime
+from restricted_sender.model import RestrictionEvent
+from restricted_sender.settings import EVENTS_QUEUE, VERIFY_QUEUE, Settings
+from simulator import Simulator
+from simulator.azurite import Azurite
+from tests.conftest import TENANT_ID, alert_v2, blocked, tenant, user
+
+pytestmark = pytest.mark.azurite
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_DEQUEUE = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]["maxDequeueCount"]
+TICKETS = {
+    "webhook": "",
+    "servicenow": "ticket: {system: servicenow}\n",
+    "jira": "ticket: {system: jira, jira: {project: SEC}}\n",
+    "email": "ticket: {system: email, email: {sender: rsr@contoso.com, to: [soc@contoso.com]}}\n",
+}
+POLICY = "mode: enforce\nallow: [{name: staff, domains: [contoso.com]}]\n"
+
+
+@pytest.fixture
+def sim(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Simulator:
+    return simulator_factory(
+        tenant(
+            [user("alice"), user("bob", domain="fabrikam.com"), user("rsr")],
+            [blocked("alice@contoso.com"), blocked("bob@fabrikam.com")],
+        )
+    )
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch, azurite: Azurite, sim: Simulator, table_prefix: str
+) -> Iterator[Callable[..., None]]:
+    def apply(policy: str = POLICY, **extra: str) -> None:
+        values = {
+            "AzureWebJobsStorage": azurite.connection_string,
+            "TENANT_ID": TENANT_ID,
+            "TABLE_PREFIX": table_prefix,
+            "POLICY_YAML": policy,
+            "GRAPH_BASE_URL": f"{sim.url}/v1.0",
+            "EXCHANGE_BASE_URL": sim.url,
+            "TICKET_WEBHOOK_URL": f"{sim.url}/tickets/webhook",
+            "SERVICENOW_INSTANCE_URL": sim.url,
+            "SERVICENOW_USERNAME": "rsr-integration",
+            "SERVICENOW_PASSWORD": "sim-servicenow-password",
+            "JIRA_SITE_URL": sim.url,
+            "JIRA_EMAIL": "responder@contoso.com",
+            "JIRA_API_TOKEN": "sim-jira-api-token",
+            "IDENTITY_ENDPOINT": f"{sim.url}/msi/token",
+            "IDENTITY_HEADER": sim.identity_header,
+            **extra,
+        }
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("POLICY_FILE", raising=False)
+        runtime.reset()
+
+    apply()
+    yield apply
+    runtime.reset()
+
+
+def queue_client(azurite: Azurite, name: str) -> QueueClient:
+    client = QueueClient.from_connection_string(
+        azurite.connection_string,
+        name,
+        message_encode_policy=TextBase64EncodePolicy(),
+        message_decode_policy=TextBase64DecodePolicy(),
+    )
+    with contextlib.suppress(ResourceExistsError):
+        client.create_queue()
+    client.clear_messages()
+    return client
+
+
+def events_for(*alerts: dict[str, Any]) -> list[str]:
+    settings = Settings.from_env()
+    from restricted_sender.compose import build_intake
+    from restricted_sender.fakes import MemoryQueue
+
+    queue = MemoryQueue()
+    intake = build_intake(settings, load_policy(settings), queue=queue)
+    for alert in alerts:
+        intake.accept(json.dumps(alert).encode())
+    return queue.drain()
+
+
+def audit_rows(azurite: Azurite, prefix: str) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        store = TableStore.from_connection_string(azurite.connection_string, prefix=prefix)
+        try:
+            return [dict(row) for row in await store.audit()]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def tickets_and_updates(sim: Simulator, system: str) -> tuple[int, list[str]]:
+    """How many tickets the system holds, and the text of every update added to them."""
+    if system == "webhook":
+        return len(sim.tickets), [u["body"]["note"] for t in sim.tickets for u in t["updates"]]
+    if system == "servicenow":
+        records = sim.servicenow_records()
+        # The first work note of a record is the JSON decision record written when it was created.
+        return len(records), [n["value"] for r in records for n in r["x-work_notes"][1:]]
+    if system == "jira":
+        issues = sim.jira_issues()
+        return len(issues), [json.dumps(c["body"]) for i in issues for c in i["x-comments"]]
+    mails = [m for m in sim.sent_mail() if m["from"] == "rsr@contoso.com"]
+    opened = [m for m in mails if not m["message"]["subject"].startswith("Re: ")]
+    return len(opened), [m["message"]["body"]["content"] for m in mails if m not in opened]
+
+
+@pytest.mark.parametrize("system", list(TICKETS))
+def test_two_processors_racing_on_two_alerts_about_one_restriction_make_one_ticket_and_one_update(
+    env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str, system: str
+) -> None:
+    env(POLICY + TICKETS[system])
+    messages = events_for(alert_v2("bob@fabrikam.com", alert_id="a1"), alert_v2("bob@fabrikam.com", alert_id="a2"))
+
+    async def race() -> list[Any]:
+        settings = Settings.from_env()
+        policy = load_policy(settings)
+        # Two processors with their own clients (two function instances), sharing only Azurite and the tenant.
+        bundles = [await build_processor(settings, policy, graph_retry_delay=0.1) for _ in range(2)]
+        try:
+            events = [RestrictionEvent.from_message(m) for m in messages]
+            return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))
+        finally:
+            for bundle in bundles:
+                await bundle.aclose()
+
+    records = asyncio.run(race())
+    assert [r.decision.outcome.value for r in records] == ["ticket", "ticket"]
+    created, updates = tickets_and_updates(sim, system)
+    assert created == 1, system
+    assert len(updates) == 1, updates
+    filed = sorted(next(a.detail for a in r.actions if a.kind == "ticket").split()[0] for r in records)
+    assert filed == ["created", "updated"]
+    rows = audit_rows(azurite, table_prefix)
+    assert len(rows) == 2
+    assert {r["alert_id"] for r in rows} == {"a1", "a2"}
+
+
+@dataclass
+class HostRun:
+    errors: list[str]
+    poisoned: list[str]
+
+
+def run_like_the_host(
+    client: QueueClient, handler: Callable[..., Any], azurite: Azurite, *, visibility: int = 1, rounds: int = 12
+) -> HostRun:
+    """The queue trigger's documented behaviour: a message whose function fails becomes visible again; after
+    maxDequeueCount failed tries the host moves it to ``<queue>-poison``."""
+    poison = queue_client(azurite, f"{client.queue_name}-poison")
+    errors: list[str] = []
+
+    async def one(message: Any) -> None:
+        try:
+            # The worker's own message type: it carries the trigger metadata (DequeueCount) to the function.
+            delivered = QueueMessage(id=message.id, body=message.content.encode(), dequeue_count=message.dequeue_count)
+            await handler(delivered)
+        except Exception as error:
+            errors.append(str(error))
+            if message.dequeue_count >= MAX_DEQUEUE:
+                poison.send_message(message.content)
+                client.delete_message(message)
+        else:
+            client.delete_message(message)
+
+    async def main() -> None:
+        try:
+            for _ in range(rounds):
+                batch = list(client.receive_messages(messages_per_page=16, visibility_timeout=visibility))
+                for message in batch:
+                    await one(message)
+                if not batch and not client.peek_messages():
+                    return
+                await asyncio.sleep(visibility + 0.1)
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(main())
+    poisoned = [m.content for m in poison.peek_messages(max_messages=32)]
+    poison.close()
+    return HostRun(errors, poisoned)
+
+
+def test_a_failing_ticket_system_leaves_the_event_queued_then_poisoned_with_the_decision_recorded(
+    env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str
+) -> None:
+    env(POLICY + TICKETS["servicenow"])
+    events = queue_client(azurite, EVENTS_QUEUE)
+    [message] = events_for(alert_v2("bob@fabrikam.com"))
+    events.send_message(message)
+    sim.inject_fault("servicenow.*", status=503, retry_after=0, times=None)
+    run = run_like_the_host(events, function_app.process_event, azurite)
+    assert len(run.errors) == MAX_DEQUEUE
+    assert all("not filed" in e for e in run.errors), run.errors
+    assert [json.loads(m)["event_id"] for m in run.poisoned] == [json.loads(message)["event_id"]]
+    assert list(events.peek_messages()) == []
+    assert sim.servicenow_records() == []
+    rows = audit_rows(azurite, table_prefix)
+    assert len(rows) == MAX_DEQUEUE
+    assert all(r["decision"] == "ticket" for r in rows)
+    details = [next(a["detail"] for a in r["actions"] if a["kind"] == "ticket") for r in rows]
+    assert "try 1 of 5: the queue retries the event" in details[0]
+    assert "try 5 of 5: the event goes to the poison queue" in details[-1]
+
+
+def test_a_ticket_system_that_recovers_before_the_last_try_gets_exactly_one_ticket(
+    env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str
+) -> None:
+    env(POLICY + TICKETS["jira"])
+    events = queue_client(azurite, EVENTS_QUEUE)
+    [message] = events_for(alert_v2("bob@fabrikam.com"))
+    events.send_message(message)
+    # Each processing try makes up to 4 calls (bounded retries): 8 failures span the first two tries.
+    sim.inject_fault("jira.*", status=503, retry_after=0, times=8)
+    run = run_like_the_host(events, function_app.process_event, azurite)
+    assert len(run.errors) == 2
+    assert run.poisoned == []
+    assert len(sim.jira_issues()) == 1
+    assert [r["decision"] for r in audit_rows(azurite, table_prefix)] == ["ticket"] * 3
+
+
+def test_an_unblock_is_verified_through_the_verification_queue(
+    env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str
+) -> None:
+    env(POLICY, VERIFY_AFTER="0.02")  # 1.2 s, so the test sees the backoff at work
+    sim.add_blocked_sender({**blocked("alice@contoso.com"), "x-removalDelaySeconds": 2})
+    events = queue_client(azurite, EVENTS_QUEUE)
+    verify = queue_client(azurite, VERIFY_QUEUE)
+    for message in events_for(alert_v2("alice@contoso.com")):
+        events.send_message(message)
+    assert run_like_the_host(events, function_app.process_event, azurite).errors == []
+    started = time.monotonic()
+    while time.monotonic() - started < 15 and not any(
+        r["reasons"][0]["code"] == "verified" for r in audit_rows(azurite, table_prefix)
+    ):
+        run_like_the_host(verify, function_app.verify_unblock, azurite, rounds=1)
+        time.sleep(0.3)
+    codes = [r["reasons"][0]["code"] for r in audit_rows(azurite, table_prefix)]
+    assert codes[0] == "allow:staff"
+    assert codes[-1] == "verified"
+    assert "verify-pending" in codes  # the first check came before the delayed removal finished
+
+
+def test_a_user_restricted_again_after_the_unblock_gets_a_not_lifted_ticket(
+    env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str
+) -> None:
+    env(POLICY, VERIFY_AFTER="0.02")
+    events = queue_client(azurite, EVENTS_QUEUE)
+    verify = queue_client(azurite, VERIFY_QUEUE)
+    for message in events_for(alert_v2("alice@contoso.com")):
+        events.send_message(message)
+    run_like_the_host(events, function_app.process_event, azurite)
+    sim.add_blocked_sender(blocked("alice@contoso.com", created="2099-01-01T00:00:00Z"))
+    time.sleep(1.3)
+    run_like_the_host(verify, function_app.verify_unblock, azurite, rounds=2)
+    rows = audit_rows(azurite, table_prefix)
+    assert rows[-1]["decision"] == "ticket"
+    assert rows[-1]["reasons"][0]["code"] == "not-lifted"
+    [ticket] = sim.tickets
+    assert "not-lifted" in ticket["body"]["text"]
