@@ -155,3 +155,11 @@ def identity_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[Simulator], None]
             monkeypatch.delenv(name, raising=False)
 
     return point
+
+
+@pytest.fixture(scope="session")
+def handlers() -> dict[str, Callable[..., Any]]:
+    """The function app's handlers by function name; ``get_functions()`` may be called only once per process."""
+    import function_app
+
+    return {fn.get_function_name(): fn.get_user_function() for fn in function_app.app.get_functions()}

@@ -11,7 +11,6 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-import function_app
 from restricted_sender.adapters.tables import TableStore
 from restricted_sender.edge import runtime
 from simulator import Simulator
@@ -25,11 +24,6 @@ mode: report-only
 allow: [{name: staff, domains: [contoso.com]}]
 deny: {users: [carol@contoso.com]}
 """
-
-
-@pytest.fixture(scope="module")
-def handlers() -> dict[str, Callable[..., Any]]:
-    return {fn.get_function_name(): fn.get_user_function() for fn in function_app.app.get_functions()}
 
 
 @pytest.fixture

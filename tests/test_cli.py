@@ -265,3 +265,187 @@ def test_replay_trips_the_circuit_breaker_after_the_tenant_budget(tmp_path: Path
         ("ticket", ["allow:staff", "guard:tenant-budget"]),
         ("ticket", ["allow:staff", "guard:tenant-budget"]),
     ]
+
+
+# -- actions with their status, the ITSM and mail requests, check and unblock ------------------------------------
+
+NOW = "2026-11-27T12:00:00Z"
+SOC = "soc@contoso.com"
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> dict[str, Path]:
+    """Three users: one the policy unblocks, one it tickets (no allow rule), one on the deny list, one free."""
+    users = [
+        user("staff"),
+        user("partner", domain="fabrikam.test"),
+        user("denied"),
+        user("free"),
+        user("mailer"),
+    ]
+    state = tenant(
+        users, [blocked("staff@contoso.com"), blocked("partner@fabrikam.test"), blocked("denied@contoso.com")]
+    )
+    return {
+        "tenant": write(tmp_path / "tenant.yaml", state),
+        "alerts": write(tmp_path / "alerts.json", alert_v2("staff@contoso.com", "partner@fabrikam.test")),
+    }
+
+
+def enforce_policy(tmp_path: Path, **extra: Any) -> Path:
+    policy = {
+        "mode": "enforce",
+        "allow": [{"name": "staff", "domains": ["contoso.com"]}],
+        "deny": {"users": ["denied@contoso.com"]},
+        **extra,
+    }
+    return write(tmp_path / "policy.yaml", policy)
+
+
+def replay_json(world: dict[str, Path], policy: Path, log: Path) -> dict[str, dict[str, Any]]:
+    result = cli(
+        "replay", world["alerts"], "--tenant", world["tenant"], "--policy", policy,
+        "--now", NOW, "--json", "--requests-log", log,
+    )  # fmt: skip
+    return {r["user"]: r for r in map(json.loads, result.stdout.splitlines())}
+
+
+def logged(log: Path) -> list[tuple[str, str]]:
+    return [(r["method"], r["path"]) for r in map(json.loads, log.read_text().splitlines())]
+
+
+def kinds(record: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(a["kind"], a["status"]) for a in record["actions"]]
+
+
+@pytest.mark.parametrize(
+    ("ticket", "request_line"),
+    [
+        ({"system": "servicenow"}, ("POST", "/api/now/table/incident")),
+        ({"system": "jira", "jira": {"project": "SEC"}}, ("POST", "/rest/api/3/issue")),
+        (
+            {"system": "email", "email": {"sender": "mailer@contoso.com", "to": [SOC]}},
+            ("POST", "/v1.0/users/mailer@contoso.com/sendMail"),
+        ),
+    ],
+    ids=["servicenow", "jira", "email"],
+)
+def test_replay_reports_the_ticket_action_done_and_logs_the_ticket_systems_request(
+    small: dict[str, Path], tmp_path: Path, ticket: dict[str, Any], request_line: tuple[str, str]
+) -> None:
+    log = tmp_path / "requests.jsonl"
+    records = replay_json(small, enforce_policy(tmp_path, ticket=ticket), log)
+    partner = records["partner@fabrikam.test"]
+    assert partner["decision"] == "ticket"
+    assert [x["code"] for x in partner["reasons"]] == ["no-allow-rule"]
+    assert kinds(partner) == [("ticket", "done")]
+    for record in records.values():
+        for action in record["actions"]:
+            assert set(action) == {"kind", "status", "detail"}
+    assert request_line in logged(log)
+    assert ("POST", "/tickets/webhook") not in logged(log)
+
+
+def test_replay_contains_the_account_and_notifies_the_soc_on_a_ticket(small: dict[str, Path], tmp_path: Path) -> None:
+    log = tmp_path / "requests.jsonl"
+    policy = enforce_policy(
+        tmp_path,
+        containment={"revoke_sessions": True, "disable_account": True},
+        notify={"recipients": [SOC], "sender": "mailer@contoso.com"},
+    )
+    partner = replay_json(small, policy, log)["partner@fabrikam.test"]
+    assert kinds(partner) == [
+        ("revoke_sessions", "done"),
+        ("disable_account", "done"),
+        ("ticket", "done"),
+        ("notify", "done"),
+    ]
+    notify = next(a for a in partner["actions"] if a["kind"] == "notify")
+    assert SOC in notify["detail"]
+    object_id = user("partner", domain="fabrikam.test")["id"]
+    requests = logged(log)
+    assert ("POST", f"/v1.0/users/{object_id}/revokeSignInSessions") in requests
+    assert ("PATCH", f"/v1.0/users/{object_id}") in requests
+    assert ("POST", "/v1.0/users/mailer@contoso.com/sendMail") in requests
+    patch = next(
+        r for r in map(json.loads, log.read_text().splitlines()) if r["method"] == "PATCH" and object_id in r["path"]
+    )
+    assert patch["body"]["accountEnabled"] is False
+
+
+def test_an_unblocked_users_record_has_the_unblock_then_its_verification(
+    small: dict[str, Path], tmp_path: Path
+) -> None:
+    staff = replay_json(small, enforce_policy(tmp_path), tmp_path / "requests.jsonl")["staff@contoso.com"]
+    assert staff["decision"] == "unblock"
+    assert kinds(staff) == [("unblock", "done"), ("verify", "done")]
+    assert "removed staff@contoso.com" in staff["actions"][0]["detail"]
+    assert staff["actions"][1]["detail"].startswith("first check scheduled")
+
+
+def test_check_prints_the_decision_and_does_nothing(small: dict[str, Path], tmp_path: Path) -> None:
+    policy = enforce_policy(tmp_path)
+    target = ("--tenant", small["tenant"], "--policy", policy, "--now", NOW, "--json")
+    checked = [json.loads(line) for line in cli("check", "Staff@Contoso.com", *target).stdout.splitlines()]
+    assert len(checked) == 1
+    assert checked[0]["user"] == "staff@contoso.com"
+    assert checked[0]["decision"] == "unblock"
+    assert [x["code"] for x in checked[0]["reasons"]] == ["allow:staff"]
+    assert checked[0]["actions"] == []
+    assert checked[0]["source"] == "check"
+    # The user is still restricted afterwards: a manual unblock finds them on the list.
+    unblocked = json.loads(cli("unblock", "staff@contoso.com", *target, "--justification", "checked").stdout)
+    assert unblocked["decision"] == "unblock"
+
+
+def test_check_prints_a_readable_table_without_json(small: dict[str, Path], tmp_path: Path) -> None:
+    out = cli(
+        "check", "partner@fabrikam.test", "--tenant", small["tenant"], "--policy", enforce_policy(tmp_path),
+        "--now", NOW,
+    ).stdout  # fmt: skip
+    assert "partner@fabrikam.test" in out
+    assert "no-allow-rule" in out
+    assert "ticket" in out
+
+
+def test_unblock_by_hand_records_the_operator_and_unblocks(small: dict[str, Path], tmp_path: Path) -> None:
+    result = cli(
+        "unblock", "partner@fabrikam.test", "--tenant", small["tenant"], "--policy", enforce_policy(tmp_path),
+        "--now", NOW, "--justification", "called the partner, sends again", "--operator", "alex", "--json",
+    )  # fmt: skip
+    record = json.loads(result.stdout)
+    assert record["decision"] == "unblock"
+    assert record["reasons"][0]["code"] == "manual"
+    assert "alex" in record["reasons"][0]["text"]
+    assert "called the partner" in record["reasons"][0]["text"]
+    assert [x["code"] for x in record["reasons"]] == ["manual", "no-allow-rule"]
+    assert kinds(record) == [("unblock", "done"), ("verify", "done")]
+    assert record["source"] == "manual"
+
+
+def test_unblock_of_a_deny_listed_user_needs_force(small: dict[str, Path], tmp_path: Path) -> None:
+    target = ("--tenant", small["tenant"], "--policy", enforce_policy(tmp_path), "--now", NOW, "--json")
+    refused = cli("unblock", "denied@contoso.com", *target, "--justification", "trust me", check=False)
+    assert refused.returncode == 2
+    assert "force" in refused.stderr
+    assert "deny:user" in refused.stderr
+    assert refused.stdout == ""
+    forced = cli("unblock", "denied@contoso.com", *target, "--justification", "trust me", "--force")
+    record = json.loads(forced.stdout)
+    assert record["decision"] == "unblock"
+    codes = [x["code"] for x in record["reasons"]]
+    assert codes[0] == "manual"
+    assert "manual:forced" in codes
+    assert "deny:user" in codes
+    assert kinds(record)[0] == ("unblock", "done")
+
+
+@pytest.mark.parametrize("upn", ["free@contoso.com", "nobody@contoso.com"])
+def test_unblock_of_a_user_who_is_not_restricted_is_refused(small: dict[str, Path], tmp_path: Path, upn: str) -> None:
+    result = cli(
+        "unblock", upn, "--tenant", small["tenant"], "--policy", enforce_policy(tmp_path),
+        "--justification", "no reason", "--json", check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "not on the restricted list" in result.stderr
+    assert result.stdout == ""

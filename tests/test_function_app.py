@@ -18,7 +18,6 @@ import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-import function_app
 from restricted_sender.adapters.tables import TableStore
 from restricted_sender.edge import runtime
 from restricted_sender.settings import EVENTS_QUEUE
@@ -35,12 +34,6 @@ allow:
     domains: [contoso.com]
 """
 TICKET_SECRET = "ticket-signing-secret"
-
-
-@pytest.fixture(scope="module")
-def handlers() -> dict[str, Callable[..., Any]]:
-    # get_functions() may be called only once per process.
-    return {fn.get_function_name(): fn.get_user_function() for fn in function_app.app.get_functions()}
 
 
 @pytest.fixture
