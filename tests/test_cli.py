@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from restricted_sender.timeutil import parse_instant
 from tests.conftest import ROOT, alert_v2, blocked, tenant, user
 
 LIMIT = "EmailSendingLimitExceeded;InternalRecipientCountToday=4;ExternalRecipientCountToday=396"
@@ -393,9 +395,33 @@ def test_check_prints_the_decision_and_does_nothing(small: dict[str, Path], tmp_
     assert [x["code"] for x in checked[0]["reasons"]] == ["allow:staff"]
     assert checked[0]["actions"] == []
     assert checked[0]["source"] == "check"
-    # The user is still restricted afterwards: a manual unblock finds them on the list.
+    # Each invocation seeds a fresh simulator, so this only shows the same user is unblockable by hand; that check
+    # left the tenant alone is shown in-process below.
     unblocked = json.loads(cli("unblock", "staff@contoso.com", *target, "--justification", "checked").stdout)
     assert unblocked["decision"] == "unblock"
+
+
+def test_check_sends_nothing_that_changes_the_tenant(small: dict[str, Path], tmp_path: Path) -> None:
+    """The very bundle ``check --tenant`` runs against, in-process, so the simulator's state can be read."""
+    from restricted_sender.cli import simulated_bundle
+    from restricted_sender.policy import load_policy_file
+
+    async def run() -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+        policy = load_policy_file(enforce_policy(tmp_path))
+        async with simulated_bundle(small["tenant"], policy, parse_instant(NOW)) as (bundle, sim, verifications):
+            record = await bundle.admin.check("staff@contoso.com")
+            assert verifications.scheduled == []
+            return record, sim.requests, sim.blocked_senders
+
+    record, requests, still = asyncio.run(run())
+    assert record.decision.outcome.value == "unblock"
+    assert record.actions == ()
+    assert {r["method"] for r in requests} <= {"GET", "POST"}
+    cmdlets = {r["body"]["CmdletInput"]["CmdletName"] for r in requests if r["body"] and "CmdletInput" in r["body"]}
+    assert "Get-BlockedSenderAddress" in cmdlets
+    assert "Remove-BlockedSenderAddress" not in cmdlets
+    assert not [r for r in requests if r["path"].endswith(("/sendMail", "/revokeSignInSessions"))]
+    assert "staff@contoso.com" in {r["SenderAddress"] for r in still}
 
 
 def test_check_prints_a_readable_table_without_json(small: dict[str, Path], tmp_path: Path) -> None:
