@@ -305,14 +305,15 @@ _ROOT_FOLDER = "msgfolderroot"
 def get_risky_user(request: Request, state: TenantState, user_id: str) -> Response:
     """``GET /identityProtection/riskyUsers/{id}``: object ids only, as in the real API.
 
-    A user without ``x-riskLevel`` stands for a tenant without Entra ID P2: 403 ``Authorization_RequestDenied``.
+    A user without ``x-riskLevel`` stands for a tenant without Entra ID P2: 403 ``Forbidden``, not licensed
+    (the same answer as confirmCompromised's, see ``_P2_MISSING_CODE``).
     """
     user = next((u for u in state.users if str(u.get("id", "")).casefold() == user_id.casefold()), None)
     if user is None:
         return not_found(request, user_id)
     level = user.get("x-riskLevel")
     if level is None:
-        return error(request, 403, "Authorization_RequestDenied", _NOT_LICENSED)
+        return error(request, 403, _P2_MISSING_CODE, _NOT_LICENSED)
     # confirmCompromised leaves its marks in x-riskState, x-riskDetail and x-riskUpdatedAt.
     risky: Json = {
         "@odata.context": f"{METADATA}#identityProtection/riskyUsers/$entity",

@@ -412,10 +412,7 @@ def test_a_user_without_a_risk_level_is_refused_as_by_a_tenant_without_entra_id_
 
     error = response.json()["error"]
     assert response.status_code == 403
-    assert (error["code"], error["message"]) == (
-        "Authorization_RequestDenied",
-        "Your tenant is not licensed for this feature.",
-    )
+    assert (error["code"], error["message"]) == ("Forbidden", "Your tenant is not licensed for this feature.")
     assert set(error["innerError"]) == {"date", "request-id", "client-request-id"}
 
 
