@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import httpx
 
-from ..errors import TransientServiceError
-from ..retry import retry_after_seconds
+from ..errors import ServiceRefused, TransientServiceError
+from ..retry import RetryPolicy, retry_after_seconds, with_retries
+
+T = TypeVar("T")
 
 
 async def send(
@@ -30,3 +34,40 @@ async def send(
             retry_after=retry_after_seconds(response.headers.get("Retry-After")),
         )
     return response
+
+
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
+
+
+def check_correlation_id(system: str, correlation_id: str) -> None:
+    """Ticket systems search by the correlation id inside a query: only ``rsr-<hex>``-like ids go in."""
+    if not _CORRELATION_ID.fullmatch(correlation_id):
+        raise ServiceRefused(
+            "tickets", f"{system}: correlation id {correlation_id[:60]!r} is not letters, digits and '-'"
+        )
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` at most ``limit`` characters, a cut marked with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def create_once(
+    post: Callable[[], Awaitable[T]], find: Callable[[], Awaitable[T | None]], retry: RetryPolicy
+) -> T:
+    """``post`` with bounded retries; before posting again, ``find`` what the earlier try may have created.
+
+    A POST that timed out or got a 5xx may still have created the ticket, and these APIs have no idempotency key.
+    """
+    tried = False
+
+    async def attempt() -> T:
+        nonlocal tried
+        if tried:
+            existing = await find()
+            if existing is not None:
+                return existing
+        tried = True
+        return await post()
+
+    return await with_retries(attempt, retry)

@@ -14,7 +14,7 @@ from ..errors import ConfigurationError, ServiceRefused, TransientServiceError
 from ..model import TicketContent, TicketRef
 from ..retry import RetryPolicy, with_retries
 from ..settings import Secret
-from .http import send
+from .http import check_correlation_id, create_once, cut, send
 
 SERVICE = "tickets"
 PRODUCT_LABEL = "restricted-sender-responder"
@@ -25,7 +25,6 @@ FIELD_MAX = 32_767
 TEXT_MAX = 20_000  # the readable part of the description; the record takes the rest
 _DETAIL_MAX = 500
 # Our ids are "rsr-<hex>": safe inside a quoted JQL string and valid as a label (no spaces).
-_CORRELATION_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
 _PROJECT_KEY = re.compile(r"[A-Z][A-Z0-9_]{0,254}")
 _ISSUE_KEY = re.compile(r"[A-Z][A-Z0-9_]*-[0-9]+")
 _ATX_HEADING = re.compile(r"(#{1,6})\s+(.*?)\s*#*")
@@ -75,43 +74,35 @@ class JiraTickets:
     # -- TicketSystem --------------------------------------------------------------------------------------
 
     async def find_open(self, correlation_id: str) -> TicketRef | None:
-        _check_correlation_id(correlation_id)
+        check_correlation_id("Jira", correlation_id)
         return await with_retries(partial(self._find, correlation_id), self._retry)
 
     async def create(self, content: TicketContent) -> TicketRef:
-        _check_correlation_id(content.correlation_id)
+        check_correlation_id("Jira", content.correlation_id)
         labels = list(dict.fromkeys((content.correlation_id, PRODUCT_LABEL, *self._labels)))
         fields = {
             "project": {"key": self._project},
             "issuetype": {"name": self._issue_type},
-            "summary": _cut(" ".join(content.title.split()), SUMMARY_MAX),  # Jira refuses newlines here
+            "summary": cut(" ".join(content.title.split()), SUMMARY_MAX),  # Jira refuses newlines here
             "description": description_document(content.text, content.record),
             "labels": labels,
         }
-        tried = False
 
-        async def attempt() -> TicketRef:
-            nonlocal tried
-            # A POST that timed out or got a 5xx may have created the issue; Jira has no idempotency key. Search
-            # first (best effort: Jira's search index can lag a few seconds behind a create).
-            if tried:
-                existing = await self._find(content.correlation_id)
-                if existing is not None:
-                    return existing
-            tried = True
+        async def post() -> TicketRef:
             data = await self._call("create", "POST", f"{self._site}/rest/api/3/issue", json={"fields": fields})
             key = data.get("key")
             if not isinstance(key, str) or not key:
                 raise TransientServiceError(SERVICE, "Jira create: the answer holds no issue key")
             return self._ref(key)
 
-        return await with_retries(attempt, self._retry)
+        # Best effort: Jira's search index can lag a few seconds behind a create.
+        return await create_once(post, partial(self._find, content.correlation_id), self._retry)
 
     async def update(self, ticket: TicketRef, content: TicketContent) -> None:
         if not _ISSUE_KEY.fullmatch(ticket.id):
             raise ServiceRefused(SERVICE, f"Jira: {ticket.id!r} is not an issue key")
         url = f"{self._site}/rest/api/3/issue/{ticket.id}/comment"
-        body = {"body": adf_document(_cut(content.update.strip() or content.title, TEXT_MAX))}
+        body = {"body": adf_document(cut(content.update.strip() or content.title, TEXT_MAX))}
         await with_retries(partial(self._call, "update", "POST", url, json=body), self._retry)
 
     # -- calls ----------------------------------------------------------------------------------------------
@@ -169,7 +160,7 @@ def adf_document(text: str, *, code: str | None = None, language: str = "json") 
 
 def description_document(text: str, record: Mapping[str, Any]) -> dict[str, Any]:
     """The issue description: the readable text, then the record as a JSON code block, within Jira's limit."""
-    text = _cut(text, TEXT_MAX)
+    text = cut(text, TEXT_MAX)
     for indent in (2, None):
         document = adf_document(text, code=json.dumps(record, indent=indent, sort_keys=True))
         if len(json.dumps(document)) <= FIELD_MAX:
@@ -251,23 +242,14 @@ def _blocks(text: str) -> list[dict[str, Any]]:
 # -- helpers ----------------------------------------------------------------------------------------------------
 
 
-def _check_correlation_id(correlation_id: str) -> None:
-    if not _CORRELATION_ID.fullmatch(correlation_id):
-        raise ServiceRefused(SERVICE, f"Jira: correlation id {correlation_id[:60]!r} is not letters, digits and '-'")
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _problem(response: httpx.Response) -> str:
     """Jira's ``errorMessages`` and per-field ``errors``, bounded; else the start of the body."""
     try:
         data = response.json()
     except ValueError:
-        return _cut(response.text, _DETAIL_MAX) or response.reason_phrase
+        return cut(response.text, _DETAIL_MAX) or response.reason_phrase
     if not isinstance(data, dict):
-        return _cut(json.dumps(data), _DETAIL_MAX)
+        return cut(json.dumps(data), _DETAIL_MAX)
     parts: list[str] = []
     messages = data.get("errorMessages")
     if isinstance(messages, list):
@@ -277,4 +259,4 @@ def _problem(response: httpx.Response) -> str:
         parts.extend(f"{field}: {message}" for field, message in errors.items())
     if not parts and isinstance(data.get("message"), str):
         parts.append(data["message"])  # the gateway's shape: {"message": ..., "status-code": ...}
-    return _cut("; ".join(parts) or "no message", _DETAIL_MAX)
+    return cut("; ".join(parts) or "no message", _DETAIL_MAX)

@@ -15,7 +15,7 @@ from ..errors import ConfigurationError, ServiceRefused, TransientServiceError
 from ..model import TicketContent, TicketRef
 from ..retry import RetryPolicy, with_retries
 from ..settings import Secret
-from .http import send
+from .http import check_correlation_id, create_once, cut, send
 
 SERVICE = "tickets"
 CORRELATION_DISPLAY = "Restricted Sender Responder"
@@ -23,7 +23,6 @@ SHORT_DESCRIPTION_MAX = 160  # the incident table's field length: longer values 
 DESCRIPTION_MAX = 4000  # likewise; we cut first so the cut is marked
 _DETAIL_MAX = 300
 # Our ids are "rsr-<hex>". sysparm_query has no escaping for "^" or "=", so anything else is refused.
-_CORRELATION_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
 _SYS_ID = re.compile(r"[0-9a-f]{32}")
 _TABLE = re.compile(r"[a-z][a-z0-9_]{0,79}")
 # What the product itself sets: a configured field must not change how records are found again.
@@ -74,15 +73,15 @@ class ServiceNowTickets:
     # -- TicketSystem --------------------------------------------------------------------------------------
 
     async def find_open(self, correlation_id: str) -> TicketRef | None:
-        _check_correlation_id(correlation_id)
+        check_correlation_id("ServiceNow", correlation_id)
         return await with_retries(partial(self._find, correlation_id), self._retry)
 
     async def create(self, content: TicketContent) -> TicketRef:
-        _check_correlation_id(content.correlation_id)
+        check_correlation_id("ServiceNow", content.correlation_id)
         impact = 1 if content.severity == "high" else 2
         body: dict[str, Any] = {
-            "short_description": _cut(" ".join(content.title.split()), SHORT_DESCRIPTION_MAX),
-            "description": _cut(content.text, DESCRIPTION_MAX),
+            "short_description": cut(" ".join(content.title.split()), SHORT_DESCRIPTION_MAX),
+            "description": cut(content.text, DESCRIPTION_MAX),
             "correlation_id": content.correlation_id,
             "correlation_display": CORRELATION_DISPLAY,
             "work_notes": "Decision record (JSON):\n" + json.dumps(content.record, indent=2, sort_keys=True),
@@ -90,20 +89,7 @@ class ServiceNowTickets:
             "urgency": impact,
             **self._fields,
         }
-        tried = False
-
-        async def attempt() -> TicketRef:
-            nonlocal tried
-            # A POST that timed out or got a 5xx may still have created the record; the Table API has no
-            # idempotency key, so look for it before posting again.
-            if tried:
-                existing = await self._find(content.correlation_id)
-                if existing is not None:
-                    return existing
-            tried = True
-            return await self._create(body)
-
-        return await with_retries(attempt, self._retry)
+        return await create_once(partial(self._create, body), partial(self._find, content.correlation_id), self._retry)
 
     async def update(self, ticket: TicketRef, content: TicketContent) -> None:
         if not _SYS_ID.fullmatch(ticket.id):
@@ -169,17 +155,6 @@ class ServiceNowTickets:
         return data["result"]
 
 
-def _check_correlation_id(correlation_id: str) -> None:
-    if not _CORRELATION_ID.fullmatch(correlation_id):
-        raise ServiceRefused(
-            SERVICE, f"ServiceNow: correlation id {correlation_id[:60]!r} is not letters, digits and '-'"
-        )
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _problem(response: httpx.Response) -> str:
     """``error.message`` and ``error.detail`` of ServiceNow's error body, bounded; else the start of the body."""
     try:
@@ -192,4 +167,4 @@ def _problem(response: httpx.Response) -> str:
     message = str(error.get("message") or "").strip()
     detail = str(error.get("detail") or "").strip()
     text = f"{message} ({detail})" if message and detail else message or detail or "no message"
-    return _cut(text, _DETAIL_MAX)
+    return cut(text, _DETAIL_MAX)
