@@ -28,10 +28,10 @@ from jwt import exceptions as jwt_errors
 
 from .errors import ConfigurationError, Forbidden, TransientServiceError, Unauthorized
 from .model import Operator
+from .settings import ENTRA_AUTHORITY
 
 log = logging.getLogger("restricted_sender")
 
-DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 # Fixed, never taken from the token: with a list that mixes HS* and RS*, a public key becomes an HMAC secret.
 ALGORITHMS = ("RS256",)
 # An unknown kid refetches the key set at most this often: a flood of made-up kids cannot hammer the endpoint.
@@ -66,7 +66,7 @@ class TokenValidator:
         tenant_id: str,
         audiences: Sequence[str],
         *,
-        authority: str = DEFAULT_AUTHORITY,
+        authority: str = ENTRA_AUTHORITY,
         leeway: float = 60,
         clock: Callable[[], float] = time.time,
         metadata_ttl: float = 24 * 3600,

@@ -23,6 +23,8 @@ Everything the product raises on purpose derives from :class:`ResponderError`. O
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ResponderError(Exception):
     """Base of every error the product raises on purpose. ``code`` is stable and machine-readable."""
@@ -34,7 +36,7 @@ class ResponderError(Exception):
         super().__init__(message)
         self.message = message
 
-    def to_body(self) -> dict[str, dict[str, str]]:
+    def to_body(self) -> dict[str, dict[str, Any]]:
         return {"error": {"code": self.code, "message": self.message}}
 
 
@@ -72,14 +74,14 @@ class Conflict(InputError):
 
     status = 409
 
-    def __init__(self, message: str, *, code: str = "conflict", details: dict[str, object] | None = None) -> None:
+    def __init__(self, message: str, *, code: str = "conflict", details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.details = details or {}
 
-    def to_body(self) -> dict[str, dict[str, str]]:
+    def to_body(self) -> dict[str, dict[str, Any]]:
         body = super().to_body()
-        body["error"].update(self.details)  # type: ignore[arg-type]
+        body["error"].update(self.details)
         return body
 
 

@@ -200,7 +200,7 @@ class FakeTickets:
         self.fail_create: BaseException | None = None
         self.fail_update: BaseException | None = None
         self.create_then_fail: BaseException | None = None
-        self.deliveries = 0  # calls that reached the system (create, update, open), failed ones included
+        self.deliveries = 0  # calls that reached the system (create, update), failed ones included
         self._numbers = 0
 
     async def find_open(self, correlation_id: str) -> TicketRef | None:
@@ -231,12 +231,6 @@ class FakeTickets:
         self.open_tickets[correlation_id] = ticket
         self.tickets.setdefault(correlation_id, record)
         return ticket
-
-    async def open(self, correlation_id: str, record: Mapping[str, Any]) -> str:
-        """The old one-call ``Tickets`` port, kept while the actor still calls it: one ticket per correlation id."""
-        self.deliveries += 1
-        ticket = self.open_tickets.get(correlation_id) or self._new(correlation_id, record)
-        return ticket.label
 
 
 class MemoryStore:

@@ -94,10 +94,6 @@ class Directory(Protocol):
         ...
 
 
-class Tickets(Protocol):  # the old one-call interface, replaced by TicketSystem + the ledger
-    async def open(self, correlation_id: str, record: Mapping[str, Any]) -> str: ...
-
-
 class TicketSystem(Protocol):
     """One ticket system (webhook, ServiceNow, Jira, email). Deduplication across processors is the caller's
     (the store's ticket ledger); ``find_open`` only recovers a ticket a crashed processor opened unrecorded."""

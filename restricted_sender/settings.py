@@ -10,7 +10,7 @@ from .errors import ConfigurationError
 
 EVENTS_QUEUE = "restriction-events"  # fixed: the queue trigger's binding names it too
 VERIFY_QUEUE = "restriction-verify"  # fixed too: the verification trigger's binding
-ENTRA_AUTHORITY = "https://login.microsoftonline.com"
+ENTRA_AUTHORITY = "https://login.microsoftonline.com"  # where Entra ID publishes each tenant's signing keys
 GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
 EXCHANGE_BASE_URL = "https://outlook.office365.com"
 
@@ -80,20 +80,16 @@ class Settings:
             value = text(name)
             return Secret(value) if value else None
 
-        timeout_text = text("HTTP_TIMEOUT_SECONDS") or "30"
-        try:
-            timeout = float(timeout_text)
-        except ValueError as error:
-            raise ConfigurationError(
-                f"HTTP_TIMEOUT_SECONDS must be a number of seconds, got {timeout_text!r}"
-            ) from error
-        verify_text = text("VERIFY_AFTER") or "60"
-        try:
-            verify_after = float(verify_text)
-        except ValueError:
-            verify_after = -1.0
-        if not 0 < verify_after <= 24 * 60:
-            raise ConfigurationError(f"VERIFY_AFTER must be minutes, more than 0 and at most 1440, got {verify_text!r}")
+        def number(name: str, default: float, unit: str, most: float) -> float:
+            raw = text(name)
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                value = -1.0
+            if not 0 < value <= most:
+                raise ConfigurationError(f"{name} must be {unit}, more than 0 and at most {most:g}, got {raw!r}")
+            return value
+
         prefix = text("TABLE_PREFIX") or "rsr"
         if not prefix.isalnum() or not prefix[0].isalpha():
             raise ConfigurationError(f"TABLE_PREFIX must be letters and digits starting with a letter, got {prefix!r}")
@@ -112,8 +108,8 @@ class Settings:
             ticket_webhook_url=text("TICKET_WEBHOOK_URL"),
             ticket_webhook_secret=secret("TICKET_WEBHOOK_SECRET"),
             table_prefix=prefix,
-            http_timeout_seconds=timeout,
-            verify_after_minutes=verify_after,
+            http_timeout_seconds=number("HTTP_TIMEOUT_SECONDS", 30.0, "seconds", 600),
+            verify_after_minutes=number("VERIFY_AFTER", 60.0, "minutes", 24 * 60),
             servicenow_instance_url=text("SERVICENOW_INSTANCE_URL"),
             servicenow_username=text("SERVICENOW_USERNAME"),
             servicenow_password=secret("SERVICENOW_PASSWORD"),
