@@ -291,8 +291,16 @@ class Actor:
     # -- the ticket ------------------------------------------------------------------------------------------
 
     async def file_ticket(
-        self, record: DecisionRecord, facts: Facts, *, enforce: bool, correlation: str | None = None
+        self,
+        record: DecisionRecord,
+        facts: Facts,
+        *,
+        enforce: bool,
+        correlation: str | None = None,
+        ledger_id: str | None = None,
     ) -> tuple[DecisionRecord, TicketRef | None]:
+        """Open or update the restriction's ticket; ``ledger_id`` (default: the event id) is what the ledger notes
+        on it, so one event is added once."""
         restriction = facts.restriction
         if correlation is None:
             assert restriction is not None, "only a restricted user is ticketed"
@@ -303,7 +311,7 @@ class Actor:
             ), None
         content = render_ticket(correlation, record.to_dict(), dict(record.evidence))
         try:
-            ticket, filed = await self.desk.file(content, record.event_id)
+            ticket, filed = await self.desk.file(content, ledger_id or record.event_id)
         except (ServiceError, ConfigurationError) as error:
             return record.with_actions(
                 Action("ticket", ActionStatus.FAILED, f"{self.desk.system.name}: {error.message} ({correlation})")

@@ -180,13 +180,18 @@ class Runtime:
             return HttpAnswer(500, error.to_body())
         return receive_alerts(body, headers, intake, self.settings.alerts_shared_secret)
 
-    async def bundle(self) -> ProcessorBundle:
+    def _on_this_loop(self) -> asyncio.Lock:
+        """The clients belong to one event loop: forget them when the loop changes. Returns the build lock."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._processor, self._validator, self._loop, self._building = None, None, loop, asyncio.Lock()
         assert self._building is not None
+        return self._building
+
+    async def bundle(self) -> ProcessorBundle:
+        building = self._on_this_loop()
         # The host runs a batch of messages at once: exactly one of them builds the clients.
-        async with self._building:
+        async with building:
             if self._processor is None:
                 from .compose import build_processor
 
@@ -202,26 +207,29 @@ class Runtime:
     async def verify_message(self, text: str, attempt: int = 1) -> DecisionRecord | None:
         return await verify_message(text, (await self.bundle()).verifier, attempt=attempt)
 
-    async def validator(self) -> TokenValidator:
-        await self.bundle()  # the validator lives on the same loop as the processor's clients
+    def validator(self) -> TokenValidator:
+        self._on_this_loop()
         if self._validator is None:
             from .compose import token_validator
 
             self._validator = token_validator(self.settings)
-            assert self._processor is not None
-            self._processor.closers.append(self._validator.aclose)
         return self._validator
 
     async def _admin(
         self, headers: Mapping[str, str], roles: tuple[str, ...], call: Callable[[ProcessorBundle, Operator], Any]
     ) -> HttpAnswer:
         try:
-            validator = await self.validator()
-            bundle = await self.bundle()
+            validator = self.validator()
         except ConfigurationError as error:
             log.error("the admin API is not available: %s", error)
             return HttpAnswer(500, error.to_body())
-        return await admin_call(lambda operator: call(bundle, operator), headers, validator, roles)
+
+        async def authenticated(operator: Operator) -> dict[str, Any]:
+            # Only now the processor's clients: a caller without a valid token costs a token check, nothing more.
+            result: dict[str, Any] = await call(await self.bundle(), operator)
+            return result
+
+        return await admin_call(authenticated, headers, validator, roles)
 
     async def unblock(self, upn: str, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
         async def run(bundle: ProcessorBundle, operator: Operator) -> dict[str, Any]:
@@ -246,6 +254,8 @@ class Runtime:
         """Close the processor's clients (on the loop that built them) and forget every singleton."""
         if self._processor is not None:
             await self._processor.aclose()
+        if self._validator is not None:
+            await self._validator.aclose()
         self.reset()
 
     def reset(self) -> None:

@@ -251,12 +251,8 @@ class Verifier:
             again = verdict.restriction is not None and verdict.restriction.created != task.restriction_created
             cid = correlation_id(self.actor.tenant_id, verdict.restriction) if again and verdict.restriction else None
             record, ticket = await self.actor.file_ticket(
-                replace(record, event_id=task.claim_key),
-                facts,
-                enforce=enforce,
-                correlation=cid or task.correlation_id,
+                record, facts, enforce=enforce, correlation=cid or task.correlation_id, ledger_id=task.claim_key
             )
-            record = replace(record, event_id=task.event_id)
             if not ticket_failed(record):
                 record = await self.actor.send_notices(record, facts, enforce=enforce, ticket=ticket)
         if ticket_failed(record):
