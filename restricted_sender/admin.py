@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import decide as rules
-from .actions import Actor, evidence
+from .actions import Actor
 from .errors import Conflict, MalformedPayload, NotFound, PolicyError, ServiceRefused
 from .facts import FactSources, gather_facts
 from .model import (
@@ -33,12 +33,11 @@ from .model import (
     Outcome,
     Reason,
     RestrictionEvent,
-    Source,
     UnblockKind,
     UserRef,
     stable_id,
 )
-from .pipeline import log_decision
+from .pipeline import decision_record, log_decision
 from .policy import Policy, default_policy
 from .ports import Clock, Store
 
@@ -120,28 +119,12 @@ class Admin:
         policy = self.policy if isinstance(self.policy, Policy) else None
         return await gather_facts(event, policy, self.sources, now)
 
-    def _record(self, event: RestrictionEvent, facts: Facts, decision: Decision, now: datetime) -> DecisionRecord:
-        policy = self.policy if isinstance(self.policy, Policy) else None
-        record = DecisionRecord(
-            event_id=event.event_id,
-            alert_id=event.alert_id,
-            source=event.source,
-            sources=(Source(event.source, event.alert_id, now),),
-            user=(facts.restriction.address if facts.restriction else event.user.key).lower(),
-            decision=decision,
-            actions=(),
-            mode=self.policy.mode,
-            policy_version=policy.version if policy else "invalid",
-            at=now,
-        )
-        return replace(record, evidence=evidence(facts, record, None))
-
     async def check(self, upn: str) -> DecisionRecord:
         """The facts and the decision the automatic path would take now; nothing is done or recorded."""
         now = self.clock.now()
         event = self._event(parse_address(upn), now, "check")
         facts = await self._facts(event, now)
-        return self._record(event, facts, rules.decide(event, facts, self.policy, now), now)
+        return decision_record(event, facts, rules.decide(event, facts, self.policy, now), self.policy, now)
 
     async def unblock(self, upn: str, request: UnblockRequest, operator: Operator) -> DecisionRecord:
         now = self.clock.now()
@@ -204,7 +187,7 @@ class Admin:
         operator: Operator,
         request: UnblockRequest,
     ) -> DecisionRecord:
-        record = self._record(event, facts, decision, now)
+        record = decision_record(event, facts, decision, self.policy, now)
         extra = {"operator": operator.to_dict(), "justification": request.justification, "force": request.force}
         return replace(record, evidence={**record.evidence, **extra})
 

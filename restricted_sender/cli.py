@@ -184,7 +184,7 @@ async def replay(
                     # As in the function app the event would be retried; the record is in the audit trail.
                     print(f"event not completed, the queue would retry it: {error}", file=sys.stderr)
                     audit = await bundle.processor.store.audit()
-                    records.append(_record_of(audit[-1]))
+                    records.append(DecisionRecord.from_dict(audit[-1]))
         return ReplayOutcome(
             records=records,
             requests=sim.requests,
@@ -194,23 +194,6 @@ async def replay(
                 "verifications": [message for message, _ in verifications.scheduled],
             },
         )
-
-
-def _record_of(row: Any) -> DecisionRecord:
-    from .model import Action, ActionStatus, Decision, Outcome, Reason, Source
-
-    return DecisionRecord(
-        event_id=row["event_id"],
-        alert_id=row["alert_id"],
-        source=row["source"],
-        sources=tuple(Source(s["kind"], s["id"], parse_instant(s["at"])) for s in row["sources"]),
-        user=row["user"],
-        decision=Decision(Outcome(row["decision"]), tuple(Reason(r["code"], r["text"]) for r in row["reasons"])),
-        actions=tuple(Action(a["kind"], ActionStatus(a["status"]), a["detail"]) for a in row["actions"]),
-        mode=row["mode"],
-        policy_version=row["policy_version"],
-        at=parse_instant(row["at"]),
-    )
 
 
 async def _seed_history(store: Any, history: Sequence[dict[str, Any]]) -> None:

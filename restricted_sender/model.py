@@ -252,6 +252,22 @@ class DecisionRecord:
     def with_decision(self, decision: Decision) -> DecisionRecord:
         return replace(self, decision=decision)
 
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any]) -> DecisionRecord:
+        """The record back from :meth:`to_dict`'s shape (an audit row); the evidence is not read back."""
+        return cls(
+            event_id=row["event_id"],
+            alert_id=row["alert_id"],
+            source=row["source"],
+            sources=tuple(Source(s["kind"], s["id"], parse_instant(s["at"])) for s in row["sources"]),
+            user=row["user"],
+            decision=Decision(Outcome(row["decision"]), tuple(Reason(r["code"], r["text"]) for r in row["reasons"])),
+            actions=tuple(Action(a["kind"], ActionStatus(a["status"]), a["detail"]) for a in row["actions"]),
+            mode=row["mode"],
+            policy_version=row["policy_version"],
+            at=parse_instant(row["at"]),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "event_id": self.event_id,

@@ -119,6 +119,25 @@ class Intake:
         )
 
 
+def decision_record(
+    event: RestrictionEvent, facts: Facts, decision: Decision, policy: Policy | PolicyError, now: datetime
+) -> DecisionRecord:
+    """The record of one decision about ``event``, with its evidence, before anything is done."""
+    record = DecisionRecord(
+        event_id=event.event_id,
+        alert_id=event.alert_id,
+        source=event.source,
+        sources=(Source(event.source, event.alert_id, event.received_at),),
+        user=(facts.restriction.address if facts.restriction else event.user.key).lower(),
+        decision=decision,
+        actions=(),
+        mode=policy.mode,
+        policy_version=policy.version if isinstance(policy, Policy) else "invalid",
+        at=now,
+    )
+    return replace(record, evidence=evidence(facts, record, event.alert_url))
+
+
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount: after this try the host poisons the message
 
 
@@ -151,19 +170,7 @@ class Processor:
         else:
             facts = await gather_facts(event, policy, self.sources, now)
         decision = rules.decide(event, facts, self.policy, now)
-        record = DecisionRecord(
-            event_id=event.event_id,
-            alert_id=event.alert_id,
-            source=event.source,
-            sources=(Source(event.source, event.alert_id, event.received_at),),
-            user=(facts.restriction.address if facts.restriction else event.user.key).lower(),
-            decision=decision,
-            actions=(),
-            mode=self.policy.mode,
-            policy_version=policy.version if policy else "invalid",
-            at=now,
-        )
-        record = replace(record, evidence=evidence(facts, record, event.alert_url))
+        record = decision_record(event, facts, decision, self.policy, now)
         # With an invalid policy decide() never unblocks; tickets still go out unless the file asked for report-only.
         guards = policy.guards if policy else None
         record = await self.actor.carry_out(

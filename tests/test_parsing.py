@@ -273,3 +273,17 @@ def test_every_app_setting_the_product_reads_is_documented_and_in_the_local_samp
     identity_based = {name for name in read if "__" in name}  # the local sample uses a connection string
     alternatives = {"SERVICENOW_TOKEN"}  # instead of SERVICENOW_USERNAME / SERVICENOW_PASSWORD, which the sample sets
     assert read - identity_based - alternatives - set(sample) == set()
+
+
+def test_a_decision_record_reads_back_from_its_dict() -> None:
+    from datetime import UTC, datetime
+
+    from restricted_sender.model import Action, ActionStatus, Decision, DecisionRecord, Outcome, Reason, Source
+
+    at = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    record = DecisionRecord(
+        event_id="e", alert_id="a", source="alerts_v2", sources=(Source("alerts_v2", "a", at),), user="u@x.com",
+        decision=Decision(Outcome.TICKET, (Reason("no-allow-rule", "none"),)),
+        actions=(Action("ticket", ActionStatus.FAILED, "HTTP 503"),), mode="enforce", policy_version="v", at=at,
+    )  # fmt: skip
+    assert DecisionRecord.from_dict(record.to_dict()) == record
