@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -163,3 +164,35 @@ def handlers() -> dict[str, Callable[..., Any]]:
     import function_app
 
     return {fn.get_function_name(): fn.get_user_function() for fn in function_app.app.get_functions()}
+
+
+def app_settings(sim: Simulator, azurite: Azurite, table_prefix: str, **extra: str) -> dict[str, str]:
+    """The function app's settings with every dependency pointed at ``sim`` and ``azurite``; ``extra`` overrides."""
+    return {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "TENANT_ID": TENANT_ID,
+        "TABLE_PREFIX": table_prefix,
+        "GRAPH_BASE_URL": f"{sim.url}/v1.0",
+        "EXCHANGE_BASE_URL": sim.url,
+        "TICKET_WEBHOOK_URL": f"{sim.url}/tickets/webhook",
+        "IDENTITY_ENDPOINT": f"{sim.url}/msi/token",
+        "IDENTITY_HEADER": sim.identity_header,
+        **sim.itsm_credentials,
+        "ADMIN_API_AUDIENCE": sim.admin_api.audience,
+        "ENTRA_AUTHORITY": sim.url,
+        **extra,
+    }
+
+
+def audit_rows(azurite: Azurite, prefix: str) -> list[dict[str, Any]]:
+    """Every audit row in the Table store, oldest first."""
+    from restricted_sender.adapters.tables import TableStore
+
+    async def read() -> list[dict[str, Any]]:
+        store = TableStore.from_connection_string(azurite.connection_string, prefix=prefix)
+        try:
+            return [dict(row) for row in await store.audit()]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())

@@ -11,11 +11,10 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-from restricted_sender.adapters.tables import TableStore
 from restricted_sender.edge import runtime
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import TENANT_ID, blocked, tenant, user
+from tests.conftest import app_settings, audit_rows, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -41,20 +40,7 @@ def configure(
     monkeypatch: pytest.MonkeyPatch, azurite: Azurite, sim: Simulator, table_prefix: str
 ) -> Iterator[Callable[..., None]]:
     def apply(**extra: str) -> None:
-        values = {
-            "AzureWebJobsStorage": azurite.connection_string,
-            "TENANT_ID": TENANT_ID,
-            "TABLE_PREFIX": table_prefix,
-            "POLICY_YAML": POLICY,
-            "GRAPH_BASE_URL": f"{sim.url}/v1.0",
-            "EXCHANGE_BASE_URL": sim.url,
-            "TICKET_WEBHOOK_URL": f"{sim.url}/tickets/webhook",
-            "IDENTITY_ENDPOINT": f"{sim.url}/msi/token",
-            "IDENTITY_HEADER": sim.identity_header,
-            "ADMIN_API_AUDIENCE": sim.admin_api.audience,
-            "ENTRA_AUTHORITY": sim.url,
-            **extra,
-        }
+        values = app_settings(sim, azurite, table_prefix, POLICY_YAML=POLICY, **extra)
         for key, value in values.items():
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("POLICY_FILE", raising=False)
@@ -98,17 +84,6 @@ def unblock(
 
 def removals(sim: Simulator) -> int:
     return len([r for r in sim.requests if r["route"] == "exchange.Remove-BlockedSenderAddress"])
-
-
-def audit_rows(azurite: Azurite, prefix: str) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        store = TableStore.from_connection_string(azurite.connection_string, prefix=prefix)
-        try:
-            return [dict(row) for row in await store.audit()]
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
 
 
 def test_a_valid_token_with_the_role_unblocks_and_records_the_operator(

@@ -19,14 +19,13 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 import function_app
-from restricted_sender.adapters.tables import TableStore
 from restricted_sender.compose import build_processor, load_policy
 from restricted_sender.edge import runtime
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.settings import EVENTS_QUEUE, VERIFY_QUEUE, Settings
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import TENANT_ID, alert_v2, blocked, tenant, user
+from tests.conftest import alert_v2, app_settings, audit_rows, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -56,24 +55,7 @@ def env(
     monkeypatch: pytest.MonkeyPatch, azurite: Azurite, sim: Simulator, table_prefix: str
 ) -> Iterator[Callable[..., None]]:
     def apply(policy: str = POLICY, **extra: str) -> None:
-        values = {
-            "AzureWebJobsStorage": azurite.connection_string,
-            "TENANT_ID": TENANT_ID,
-            "TABLE_PREFIX": table_prefix,
-            "POLICY_YAML": policy,
-            "GRAPH_BASE_URL": f"{sim.url}/v1.0",
-            "EXCHANGE_BASE_URL": sim.url,
-            "TICKET_WEBHOOK_URL": f"{sim.url}/tickets/webhook",
-            "SERVICENOW_INSTANCE_URL": sim.url,
-            "SERVICENOW_USERNAME": "rsr-integration",
-            "SERVICENOW_PASSWORD": "sim-servicenow-password",
-            "JIRA_SITE_URL": sim.url,
-            "JIRA_EMAIL": "responder@contoso.com",
-            "JIRA_API_TOKEN": "sim-jira-api-token",
-            "IDENTITY_ENDPOINT": f"{sim.url}/msi/token",
-            "IDENTITY_HEADER": sim.identity_header,
-            **extra,
-        }
+        values = app_settings(sim, azurite, table_prefix, POLICY_YAML=policy, **extra)
         for key, value in values.items():
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("POLICY_FILE", raising=False)
@@ -107,17 +89,6 @@ def events_for(*alerts: dict[str, Any]) -> list[str]:
     for alert in alerts:
         intake.accept(json.dumps(alert).encode())
     return queue.drain()
-
-
-def audit_rows(azurite: Azurite, prefix: str) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        store = TableStore.from_connection_string(azurite.connection_string, prefix=prefix)
-        try:
-            return [dict(row) for row in await store.audit()]
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
 
 
 def tickets_and_updates(sim: Simulator, system: str) -> tuple[int, list[str]]:

@@ -18,12 +18,11 @@ import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-from restricted_sender.adapters.tables import TableStore
 from restricted_sender.edge import runtime
 from restricted_sender.settings import EVENTS_QUEUE
 from simulator import Simulator
 from simulator.azurite import Azurite, free_port
-from tests.conftest import TENANT_ID, alert_v2, blocked, shared_file, tenant, user
+from tests.conftest import alert_v2, app_settings, audit_rows, blocked, shared_file, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -64,18 +63,14 @@ def configure(
     monkeypatch: pytest.MonkeyPatch, azurite: Azurite, sim: Simulator, table_prefix: str
 ) -> Iterator[Callable[..., None]]:
     def apply(*, mode: str = "enforce", secret: str | None = None, storage: str | None = None) -> None:
-        values = {
-            "AzureWebJobsStorage": storage or azurite.connection_string,
-            "TENANT_ID": TENANT_ID,
-            "TABLE_PREFIX": table_prefix,
-            "POLICY_YAML": POLICY.format(mode=mode),
-            "GRAPH_BASE_URL": f"{sim.url}/v1.0",
-            "EXCHANGE_BASE_URL": sim.url,
-            "TICKET_WEBHOOK_URL": f"{sim.url}/tickets/webhook",
-            "TICKET_WEBHOOK_SECRET": TICKET_SECRET,
-            "IDENTITY_ENDPOINT": f"{sim.url}/msi/token",
-            "IDENTITY_HEADER": sim.identity_header,
-        }
+        values = app_settings(
+            sim,
+            azurite,
+            table_prefix,
+            POLICY_YAML=POLICY.format(mode=mode),
+            TICKET_WEBHOOK_SECRET=TICKET_SECRET,
+            **({"AzureWebJobsStorage": storage} if storage else {}),
+        )
         for key, value in values.items():
             monkeypatch.setenv(key, value)
         if secret is None:
@@ -117,17 +112,6 @@ def process(handlers: dict[str, Callable[..., Any]], messages: list[str]) -> Non
             await runtime.aclose()
 
     asyncio.run(main())
-
-
-def audit_rows(azurite: Azurite, prefix: str) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        store = TableStore.from_connection_string(azurite.connection_string, prefix=prefix)
-        try:
-            return [dict(row) for row in await store.audit()]
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
 
 
 def test_a_valid_alert_is_queued_before_the_202(
