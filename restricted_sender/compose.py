@@ -214,18 +214,23 @@ def ticket_system(
     if options.system == "servicenow":
         from .adapters.servicenow import ServiceNowTickets
 
-        missing = _missing(settings, "SERVICENOW_INSTANCE_URL")
-        if not settings.servicenow_token and not (settings.servicenow_username and settings.servicenow_password):
-            missing.append("SERVICENOW_USERNAME and SERVICENOW_PASSWORD (or SERVICENOW_TOKEN)")
-        if missing:
+        url, username, password = (
+            settings.servicenow_instance_url,
+            settings.servicenow_username,
+            settings.servicenow_password,
+        )
+        login = settings.servicenow_token or (username and password)
+        missing = _unset(
+            {"SERVICENOW_INSTANCE_URL": url, "SERVICENOW_USERNAME and SERVICENOW_PASSWORD (or SERVICENOW_TOKEN)": login}
+        )
+        if not url or missing:
             return MissingTickets("servicenow", missing)
-        assert settings.servicenow_instance_url is not None
         return ServiceNowTickets(
             http,
-            instance_url=settings.servicenow_instance_url,
+            instance_url=url,
             table=options.servicenow_table,
-            username=settings.servicenow_username,
-            password=settings.servicenow_password,
+            username=username,
+            password=password,
             token=settings.servicenow_token,
             fields=options.servicenow_fields,
             retry=retry,
@@ -233,19 +238,17 @@ def ticket_system(
     if options.system == "jira":
         from .adapters.jira import JiraTickets
 
-        missing = _missing(settings, "JIRA_SITE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN")
-        if missing or options.jira_project is None:
-            return MissingTickets("jira", missing or ["ticket.jira.project in the policy"])
-        assert settings.jira_site_url is not None
-        assert settings.jira_email is not None
-        assert settings.jira_api_token is not None
+        site, email, token = settings.jira_site_url, settings.jira_email, settings.jira_api_token
+        assert options.jira_project is not None, "the policy loader requires it"
+        if not (site and email and token):
+            return MissingTickets("jira", _unset({"JIRA_SITE_URL": site, "JIRA_EMAIL": email, "JIRA_API_TOKEN": token}))
         return JiraTickets(
             http,
-            site_url=settings.jira_site_url,
+            site_url=site,
             project=options.jira_project,
             issue_type=options.jira_issue_type,
-            email=settings.jira_email,
-            api_token=settings.jira_api_token,
+            email=email,
+            api_token=token,
             labels=options.jira_labels,
             retry=retry,
         )
@@ -261,16 +264,9 @@ def ticket_system(
     return WebhookTickets(http, url=settings.ticket_webhook_url, secret=settings.ticket_webhook_secret, retry=retry)
 
 
-_SETTING_ATTRIBUTES = {
-    "SERVICENOW_INSTANCE_URL": "servicenow_instance_url",
-    "JIRA_SITE_URL": "jira_site_url",
-    "JIRA_EMAIL": "jira_email",
-    "JIRA_API_TOKEN": "jira_api_token",
-}
-
-
-def _missing(settings: Settings, *names: str) -> list[str]:
-    return [name for name in names if not getattr(settings, _SETTING_ATTRIBUTES[name])]
+def _unset(settings: dict[str, object]) -> list[str]:
+    """The names of the settings that have no value."""
+    return [name for name, value in settings.items() if not value]
 
 
 class MissingTickets:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ from restricted_sender.fakes import (
 from restricted_sender.model import DirectoryUser, Operator, RestrictionEvent
 from restricted_sender.pipeline import Intake, Processor, TicketNotFiled
 from restricted_sender.policy import load_policy_text
+from restricted_sender.ticket_body import render_ticket
 from restricted_sender.timeutil import FixedClock
 from restricted_sender.verify import VerifyTask
 from tests.conftest import alert_v2, blocked
@@ -325,3 +327,33 @@ def test_check_decides_without_acting_or_recording() -> None:
     record = asyncio.run(world.admin().check("alice@contoso.com"))
     assert record.decision.outcome.value == "unblock"
     assert (world.exchange.removed, world.store.audit_rows, world.verify.scheduled) == ([], [], [])
+
+
+@pytest.mark.parametrize(
+    ("policy", "settings", "named"),
+    [
+        ("", {}, "TICKET_WEBHOOK_URL"),
+        ("ticket: {system: servicenow}", {"SERVICENOW_INSTANCE_URL": "https://x.service-now.com"},
+         "SERVICENOW_USERNAME and SERVICENOW_PASSWORD (or SERVICENOW_TOKEN)"),
+        ("ticket: {system: servicenow}", {"SERVICENOW_TOKEN": "t"}, "SERVICENOW_INSTANCE_URL"),
+        ("ticket: {system: jira, jira: {project: SEC}}", {"JIRA_SITE_URL": "https://x.atlassian.net"},
+         "JIRA_EMAIL, JIRA_API_TOKEN"),
+    ],
+    ids=["webhook", "servicenow without a login", "servicenow without an instance", "jira without credentials"],
+)  # fmt: skip
+def test_a_ticket_system_without_its_settings_fails_each_ticket_naming_what_to_set(
+    policy: str, settings: dict[str, str], named: str
+) -> None:
+    import httpx
+
+    from restricted_sender.compose import ticket_system
+    from restricted_sender.errors import ConfigurationError
+    from restricted_sender.settings import Settings
+
+    async def attempt() -> None:
+        async with httpx.AsyncClient() as http:
+            system = ticket_system(Settings.from_env(settings), load_policy_text(policy), http, FakeDirectory())
+            await system.create(render_ticket("rsr-1", {}, {}))
+
+    with pytest.raises(ConfigurationError, match="is not configured: set " + re.escape(named)):
+        asyncio.run(attempt())
