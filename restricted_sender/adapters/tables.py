@@ -217,9 +217,7 @@ class TableStore:
                     if error.status_code not in (409, 412):  # 412: a row changed; 409: a missing row appeared
                         raise
             await asyncio.sleep(random.uniform(0.0, 0.02 * 2 ** min(attempt, 5)))
-        raise TransientServiceError(
-            "store", f"{operation}: the unblock history stayed contended for {MAX_WRITE_TRIES} tries", http_status=412
-        )
+        raise _contended(operation, "unblock history")
 
     async def begin_ticket(self, correlation_id: str, event_id: str, now: datetime) -> TicketSlot:
         from azure.core.exceptions import ResourceExistsError
@@ -252,9 +250,7 @@ class TableStore:
                 changes = {"Owner": event_id, "StartedAt": now, "UpdatedAt": now}
                 if await _merge_if_unchanged(table, key, row, changes):
                     return slot
-        raise TransientServiceError(
-            "store", f"begin_ticket: the ledger row stayed contended for {MAX_WRITE_TRIES} tries", http_status=412
-        )
+        raise _contended("begin_ticket", "ledger row")
 
     async def ticket_opened(self, correlation_id: str, event_id: str, ticket: TicketRef, now: datetime) -> None:
         from azure.core.exceptions import ResourceExistsError
@@ -275,9 +271,7 @@ class TableStore:
                 changes = _ticket_properties(kept, noted_with(_noted_of(row), event_id), now)
                 if await _merge_if_unchanged(table, key, row, changes):
                     return
-        raise TransientServiceError(
-            "store", f"ticket_opened: the ledger row stayed contended for {MAX_WRITE_TRIES} tries", http_status=412
-        )
+        raise _contended("ticket_opened", "ledger row")
 
     async def ticket_noted(self, correlation_id: str, event_id: str, now: datetime) -> None:
         table = await self._table("claims")
@@ -293,9 +287,7 @@ class TableStore:
                 changes = {"Noted": _noted_text(noted_with(noted, event_id)), "UpdatedAt": now}
                 if await _merge_if_unchanged(table, key, row, changes):
                     return
-        raise TransientServiceError(
-            "store", f"ticket_noted: the ledger row stayed contended for {MAX_WRITE_TRIES} tries", http_status=412
-        )
+        raise _contended("ticket_noted", "ledger row")
 
     async def append_audit(self, record: Mapping[str, Any]) -> None:
         table = await self._table("audit")
@@ -343,6 +335,13 @@ class TableStore:
         await self._service.close()
         if self._credential is not None:
             await self._credential.close()
+
+
+def _contended(operation: str, what: str) -> TransientServiceError:
+    """Every try lost the ETag race: give up for now, the queue retries the event."""
+    return TransientServiceError(
+        "store", f"{operation}: the {what} stayed contended for {MAX_WRITE_TRIES} tries", http_status=412
+    )
 
 
 class _errors:
