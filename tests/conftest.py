@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -15,6 +15,7 @@ from simulator import Simulator
 from simulator import azurite as local_storage
 from simulator.azurite import Azurite
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
@@ -196,3 +197,21 @@ def audit_rows(azurite: Azurite, prefix: str) -> list[dict[str, Any]]:
             await store.close()
 
     return asyncio.run(read())
+
+
+def on_graph(sim: Simulator, scenario: Callable[[Any, Simulator], Awaitable[T]], *, retry_delay: float = 0.05) -> T:
+    """Run ``scenario(directory, sim)`` with the real Graph adapter and the real managed-identity credential
+    against ``sim`` (the identity environment must point at it: the ``identity_env`` fixture)."""
+    from azure.identity.aio import ManagedIdentityCredential
+
+    from restricted_sender.adapters.graph import graph_directory
+
+    async def main() -> T:
+        async with ManagedIdentityCredential() as credential:
+            directory = graph_directory(credential, base_url=sim.graph_url, timeout=5, retry_delay=retry_delay)
+            try:
+                return await scenario(directory, sim)
+            finally:
+                await directory.close()
+
+    return asyncio.run(main())

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from azure.identity.aio import ManagedIdentityCredential
 
-from restricted_sender.adapters.graph import GraphDirectory, graph_directory
+from restricted_sender.adapters.graph import GraphDirectory
 from restricted_sender.errors import ServiceRefused, TransientServiceError
 from simulator import Simulator
-from tests.conftest import BULK_GROUP, tenant, user
+from tests.conftest import BULK_GROUP, on_graph, tenant, user
 
 T = TypeVar("T")
 OTHER_GROUPS = [f"00000000-0000-0000-0000-{i:012d}" for i in range(30)]
@@ -40,15 +38,7 @@ def run(
         sim = simulator_factory(state())
         identity_env(sim)
 
-        async def main() -> T:
-            async with ManagedIdentityCredential() as credential:
-                directory = graph_directory(credential, base_url=f"{sim.url}/v1.0", timeout=5, retry_delay=retry_delay)
-                try:
-                    return await scenario(directory, sim)
-                finally:
-                    await directory.close()
-
-        return asyncio.run(main()), sim
+        return on_graph(sim, scenario, retry_delay=retry_delay), sim
 
     return go
 

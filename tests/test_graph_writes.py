@@ -10,14 +10,13 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from azure.identity.aio import ManagedIdentityCredential
 
-from restricted_sender.adapters.graph import GraphDirectory, graph_directory
+from restricted_sender.adapters.graph import GraphDirectory
 from restricted_sender.errors import ServiceRefused
 from restricted_sender.fakes import FakeDirectory
 from restricted_sender.model import DirectoryUser, Mail
 from simulator import Simulator
-from tests.conftest import tenant, user
+from tests.conftest import on_graph, tenant, user
 
 T = TypeVar("T")
 TLS = ssl.create_default_context()  # plain HTTP to 127.0.0.1 only; built once (~50 ms)
@@ -56,15 +55,7 @@ def run(
         sim = simulator_factory(tenant([ALICE, BOB, ROBOT], []))
         identity_env(sim)
 
-        async def main() -> T:
-            async with ManagedIdentityCredential() as credential:
-                directory = graph_directory(credential, base_url=sim.graph_url, timeout=5, retry_delay=0.05)
-                try:
-                    return await scenario(directory, sim)
-                finally:
-                    await directory.close()
-
-        return asyncio.run(main()), sim
+        return on_graph(sim, scenario), sim
 
     return go
 
