@@ -330,17 +330,16 @@ class Actor:
         if outcome is Outcome.IGNORE or notify.sender is None:
             return record
         mails: list[tuple[str, Mail]] = []
-        if notify.user and facts.restriction is not None:
-            unblocked = any(a.kind == "unblock" and a.status is ActionStatus.DONE for a in record.actions)
-            if outcome is Outcome.WAIT or unblocked or not enforce:
-                address = facts.user.mail if facts.user and facts.user.mail else facts.restriction.address
-                mail = user_notice(outcome, address, at=record.at, release_at=record.decision.release_at)
-                if mail is not None:
-                    mails.append(("user", mail))
+        # The user hears of a wait, or of an unblock that happened (or would have, in report-only).
+        lifted = outcome is Outcome.WAIT or record.status_of("unblock") is ActionStatus.DONE or not enforce
+        if notify.user and facts.restriction is not None and lifted:
+            address = facts.user.mail if facts.user and facts.user.mail else facts.restriction.address
+            mail = user_notice(outcome, address, at=record.at, release_at=record.decision.release_at)
+            if mail is not None:
+                mails.append(("user", mail))
         if notify.recipients:
-            mails.append(
-                ("recipients", recipients_notice(notify.recipients, record.to_dict(), ticket=str(ticket or "") or None))
-            )
+            reference = str(ticket) if ticket else None
+            mails.append(("recipients", recipients_notice(notify.recipients, record.to_dict(), ticket=reference)))
         if not enforce:
             return record.with_actions(
                 *(Action("notify", ActionStatus.SKIPPED, f"report-only: would mail the {who}") for who, _ in mails)
@@ -358,4 +357,4 @@ class Actor:
 
 
 def ticket_failed(record: DecisionRecord) -> bool:
-    return any(a.kind == "ticket" and a.status is ActionStatus.FAILED for a in record.actions)
+    return record.status_of("ticket") is ActionStatus.FAILED

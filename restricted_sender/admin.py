@@ -161,7 +161,7 @@ class Admin:
             user_budget=None if request.force or guards is None else guards.max_unblocks_per_user,
             tenant_budget=None if request.force or guards is None else guards.max_unblocks_per_tenant,
         )
-        done = any(a.kind == "unblock" and a.status is ActionStatus.DONE for a in record.actions)
+        done = record.status_of("unblock") is ActionStatus.DONE
         if done:
             record = await self.actor.send_notices(record, facts, enforce=True)
         await self._record_and_log(record)

@@ -249,6 +249,10 @@ class DecisionRecord:
     def with_actions(self, *actions: Action) -> DecisionRecord:
         return replace(self, actions=self.actions + actions)
 
+    def status_of(self, kind: str) -> ActionStatus | None:
+        """How the (last) action of ``kind`` went; ``None`` when there was none."""
+        return next((a.status for a in reversed(self.actions) if a.kind == kind), None)
+
     def with_decision(self, decision: Decision) -> DecisionRecord:
         return replace(self, decision=decision)
 
