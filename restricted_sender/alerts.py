@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import MalformedPayload
-from .model import AlertReport, UserRef
+from .model import SOURCE_ALERTS_V2, AlertReport, UserRef
 
 MAX_BODY_BYTES = 1024 * 1024
-SOURCE_ALERTS_V2 = "alerts_v2"
+
 _ALERT_TYPE = "#microsoft.graph.security.alert"
 _USER_EVIDENCE = "#microsoft.graph.security.userevidence"
 _MAILBOX_EVIDENCE = "#microsoft.graph.security.mailboxevidence"

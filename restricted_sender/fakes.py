@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .errors import QueueUnavailable, SenderNotBlocked, ServiceRefused, UnblockLimitReached
 from .mailbox import Forwarding, InboxRule, parse_rules
-from .model import DirectoryUser, Mail, TicketContent, TicketRef, UnblockEntry
+from .model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
 from .ports import (
+    MAX_REPORTS,
+    PENDING_TTL,
     BudgetRefusal,
     ClaimResult,
+    ClaimState,
+    Cursor,
     TicketSlot,
     budget_refusal,
     noted_with,
@@ -239,6 +244,9 @@ class MemoryStore:
         self.history: dict[tuple[str, str], UnblockEntry] = {}
         self.audit_rows: list[Mapping[str, Any]] = []
         self.ledger: dict[str, dict[str, Any]] = {}  # correlation id -> owner, started_at, ticket, noted
+        self.report_rows: dict[str, dict[tuple[str, str], Source]] = {}
+        self.cursors: dict[str, Cursor] = {}
+        self.pending_rows: dict[tuple[str, str], tuple[Mapping[str, Any], datetime]] = {}
 
     async def claim(self, key: str, delivery_id: str, now: datetime) -> ClaimResult:
         row = self.claims.get(key)
@@ -258,6 +266,37 @@ class MemoryStore:
 
     async def complete(self, key: str, delivery_id: str, outcome: str, now: datetime) -> None:
         self.claims[key] = {"owner": delivery_id, "state": "done", "claimed_at": now, "outcome": outcome}
+
+    async def claim_state(self, key: str) -> ClaimState | None:
+        row = self.claims.get(key)
+        if row is None:
+            return None
+        return ClaimState(row["owner"], row["state"], row["claimed_at"], row.get("outcome"))
+
+    async def add_report(self, key: str, source: Source) -> None:
+        rows = self.report_rows.setdefault(key, {})
+        if (source.kind, source.id) not in rows and len(rows) < MAX_REPORTS:
+            rows[(source.kind, source.id)] = source
+
+    async def reports(self, key: str) -> tuple[Source, ...]:
+        return tuple(sorted(self.report_rows.get(key, {}).values(), key=lambda s: (s.at, s.kind, s.id)))
+
+    async def read_cursor(self, name: str) -> Cursor | None:
+        return self.cursors.get(name)
+
+    async def write_cursor(self, name: str, value: str, version: str | None) -> bool:
+        current = self.cursors.get(name)
+        if (current.version if current else None) != version:
+            return False
+        self.cursors[name] = Cursor(value, str(int(current.version) + 1 if current else 1))
+        return True
+
+    async def keep_pending(self, group: str, key: str, data: Mapping[str, Any], now: datetime) -> None:
+        self.pending_rows[(group, key)] = (json.loads(json.dumps(data)), now + PENDING_TTL)
+
+    async def pending(self, group: str, keys: Collection[str], now: datetime) -> dict[str, Mapping[str, Any]]:
+        found = {k: self.pending_rows.get((group, k)) for k in keys}
+        return {k: row[0] for k, row in found.items() if row is not None and row[1] > now}
 
     async def record_unblock(self, entry: UnblockEntry) -> None:
         self._put(entry)

@@ -35,16 +35,29 @@ class UserRef:
         return (self.address or self.object_id or "").lower()
 
 
+# Every way a restriction reaches the product (the decision record's ``sources[].kind``).
+SOURCE_SENTINEL = "sentinel"  # a Sentinel incident or alert posted by a Logic App playbook
+SOURCE_O365 = "o365"  # the Office 365 Management Activity API (alert audit records, HygieneEvent Listed)
+SOURCE_DEFENDER = "defender"  # Defender XDR streaming (AlertInfo + AlertEvidence), Event Hub or HTTP
+SOURCE_ALERTS_V2 = "alerts_v2"  # a Graph alerts_v2 object posted to the webhook
+SOURCE_POLL = "poll"  # the alerts_v2 poller (a timer)
+SOURCE_SWEEP = "sweep"  # the restricted-list sweep (a timer): no alert at all
+SOURCE_KINDS = (SOURCE_SENTINEL, SOURCE_O365, SOURCE_DEFENDER, SOURCE_ALERTS_V2, SOURCE_POLL, SOURCE_SWEEP)
+
+
 @dataclass(frozen=True, slots=True)
 class AlertReport:
     """One alert as it arrived, parsed once at the boundary."""
 
-    source: str  # the intake path, e.g. "alerts_v2"
+    source: str  # one of SOURCE_KINDS
     alert_id: str
     title: str
     users: tuple[UserRef, ...]
     web_url: str | None = None
     created: str | None = None
+    # The report is the restriction itself (the restricted list, a HygieneEvent "Listed" record), not an alert:
+    # no alert name has to match the policy's.
+    direct: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +73,7 @@ class RestrictionEvent:
     received_at: datetime
     alert_url: str | None = None
     alert_created: str | None = None
+    direct: bool = False  # see AlertReport.direct
 
     @classmethod
     def for_alert(
@@ -75,6 +89,7 @@ class RestrictionEvent:
             received_at=received_at,
             alert_url=report.web_url,
             alert_created=report.created,
+            direct=report.direct,
         )
 
     @property
@@ -94,6 +109,7 @@ class RestrictionEvent:
                 "received_at": iso(self.received_at),
                 "alert_url": self.alert_url,
                 "alert_created": self.alert_created,
+                "direct": self.direct,
             },
             separators=(",", ":"),
         )
@@ -114,6 +130,7 @@ class RestrictionEvent:
             received_at=parse_instant(str(data["received_at"])),
             alert_url=data.get("alert_url"),
             alert_created=data.get("alert_created"),
+            direct=data.get("direct") is True,
         )
 
 

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .mailbox import Forwarding, InboxRule
-from .model import DirectoryUser, Mail, TicketContent, TicketRef, UnblockEntry
+from .model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
 from .restriction import BlockedSender
 
 if TYPE_CHECKING:
@@ -171,6 +171,28 @@ class ClaimResult(StrEnum):
 CLAIM_LEASE = timedelta(minutes=15)
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimState:
+    """A claim row as it stands: who holds it, whether it is done, and the outcome it completed with."""
+
+    owner: str
+    state: Literal["claimed", "done"]
+    claimed_at: datetime
+    outcome: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A named position (the alerts_v2 poller's watermark) and the version it was read at."""
+
+    value: str
+    version: str  # opaque: an ETag in Table Storage, a counter elsewhere
+
+
+MAX_REPORTS = 50  # sources kept per restriction: the first 50 reports are the story, the rest is noise
+PENDING_TTL = timedelta(hours=24)  # Defender rows waiting for their other half are dropped after this
+
+
 def resolve_claim(*, owner: str, state: str, claimed_at: datetime, delivery_id: str, now: datetime) -> ClaimResult:
     """What an existing claim row means for ``delivery_id``; one rule shared by every store backend.
 
@@ -253,6 +275,37 @@ class Store(Protocol):
 
     async def ticket_noted(self, correlation_id: str, event_id: str, now: datetime) -> None:
         """Record that ``event_id`` was added to the ticket (so a retry does not add it twice)."""
+        ...
+
+    # -- intake bookkeeping (issue 5) ------------------------------------------------------------------------
+
+    async def claim_state(self, key: str) -> ClaimState | None:
+        """The claim row of ``key`` as :meth:`claim` and :meth:`complete` left it; ``None`` when never claimed."""
+        ...
+
+    async def add_report(self, key: str, source: Source) -> None:
+        """Remember that ``source`` reported the restriction ``key``. Idempotent per ``(source.kind, source.id)``:
+        a repeated report keeps its first ``at``. Beyond ``MAX_REPORTS`` per key, new reports are dropped."""
+        ...
+
+    async def reports(self, key: str) -> tuple[Source, ...]:
+        """Every report of ``key``, oldest first (ties by kind, then id); empty when none."""
+        ...
+
+    async def read_cursor(self, name: str) -> Cursor | None: ...
+
+    async def write_cursor(self, name: str, value: str, version: str | None) -> bool:
+        """Write ``value`` if the cursor is still at ``version`` (``None``: only if it does not exist yet).
+        ``False`` when another writer moved it first; nothing is written then."""
+        ...
+
+    async def keep_pending(self, group: str, key: str, data: Mapping[str, Any], now: datetime) -> None:
+        """Keep ``data`` (a JSON object) under ``(group, key)`` until :meth:`pending` stops returning it
+        (``PENDING_TTL`` after ``now``). Writing the same ``(group, key)`` again replaces it."""
+        ...
+
+    async def pending(self, group: str, keys: Collection[str], now: datetime) -> dict[str, Mapping[str, Any]]:
+        """The kept data of those ``keys`` in ``group`` that have not expired at ``now``."""
         ...
 
     async def append_audit(self, record: Mapping[str, Any]) -> None: ...
