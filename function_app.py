@@ -1,11 +1,15 @@
 """Azure Functions entry point (Python v2 model). Triggers only: Functions objects <-> the core."""
 
 import json
+import os
+from typing import List  # noqa: UP035  (see defender_stream)
 
 import azure.functions as func
 
 from restricted_sender.edge import HttpAnswer, runtime
-from restricted_sender.settings import EVENTS_QUEUE, VERIFY_QUEUE
+from restricted_sender.settings import CONTENT_QUEUE, DEFENDER_EVENTHUB, EVENTS_QUEUE, VERIFY_QUEUE
+
+EVERY_MINUTE = "0 * * * * *"  # the nets keep their own intervals (POLL_ALERTS_MINUTES, SWEEP_MINUTES)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -18,6 +22,46 @@ def _response(answer: HttpAnswer) -> func.HttpResponse:
 @app.route(route="alerts", methods=["POST"])
 def alerts(req: func.HttpRequest) -> func.HttpResponse:
     return _response(runtime.receive_alerts(req.get_body(), dict(req.headers)))
+
+
+@app.function_name("alerts_o365")
+@app.route(route="alerts/o365", methods=["POST"])
+def alerts_o365(req: func.HttpRequest) -> func.HttpResponse:
+    return _response(runtime.receive_o365(req.get_body(), dict(req.headers)))
+
+
+@app.function_name("expand_content")
+@app.queue_trigger(arg_name="msg", queue_name=CONTENT_QUEUE, connection="AzureWebJobsStorage")
+async def expand_content(msg: func.QueueMessage) -> None:
+    await runtime.expand_message(msg.get_body().decode("utf-8"), attempt=msg.dequeue_count or 1)
+
+
+@app.function_name("poll_alerts")
+@app.timer_trigger(arg_name="timer", schedule=EVERY_MINUTE, run_on_startup=False, use_monitor=False)
+async def poll_alerts(timer: func.TimerRequest) -> None:
+    await runtime.run_net("poll")
+
+
+@app.function_name("sweep_restricted")
+@app.timer_trigger(arg_name="timer", schedule=EVERY_MINUTE, run_on_startup=False, use_monitor=False)
+async def sweep_restricted(timer: func.TimerRequest) -> None:
+    await runtime.run_net("sweep")
+
+
+# Registered only when configured: an Event Hub trigger without its connection would fail to start.
+if os.environ.get(f"{DEFENDER_EVENTHUB}_NAME"):
+
+    @app.function_name("defender_stream")
+    @app.event_hub_message_trigger(
+        arg_name="events",
+        event_hub_name=os.environ[f"{DEFENDER_EVENTHUB}_NAME"],
+        connection=DEFENDER_EVENTHUB,
+        cardinality=func.Cardinality.MANY,
+        consumer_group=os.environ.get(f"{DEFENDER_EVENTHUB}_CONSUMER_GROUP") or "$Default",
+    )
+    # typing.List, not list[...]: the worker's loader refuses the builtin generic ("invalid non-type annotation").
+    async def defender_stream(events: List[func.EventHubEvent]) -> None:  # noqa: UP006
+        await runtime.defender_events([e.get_body() for e in events])
 
 
 @app.function_name("process_event")

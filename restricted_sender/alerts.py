@@ -1,13 +1,16 @@
 """Alert payloads -> :class:`AlertReport` values. Pure parsing: no I/O, no policy.
 
-Shapes understood (design §7): a Graph ``security/alerts_v2`` alert object, and a ``{"value": [...]}``
-collection of them (what ``GET /security/alerts_v2`` returns and what we document for Logic Apps).
+Shapes understood (design §7): a Graph ``security/alerts_v2`` alert object, a ``{"value": [...]}``
+collection of them (what ``GET /security/alerts_v2`` returns), and the Sentinel incident and alert trigger
+bodies a Logic App playbook posts (:mod:`restricted_sender.sentinel`), bare or wrapped as ``{"Body": ...}``.
+Defender streaming batches and Management Activity content have their own modules (``defender``, ``o365``):
+they need state or a fetch before they become reports.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .errors import MalformedPayload
@@ -18,6 +21,13 @@ MAX_BODY_BYTES = 1024 * 1024
 _ALERT_TYPE = "#microsoft.graph.security.alert"
 _USER_EVIDENCE = "#microsoft.graph.security.userevidence"
 _MAILBOX_EVIDENCE = "#microsoft.graph.security.mailboxevidence"
+# Keys only an alerts_v2 object has among the shapes we accept: a dict with none of them is no known shape.
+_ALERTS_V2_KEYS = ("id", "title", "@odata.type", "evidence")
+ACCEPTED_SHAPES = (
+    'expected a Graph alerts_v2 alert object, {"value": [alert, ...]}, a Sentinel incident trigger body '
+    '(objectSchemaType "Incident", object.properties.alerts), a Sentinel alert trigger body (AlertDisplayName, '
+    'SystemAlertId), or one of those wrapped as {"Body": ...}'
+)
 
 
 def parse_json(body: bytes) -> Any:
@@ -29,19 +39,49 @@ def parse_json(body: bytes) -> Any:
         raise MalformedPayload(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
 
 
-def parse_alert_payload(payload: object) -> tuple[AlertReport, ...]:
-    """Every alert in the payload, in order. Raises :class:`MalformedPayload` for an unknown shape."""
-    if isinstance(payload, dict) and "value" in payload and "title" not in payload:
+def parse_alert_payload(
+    payload: object,
+    *,
+    source: str = SOURCE_ALERTS_V2,
+    is_target: Callable[[str], bool] | None = None,
+) -> tuple[AlertReport, ...]:
+    """Every alert in the payload, in order. Raises :class:`MalformedPayload` for an unknown shape.
+
+    ``source`` is the kind given to alerts_v2 reports (the poller passes ``SOURCE_POLL``); Sentinel reports are
+    always ``SOURCE_SENTINEL``. ``is_target`` picks an incident's title among its alerts' names (see
+    :func:`restricted_sender.sentinel.parse_incident`).
+    """
+    from . import sentinel  # here, not at the top: sentinel builds on this module's helpers
+
+    where = ""
+    if isinstance(payload, dict) and "Body" in payload:
+        # A Logic App that posts {"Body": triggerBody(), ...options} (the STAT-Function convention).
+        payload, where = payload["Body"], "Body"
+        if not isinstance(payload, dict):
+            raise MalformedPayload(f"Body: expected an object, got {type(payload).__name__}")
+    if not isinstance(payload, dict):
+        raise MalformedPayload(f"unknown payload shape: {ACCEPTED_SHAPES}")
+    if sentinel.is_incident(payload):
+        return (sentinel.parse_incident(payload, where, is_target=is_target),)
+    if sentinel.is_alert(payload):
+        return (sentinel.parse_alert(payload, where),)
+    if "value" in payload and "title" not in payload:
         items = payload["value"]
         if not isinstance(items, list):
-            raise MalformedPayload("'value' must be a list of alerts_v2 alert objects")
-        return tuple(_parse_alert(item, f"value[{i}]") for i, item in enumerate(items))
-    if isinstance(payload, dict):
-        return (_parse_alert(payload, "body"),)
-    raise MalformedPayload('unknown payload shape: expected an alerts_v2 alert object or {"value": [alert, ...]}')
+            prefix = f"{where}: " if where else ""
+            raise MalformedPayload(f"{prefix}'value' must be a list of alerts_v2 alert objects")
+        return tuple(_parse_alert(item, at(where, f"value[{i}]"), source) for i, item in enumerate(items))
+    if not any(key in payload for key in _ALERTS_V2_KEYS):
+        raise MalformedPayload(f"unknown payload shape{' in Body' if where else ''}: {ACCEPTED_SHAPES}")
+    return (_parse_alert(payload, where or "body", source),)
 
 
-def _parse_alert(item: object, where: str) -> AlertReport:
+def at(where: str, place: str) -> str:
+    """``place`` inside ``where`` (empty at the top of the body), as error messages name it."""
+    return f"{where}.{place}" if where else place
+
+
+def _parse_alert(item: object, where: str, source: str) -> AlertReport:
     if not isinstance(item, dict):
         raise MalformedPayload(f"{where}: expected an alerts_v2 alert object")
     odata_type = item.get("@odata.type")
@@ -60,7 +100,7 @@ def _parse_alert(item: object, where: str) -> AlertReport:
     web_url = item.get("alertWebUrl")
     created = item.get("createdDateTime")
     return AlertReport(
-        source=SOURCE_ALERTS_V2,
+        source=source,
         alert_id=alert_id.strip(),
         title=title,
         users=merge_users(_evidence_users(evidence, f"{where}.evidence")),
@@ -77,10 +117,10 @@ def _evidence_users(evidence: list[Any], where: str) -> Iterable[UserRef]:
         account = item.get("userAccount")
         account = account if isinstance(account, dict) else {}
         if kind == _USER_EVIDENCE:
-            ref = _ref(_text(account, "userPrincipalName"), _text(account, "azureAdUserId"))
+            ref = user_ref(first_text(account, "userPrincipalName"), first_text(account, "azureAdUserId"))
         elif kind == _MAILBOX_EVIDENCE:
-            address = _text(item, "primaryAddress") or _text(item, "upn") or _text(account, "userPrincipalName")
-            ref = _ref(address, _text(account, "azureAdUserId"))
+            address = first_text(item, "primaryAddress", "upn") or first_text(account, "userPrincipalName")
+            ref = user_ref(address, first_text(account, "azureAdUserId"))
         else:
             continue
         if ref is not None:
@@ -104,7 +144,8 @@ def merge_users(refs: Iterable[UserRef]) -> tuple[UserRef, ...]:
     return tuple(merged)
 
 
-def _ref(address: str | None, object_id: str | None) -> UserRef | None:
+def user_ref(address: str | None, object_id: str | None) -> UserRef | None:
+    """The user named by an address and/or an object id; ``None`` when neither names anyone."""
     if address and "@" not in address:
         address = None  # an accountName without a domain cannot name a mailbox
     if not address and not object_id:
@@ -112,6 +153,21 @@ def _ref(address: str | None, object_id: str | None) -> UserRef | None:
     return UserRef(address=address.lower() if address else None, object_id=object_id)
 
 
-def _text(data: Mapping[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    return value.strip() if isinstance(value, str) and value.strip() else None
+def first_text(data: Mapping[str, Any], *keys: str) -> str | None:
+    """The first of ``keys`` holding a non-blank string, stripped."""
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def loose_json_object(value: object) -> Mapping[str, Any]:
+    """An object given as itself or as JSON text (Defender's AdditionalFields, an audit record's Data).
+    Anything else reads as empty: these only add detail, so they never fail a record."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return {}
+    return value if isinstance(value, dict) else {}

@@ -14,14 +14,26 @@ from typing import TYPE_CHECKING
 
 from .actions import Actor, TicketDesk
 from .admin import Admin
+from .content import ContentExpander
 from .errors import ConfigurationError, PolicyError
 from .facts import FactSources
 from .model import TicketContent, TicketRef
+from .nets import AlertPoller, RestrictedSweep
 from .pipeline import Intake, Processor, Verifier
 from .policy import Containment, Notify, Policy, TicketOptions, default_policy, load_policy_file, load_policy_text
-from .ports import Clock, DelayedQueue, Directory, EventQueue, Exchange, Store, TicketSystem
+from .ports import (
+    AlertFeed,
+    Clock,
+    DelayedQueue,
+    Directory,
+    EventQueue,
+    Exchange,
+    ManagementActivity,
+    Store,
+    TicketSystem,
+)
 from .retry import RetryPolicy
-from .settings import EVENTS_QUEUE, VERIFY_QUEUE, Settings
+from .settings import CONTENT_QUEUE, EVENTS_QUEUE, VERIFY_QUEUE, Settings
 from .timeutil import SystemClock
 
 if TYPE_CHECKING:
@@ -52,20 +64,32 @@ def load_policy(settings: Settings) -> Policy | PolicyError:
     return policy
 
 
-def storage_queue(settings: Settings) -> EventQueue:
+def storage_queue(settings: Settings, name: str = EVENTS_QUEUE) -> EventQueue:
     from .adapters.queue import StorageQueue
 
     if settings.storage_connection:
-        return StorageQueue.from_connection_string(settings.storage_connection.reveal(), EVENTS_QUEUE)
+        return StorageQueue.from_connection_string(settings.storage_connection.reveal(), name)
     if settings.queue_service_uri:
-        return StorageQueue.with_identity(settings.queue_service_uri, EVENTS_QUEUE, settings.storage_client_id)
-    raise ConfigurationError("set AzureWebJobsStorage or AzureWebJobsStorage__queueServiceUri for the events queue")
+        return StorageQueue.with_identity(settings.queue_service_uri, name, settings.storage_client_id)
+    raise ConfigurationError(f"set AzureWebJobsStorage or AzureWebJobsStorage__queueServiceUri for the {name} queue")
 
 
 def build_intake(
-    settings: Settings, policy: Policy | PolicyError, *, queue: EventQueue | None = None, clock: Clock | None = None
+    settings: Settings,
+    policy: Policy | PolicyError,
+    *,
+    queue: EventQueue | None = None,
+    content_queue: EventQueue | None = None,
+    clock: Clock | None = None,
 ) -> Intake:
-    return Intake(queue=queue or storage_queue(settings), clock=clock or SystemClock(), policy=policy)
+    return Intake(
+        queue=queue or storage_queue(settings),
+        clock=clock or SystemClock(),
+        policy=policy,
+        content_queue=content_queue or storage_queue(settings, CONTENT_QUEUE),
+        tenant_id=settings.tenant_id,
+        o365_api_root=settings.o365_api_root,
+    )
 
 
 @dataclass
@@ -75,6 +99,9 @@ class ProcessorBundle:
     processor: Processor
     verifier: Verifier
     admin: Admin
+    expander: ContentExpander
+    poller: AlertPoller | None = None  # None without a Graph alerts feed
+    sweep: RestrictedSweep | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
@@ -97,6 +124,10 @@ async def build_processor(
     retry: RetryPolicy | None = None,
     graph_retry_delay: float = 3.0,
     ticket_wait_seconds: float = 20.0,
+    events: EventQueue | None = None,
+    content: EventQueue | None = None,
+    feed: AlertFeed | None = None,
+    management: ManagementActivity | None = None,
 ) -> ProcessorBundle:
     """Wire the processor from settings; any port passed in is used as is (tests, the CLI)."""
     import httpx
@@ -105,7 +136,7 @@ async def build_processor(
 
     closers: list[Callable[[], Awaitable[None]]] = []
     tenant_id = settings.require_tenant_id()
-    if credential is None and (exchange is None or directory is None):
+    if credential is None and (exchange is None or directory is None or management is None):
         credential = managed_identity(settings.managed_identity_client_id)
         closers.append(credential.close)
     http = httpx.AsyncClient(timeout=settings.http_timeout_seconds)
@@ -156,10 +187,39 @@ async def build_processor(
         notify=valid.notify if valid else Notify(),
     )
     sources = FactSources(exchange=exchange, directory=directory, store=store)
+    if management is None:
+        from .adapters.identity import bearer
+        from .adapters.management_activity import ManagementActivityApi, management_scope
+
+        assert credential is not None
+        management = ManagementActivityApi(
+            http,
+            bearer(credential, management_scope(settings.o365_api_root)),
+            api_root=settings.o365_api_root,
+            tenant_id=tenant_id,
+            publisher_id=settings.o365_publisher_id,
+            retry=retry,
+        )
+    intake = build_intake(settings, policy, queue=events, content_queue=content, clock=clock)
+    if feed is None and isinstance(directory, AlertFeed):
+        feed = directory
+    poller = (
+        AlertPoller(feed, intake, store, clock, every=timedelta(minutes=settings.poll_alerts_minutes))
+        if feed is not None and settings.poll_alerts_minutes
+        else None
+    )
+    sweep = (
+        RestrictedSweep(exchange, intake, store, clock, every=timedelta(minutes=settings.sweep_minutes))
+        if settings.sweep_minutes
+        else None
+    )
     return ProcessorBundle(
         processor=Processor(sources=sources, actor=actor, store=store, clock=clock, policy=policy),
         verifier=Verifier(exchange=exchange, actor=actor, store=store, clock=clock, policy=policy),
         admin=Admin(sources=sources, actor=actor, store=store, clock=clock, policy=policy),
+        expander=ContentExpander(intake, store, clock, management),
+        poller=poller,
+        sweep=sweep,
         closers=closers,
     )
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from .errors import PolicyError
 from .model import Decision, Facts, Outcome, Reason, RestrictionEvent
 from .policy import Budget, Policy, Selector
-from .restriction import BlockKind
+from .restriction import BlockedSender, BlockKind
 from .timeutil import iso
 
 NOT_TARGET_ALERT = "not-target-alert"
@@ -45,7 +45,7 @@ def not_target_alert(title: str, policy: Policy) -> Decision:
 def decide(event: RestrictionEvent, facts: Facts, policy: Policy | PolicyError, now: datetime) -> Decision:
     if isinstance(policy, PolicyError):
         return _policy_invalid(event, facts, policy)
-    if not policy.is_target_alert(event.alert_name):
+    if not event.direct and not policy.is_target_alert(event.alert_name):
         return not_target_alert(event.alert_name, policy)
     if not facts.first_report:
         return ignore(DUPLICATE, f"alert {event.alert_id} for {event.user.key} was already handled")
@@ -96,6 +96,17 @@ def decide(event: RestrictionEvent, facts: Facts, policy: Policy | PolicyError, 
         )
         return Decision(Outcome.WAIT, tuple(reasons), release_at=release)
     return Decision(Outcome.UNBLOCK, tuple(reasons))
+
+
+def already_decided(event: RestrictionEvent, restriction: BlockedSender, owner: str, outcome: str | None) -> Decision:
+    """Another report of a restriction some other event decided: decided and acted on once, so only recorded."""
+    created = iso(restriction.created) if restriction.created else "an unknown time"
+    how = f" ({outcome})" if outcome else " (still in progress)"
+    return ignore(
+        DUPLICATE,
+        f"the restriction of {restriction.address} created at {created} was already decided by event {owner}{how}; "
+        f"this report ({event.source} {event.alert_id}) is added to its sources",
+    )
 
 
 def unblock_failed(decision: Decision, detail: str) -> Decision:

@@ -18,6 +18,7 @@ from .errors import (
     ConfigurationError,
     Forbidden,
     InputError,
+    NotFound,
     ResponderError,
     ServiceError,
     TransientServiceError,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .auth import TokenValidator
     from .compose import ProcessorBundle
     from .errors import PolicyError
+    from .nets import NetRun
 
 
 class Authenticator(Protocol):
@@ -72,6 +74,39 @@ def receive_alerts(body: bytes, headers: Mapping[str, str], intake: Intake, secr
         log.error("alerts not accepted: %s", error)
         return HttpAnswer(500, error.to_body())
     return HttpAnswer(202, result.to_body())
+
+
+AUTH_ID_HEADER = "webhook-authid"  # the Management Activity API's header (names are case-insensitive)
+VALIDATION_HEADER = "webhook-validationcode"
+
+
+def receive_o365(body: bytes, headers: Mapping[str, str], intake: Intake, auth_id: Secret | None) -> HttpAnswer:
+    """``POST /api/alerts/o365``: the Management Activity API's validation request and its notifications.
+
+    Both carry ``Webhook-AuthID``, checked in constant time (401 otherwise). Notifications are acknowledged
+    with 200 (the API retries anything else) once every content pointer is queued; the fetch comes later.
+    """
+    try:
+        if auth_id is None:
+            raise NotFound("the Management Activity webhook is off: set O365_WEBHOOK_AUTH_ID to turn it on")
+        given = _header(headers, AUTH_ID_HEADER) or ""
+        if not hmac.compare_digest(given.encode("utf-8"), auth_id.reveal().encode("utf-8")):
+            raise Unauthorized("missing or wrong Webhook-AuthID header")
+        if _header(headers, VALIDATION_HEADER) is not None:
+            log.info("Management Activity API webhook validated")
+            return HttpAnswer(200, {"validated": True})
+        queued = intake.accept_o365(body)
+    except InputError as error:
+        if isinstance(error, Unauthorized):
+            log.warning("Management Activity notification refused: %s", error.message)
+        return HttpAnswer(error.status, error.to_body())
+    except TransientServiceError as error:
+        log.warning("Management Activity notification not queued, the API retries it: %s", error)
+        return HttpAnswer(503, error.to_body())
+    except ResponderError as error:
+        log.error("Management Activity notification not queued: %s", error)
+        return HttpAnswer(500, error.to_body())
+    return HttpAnswer(200, {"queued": queued})
 
 
 async def process_message(text: str, processor: Processor, *, attempt: int = 1) -> DecisionRecord:
@@ -200,6 +235,37 @@ class Runtime:
 
     async def processor(self) -> Processor:
         return (await self.bundle()).processor
+
+    def receive_o365(self, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
+        try:
+            intake = self.intake()
+        except ConfigurationError as error:
+            log.error("cannot accept Management Activity notifications: %s", error)
+            return HttpAnswer(500, error.to_body())
+        return receive_o365(body, headers, intake, self.settings.o365_auth_id)
+
+    async def expand_message(self, text: str, attempt: int = 1) -> None:
+        """A content-queue message (Management Activity pointer, Defender rows): fetched and joined into events."""
+        await (await self.bundle()).expander.expand(text, attempt=attempt)
+
+    async def defender_events(self, bodies: list[bytes]) -> None:
+        """One Event Hub batch of Defender streaming messages (each ``{"records": [...]}``)."""
+        await (await self.bundle()).expander.defender_bodies(bodies)
+
+    async def run_net(self, name: str) -> NetRun | None:
+        """One timer tick of a safety net; ``None`` when its setting turns it off (nothing is built then)."""
+        minutes = self.settings.poll_alerts_minutes if name == "poll" else self.settings.sweep_minutes
+        if not minutes:
+            return None
+        bundle = await self.bundle()
+        net = bundle.poller if name == "poll" else bundle.sweep
+        if net is None:
+            log.warning("the %s safety net is not available in this configuration", name)
+            return None
+        run = await net.run()
+        if run.ran:
+            log.info("%s: %s; %d queued in %d requests", name, run.detail, run.queued, run.requests)
+        return run
 
     async def process_message(self, text: str, attempt: int = 1) -> DecisionRecord:
         return await process_message(text, await self.processor(), attempt=attempt)

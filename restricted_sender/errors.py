@@ -6,6 +6,7 @@ Everything the product raises on purpose derives from :class:`ResponderError`. O
     ResponderError
     ├── InputError                  the caller sent something we cannot use            -> 4xx, nothing changes
     │   ├── MalformedPayload        not JSON, or JSON of a shape we do not know          -> 400
+    │   │   └── UnsafeContentUri    a Management Activity contentUri we must not fetch   -> 400
     │   ├── PayloadTooLarge         body over the limit                                  -> 413
     │   ├── Unauthorized            missing or invalid credentials (secret, bearer token)-> 401
     │   ├── Forbidden               a valid caller without the needed app role           -> 403
@@ -18,7 +19,9 @@ Everything the product raises on purpose derives from :class:`ResponderError`. O
         │   └── QueueUnavailable    the event could not be queued                        -> 503
         └── ServiceRefused          the service answered "no"; retrying cannot help
             ├── UnblockLimitReached Microsoft's unblock limit: only Microsoft Support can help; never retried
-            └── SenderNotBlocked    the address is not (or no longer) on the restricted list
+            ├── SenderNotBlocked    the address is not (or no longer) on the restricted list
+            ├── FilterRefused       Graph answered 400 to an alerts_v2 $filter (the poller falls back)
+            └── ContentExpired      Management Activity content older than 7 days (AF20051): gone for good
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ class InputError(ResponderError):
 
 class MalformedPayload(InputError):
     code = "malformed-payload"
+
+
+class UnsafeContentUri(MalformedPayload):
+    """A notification's ``contentUri`` points somewhere other than this tenant's activity feed: fetching it
+    with our token would hand the token to whoever wrote the notification."""
+
+    code = "unsafe-content-uri"
 
 
 class PayloadTooLarge(InputError):
@@ -133,6 +143,14 @@ class QueueUnavailable(TransientServiceError):
 
 class ServiceRefused(ServiceError):
     code = "service-refused"
+
+
+class FilterRefused(ServiceRefused):
+    code = "filter-refused"
+
+
+class ContentExpired(ServiceRefused):
+    code = "content-expired"
 
 
 class UnblockLimitReached(ServiceRefused):

@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +17,8 @@ from typing import Any
 from . import decide as rules
 from .actions import RESTRICTED_ENTITIES_URL, Actor, correlation_id, evidence, ticket_failed
 from .alerts import MAX_BODY_BYTES, parse_alert_payload, parse_json
-from .errors import PayloadTooLarge, PolicyError, TransientServiceError
+from .defender import compact, is_defender_batch, parse_records
+from .errors import ConfigurationError, PayloadTooLarge, PolicyError, TransientServiceError
 from .facts import FactSources, gather_facts
 from .model import (
     Action,
@@ -29,8 +32,12 @@ from .model import (
     Source,
     stable_id,
 )
+from .o365 import parse_notifications
 from .policy import Policy, default_policy
-from .ports import ClaimResult, Clock, EventQueue, Exchange, Store
+from .ports import ClaimResult, ClaimState, Clock, EventQueue, Exchange, Store
+from .relay import defender_messages, o365_message
+from .restriction import BlockedSender
+from .settings import O365_API_ROOT
 from .timeutil import iso
 from .verify import NOT_LIFTED, PENDING, VERIFIED, Verdict, VerifyTask, judge
 
@@ -47,9 +54,11 @@ def log_decision(record: DecisionRecord) -> None:
 class IntakeResult:
     accepted: tuple[RestrictionEvent, ...]
     ignored: tuple[DecisionRecord, ...]
+    deferred: int = 0  # Defender rows queued to be joined with rows of other batches
 
-    def to_body(self) -> dict[str, list[dict[str, Any]]]:
+    def to_body(self) -> dict[str, Any]:
         return {
+            "deferred": self.deferred,
             "accepted": [{"event_id": e.event_id, "alert_id": e.alert_id, "user": e.user.key} for e in self.accepted],
             "ignored": [
                 {
@@ -70,19 +79,53 @@ class Intake:
     clock: Clock
     policy: Policy | PolicyError
     new_delivery_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
+    content_queue: EventQueue | None = None  # Management Activity pointers and Defender rows, expanded later
+    tenant_id: str | None = None  # a Management Activity notification must be for this tenant
+    o365_api_root: str = O365_API_ROOT  # and point at content on this API
 
     def accept(self, body: bytes) -> IntakeResult:
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
-        reports = parse_alert_payload(parse_json(body))
-        now = self.clock.now()
+        payload = _parse_body(body)
+        if is_defender_batch(payload):
+            return self._relay_defender(payload)
+        reports = parse_alert_payload(payload, is_target=self.target_policy.is_target_alert)
+        return self.queue_reports(reports)
+
+    def _relay_defender(self, payload: object) -> IntakeResult:
+        """Defender rows are joined with rows of earlier batches, which needs the store: checked here, joined
+        by the content expander. Rows that can never matter are dropped first."""
+        batch = compact(parse_records(payload), self.target_policy.is_target_alert)
+        for message in defender_messages(batch):
+            self._content_queue().send(message)
+        return IntakeResult(accepted=(), ignored=(), deferred=len(batch.infos) + len(batch.evidence))
+
+    def accept_o365(self, body: bytes) -> int:
+        """A Management Activity API notification: every content pointer queued (or none, on any bad item)."""
+        if not self.tenant_id:
+            raise ConfigurationError("TENANT_ID is not set: notifications cannot be checked against the tenant")
+        pointers = parse_notifications(_parse_body(body), tenant_id=self.tenant_id, api_root=self.o365_api_root)
+        for pointer in pointers:
+            self._content_queue().send(o365_message(pointer))
+        return len(pointers)
+
+    def _content_queue(self) -> EventQueue:
+        if self.content_queue is None:
+            raise ConfigurationError("no content queue is configured for Defender rows and Management Activity content")
+        return self.content_queue
+
+    @property
+    def target_policy(self) -> Policy:
         # An unloadable policy still names the default alert: a restricted user is never dropped.
-        policy = self.policy if isinstance(self.policy, Policy) else default_policy()
+        return self.policy if isinstance(self.policy, Policy) else default_policy()
+
+    def queue_reports(self, reports: Iterable[AlertReport]) -> IntakeResult:
+        """One event per (target report, user), all queued before this returns; the rest recorded as ignored."""
+        now = self.clock.now()
+        policy = self.target_policy
         delivery_id = self.new_delivery_id()
         events: dict[str, RestrictionEvent] = {}
         ignored: list[DecisionRecord] = []
         for report in reports:
-            if not policy.is_target_alert(report.title):
+            if not report.direct and not policy.is_target_alert(report.title):
                 ignored.append(self._ignored(report, rules.not_target_alert(report.title, policy), now))
             elif not report.users:
                 log.warning("target alert %s names no user or mailbox: nothing to process", report.alert_id)
@@ -117,6 +160,12 @@ class Intake:
             policy_version=version,
             at=now,
         )
+
+
+def _parse_body(body: bytes) -> Any:
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+    return parse_json(body)
 
 
 def decision_record(
@@ -156,6 +205,8 @@ class Processor:
     store: Store
     clock: Clock
     policy: Policy | PolicyError
+    decided_wait: float = 20.0  # for the event deciding the same restriction right now; then recorded as it stands
+    decided_poll: float = 0.2
 
     async def process(self, event: RestrictionEvent, *, attempt: int = 1) -> DecisionRecord:
         now = self.clock.now()
@@ -163,14 +214,23 @@ class Processor:
         if policy is None:
             log.error("policy is invalid, every restricted user is escalated: %s", self.policy)
         claim = await self.store.claim(event.claim_key, event.delivery_id, now)
+        targeted = policy is None or event.direct or policy.is_target_alert(event.alert_name)
         if claim is ClaimResult.DUPLICATE:
             facts = Facts(first_report=False)
-        elif policy is not None and not policy.is_target_alert(event.alert_name):
+        elif not targeted:
             facts = Facts()  # queued under another policy; decide() ignores it, nothing to look up
         else:
             facts = await gather_facts(event, policy, self.sources, now)
+        key = restriction_claim_key(facts.restriction) if claim is not ClaimResult.DUPLICATE and targeted else None
+        if key is not None:
+            # One restriction, decided once: every report is remembered, the first to claim it decides.
+            await self.store.add_report(key, Source(event.source, event.alert_id, event.received_at))
+            if await self.store.claim(key, event.event_id, now) is ClaimResult.DUPLICATE:
+                return await self._another_report(event, facts, key, attempt)
         decision = rules.decide(event, facts, self.policy, now)
         record = decision_record(event, facts, decision, self.policy, now)
+        if key is not None:
+            record = replace(record, sources=await self.store.reports(key))
         # With an invalid policy decide() never unblocks; tickets still go out unless the file asked for report-only.
         guards = policy.guards if policy else None
         record = await self.actor.carry_out(
@@ -180,6 +240,43 @@ class Processor:
             user_budget=guards.max_unblocks_per_user if guards else None,
             tenant_budget=guards.max_unblocks_per_tenant if guards else None,
         )
+        if key is not None:
+            record = replace(record, sources=await self.store.reports(key))  # reports that came in meanwhile
+        record = await self._record(record, event, attempt)
+        # Only after the audit row exists: a retry after a failed audit write must not see "done". The restriction
+        # first: a crash between the two leaves the event to retry, and it then finds its restriction decided.
+        if key is not None:
+            await self.store.complete(key, event.event_id, record.decision.outcome.value, now)
+        if claim is not ClaimResult.DUPLICATE:
+            await self.store.complete(event.claim_key, event.delivery_id, record.decision.outcome.value, now)
+        return record
+
+    async def _another_report(self, event: RestrictionEvent, facts: Facts, key: str, attempt: int) -> DecisionRecord:
+        """A restriction another event claimed: recorded with every source so far, and added to its ticket."""
+        assert facts.restriction is not None
+        state = await self._decided(key)
+        now = self.clock.now()
+        decision = rules.already_decided(event, facts.restriction, state.owner, state.outcome)
+        record = decision_record(event, facts, decision, self.policy, now)
+        record = replace(record, sources=await self.store.reports(key))
+        if state.outcome == Outcome.TICKET.value:
+            # The same ticket hears of the new report (the ledger adds each event once).
+            record, _ = await self.actor.file_ticket(record, facts, enforce=self.policy.mode == "enforce")
+        record = await self._record(record, event, attempt)
+        await self.store.complete(event.claim_key, event.delivery_id, record.decision.outcome.value, now)
+        return record
+
+    async def _decided(self, key: str) -> ClaimState:
+        """The restriction's claim once its decider completed; after ``decided_wait`` as it stands then."""
+        give_up = time.monotonic() + self.decided_wait
+        while True:
+            state = await self.store.claim_state(key)
+            assert state is not None, "claimed just before"
+            if state.state == "done" or time.monotonic() >= give_up:
+                return state
+            await asyncio.sleep(self.decided_poll)
+
+    async def _record(self, record: DecisionRecord, event: RestrictionEvent, attempt: int) -> DecisionRecord:
         if ticket_failed(record):
             record = _with_retry_note(record, attempt)
         row = {**record.to_dict(), "evidence": dict(record.evidence), "delivery_id": event.delivery_id}
@@ -188,10 +285,17 @@ class Processor:
         if ticket_failed(record):
             # Recorded, not completed: the queue delivers the event again and the ticket is tried again.
             raise TicketNotFiled("tickets", f"the ticket for {record.user} was not filed (try {attempt})")
-        if claim is not ClaimResult.DUPLICATE:
-            # Only after the audit row exists: a retry after a failed audit write must not see "done".
-            await self.store.complete(event.claim_key, event.delivery_id, record.decision.outcome.value, now)
         return record
+
+
+def restriction_claim_key(restriction: BlockedSender | None) -> str | None:
+    """The claim that makes one restriction (user + the block's CreatedDatetime) decided once, whatever the source."""
+    return None if restriction is None else "restriction|" + restriction.restriction_key()
+
+
+def delisted_key(address: str) -> str:
+    """Where the Management Activity API's HygieneEvent ``Delisted`` records of a user are kept (as reports)."""
+    return "delisted|" + address.lower()
 
 
 def _with_retry_note(record: DecisionRecord, attempt: int) -> DecisionRecord:
@@ -237,12 +341,15 @@ class Verifier:
             policy_version=self.policy.version if isinstance(self.policy, Policy) else "invalid",
             at=now,
         )
+        # The Management Activity API's HygieneEvent "Delisted" records since the unblock confirm it independently.
+        delisted = [s for s in await self.store.reports(delisted_key(task.address)) if s.at >= task.unblocked_at]
         record = replace(
             record,
             evidence={
                 "restriction": verdict.restriction.to_evidence() if verdict.restriction else None,
                 "unblocked_at": iso(task.unblocked_at),
                 "check": task.attempt,
+                "delisted": [{"at": iso(s.at), "record_id": s.id} for s in delisted],
                 "links": {"restricted_entities": RESTRICTED_ENTITIES_URL},
             },
         )
@@ -251,7 +358,8 @@ class Verifier:
         if verdict.kind == PENDING:
             record = await self._next_check(record, task, verdict)
         elif verdict.kind == VERIFIED:
-            record = record.with_actions(Action("verify", ActionStatus.DONE, verdict.reason.text))
+            confirmed = f"; the audit log's Delisted record at {iso(delisted[0].at)} agrees" if delisted else ""
+            record = record.with_actions(Action("verify", ActionStatus.DONE, verdict.reason.text + confirmed))
         else:
             record = record.with_actions(Action("verify", ActionStatus.FAILED, verdict.reason.text))
             # Restricted again: a new restriction, so the ticket its own alert would open is the same one.

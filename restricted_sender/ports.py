@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from .mailbox import Forwarding, InboxRule
 from .model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
@@ -92,6 +92,34 @@ class Directory(Protocol):
     async def send_mail(self, sender: str, mail: Mail) -> None:
         """``POST /users/{sender}/sendMail`` (saved to the sender's Sent Items)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsPage:
+    alerts: tuple[Mapping[str, Any], ...]  # alerts_v2 objects as Graph wrote them
+    next_link: str | None
+
+
+@runtime_checkable
+class AlertFeed(Protocol):
+    """Graph ``GET /security/alerts_v2`` for the poller."""
+
+    async def alerts_page(self, *, filter: str, top: int, next_link: str | None = None) -> AlertsPage:
+        """One page: the first for ``filter``/``top``, or the page ``next_link`` names. Raises ``FilterRefused``
+        when Graph answers 400 to the filter."""
+        ...
+
+
+class ManagementActivity(Protocol):
+    """The Office 365 Management Activity API (``https://manage.office.com/api/v1.0/{tenant}/activity/feed``)."""
+
+    async def content(self, content_uri: str) -> Sequence[Mapping[str, Any]]:
+        """The audit records of one content blob. Raises ``ContentExpired`` for content past its 7 days."""
+        ...
+
+    async def start(self, content_type: str, webhook: Mapping[str, Any] | None) -> Mapping[str, Any]: ...
+
+    async def subscriptions(self) -> Sequence[Mapping[str, Any]]: ...
 
 
 class TicketSystem(Protocol):

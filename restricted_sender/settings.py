@@ -10,6 +10,11 @@ from .errors import ConfigurationError
 
 EVENTS_QUEUE = "restriction-events"  # fixed: the queue trigger's binding names it too
 VERIFY_QUEUE = "restriction-verify"  # fixed too: the verification trigger's binding
+CONTENT_QUEUE = "alert-content"  # Management Activity content pointers and Defender rows, expanded into events
+# The Event Hub trigger's connection: DEFENDER_EVENTHUB__fullyQualifiedNamespace (+ __credential, __clientId),
+# read by the host; DEFENDER_EVENTHUB_NAME turns the trigger on, DEFENDER_EVENTHUB_CONSUMER_GROUP names its group.
+DEFENDER_EVENTHUB = "DEFENDER_EVENTHUB"
+O365_API_ROOT = "https://manage.office.com"  # the Management Activity API (GCC: manage-gcc.office.com, ...)
 ENTRA_AUTHORITY = "https://login.microsoftonline.com"  # where Entra ID publishes each tenant's signing keys
 GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
 EXCHANGE_BASE_URL = "https://outlook.office365.com"
@@ -67,6 +72,11 @@ class Settings:
     jira_api_token: Secret | None = None  # JIRA_API_TOKEN
     admin_api_audiences: tuple[str, ...] = ()  # ADMIN_API_AUDIENCE (comma-separated: client id, api://...)
     entra_authority: str = ENTRA_AUTHORITY  # ENTRA_AUTHORITY
+    o365_api_root: str = O365_API_ROOT  # O365_API_ROOT
+    o365_auth_id: Secret | None = None  # O365_WEBHOOK_AUTH_ID (the subscription's authId; off when unset)
+    o365_publisher_id: str | None = None  # O365_PUBLISHER_ID (defaults to TENANT_ID)
+    poll_alerts_minutes: float = 5.0  # POLL_ALERTS_MINUTES (0 turns the alerts_v2 poller off)
+    sweep_minutes: float = 5.0  # SWEEP_MINUTES (0 turns the restricted-list sweep off)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -88,6 +98,16 @@ class Settings:
                 value = -1.0
             if not 0 < value <= most:
                 raise ConfigurationError(f"{name} must be {unit}, more than 0 and at most {most:g}, got {raw!r}")
+            return value
+
+        def interval(name: str, default: float) -> float:
+            raw = text(name)
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                value = -1.0
+            if not (value == 0 or 1 <= value <= 24 * 60):
+                raise ConfigurationError(f"{name} must be minutes from 1 to 1440, or 0 to turn it off, got {raw!r}")
             return value
 
         prefix = text("TABLE_PREFIX") or "rsr"
@@ -119,6 +139,11 @@ class Settings:
             jira_api_token=secret("JIRA_API_TOKEN"),
             admin_api_audiences=tuple(a.strip() for a in (text("ADMIN_API_AUDIENCE") or "").split(",") if a.strip()),
             entra_authority=(text("ENTRA_AUTHORITY") or ENTRA_AUTHORITY).rstrip("/"),
+            o365_api_root=(text("O365_API_ROOT") or O365_API_ROOT).rstrip("/"),
+            o365_auth_id=secret("O365_WEBHOOK_AUTH_ID"),
+            o365_publisher_id=text("O365_PUBLISHER_ID"),
+            poll_alerts_minutes=interval("POLL_ALERTS_MINUTES", 5.0),
+            sweep_minutes=interval("SWEEP_MINUTES", 5.0),
         )
 
     def require_tenant_id(self) -> str:

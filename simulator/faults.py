@@ -42,6 +42,11 @@ ROUTES: tuple[str, ...] = (
     "jira.comment",
     "entra.metadata",
     "entra.keys",
+    "o365.start",
+    "o365.stop",
+    "o365.list",
+    "o365.content",
+    "o365.blob",
     "control",
 )
 CONTROL_ROUTE = "control"

@@ -9,6 +9,7 @@ import hashlib
 import re
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -183,7 +184,10 @@ def list_alerts(request: Request, state: TenantState) -> Response:
     alerts = strip_private(state.alerts)
     expression = request.query.get("$filter")
     if expression:
-        alerts = [a for a in alerts if _matches_filter(a, expression)]
+        clauses = _alert_clauses(expression, refuse_combined=state.tenant.alerts_combined_filter_refused)
+        if isinstance(clauses, str):
+            return error(request, 400, "BadRequest", clauses)
+        alerts = [a for a in alerts if all(_holds(a, clause) for clause in clauses)]
     payload: Json = {"@odata.context": f"{METADATA}#security/alerts_v2", "value": alerts[offset : offset + page_size]}
     if offset + page_size < len(alerts):
         params = {k: v for k, v in request.query.items() if k in ("$top", "$filter", "$select")}
@@ -207,9 +211,9 @@ def _decode_skiptoken(token: str) -> int | None:
     return int(number) if prefix == "offset" and number.isdigit() else None
 
 
-# A deliberately small $filter: ``prop op literal`` clauses joined by ``and``. Clauses it cannot read
+# A deliberately small $filter: ``prop op literal`` clauses joined by ``and``. On /users, clauses it cannot read
 # (lambda operators, functions, ``or``) are ignored, so a client must not rely on the simulator to narrow
-# results it has not checked itself.
+# results it has not checked itself; on alerts they are refused (``_alert_clauses``).
 _CLAUSE = re.compile(r"^\s*(\w+)\s+(eq|ne|gt|ge|lt|le)\s+(.+?)\s*$", re.IGNORECASE)
 _AND = re.compile(r"\s+and\s+", re.IGNORECASE)
 _UNREADABLE = object()
@@ -264,6 +268,106 @@ def _matches_filter(item: Json, expression: str) -> bool:
         if not _compare(actual, op, literal):
             return False
     return True
+
+
+# ``GET /security/alerts_v2`` documents $filter on these properties only (security-list-alerts_v2.md); Graph
+# refuses others, so a client that filters on ``title`` must learn it here, not in production.
+ALERT_FILTER_PROPERTIES = (
+    "assignedTo",
+    "classification",
+    "determination",
+    "createdDateTime",
+    "lastUpdateDateTime",
+    "severity",
+    "serviceSource",
+    "status",
+)
+_ALERT_FILTERABLE = {name.casefold(): name for name in ALERT_FILTER_PROPERTIES}
+_QUOTED = re.compile(r"'(?:[^']|'')*'")
+_FUNCTION_ARGUMENT = re.compile(r"^\s*\w+\s*\(\s*([\w/]+)")
+_PROPERTY = re.compile(r"^\s*([A-Za-z_][\w/]*)")
+_NOT_EVALUATED = re.compile(r"[()]|\b(?:or|not|in|has)\b", re.IGNORECASE)
+Clause = tuple[str, str, Any]
+
+
+def _alert_clauses(expression: str, *, refuse_combined: bool) -> list[Clause] | str:
+    """The ``(property, operator, literal)`` clauses of an alerts ``$filter``, or why it is refused.
+
+    Only ``property op literal`` clauses joined by ``and`` are evaluated; anything else on a filterable property
+    is refused too (400) rather than ignored, so a test never passes on a filter the simulator did not apply.
+    """
+    # Quoted literals are masked (same length) so words and brackets inside them are not read as syntax.
+    masked = _QUOTED.sub(lambda m: "'" + "_" * (len(m.group()) - 2) + "'", expression)
+    parts = _split_top_level_and(masked)
+    clauses: list[Clause] = []
+    for start, end in parts:
+        text, shape = expression[start:end].strip(), masked[start:end]
+        named = _FUNCTION_ARGUMENT.match(shape) or _PROPERTY.match(shape)
+        path = named.group(1) if named else ""
+        prop = _ALERT_FILTERABLE.get(path.split("/")[0].casefold())
+        if named and prop is None:
+            return (
+                f"Invalid filter clause: the property '{path.split('/')[0]}' cannot be used in $filter on alerts; "
+                f"filterable properties are {', '.join(ALERT_FILTER_PROPERTIES)}."
+            )
+        match = _CLAUSE.match(text)
+        literal = _literal(match.group(3)) if match else _UNREADABLE
+        if prop is None or match is None or "/" in path or _NOT_EVALUATED.search(shape) or literal is _UNREADABLE:
+            return (
+                f"The simulator does not evaluate the $filter clause '{text}': "
+                "use 'property eq|ne|gt|ge|lt|le literal' clauses joined by 'and'."
+            )
+        if isinstance(literal, dt.datetime):
+            literal = _ticks(match.group(3))
+        clauses.append((prop, match.group(2).lower(), literal))
+    if refuse_combined and len(clauses) > 1:
+        # The tenant file's x-alertsCombinedFilterRefused: lets a client's single-property fallback be tested.
+        return "Invalid filter clause: this request supports a single filter clause; 'and' is not supported."
+    return clauses
+
+
+def _split_top_level_and(masked: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each clause of ``masked`` split on ``and`` outside brackets."""
+    bounds: list[tuple[int, int]] = []
+    start = depth = 0
+    for match in re.finditer(r"[()]|\s+and\s+", masked, re.IGNORECASE):
+        token = match.group()
+        if token == "(":
+            depth += 1
+        elif token == ")":
+            depth -= 1
+        elif depth == 0:
+            bounds.append((start, match.start()))
+            start = match.end()
+    bounds.append((start, len(masked)))
+    return bounds
+
+
+@dataclass(frozen=True, order=True)
+class _Ticks:
+    """A moment in 100 ns ticks: Graph writes seven fractional digits, one more than ``datetime`` keeps, and a
+    poller's ``lastUpdateDateTime ge <last seen>`` watermark must not round."""
+
+    value: int
+
+
+def _ticks(value: object) -> _Ticks | None:
+    moment = _datetime(value)
+    if moment is None or not isinstance(value, str):
+        return None
+    fraction = re.search(r"T[\d:]+\.(\d+)", value)
+    digits = (fraction.group(1) + "0" * 7)[:7] if fraction else "0" * 7
+    return _Ticks(int(moment.replace(microsecond=0).timestamp()) * 10_000_000 + int(digits))
+
+
+def _holds(item: Json, clause: Clause) -> bool:
+    prop, op, literal = clause
+    actual: Any = item.get(prop)
+    if isinstance(literal, _Ticks):
+        actual = _ticks(actual)
+        if actual is None:
+            return False
+    return _compare(actual, op, literal)
 
 
 def _compare(actual: Any, op: str, expected: Any) -> bool:

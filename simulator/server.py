@@ -17,7 +17,7 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from simulator import entra, exchange, graph, identity, itsm, tickets
+from simulator import entra, exchange, graph, identity, itsm, o365, tickets
 from simulator.faults import CONTROL_ROUTE, Fault, FaultBook, FaultKind
 from simulator.state import RequestLog, TenantState
 from simulator.tenant import Json, Tenant, TenantSource, load_tenant
@@ -54,6 +54,7 @@ class Simulator:
         self._tokens = TokenIssuer(self.tenant.tenant_id)
         self._entra = entra.Entra(self.tenant)
         self._itsm = itsm.ItsmState(self.tenant)
+        self._feed = o365.ActivityFeed(self.tenant_id, self.tenant.audit_content, self.tenant.audit_subscriptions)
         self._faults = FaultBook()
         self._log = RequestLog()
         self._graph_writes = graph.GraphWrites()
@@ -212,6 +213,43 @@ class Simulator:
         if issue is None:
             raise KeyError(f"no Jira issue {key!r}")
         return issue
+
+    # -- Office 365 Management Activity API (simulator/o365.py) -------------------------------------------------
+
+    @property
+    def activity_feed_url(self) -> str:
+        """``{url}/api/v1.0/{tenantId}/activity/feed``: the Management Activity API root."""
+        return f"{self.url}/api/v1.0/{self.tenant_id}/activity/feed"
+
+    def add_audit_content(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        content_id: str | None = None,
+        content_type: str = o365.DEFAULT_CONTENT_TYPE,
+        created: str | None = None,
+    ) -> Json:
+        """Publish a content blob of audit ``records``; returns its pointer as ``/subscriptions/content`` lists it.
+
+        ``created`` (ISO 8601) defaults to now, ``content_id`` to a stable generated id. ValueError for a bad blob
+        or a taken id. The simulator must be running (the pointer's ``contentUri`` holds its URL).
+        """
+        spec: Json = {"records": [dict(r) for r in records], "contentType": content_type, "contentCreated": created}
+        if content_id is not None:
+            spec["contentId"] = content_id
+        return self._feed.add(spec).pointer(self.url, self.tenant_id)
+
+    def notification(self, content_ids: Sequence[str] | None = None) -> list[Json]:
+        """The JSON array the service would POST to the subscription's webhook for these blobs (default: all).
+
+        ``[{tenantId, clientId, contentType, contentId, contentUri, contentCreated, contentExpiration}]``; ``clientId``
+        is the app that started the subscription. KeyError for an unknown content id. The simulator must be running.
+        """
+        return self._feed.notification(self.url, content_ids)
+
+    def audit_subscriptions(self) -> list[Json]:
+        """What ``/subscriptions/list`` answers now: ``[{contentType, status, webhook}]`` (copies)."""
+        return self._feed.subscriptions()
 
     def issue_token(self, resource: str, *, lifetime: int = 3600) -> str:
         """A bearer token for ``resource``, as the identity endpoint would issue it."""
@@ -372,7 +410,7 @@ class Simulator:
             return only("GET", "entra.metadata", lambda: self._entra.metadata(request, parts[0]))
         if len(folded) == 4 and folded[1:] == ["discovery", "v2.0", "keys"]:
             return only("GET", "entra.keys", lambda: self._entra.keys(request, parts[0]))
-        routed = itsm.route(request, self._itsm)
+        routed = itsm.route(request, self._itsm) or o365.route(request, self._feed, self._tokens)
         if routed is not None:
             return routed
         if folded[:1] == ["adminapi"]:
@@ -504,6 +542,18 @@ class Simulator:
                 return self._entra.token_request(request)
             if action == ("POST", "reset-requests"):
                 return json_response(200, {"cleared": self._log.clear()})
+            if action == ("POST", "o365/content"):
+                spec = request.json()
+                if not isinstance(spec, dict):
+                    raise ValueError('the body must be {"records": [...], "contentType"?, "contentId"?, ...}')
+                return json_response(201, self._feed.add(spec).pointer(request.base_url, self.tenant_id))
+            if action == ("GET", "o365/notification"):
+                wanted = request.query.get("contentIds")
+                ids = [i for i in wanted.split(",") if i] if wanted is not None else None
+                try:
+                    return json_response(200, self._feed.notification(request.base_url, ids))
+                except KeyError as exc:
+                    return _plain_error(404, "NotFound", str(exc.args[0]))
             if action == ("POST", "blocked-senders"):
                 row = request.json()
                 if not isinstance(row, dict):
@@ -532,6 +582,7 @@ class Simulator:
             "sentMail": self.sent_mail(),
             "servicenowRecords": self.servicenow_records(),
             "jiraIssues": self.jira_issues(),
+            "auditSubscriptions": self.audit_subscriptions(),
             "faults": [f.to_json() for f in self._faults.pending()],
             "latency": self._faults.latencies(),
         }
@@ -570,6 +621,8 @@ def _service_error(status: int, route: str, request: Request) -> Response:
         return entra.service_error(status)
     if route.startswith(("servicenow.", "jira.")):
         return itsm.injected_error(route, status)
+    if route.startswith("o365."):
+        return o365.injected_error(status, request)
     return _plain_error(status, _reason(status), f"Simulated failure: HTTP {status}.")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from simulator import o365
 from simulator.faults import Fault, validate_route
 
 Json = dict[str, Any]
@@ -49,6 +50,9 @@ class Tenant:
     removal_delay_seconds: float = 0.0
     faults: list[Json] = field(default_factory=list)
     latency: dict[str, float] = field(default_factory=dict)
+    alerts_combined_filter_refused: bool = False
+    audit_subscriptions: list[str] = field(default_factory=list)
+    audit_content: list[Json] = field(default_factory=list)
     source: str = "<dict>"
 
     def find_user(self, key: str) -> Json | None:
@@ -173,6 +177,10 @@ def _build(document: Json, where: str) -> Tenant:
         if "x-removalDelaySeconds" in row:
             _number(row["x-removalDelaySeconds"], f"blockedSenders[{index}].x-removalDelaySeconds", fail)
 
+    combined_refused = document.get("x-alertsCombinedFilterRefused") or False
+    if not isinstance(combined_refused, bool):
+        raise fail(f"x-alertsCombinedFilterRefused must be true or false, got {combined_refused!r}")
+
     return Tenant(
         tenant_id=tenant_id.strip(),
         users=users,
@@ -187,8 +195,46 @@ def _build(document: Json, where: str) -> Tenant:
         removal_delay_seconds=_number(document.get("x-removalDelaySeconds", 0), "x-removalDelaySeconds", fail),
         faults=faults,
         latency=latency,
+        alerts_combined_filter_refused=combined_refused,
+        audit_subscriptions=_audit_subscriptions(document, fail),
+        audit_content=_audit_content(document, tenant_id.strip(), fail),
         source=where,
     )
+
+
+def _audit_subscriptions(document: Json, fail: Fail) -> list[str]:
+    """``x-auditSubscriptions``: content types whose Management Activity subscription starts enabled."""
+    value = document.get("x-auditSubscriptions", []) or []
+    if not isinstance(value, list):
+        raise fail(f"x-auditSubscriptions must be a list of content types, got {_kind(value)}")
+    started: list[str] = []
+    for index, name in enumerate(value):
+        content_type = o365.canonical_content_type(name)
+        if content_type is None:
+            raise fail(f"x-auditSubscriptions[{index}] must be one of {', '.join(o365.CONTENT_TYPES)}, got {name!r}")
+        if content_type not in started:
+            started.append(content_type)
+    return started
+
+
+def _audit_content(document: Json, tenant_id: str, fail: Fail) -> list[Json]:
+    """``x-auditContent``: content blobs ``{contentId?, contentType?, contentCreated?, records}``, defaults filled."""
+    value = document.get("x-auditContent", []) or []
+    if not isinstance(value, list):
+        raise fail(f"x-auditContent must be a list of content blobs, got {_kind(value)}")
+    now = dt.datetime.now(dt.UTC)
+    blobs: list[Json] = []
+    for index, spec in enumerate(value):
+        if not isinstance(spec, dict):
+            raise fail(f"x-auditContent[{index}] must be a mapping, got {_kind(spec)}")
+        try:
+            blob = o365.normalize_content(spec, tenant_id=tenant_id, ordinal=index, now=now)
+        except ValueError as exc:
+            raise fail(f"x-auditContent[{index}]: {exc}") from exc
+        if any(b["contentId"] == blob["contentId"] for b in blobs):
+            raise fail(f"x-auditContent[{index}].contentId {blob['contentId']!r} repeats")
+        blobs.append(blob)
+    return blobs
 
 
 RISK_LEVELS = ("none", "low", "medium", "high")

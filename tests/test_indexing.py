@@ -7,6 +7,7 @@ wrong annotation); ``azure_functions_runtime``'s ``process_indexed_function`` is
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -81,7 +82,7 @@ INDEXER = textwrap.dedent(
 )
 
 
-def run_indexer(folder: Path) -> tuple[int, dict[str, Any]]:
+def run_indexer(folder: Path, **env: str) -> tuple[int, dict[str, Any]]:
     done = subprocess.run(
         [sys.executable, "-c", INDEXER, str(folder), json.dumps(HEAVY)],
         cwd=folder,
@@ -89,6 +90,7 @@ def run_indexer(folder: Path) -> tuple[int, dict[str, Any]]:
         text=True,
         timeout=60,
         check=False,
+        env={k: v for k, v in {**os.environ, **env}.items() if v},
     )
     lines = done.stdout.strip().splitlines()
     assert lines, f"the indexer printed nothing (exit {done.returncode}); stderr:\n{done.stderr}"
@@ -96,14 +98,22 @@ def run_indexer(folder: Path) -> tuple[int, dict[str, Any]]:
     return done.returncode, result
 
 
-def test_runtime_indexes_exactly_the_six_functions() -> None:
-    code, result = run_indexer(ROOT)
+def test_runtime_indexes_exactly_the_ten_functions_without_the_defender_stream() -> None:
+    code, result = run_indexer(ROOT, DEFENDER_EVENTHUB_NAME="")
 
     assert code == 0, f"the Functions runtime refused function_app.py: {result}"
     functions = result["functions"]
     assert sorted(functions) == [
-        "alerts", "process_event", "restricted_users", "unblock_user", "user_status", "verify_unblock",
+        "alerts", "alerts_o365", "expand_content", "poll_alerts", "process_event", "restricted_users",
+        "sweep_restricted", "unblock_user", "user_status", "verify_unblock",
     ]  # fmt: skip
+
+    assert functions["alerts_o365"]["raw_bindings"][0]["route"] == "alerts/o365"
+    assert not functions["alerts_o365"]["is_async"]  # like alerts: the sync queue client
+    assert functions["expand_content"]["raw_bindings"][0]["queueName"] == "alert-content"
+    for timer in ("poll_alerts", "sweep_restricted"):
+        [binding] = functions[timer]["raw_bindings"]
+        assert (binding["type"], binding["schedule"], binding["useMonitor"]) == ("timerTrigger", "0 * * * * *", False)
 
     alerts = functions["alerts"]
     assert alerts["raw_bindings"] == [
@@ -168,6 +178,28 @@ def test_runtime_indexes_exactly_the_six_functions() -> None:
         assert not function["retry"]
 
     assert result["heavy"] == [], f"indexing imported heavy modules: {result['heavy']}"
+
+
+def test_the_defender_stream_is_indexed_with_its_event_hub_when_configured() -> None:
+    code, result = run_indexer(
+        ROOT, DEFENDER_EVENTHUB_NAME="defender-alerts", DEFENDER_EVENTHUB_CONSUMER_GROUP="responder"
+    )
+
+    assert code == 0, f"the Functions runtime refused function_app.py: {result}"
+    stream = result["functions"]["defender_stream"]
+    assert stream["raw_bindings"] == [
+        {
+            "direction": "IN",
+            "type": "eventHubTrigger",
+            "name": "events",
+            "connection": "DEFENDER_EVENTHUB",
+            "eventHubName": "defender-alerts",
+            "cardinality": "MANY",
+            "consumerGroup": "responder",
+        }
+    ]
+    assert stream["is_async"]
+    assert result["heavy"] == []
 
 
 BROKEN_APP = """

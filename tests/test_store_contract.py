@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,14 +28,18 @@ from restricted_sender.adapters.tables import (
 )
 from restricted_sender.errors import TransientServiceError
 from restricted_sender.fakes import MemoryStore
-from restricted_sender.model import TicketRef, UnblockEntry, UnblockKind
+from restricted_sender.model import Source, TicketRef, UnblockEntry, UnblockKind
 from restricted_sender.policy import Budget
 from restricted_sender.ports import (
     CLAIM_LEASE,
+    MAX_REPORTS,
+    PENDING_TTL,
     TICKET_LEASE,
     TICKET_NOTED_KEEP,
     BudgetRefusal,
     ClaimResult,
+    ClaimState,
+    Cursor,
     Store,
     TicketSlot,
     noted_with,
@@ -636,6 +641,260 @@ def test_noting_adds_once_and_keeps_the_newest() -> None:
     assert noted_with(full, "new") == [*full[1:], "new"]
 
 
+# Intake bookkeeping: claim state, reports, cursors, pending rows -----------------------------------------
+
+RESTRICTION = "restriction|alice@contoso.com|2026-11-27T08:02:11Z"
+ODD_KEYS = [f"restriction|{user}|2026-11-27T08:02:11Z" for user in UNUSUAL_USERS]
+ODD_IDS = [  # Table keys may not hold / \ # ? or control characters, and hold at most 1 KiB
+    "A/b#c?d\\e",
+    "a/b#c?d\\e",  # differs only in case: another report
+    "tab\tnewline\n",
+    "zoë ✉ %41 ~41",
+    "x" * 600,
+    "x" * 600 + "y",
+]
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_claim_state_follows_a_claim_through_a_take_over_to_completion(open_store: OpenStore) -> None:
+    expired = T0 + CLAIM_LEASE + timedelta(seconds=1, microseconds=250)
+    done = expired + timedelta(seconds=3, microseconds=7)
+
+    async def scenario(store: Store) -> list[ClaimState | None]:
+        states = [await store.claim_state(KEY)]
+        await store.claim(KEY, "d1", T0)
+        states.append(await store.claim_state(KEY))
+        await store.claim(KEY, "d2", at(60))  # a duplicate changes nothing
+        states.append(await store.claim_state(KEY))
+        await store.claim(KEY, "d2", expired)
+        states.append(await store.claim_state(KEY))
+        await store.complete(KEY, "d2", "ticket", done)
+        return [*states, await store.claim_state(KEY), await store.claim_state("never-claimed")]
+
+    assert run(open_store, scenario) == [
+        None,
+        ClaimState("d1", "claimed", T0),
+        ClaimState("d1", "claimed", T0),
+        ClaimState("d2", "claimed", expired),
+        ClaimState("d2", "done", done, "ticket"),
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    "done",
+    [at(0.123456), datetime(2026, 11, 27, 10, 30, 15, 250, tzinfo=timezone(timedelta(hours=2)))],
+    ids=["utc-microseconds", "plus-two-hours"],
+)
+def test_claim_state_times_come_back_in_utc_and_equal_to_what_was_stored(open_store: OpenStore, done: datetime) -> None:
+    async def scenario(store: Store) -> ClaimState | None:
+        await store.complete(KEY, "d1", "unblock", done)  # completing unclaimed: a crashed claim's row was lost
+        return await store.claim_state(KEY)
+
+    state = run(open_store, scenario)
+    assert state == ClaimState("d1", "done", done, "unblock")
+    assert state.claimed_at.utcoffset() == timedelta(0)
+
+
+def test_a_repeated_report_keeps_its_first_time_and_reports_come_oldest_first_then_by_kind_and_id(
+    open_store: OpenStore,
+) -> None:
+    added = [
+        Source("sentinel", "inc-2", at(2)),
+        Source("defender", "da-1", at(0)),
+        Source("sentinel", "inc-1", at(2)),
+        Source("poll", "alert-1", at(2)),
+        Source("defender", "da-1", at(-3600)),  # reported again, with an earlier time: the first one stays
+        Source("sentinel", "inc-1", at(9)),
+        Source("alerts_v2", "alert-1", at(2.5)),
+    ]
+
+    async def scenario(store: Store) -> tuple[tuple[Source, ...], ...]:
+        for source in added:
+            await store.add_report(RESTRICTION, source)
+        await store.add_report("restriction|bob@contoso.com|2026-11-27T08:02:11Z", Source("poll", "other", at(1)))
+        return await store.reports(RESTRICTION), await store.reports("restriction|nobody|unknown")
+
+    assert run(open_store, scenario) == (
+        (
+            Source("defender", "da-1", at(0)),
+            Source("poll", "alert-1", at(2)),
+            Source("sentinel", "inc-1", at(2)),
+            Source("sentinel", "inc-2", at(2)),
+            Source("alerts_v2", "alert-1", at(2.5)),
+        ),
+        (),
+    )
+
+
+@pytest.mark.parametrize("racing", [False, True], ids=["one-by-one", "racing"])
+def test_reports_stop_at_max_reports_and_a_repeat_at_the_cap_changes_nothing(
+    open_store: OpenStore, racing: bool
+) -> None:
+    sources = [Source("o365", f"r{i:03d}", at(i)) for i in range(MAX_REPORTS + 4)]
+    seeded, last = (sources[: MAX_REPORTS - 2], sources[MAX_REPORTS - 2 :]) if racing else (sources, [])
+
+    async def scenario(store: Store) -> tuple[Source, ...]:
+        for source in seeded:
+            await store.add_report(RESTRICTION, source)
+        # Six writers for the last two places: every store keeps the cap exactly.
+        await asyncio.gather(*(store.add_report(RESTRICTION, source) for source in last))
+        await store.add_report(RESTRICTION, Source("o365", "r000", at(-60)))
+        return await store.reports(RESTRICTION)
+
+    assert run(open_store, scenario) == tuple(sources[:MAX_REPORTS])
+
+
+@pytest.mark.parametrize("odd_key", ODD_KEYS, ids=UNUSUAL_USERS)
+def test_reports_keys_and_source_ids_with_reserved_characters_are_distinct_and_safe(
+    open_store: OpenStore, odd_key: str
+) -> None:
+    added = [Source("sentinel", source_id, at(i)) for i, source_id in enumerate(ODD_IDS)]
+
+    async def scenario(store: Store) -> tuple[tuple[Source, ...], ...]:
+        for source in added:
+            await store.add_report(odd_key, source)
+        await store.add_report(odd_key.upper(), Source("poll", "upper", T0))
+        return await store.reports(odd_key), await store.reports(odd_key.upper())
+
+    assert run(open_store, scenario) == (tuple(added), (Source("poll", "upper", T0),))
+
+
+def test_a_cursor_is_created_once_and_each_write_reads_back_with_a_new_version(open_store: OpenStore) -> None:
+    async def scenario(store: Store) -> list[Any]:
+        steps: list[Any] = [await store.read_cursor("alerts_v2"), await store.write_cursor("alerts_v2", "w1", None)]
+        first = await store.read_cursor("alerts_v2")
+        assert first is not None
+        steps += [first.value, await store.write_cursor("alerts_v2", "w2", first.version)]
+        second = await store.read_cursor("alerts_v2")
+        assert second is not None
+        return [*steps, second.value, second.version != first.version, await store.read_cursor("Alerts_V2")]
+
+    assert run(open_store, scenario) == [None, True, "w1", True, "w2", True, None]
+
+
+@pytest.mark.parametrize("losing", ["create-over-existing", "stale-version", "made-up-version"])
+def test_a_write_from_a_version_that_is_not_the_cursors_loses_and_writes_nothing(
+    open_store: OpenStore, losing: str
+) -> None:
+    async def scenario(store: Store) -> tuple[bool, Cursor | None, Cursor | None, bool]:
+        await store.write_cursor("poll", "w1", None)
+        stale = await store.read_cursor("poll")
+        assert stale is not None
+        await store.write_cursor("poll", "w2", stale.version)
+        before = await store.read_cursor("poll")
+        version = {"create-over-existing": None, "stale-version": stale.version, "made-up-version": "7"}[losing]
+        lost = await store.write_cursor("poll", "late", version)
+        missing = await store.write_cursor("missing", "late", stale.version)  # a version cannot create a cursor
+        return lost, before, await store.read_cursor("poll"), missing or await store.read_cursor("missing") is not None
+
+    lost, before, after, missing = run(open_store, scenario)
+    assert (lost, missing) == (False, False)
+    assert before is not None
+    assert after == before
+    assert after.value == "w2"
+
+
+def test_concurrent_writers_of_one_cursor_version_get_exactly_one_true(open_store: OpenStore) -> None:
+    async def scenario(store: Store) -> tuple[list[bool], list[bool], Cursor | None]:
+        created = await asyncio.gather(*(store.write_cursor("poll", f"c{i}", None) for i in range(3)))
+        read = await store.read_cursor("poll")
+        assert read is not None
+        moved = await asyncio.gather(*(store.write_cursor("poll", f"m{i}", read.version) for i in range(3)))
+        return sorted(created), sorted(moved), await store.read_cursor("poll")
+
+    created, moved, cursor = run(open_store, scenario)
+    assert created == moved == [False, False, True]
+    assert cursor is not None
+    assert cursor.value in {"m0", "m1", "m2"}
+
+
+DEFENDER = "defender-evidence"
+
+
+def test_pending_returns_the_latest_data_of_the_asked_keys_of_the_group_only(open_store: OpenStore) -> None:
+    async def scenario(store: Store) -> list[dict[str, Any]]:
+        await store.keep_pending(DEFENDER, "a1", {"title": "first", "evidence": [1]}, T0)
+        await store.keep_pending(DEFENDER, "a2", {"title": "second"}, T0)
+        await store.keep_pending(DEFENDER, "a1", {"user": "alice"}, at(5))  # replaced, not merged
+        await store.keep_pending("defender-info", "a3", {"title": "other group"}, T0)
+        return [
+            dict(await store.pending(DEFENDER, ["a1", "a2", "a3", "unknown", "a1"], at(10))),
+            dict(await store.pending(DEFENDER, [], at(10))),
+            dict(await store.pending("no-such-group", ["a1"], at(10))),
+        ]
+
+    assert run(open_store, scenario) == [{"a1": {"user": "alice"}, "a2": {"title": "second"}}, {}, {}]
+
+
+@pytest.mark.parametrize(
+    ("written", "read", "kept"),
+    [
+        (T0, T0 + PENDING_TTL - timedelta(microseconds=1), True),
+        (T0, T0 + PENDING_TTL, False),  # the TTL's end is already past it
+        (at(0.5), at(0.5) + PENDING_TTL, False),  # to the microsecond, not the second
+        (T0 + timedelta(hours=1), T0 + PENDING_TTL + timedelta(seconds=1), True),  # a rewrite starts it again
+    ],
+    ids=["just-before-the-ttl", "at-the-ttl", "at-the-ttl-of-a-fraction", "rewritten"],
+)
+def test_pending_data_expires_at_the_ttl_after_its_last_write(
+    open_store: OpenStore, written: datetime, read: datetime, kept: bool
+) -> None:
+    async def scenario(store: Store) -> dict[str, Any]:
+        await store.keep_pending(DEFENDER, "a1", {"n": 1}, T0)
+        await store.keep_pending(DEFENDER, "a1", {"n": 2}, written)
+        return dict(await store.pending(DEFENDER, ["a1"], read))
+
+    assert run(open_store, scenario) == ({"a1": {"n": 2}} if kept else {})
+
+
+@pytest.mark.parametrize("odd", UNUSUAL_USERS)
+def test_pending_data_round_trips_as_equal_json_under_any_group_and_key(open_store: OpenStore, odd: str) -> None:
+    data = {
+        "AlertId": "da638123",
+        "Evidence": [{"EntityType": "User", "AccountUpn": odd, "Roles": []}, {"EntityType": "MailMessage"}],
+        "Severity": 3,
+        "Score": 0.88,
+        "Big": 2**53 + 1,
+        "Flags": {"direct": True, "seen": False, "nothing": None},
+        "note": "Zoë — ✉ 日本 😀 \t\n",
+        "pair": (1, 2),  # JSON has no tuples: a list comes back, as it would from the queue
+    }
+
+    async def scenario(store: Store) -> dict[str, Any]:
+        await store.keep_pending(odd, odd.upper(), data, T0)
+        return dict(await store.pending(odd, [odd.upper(), odd], T0))
+
+    assert run(open_store, scenario) == {odd.upper(): json.loads(json.dumps(data))}
+
+
+@pytest.mark.parametrize(
+    ("data", "fits"),
+    [
+        ({"x": "a" * (MAX_RECORD_CHARS - 8)}, True),  # {"x":"…"} is exactly MAX_RECORD_CHARS of JSON
+        ({"x": "a" * (MAX_RECORD_CHARS - 7)}, False),
+        ({"x": "✉" * 5_000}, False),  # escaped as \u2709: 30,008 characters of JSON
+    ],
+    ids=["at-the-limit", "one-over", "escaped-over"],
+)
+@pytest.mark.parametrize(
+    "open_store", ["sqlite-memory", pytest.param("tables", marks=pytest.mark.azurite)], indirect=True
+)
+def test_pending_data_too_large_for_a_table_property_is_refused_and_keeps_what_was_there(
+    open_store: OpenStore, data: dict[str, str], fits: bool
+) -> None:
+    async def scenario(store: Store) -> dict[str, Any]:
+        await store.keep_pending(DEFENDER, "a1", {"small": True}, T0)
+        with nullcontext() if fits else pytest.raises(ValueError, match="pending data"):
+            await store.keep_pending(DEFENDER, "a1", data, T0)
+        return dict(await store.pending(DEFENDER, ["a1"], T0))
+
+    assert run(open_store, scenario) == {"a1": data if fits else {"small": True}}
+
+
 # Azure Table Storage only: races between instances, and errors --------------------------------------------
 
 
@@ -798,6 +1057,24 @@ def test_racing_instances_take_over_an_expired_ticket_lease_exactly_once(open_sh
     ] * ROUNDS
 
 
+def test_racing_instances_move_a_cursor_from_one_version_exactly_once(open_shared_store: OpenStore) -> None:
+    async def setup(store: Store) -> str:
+        assert await store.write_cursor("moved", "start", None)
+        start = await store.read_cursor("moved")
+        assert start is not None
+        return start.version
+
+    def writing(name: str, value: str, version: str | None) -> Callable[[Store], Awaitable[bool]]:
+        return lambda store: store.write_cursor(name, value, version)
+
+    version = run(open_shared_store, setup)
+    rounds = [
+        [writing("created", f"c{i}", None) for i in range(2)],
+        [writing("moved", f"m{i}", version) for i in range(2)],
+    ]
+    assert [sorted(outcome) for outcome in race_rounds(open_shared_store, rounds)] == [[False, True]] * 2
+
+
 def closed_port_store() -> TableStore:
     from azure.data.tables.aio import TableServiceClient
 
@@ -820,6 +1097,13 @@ OPERATIONS: dict[str, Callable[[Store], Awaitable[object]]] = {
     "begin_ticket": lambda s: s.begin_ticket(CORRELATION, "e1", T0),
     "ticket_opened": lambda s: s.ticket_opened(CORRELATION, "e1", TICKET, T0),
     "ticket_noted": lambda s: s.ticket_noted(CORRELATION, "e1", T0),
+    "claim_state": lambda s: s.claim_state(KEY),
+    "add_report": lambda s: s.add_report(RESTRICTION, Source("poll", "a1", T0)),
+    "reports": lambda s: s.reports(RESTRICTION),
+    "read_cursor": lambda s: s.read_cursor("poll"),
+    "write_cursor": lambda s: s.write_cursor("poll", "w1", None),
+    "keep_pending": lambda s: s.keep_pending(DEFENDER, "a1", {}, T0),
+    "pending": lambda s: s.pending(DEFENDER, ["a1", "a2"], T0),
 }
 
 

@@ -3,6 +3,11 @@
 The ticket ledger is the ``tickets`` table: one row per correlation id (its owner and lease start while the
 ticket is being opened, then the ticket), with the events already on the ticket as a JSON list of at most
 ``TICKET_NOTED_KEEP`` ids. Every ledger write is one ``BEGIN IMMEDIATE`` transaction: read, decide, write.
+
+Intake bookkeeping: ``reports`` (one row per restriction key and source, at most ``MAX_REPORTS`` per key, counted
+and inserted in one ``BEGIN IMMEDIATE`` transaction, so the cap is exact across processes), ``cursors`` (value and
+a version counter, compared and bumped in one transaction) and ``pending`` (JSON text with its expiry).
+Instants are stored as ``_micro`` text: fixed width, so text order is time order and SQL can compare them.
 """
 
 from __future__ import annotations
@@ -10,16 +15,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..model import TicketRef, UnblockEntry, UnblockKind
+from ..model import Source, TicketRef, UnblockEntry, UnblockKind
 from ..ports import (
+    MAX_REPORTS,
+    PENDING_TTL,
     BudgetRefusal,
     ClaimResult,
+    ClaimState,
+    Cursor,
     TicketSlot,
     budget_refusal,
     noted_with,
@@ -27,6 +36,7 @@ from ..ports import (
     resolve_ticket,
 )
 from ..timeutil import iso, parse_instant
+from .tables import pending_text
 
 if TYPE_CHECKING:
     from ..policy import Budget
@@ -47,8 +57,16 @@ CREATE TABLE IF NOT EXISTS tickets (
     correlation_id TEXT PRIMARY KEY, owner TEXT NOT NULL, started_at TEXT NOT NULL,
     ticket_id TEXT, ticket_label TEXT, ticket_url TEXT, noted TEXT NOT NULL DEFAULT '[]', updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS reports (
+    key TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (key, kind, id)
+);
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (
+    grp TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, expires TEXT NOT NULL, PRIMARY KEY (grp, key)
+);
 CREATE INDEX IF NOT EXISTS audit_user ON audit (user, seq);
 CREATE INDEX IF NOT EXISTS unblocks_at ON unblocks (at);
+CREATE INDEX IF NOT EXISTS pending_expires ON pending (expires);
 """
 
 
@@ -65,7 +83,7 @@ class SqliteStore:
             try:
                 inserted = self._db.execute(
                     "INSERT OR IGNORE INTO claims (key, owner, state, claimed_at) VALUES (?, ?, 'claimed', ?)",
-                    (key, delivery_id, iso(now)),
+                    (key, delivery_id, _micro(now)),
                 ).rowcount
                 if inserted:
                     result = ClaimResult.NEW
@@ -82,7 +100,8 @@ class SqliteStore:
                     )
                     if result is ClaimResult.RESUMED:
                         self._db.execute(
-                            "UPDATE claims SET owner = ?, claimed_at = ? WHERE key = ?", (delivery_id, iso(now), key)
+                            "UPDATE claims SET owner = ?, claimed_at = ? WHERE key = ?",
+                            (delivery_id, _micro(now), key),
                         )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -91,12 +110,82 @@ class SqliteStore:
         return result
 
     async def complete(self, key: str, delivery_id: str, outcome: str, now: datetime) -> None:
+        # The whole row is replaced, completion time included, as the other stores do (claim_state shows it).
         with self._lock:
             self._db.execute(
-                "INSERT INTO claims (key, owner, state, claimed_at, outcome) VALUES (?, ?, 'done', ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, state = 'done', outcome = excluded.outcome",
-                (key, delivery_id, iso(now), outcome),
+                "INSERT OR REPLACE INTO claims (key, owner, state, claimed_at, outcome) VALUES (?, ?, 'done', ?, ?)",
+                (key, delivery_id, _micro(now), outcome),
             )
+
+    async def claim_state(self, key: str) -> ClaimState | None:
+        with self._lock:
+            found = self._db.execute(
+                "SELECT owner, state, claimed_at, outcome FROM claims WHERE key = ?", (key,)
+            ).fetchone()
+        if found is None:
+            return None
+        owner, state, claimed_at, outcome = found
+        return ClaimState(owner, "done" if state == "done" else "claimed", parse_instant(claimed_at), outcome)
+
+    # -- intake bookkeeping ---------------------------------------------------------------------------------
+
+    async def add_report(self, key: str, source: Source) -> None:
+        # Counted and inserted under the write lock: the cap holds exactly, even across processes.
+        with self._immediate():
+            self._db.execute(
+                "INSERT OR IGNORE INTO reports (key, kind, id, at) SELECT ?, ?, ?, ? "
+                "WHERE (SELECT COUNT(*) FROM reports WHERE key = ?) < ?",
+                (key, source.kind, source.id, _micro(source.at), key, MAX_REPORTS),
+            )
+
+    async def reports(self, key: str) -> tuple[Source, ...]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, id, at FROM reports WHERE key = ? ORDER BY at, kind, id", (key,)
+            ).fetchall()
+        return tuple(Source(kind, id_, parse_instant(at)) for kind, id_, at in rows)
+
+    async def read_cursor(self, name: str) -> Cursor | None:
+        with self._lock:
+            found = self._db.execute("SELECT value, version FROM cursors WHERE name = ?", (name,)).fetchone()
+        return None if found is None else Cursor(found[0], str(found[1]))
+
+    async def write_cursor(self, name: str, value: str, version: str | None) -> bool:
+        with self._immediate():
+            found = self._db.execute("SELECT version FROM cursors WHERE name = ?", (name,)).fetchone()
+            current = None if found is None else str(found[0])
+            if current != version:
+                return False
+            self._db.execute(
+                "INSERT INTO cursors (name, value, version) VALUES (?, ?, 1) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, version = version + 1",
+                (name, value),
+            )
+            return True
+
+    async def keep_pending(self, group: str, key: str, data: Mapping[str, Any], now: datetime) -> None:
+        text = pending_text(group, key, data)  # the Table store's size limit, so the CLI fails where Azure would
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO pending (grp, key, data, expires) VALUES (?, ?, ?, ?)",
+                (group, key, text, _micro(now + PENDING_TTL)),
+            )
+            # Rows that expired a whole TTL ago are invisible to any reader whose clock is within a TTL of ours.
+            self._db.execute("DELETE FROM pending WHERE expires <= ?", (_micro(now - PENDING_TTL),))
+
+    async def pending(self, group: str, keys: Collection[str], now: datetime) -> dict[str, Mapping[str, Any]]:
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, Mapping[str, Any]] = {}
+        with self._lock:
+            for start in range(0, len(wanted), 500):  # well inside SQLite's limit on bound parameters
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT key, data FROM pending WHERE grp = ? AND expires > ? AND key IN ({marks})",  # noqa: S608
+                    (group, _micro(now), *chunk),
+                ).fetchall()
+                found.update((key, json.loads(data)) for key, data in rows)
+        return found
 
     async def record_unblock(self, entry: UnblockEntry) -> None:
         with self._lock:

@@ -14,25 +14,41 @@ RowKey ``ticket`` (a claim's RowKey is ``claim``, so the two never meet). It hol
 the ticket is recorded, and ``Noted``: the events already on the ticket, a JSON list of at most
 ``TICKET_NOTED_KEEP`` ids. The first caller creates the row (a conditional insert: of racing callers exactly one
 succeeds); every later change is a merge conditioned on the ETag read, retried on 412 after reading again.
+
+Intake bookkeeping shares the claims table too; the RowKey tells the kinds of row apart, and every key part is
+escaped by :func:`exact_key` (case-preserving, like the ledger's), whose output never holds ``:``:
+
+* reports: PartitionKey ``exact_key(restriction key)`` (the claim row's partition when the key is lower-case),
+  one row per source, RowKey ``report:<kind>:<id>`` (``Kind``, ``Id``, ``At``), plus a ``report-count`` row
+  (``Count``). A report is created in one entity-group transaction with the count's conditional update, so
+  ``MAX_REPORTS`` holds exactly; ``reports`` is one range query over that partition's ``report:`` rows.
+* cursors: PartitionKey ``exact_key(name)``, RowKey ``cursor``, ``Value``; the ETag is the version.
+* pending: PartitionKey ``pending:<exact_key(group)>``, RowKey ``exact_key(key)``, ``Data`` (JSON text) and
+  ``Expires``. Expired rows are only ignored, never deleted: a clean-up would query ``Expires lt now``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ServiceError, TransientServiceError
-from ..model import TicketRef, UnblockEntry, UnblockKind
+from ..model import Source, TicketRef, UnblockEntry, UnblockKind
 from ..ports import (
+    MAX_REPORTS,
+    PENDING_TTL,
     TICKET_NOTED_KEEP,
     BudgetRefusal,
     ClaimResult,
+    ClaimState,
+    Cursor,
     TicketSlot,
     budget_refusal,
     noted_with,
@@ -47,9 +63,17 @@ if TYPE_CHECKING:
 
     from ..policy import Budget
 
+T = TypeVar("T")
+
 MAX_RECORD_CHARS = 30_000  # a string property holds 64 KiB of UTF-16
 _CLAIM_ROW = "claim"
 _TICKET_ROW = "ticket"
+_CURSOR_ROW = "cursor"
+_REPORT_COUNT_ROW = "report-count"  # sorts before "report:", outside the report rows' range
+_REPORT_ROWS = ("report:", "report;")  # the RowKey range of report rows: ";" follows ":"
+_PENDING_PARTITION = "pending:"  # no other PartitionKey holds ":" (the key functions escape it)
+MAX_KEY_CHARS = 400  # a longer escaped key part is hashed: a PartitionKey or RowKey holds at most 1 KiB
+PENDING_READS = 16  # point reads in flight at once for one ``pending`` call
 
 BUDGET_PARTITION = "budget"
 TENANT_ROW = "tenant"
@@ -79,6 +103,28 @@ def ledger_key(correlation_id: str) -> str:
         c if c in _KEY_SAFE or (c.isascii() and c.isupper()) else "".join(f"~{b:02X}" for b in c.encode())
         for c in correlation_id
     )
+
+
+def exact_key(value: str) -> str:
+    """:func:`ledger_key`, or, past ``MAX_KEY_CHARS``, ``~H`` and a SHA-256 of the value.
+
+    ``ledger_key`` only writes ``~`` before two hex digits, so a hashed key never equals a plain one.
+    """
+    key = ledger_key(value)
+    if len(key) <= MAX_KEY_CHARS:
+        return key
+    return "~H" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def pending_text(group: str, key: str, data: Mapping[str, Any]) -> str:
+    """``data`` as ASCII JSON, refused with ``ValueError`` when it would not fit in one string property."""
+    text = json.dumps(data, separators=(",", ":"))  # ASCII: one UTF-16 unit per character
+    if len(text) > MAX_RECORD_CHARS:
+        raise ValueError(
+            f"pending data for ({group!r}, {key!r}) is {len(text)} characters of JSON: "
+            f"at most {MAX_RECORD_CHARS} fit in a Table Storage string property"
+        )
+    return text
 
 
 class TableStore:
@@ -168,6 +214,140 @@ class TableStore:
                 },
                 mode=UpdateMode.REPLACE,
             )
+
+    async def claim_state(self, key: str) -> ClaimState | None:
+        table = await self._table("claims")
+        async with _errors("claim_state"):
+            row = await _entity(table, table_key(key), _CLAIM_ROW)
+        if row is None:
+            return None
+        outcome = row.get("Outcome")
+        return ClaimState(
+            owner=str(row.get("Owner", "")),
+            state="done" if row.get("State") == "done" else "claimed",
+            claimed_at=_utc(row.get("ClaimedAt")),
+            outcome=None if outcome is None else str(outcome),
+        )
+
+    async def add_report(self, key: str, source: Source) -> None:
+        """Create the report row and bump ``report-count`` in one transaction conditioned on the count's ETag.
+
+        The cap is exact: no two writers can both take the last place. Writers of one restriction serialise on
+        the count (a handful of sources per restriction); a 409 whose report row exists means "already reported".
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError
+        from azure.data.tables import UpdateMode
+
+        table = await self._table("claims")
+        partition = exact_key(key)
+        row_key = f"{_REPORT_ROWS[0]}{exact_key(source.kind)}:{exact_key(source.id)}"
+        report = {"PartitionKey": partition, "RowKey": row_key, "Kind": source.kind, "Id": source.id, "At": source.at}
+        async with _errors("add_report"):
+            for attempt in range(MAX_WRITE_TRIES):
+                counter = await _entity(table, partition, _REPORT_COUNT_ROW)
+                count = 0 if counter is None else int(counter.get("Count", 0))
+                if count >= MAX_REPORTS:
+                    return  # full: a new report is dropped, a repeated one is there already
+                tally = {"PartitionKey": partition, "RowKey": _REPORT_COUNT_ROW, "Count": count + 1}
+                bump: tuple[Any, ...] = (
+                    ("create", tally)
+                    if counter is None
+                    else (
+                        "update",
+                        tally,
+                        {
+                            "mode": UpdateMode.REPLACE,
+                            "etag": counter.metadata["etag"],
+                            "match_condition": MatchConditions.IfNotModified,
+                        },
+                    )
+                )
+                try:
+                    await table.submit_transaction([("create", report), bump])
+                    return
+                except HttpResponseError as error:
+                    if error.status_code not in (409, 412):  # 409: the report or the count exists; 412: count moved
+                        raise
+                if await _entity(table, partition, row_key) is not None:
+                    return  # already reported: its first ``at`` stays
+                await asyncio.sleep(random.uniform(0.0, 0.02 * 2 ** min(attempt, 5)))
+        raise _contended("add_report", "report count")
+
+    async def reports(self, key: str) -> tuple[Source, ...]:
+        table = await self._table("claims")
+        first, after = _REPORT_ROWS
+        async with _errors("reports"):
+            rows = [
+                row
+                async for row in table.query_entities(
+                    "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after",
+                    parameters={"pk": exact_key(key), "first": first, "after": after},
+                )
+            ]
+        found = (Source(str(row["Kind"]), str(row["Id"]), _utc(row["At"])) for row in rows)
+        return tuple(sorted(found, key=lambda s: (s.at, s.kind, s.id)))
+
+    async def read_cursor(self, name: str) -> Cursor | None:
+        table = await self._table("claims")
+        async with _errors("read_cursor"):
+            row = await _entity(table, exact_key(name), _CURSOR_ROW)
+        return None if row is None else Cursor(str(row["Value"]), str(row.metadata["etag"]))
+
+    async def write_cursor(self, name: str, value: str, version: str | None) -> bool:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError
+        from azure.data.tables import UpdateMode
+
+        if len(value.encode("utf-16-le")) > 2 * MAX_RECORD_CHARS:
+            raise ValueError(f"cursor {name!r}: a value of {len(value)} characters does not fit in a string property")
+        table = await self._table("claims")
+        entity = {"PartitionKey": exact_key(name), "RowKey": _CURSOR_ROW, "Value": value}
+        async with _errors("write_cursor"):
+            try:
+                if version is None:
+                    await table.create_entity(entity)
+                else:
+                    await table.update_entity(
+                        entity, mode=UpdateMode.REPLACE, etag=version, match_condition=MatchConditions.IfNotModified
+                    )
+            except HttpResponseError as error:
+                # 409: created meanwhile; 412: moved meanwhile; 404: a version of a cursor that does not exist.
+                if error.status_code in (404, 409, 412):
+                    return False
+                raise
+        return True
+
+    async def keep_pending(self, group: str, key: str, data: Mapping[str, Any], now: datetime) -> None:
+        from azure.data.tables import UpdateMode
+
+        entity = {
+            "PartitionKey": _PENDING_PARTITION + exact_key(group),
+            "RowKey": exact_key(key),
+            "Data": pending_text(group, key, data),  # refused here, not as a service error retried for ever
+            "Expires": now + PENDING_TTL,
+        }
+        table = await self._table("claims")
+        async with _errors("keep_pending"):
+            await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    async def pending(self, group: str, keys: Collection[str], now: datetime) -> dict[str, Mapping[str, Any]]:
+        """Point reads, a few at a time, rather than one filtered query: for the ~50 keys asked, a point read
+        costs the same whatever the partition holds, while a filter may hold only 15 comparisons (4 queries
+        for 50 keys), each scanning the group's whole partition (expired rows too) and maybe paging."""
+        table = await self._table("claims")
+        partition = _PENDING_PARTITION + exact_key(group)
+        in_flight = asyncio.Semaphore(PENDING_READS)
+
+        async def read(key: str) -> tuple[str, TableEntity | None]:
+            async with in_flight:
+                return key, await _entity(table, partition, exact_key(key))
+
+        async with _errors("pending"):
+            rows = await _all(read(key) for key in dict.fromkeys(keys))
+        return {
+            key: json.loads(str(row["Data"])) for key, row in rows if row is not None and _utc(row["Expires"]) > now
+        }
 
     async def record_unblock(self, entry: UnblockEntry) -> None:
         await self._write_unblock(entry, "record_unblock", user_budget=None, tenant_budget=None)
@@ -449,6 +629,33 @@ def _row_operation(
 
 def _instant(value: object) -> datetime:
     return value if isinstance(value, datetime) else parse_instant(str(value))
+
+
+def _utc(value: object) -> datetime:
+    """A stored instant as a plain UTC ``datetime`` (the SDK returns its own subclass)."""
+    instant = _instant(value).astimezone(UTC)
+    return datetime.combine(instant.date(), instant.time(), UTC)
+
+
+async def _entity(table: TableClient, partition: str, row_key: str) -> TableEntity | None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return await table.get_entity(partition, row_key)
+    except ResourceNotFoundError:
+        return None
+
+
+async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Every call at once; when one fails, the others are cancelled and awaited before the error goes on."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _ledger_row(table: TableClient, key: str) -> TableEntity | None:

@@ -1,0 +1,219 @@
+"""Office 365 Management Activity API, the pure parts: webhook notifications -> content pointers, and the
+fetched content (audit records) -> :class:`AlertReport` values and delistings (reference/platform.md §2b).
+
+A notification only points at content; fetching it sends our token to ``contentUri``, so
+:func:`check_content_uri` accepts nothing but this tenant's feed on the configured API root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .alerts import first_text, loose_json_object, merge_users, user_ref
+from .errors import MalformedPayload, UnsafeContentUri
+from .model import SOURCE_O365, AlertReport
+from .timeutil import parse_instant
+
+RECORD_ALERT = "40"  # SecurityComplianceAlerts
+RECORD_HYGIENE = "51"  # HygieneEvent: outbound spam protection listing and delisting users
+HYGIENE_LISTED_TITLE = "HygieneEvent Listed"
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+@dataclass(frozen=True, slots=True)
+class ContentPointer:
+    """One notified content blob: fetch ``content_uri`` (after :func:`check_content_uri`) to get its records."""
+
+    content_id: str
+    content_uri: str
+    content_type: str | None = None
+    created: str | None = None
+    expiration: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "content_id": self.content_id,
+            "content_uri": self.content_uri,
+            "content_type": self.content_type,
+            "created": self.created,
+            "expiration": self.expiration,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ContentPointer:
+        content_id, content_uri = data.get("content_id"), data.get("content_uri")
+        if not isinstance(content_id, str) or not isinstance(content_uri, str):
+            raise ValueError("a content pointer needs string 'content_id' and 'content_uri'")
+        return cls(
+            content_id,
+            content_uri,
+            first_text(data, "content_type"),
+            first_text(data, "created"),
+            first_text(data, "expiration"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Delisting:
+    """A HygieneEvent ``Delisted`` record: the service lifted the user's restriction."""
+
+    address: str
+    at: datetime
+    record_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class O365Content:
+    reports: tuple[AlertReport, ...] = ()
+    delisted: tuple[Delisting, ...] = ()
+
+
+def parse_notifications(payload: object, *, tenant_id: str, api_root: str) -> tuple[ContentPointer, ...]:
+    """The pointers of a notification body, each content id once. One bad item refuses the whole body."""
+    if not isinstance(payload, list):
+        raise MalformedPayload("body: expected a JSON array of content notifications")
+    pointers: dict[str, ContentPointer] = {}
+    for index, item in enumerate(payload):
+        where = f"body[{index}]"
+        if not isinstance(item, dict):
+            raise MalformedPayload(f"{where}: expected a notification object")
+        content_id = first_text(item, "contentId")
+        if not content_id:
+            raise MalformedPayload(f"{where}.contentId: expected a non-empty string")
+        uri = item.get("contentUri")
+        if not isinstance(uri, str):
+            raise MalformedPayload(f"{where}.contentUri: expected a string")
+        tenant = item.get("tenantId")
+        if not isinstance(tenant, str) or tenant.strip().lower() != tenant_id.lower():
+            raise MalformedPayload(f"{where}.tenantId: {tenant!r} is not this tenant")
+        try:
+            check_content_uri(uri, api_root=api_root, tenant_id=tenant_id)
+        except UnsafeContentUri as refused:
+            raise UnsafeContentUri(f"{where}.contentUri: {refused.message}") from refused
+        pointers.setdefault(
+            content_id,
+            ContentPointer(
+                content_id,
+                uri,
+                first_text(item, "contentType"),
+                first_text(item, "contentCreated"),
+                first_text(item, "contentExpiration"),
+            ),
+        )
+    return tuple(pointers.values())
+
+
+def check_content_uri(uri: str, *, api_root: str, tenant_id: str) -> str:
+    """``uri`` itself when it is this tenant's activity feed on ``api_root``; else :class:`UnsafeContentUri`."""
+
+    def refuse(why: str) -> UnsafeContentUri:
+        return UnsafeContentUri(f"{uri!r} {why}; only {api_root}/api/v1.0/{tenant_id}/activity/feed/ is fetched")
+
+    # urlsplit silently drops tabs and newlines, and a backslash is a separator to some clients: refuse them.
+    if not uri or any(c.isspace() or not c.isprintable() or c == "\\" for c in uri):
+        raise refuse("is empty or has whitespace, control characters or backslashes")
+    parts, root = urlsplit(uri), urlsplit(api_root)
+    if parts.scheme.lower() != root.scheme.lower():
+        raise refuse(f"does not use {root.scheme or 'the root'}'s scheme")
+    if "@" in parts.netloc:
+        raise refuse("carries user info")
+    try:
+        port, root_port = parts.port, root.port
+    except ValueError as error:
+        raise refuse("has an invalid port") from error
+    default = _DEFAULT_PORTS.get(root.scheme.lower())
+    if parts.hostname != root.hostname or (port or default) != (root_port or default):
+        raise refuse("is on another host or port")
+    prefix = f"/api/v1.0/{tenant_id}/activity/feed/"
+    if parts.path[: len(prefix)].lower() != prefix.lower():
+        raise refuse("is not under this tenant's activity feed")
+    if any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
+        raise refuse("has dot segments")
+    return uri
+
+
+def parse_content(records: object, *, is_target: Callable[[str], bool]) -> O365Content:
+    """Reports for target alert records (one per AlertId, users merged) and HygieneEvent ``Listed`` records,
+    and the ``Delisted`` ones. A record repeated under the same Id counts once (the API may repeat records)."""
+    if not isinstance(records, list):
+        raise MalformedPayload("content: expected a JSON array of audit records")
+    seen: set[str] = set()
+    reports: dict[tuple[str, bool], AlertReport] = {}
+    delisted: list[Delisting] = []
+    for index, record in enumerate(records):
+        where = f"content[{index}]"
+        if not isinstance(record, dict):
+            raise MalformedPayload(f"{where}: expected an audit record object")
+        record_id = first_text(record, "Id")
+        if record_id:
+            if record_id.lower() in seen:
+                continue
+            seen.add(record_id.lower())
+        kind = str(record.get("RecordType", "")).strip()  # an int in Microsoft's samples, a string in others
+        if kind == RECORD_ALERT:
+            report = _alert_report(record, where, is_target)
+        elif kind == RECORD_HYGIENE:
+            report, delisting = _hygiene(record, where, record_id)
+            delisted.extend([delisting] if delisting else [])
+        else:
+            continue
+        if report is not None:
+            key = (report.alert_id, report.direct)
+            known = reports.get(key)
+            reports[key] = report if known is None else replace(known, users=merge_users(known.users + report.users))
+    return O365Content(tuple(reports.values()), tuple(delisted))
+
+
+def _alert_report(record: Mapping[str, Any], where: str, is_target: Callable[[str], bool]) -> AlertReport | None:
+    operation = str(record.get("Operation") or "").lower()
+    name = first_text(record, "Name")  # the alert policy's name
+    if operation not in ("alerttriggered", "alertentitygenerated") or not name or not is_target(name):
+        return None  # AlertUpdated (status, comments) adds nobody
+    alert_id = first_text(record, "AlertId")
+    if not alert_id:
+        raise MalformedPayload(f"{where}.AlertId: a target alert record needs a non-empty string")
+    data = loose_json_object(record.get("Data"))
+    address: str | None = None
+    if operation == "alerttriggered":
+        address = first_text(data, "f3u")
+    elif (first_text(record, "EntityType") or first_text(data, "etype") or "").lower() == "user":
+        address = first_text(data, "eid") or first_text(record, "AlertEntityId")
+    ref = user_ref(address, None)
+    return AlertReport(
+        source=SOURCE_O365,
+        alert_id=alert_id,
+        title=name,
+        users=(ref,) if ref else (),
+        created=first_text(record, "CreationTime"),
+    )
+
+
+def _hygiene(
+    record: Mapping[str, Any], where: str, record_id: str | None
+) -> tuple[AlertReport | None, Delisting | None]:
+    event = str(record.get("Event") or "").lower()
+    ref = user_ref(first_text(record, "EventValue"), None)  # "the user who was impacted"
+    created = first_text(record, "CreationTime")
+    if event == "listed":
+        if not record_id:
+            raise MalformedPayload(f"{where}.Id: a HygieneEvent Listed record needs a non-empty string")
+        report = AlertReport(
+            source=SOURCE_O365,
+            alert_id=record_id,
+            title=HYGIENE_LISTED_TITLE,
+            users=(ref,) if ref else (),
+            created=created,
+            direct=True,
+        )
+        return report, None
+    if event == "delisted" and ref is not None and ref.address and record_id and created:
+        # Only evidence that a restriction lifted: a record lacking a part of it is skipped, never fatal.
+        try:
+            return None, Delisting(ref.address, parse_instant(created), record_id)
+        except ValueError:
+            return None, None
+    return None, None

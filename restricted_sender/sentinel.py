@@ -1,0 +1,141 @@
+"""Microsoft Sentinel trigger bodies, as a Logic App playbook posts them -> :class:`AlertReport`. Pure parsing.
+
+- The **incident** trigger body: ``objectSchemaType: "Incident"``, ``object.properties.alerts[]`` (ARM alert
+  resources) and ``object.properties.relatedEntities[]`` (ARM entities: ``kind`` + camelCase ``properties``).
+  Microsoft-security alerts such as "User restricted from sending email" reach a playbook only this way.
+- The flat **alert** trigger body (the SecurityAlert schema, PascalCase): ``AlertDisplayName``,
+  ``SystemAlertId``, ``Entities[]`` (``Type`` + PascalCase fields; a JSON string in the SecurityAlert table).
+
+:func:`restricted_sender.alerts.parse_alert_payload` detects these (and the ``{"Body": ...}`` wrapper).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .alerts import at, first_text, merge_users, user_ref
+from .errors import MalformedPayload
+from .model import SOURCE_SENTINEL, AlertReport, UserRef
+
+
+def is_incident(body: Mapping[str, Any]) -> bool:
+    if str(body.get("objectSchemaType") or "").lower() == "incident":
+        return True
+    obj = body.get("object")
+    props = obj.get("properties") if isinstance(obj, dict) else None
+    return isinstance(props, dict) and ("alerts" in props or "relatedEntities" in props)
+
+
+def is_alert(body: Mapping[str, Any]) -> bool:
+    # AlertName: a SecurityAlert row forwarded as is (a query-based playbook) names its alert that way.
+    return any(key in body for key in ("AlertDisplayName", "SystemAlertId", "AlertName"))
+
+
+def parse_incident(
+    body: Mapping[str, Any], where: str = "", *, is_target: Callable[[str], bool] | None = None
+) -> AlertReport:
+    """One report per incident. Its title is the first alert name ``is_target`` accepts (else the first alert
+    name), so an incident that grouped our alert with others is still recognised; ``alert_id`` is that alert's."""
+    obj = body.get("object")
+    if not isinstance(obj, dict):
+        raise MalformedPayload(f"{at(where, 'object')}: expected the incident object")
+    props = obj.get("properties")
+    if not isinstance(props, dict):
+        raise MalformedPayload(f"{at(where, 'object.properties')}: expected an object")
+    alerts_at = at(where, "object.properties.alerts")
+    alerts = props.get("alerts")
+    if not isinstance(alerts, list):
+        raise MalformedPayload(f"{alerts_at}: expected a list of alerts")
+    named: list[tuple[str, str, Mapping[str, Any], Mapping[str, Any]]] = []
+    for index, alert in enumerate(alerts):
+        place = f"{alerts_at}[{index}]"
+        if not isinstance(alert, dict):
+            raise MalformedPayload(f"{place}: expected an alert object")
+        alert_props = alert.get("properties")
+        if not isinstance(alert_props, dict):
+            raise MalformedPayload(f"{place}.properties: expected an object")
+        name = first_text(alert_props, "alertDisplayName")
+        if name:
+            named.append((place, name, alert, alert_props))
+    if not named:
+        raise MalformedPayload(f"{alerts_at}: no alert has properties.alertDisplayName")
+    place, title, alert, alert_props = next(
+        (item for item in named if is_target is not None and is_target(item[1])), named[0]
+    )
+    alert_id = first_text(alert_props, "systemAlertId") or first_text(alert, "name", "id")
+    if not alert_id:
+        raise MalformedPayload(f"{place}: an alert needs properties.systemAlertId, name or id")
+    if "relatedEntities" in props:
+        entities = _entity_list(props["relatedEntities"], at(where, "object.properties.relatedEntities"))
+    else:
+        # A playbook that passed the designer's Entities array (or Get Accounts' output) beside the incident.
+        entities = _entity_list(body.get("Entities", []), at(where, "Entities"))
+    return AlertReport(
+        source=SOURCE_SENTINEL,
+        alert_id=alert_id,
+        title=title,
+        users=merge_users(entities),
+        web_url=first_text(props, "incidentUrl"),
+        created=first_text(props, "createdTimeUtc"),
+    )
+
+
+def parse_alert(body: Mapping[str, Any], where: str = "") -> AlertReport:
+    """The flat alert trigger body (or a SecurityAlert row)."""
+    place = where or "body"
+    alert_id = first_text(body, "SystemAlertId", "ProviderAlertId")
+    if not alert_id:
+        raise MalformedPayload(f"{place}: a Sentinel alert needs a string SystemAlertId or ProviderAlertId")
+    title = first_text(body, "AlertDisplayName", "AlertName")
+    if not title:
+        raise MalformedPayload(f"{place}: a Sentinel alert needs a string AlertDisplayName")
+    return AlertReport(
+        source=SOURCE_SENTINEL,
+        alert_id=alert_id,
+        title=title,
+        users=merge_users(_entity_list(body.get("Entities", []), at(where, "Entities"))),
+        web_url=first_text(body, "AlertLink"),
+        created=first_text(body, "TimeGenerated", "StartTimeUtc"),
+    )
+
+
+def _entity_list(value: object, where: str) -> tuple[UserRef, ...]:
+    if isinstance(value, str):
+        # The SecurityAlert table's Entities column is JSON text, and playbooks pass it on as such.
+        try:
+            value = json.loads(value) if value.strip() else []
+        except json.JSONDecodeError as exc:
+            raise MalformedPayload(f"{where}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(value, list):
+        raise MalformedPayload(f"{where}: expected a list of entities")
+    return tuple(_entity_users(value, where))
+
+
+def _entity_users(entities: list[Any], where: str) -> Iterator[UserRef]:
+    for index, entity in enumerate(entities):
+        if not isinstance(entity, dict):
+            raise MalformedPayload(f"{where}[{index}]: expected an entity object")
+        fields: Mapping[str, Any] = entity
+        kind = entity.get("Type") or entity.get("kind")
+        if "properties" in entity and "kind" in entity:  # the ARM form: camelCase fields under properties
+            fields = entity["properties"]
+            if not isinstance(fields, dict):
+                raise MalformedPayload(f"{where}[{index}].properties: expected an object")
+        kind = str(kind or "").lower()
+        if kind == "account":
+            name = first_text(fields, "accountName", "Name")
+            suffix = first_text(fields, "upnSuffix", "UPNSuffix")
+            ref = user_ref(
+                f"{name}@{suffix}" if name and suffix else None, first_text(fields, "aadUserId", "AadUserId")
+            )
+        elif kind == "mailbox":
+            # MDO alerts may name the sender as a mailbox (alerts_v2 does, with mailboxEvidence): dropping it
+            # would leave a restricted user unhandled.
+            address = first_text(fields, "mailboxPrimaryAddress", "MailboxPrimaryAddress", "upn", "Upn")
+            ref = user_ref(address, first_text(fields, "externalDirectoryObjectId", "ExternalDirectoryObjectId"))
+        else:
+            continue
+        if ref is not None:
+            yield ref
