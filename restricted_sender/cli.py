@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .alerts import parse_alert_payload, parse_json
-from .errors import InputError, PolicyError, ResponderError
+from .defender import is_defender_batch, parse_records
+from .errors import ConfigurationError, InputError, MalformedPayload, PolicyError, ResponderError
 from .model import DecisionRecord, UnblockEntry, UnblockKind
 from .policy import Policy, load_policy_file
 from .timeutil import FixedClock, SystemClock, parse_instant
@@ -27,9 +28,10 @@ from .timeutil import FixedClock, SystemClock, parse_instant
 if TYPE_CHECKING:
     from simulator import Simulator
 
+    from .adapters.management_activity import ManagementActivityApi
     from .admin import Admin
     from .compose import ProcessorBundle
-    from .fakes import MemoryDelayedQueue
+    from .fakes import MemoryDelayedQueue, MemoryQueue
     from .settings import Settings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -89,6 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--identity-header", help="the X-IDENTITY-HEADER value to require (default: random)")
     sim.set_defaults(run=_simulator)
 
+    o365 = commands.add_parser("o365", help="manage the Office 365 Management Activity API subscription")
+    o365_commands = o365.add_subparsers(required=True, metavar="ACTION")
+    subscribe = o365_commands.add_parser(
+        "subscribe", help="start (or re-enable) the Audit.General subscription with this webhook"
+    )
+    subscribe.add_argument("--webhook", required=True, help="https://<app>.azurewebsites.net/api/alerts/o365?code=...")
+    subscribe.set_defaults(run=_o365_subscribe)
+    status = o365_commands.add_parser("status", help="list the subscriptions and their webhooks")
+    status.set_defaults(run=_o365_status)
+
     policy = commands.add_parser("policy", help="work with policy files")
     policy_commands = policy.add_subparsers(required=True, metavar="ACTION")
     validate = policy_commands.add_parser("validate", help="report every problem of a policy file")
@@ -115,16 +127,50 @@ def _read_alert_files(paths: Sequence[Path]) -> list[tuple[Path, bytes]]:
         except OSError as error:
             raise InputError(f"{path}: cannot read: {error.strerror or error}") from error
         try:
-            parse_alert_payload(parse_json(body))
+            check_payload(parse_json(body))
         except InputError as error:
             raise InputError(f"{path}: {error.message}") from error
         bodies.append((path, body))
     return bodies
 
 
+def check_payload(payload: Any) -> None:
+    """Any body the function app accepts: a Management Activity notification (a JSON array of content
+    pointers, whose tenant is checked when it is replayed), Defender streaming records, or an alert body."""
+    if isinstance(payload, list):
+        for index, item in enumerate(payload):
+            if not isinstance(item, dict) or not isinstance(item.get("contentUri"), str):
+                raise MalformedPayload(f"[{index}]: a Management Activity notification item needs a contentUri")
+    elif is_defender_batch(payload):
+        parse_records(payload)
+    else:
+        parse_alert_payload(payload)
+
+
+MANAGEMENT_ROOT = "https://manage.office.com"
+
+
+def localized(body: bytes, sim_url: str) -> bytes:
+    """A notification's ``https://manage.office.com`` content URIs pointed at the simulator, which stands in for
+    that host in a replay (the intake then checks them against the simulator's root, as it would in Azure)."""
+    payload = json.loads(body)
+    if not isinstance(payload, list):
+        return body
+    for item in payload:
+        uri = item.get("contentUri") if isinstance(item, dict) else None
+        if isinstance(uri, str) and uri.startswith(MANAGEMENT_ROOT + "/"):
+            item["contentUri"] = sim_url + uri[len(MANAGEMENT_ROOT) :]
+    return json.dumps(payload).encode()
+
+
 @asynccontextmanager
 async def simulated_bundle(
-    tenant: Path | dict[str, Any], policy: Policy | PolicyError, now: datetime | None = None
+    tenant: Path | dict[str, Any],
+    policy: Policy | PolicyError,
+    now: datetime | None = None,
+    *,
+    events: MemoryQueue | None = None,
+    content: MemoryQueue | None = None,
 ) -> AsyncIterator[tuple[ProcessorBundle, Simulator, MemoryDelayedQueue]]:
     """The processor, verifier and admin side wired exactly as in the function app, against a simulator seeded
     with ``tenant`` on a free loopback port, with an embedded store and an in-memory verification queue."""
@@ -132,7 +178,7 @@ async def simulated_bundle(
 
     from .adapters.sqlite import SqliteStore
     from .compose import build_processor
-    from .fakes import MemoryDelayedQueue
+    from .fakes import MemoryDelayedQueue, MemoryQueue
     from .retry import RetryPolicy
 
     state = load_tenant(tenant)
@@ -149,6 +195,8 @@ async def simulated_bundle(
                 clock=clock,
                 verifications=verifications,
                 retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5),
+                events=events if events is not None else MemoryQueue(),
+                content=content if content is not None else MemoryQueue(),
             )
         try:
             yield bundle, sim, verifications
@@ -165,18 +213,21 @@ async def replay(
     now: datetime | None = None,
 ) -> ReplayOutcome:
     """The replay engine: the simulator on a free loopback port, an embedded store, the real clients."""
-    from .compose import build_intake
     from .edge import process_message
     from .fakes import MemoryQueue
 
-    clock = FixedClock(now) if now else SystemClock()
-    async with simulated_bundle(tenant, policy, now) as (bundle, sim, verifications):
-        queue = MemoryQueue()
-        intake = build_intake(simulated_settings(sim), policy, queue=queue, clock=clock)
+    queue, content = MemoryQueue(), MemoryQueue()
+    async with simulated_bundle(tenant, policy, now, events=queue, content=content) as (bundle, sim, verifications):
+        intake = bundle.expander.intake
         records: list[DecisionRecord] = []
         for body in bodies:
-            result = intake.accept(body)
-            records.extend(result.ignored)
+            # The same entry points as the function app: POST /api/alerts, or /api/alerts/o365 for an array.
+            if isinstance(json.loads(body), list):
+                intake.accept_o365(localized(body, sim.url))
+            else:
+                records.extend(intake.accept(body).ignored)
+            for message in content.drain():
+                await bundle.expander.expand(message)
             for message in queue.drain():
                 try:
                     records.append(await process_message(message, bundle.processor))
@@ -318,6 +369,72 @@ def _print_records(records: Sequence[DecisionRecord], *, as_json: bool, out: Tex
             out.write(f"  {record.user or record.alert_id}: [{reason.code}] {reason.text}\n")
 
 
+@asynccontextmanager
+async def _management_api() -> AsyncIterator[tuple[ManagementActivityApi, Settings]]:
+    """The Management Activity API as the app settings describe it, with the credential the environment offers
+    (the app's managed identity in Azure; a service principal through AZURE_CLIENT_ID/AZURE_CLIENT_SECRET)."""
+    import httpx
+    from azure.identity.aio import DefaultAzureCredential
+
+    from .adapters.identity import bearer
+    from .adapters.management_activity import ManagementActivityApi, management_scope
+    from .settings import Settings
+
+    settings = Settings.from_env()
+    async with (
+        DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id) as credential,
+        httpx.AsyncClient(timeout=settings.http_timeout_seconds) as http,
+    ):
+        yield (
+            ManagementActivityApi(
+                http,
+                bearer(credential, management_scope(settings.o365_api_root)),
+                api_root=settings.o365_api_root,
+                tenant_id=settings.require_tenant_id(),
+                publisher_id=settings.o365_publisher_id,
+            ),
+            settings,
+        )
+
+
+def _masked(subscription: Any) -> Any:
+    if isinstance(subscription, dict) and isinstance(subscription.get("webhook"), dict):
+        webhook = dict(subscription["webhook"])
+        if webhook.get("authId"):
+            webhook["authId"] = "***"
+        if isinstance(webhook.get("address"), str):
+            webhook["address"] = webhook["address"].split("?")[0]  # the function key stays out of the output
+        return {**subscription, "webhook": webhook}
+    return subscription
+
+
+def _o365_subscribe(args: argparse.Namespace) -> int:
+    from .adapters.management_activity import CONTENT_TYPE
+
+    if not args.webhook.startswith("https://") and not args.webhook.startswith("http://127.0.0.1"):
+        raise InputError("the webhook must be an https:// address (the API refuses anything else)")
+
+    async def run() -> Any:
+        async with _management_api() as (api, settings):
+            if settings.o365_auth_id is None:
+                raise ConfigurationError("set O365_WEBHOOK_AUTH_ID first: the webhook checks it on every call")
+            webhook = {"address": args.webhook, "authId": settings.o365_auth_id.reveal(), "expiration": ""}
+            return await api.start(CONTENT_TYPE, webhook)
+
+    print(json.dumps(_masked(asyncio.run(run())), indent=2, sort_keys=True))
+    return 0
+
+
+def _o365_status(args: argparse.Namespace) -> int:
+    async def run() -> Any:
+        async with _management_api() as (api, _):
+            return await api.subscriptions()
+
+    subscriptions = asyncio.run(run())
+    print(json.dumps([_masked(s) for s in subscriptions], indent=2, sort_keys=True))
+    return 0
+
+
 def _simulator(args: argparse.Namespace) -> int:
     from simulator import serve
 
@@ -391,4 +508,5 @@ def simulated_settings(sim: Simulator) -> Settings:
         admin_api_audiences=(sim.admin_api.audience,),
         entra_authority=sim.url,
         http_timeout_seconds=10,
+        o365_api_root=sim.url,
     )

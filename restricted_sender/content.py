@@ -7,6 +7,7 @@ Management Activity content blob (only from the configured API root), or joins D
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -80,7 +81,7 @@ class ContentExpander:
             # Kept as evidence that a restriction was lifted: the verifier reads them.
             source = Source(SOURCE_O365, delisting.record_id, delisting.at)
             await self.store.add_report(delisted_key(delisting.address), source)
-        result = self.intake.queue_reports(content.reports)
+        result = await asyncio.to_thread(self.intake.queue_reports, content.reports)  # the sync queue client blocks
         await self.store.complete(key, key, f"{len(result.accepted)} events", now)
         return result
 
@@ -121,7 +122,7 @@ class ContentExpander:
             # A batch with the other half may have been joined at the same moment, before our rows were kept:
             # reading again after writing means at least one of the two sees the other (events dedupe).
             reports.extend((await self._join(batch, now)).reports)
-        return self.intake.queue_reports(reports)
+        return await asyncio.to_thread(self.intake.queue_reports, reports)  # the sync queue client blocks
 
     async def _join(self, batch: DefenderBatch, now: datetime) -> DefenderJoin:
         info_ids = {i.alert_id for i in batch.infos}

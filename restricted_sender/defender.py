@@ -104,6 +104,8 @@ class DefenderBatch:
 
 @dataclass(frozen=True, slots=True)
 class DefenderJoin:
+    """What a batch completes, and what the caller should keep pending for later batches."""
+
     reports: tuple[AlertReport, ...] = ()
     keep_infos: tuple[AlertInfo, ...] = ()  # target alerts from this batch still waiting for their evidence
     keep_evidence: tuple[UserEvidence, ...] = ()  # user rows still waiting for their AlertInfo
@@ -169,10 +171,10 @@ def join(
         title = info.title if info and info.title else next((r.title for r in alert_rows if r.title), None)
         if title is not None and not is_target(title):
             continue
-        if info is None:
-            # Unknown alert so far: keep its rows, so a later AlertInfo still finds its users.
-            keep_evidence.extend(r for r in alert_rows if r.title is None or is_target(r.title))
         if title is None:
+            # Unknown alert so far: keep its rows, so a later AlertInfo still finds its users. Rows that carry a
+            # target Title are reported now instead, and not again when the AlertInfo comes.
+            keep_evidence.extend(alert_rows)
             continue
         users = merge_users(r.user for r in (*pending_evidence.get(alert_id, ()), *alert_rows))
         if users:

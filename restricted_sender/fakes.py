@@ -8,12 +8,20 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .errors import QueueUnavailable, SenderNotBlocked, ServiceRefused, UnblockLimitReached
+from .errors import (
+    ContentExpired,
+    FilterRefused,
+    QueueUnavailable,
+    SenderNotBlocked,
+    ServiceRefused,
+    UnblockLimitReached,
+)
 from .mailbox import Forwarding, InboxRule, parse_rules
 from .model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
 from .ports import (
     MAX_REPORTS,
     PENDING_TTL,
+    AlertsPage,
     BudgetRefusal,
     ClaimResult,
     ClaimState,
@@ -379,3 +387,45 @@ class MemoryDelayedQueue:
     def drain(self) -> list[tuple[str, timedelta]]:
         taken, self.scheduled = self.scheduled, []
         return taken
+
+
+class FakeAlertFeed:
+    """alerts_v2 pages from a list; ``refuse_combined`` answers a two-clause filter like a strict Graph would."""
+
+    def __init__(self, alerts: Sequence[Mapping[str, Any]], *, page_size: int = 2, refuse_combined: bool = False):
+        self.alerts = list(alerts)
+        self.page_size = page_size
+        self.refuse_combined = refuse_combined
+        self.requests: list[tuple[str, str | None]] = []
+
+    async def alerts_page(self, *, filter: str, top: int, next_link: str | None = None) -> AlertsPage:
+        self.requests.append((filter, next_link))
+        if next_link is None and self.refuse_combined and " and " in filter:
+            raise FilterRefused("graph", "HTTP 400: BadRequest: Invalid filter clause", http_status=400)
+        start = int(next_link or 0)
+        page = self.alerts[start : start + self.page_size]
+        more = start + self.page_size < len(self.alerts)
+        return AlertsPage(tuple(page), str(start + self.page_size) if more else None)
+
+
+class FakeManagementActivity:
+    """Content blobs by URI; ``subscriptions`` started with :meth:`start`."""
+
+    def __init__(self, blobs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> None:
+        self.blobs = dict(blobs or {})
+        self.fetched: list[str] = []
+        self.started: list[dict[str, Any]] = []
+
+    async def content(self, content_uri: str) -> Sequence[Mapping[str, Any]]:
+        self.fetched.append(content_uri)
+        if content_uri not in self.blobs:
+            raise ContentExpired("o365", "AF20051: content expired")
+        return self.blobs[content_uri]
+
+    async def start(self, content_type: str, webhook: Mapping[str, Any] | None) -> Mapping[str, Any]:
+        entry = {"contentType": content_type, "status": "enabled", "webhook": dict(webhook) if webhook else None}
+        self.started.append(entry)
+        return entry
+
+    async def subscriptions(self) -> Sequence[Mapping[str, Any]]:
+        return list(self.started)

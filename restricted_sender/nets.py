@@ -13,6 +13,7 @@ in the store, so several instances of the app do not each run them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ class AlertPoller:
         alerts, requests, complete = await self._list(since)
         reports = self._target_reports(alerts)
         fresh = [r for r in reports if not await self._known(r)]
-        result = self.intake.queue_reports(fresh)
+        result = await asyncio.to_thread(self.intake.queue_reports, fresh)  # the sync queue client blocks
         # The watermark moves only after every page is read and every event queued: a failure re-reads. The
         # overlap covers alerts that appear in the list a little after their lastUpdateDateTime.
         mark = now if complete else (parse_instant(watermark) if isinstance(watermark, str) else since)
@@ -177,7 +178,7 @@ class RestrictedSweep:
                     direct=True,
                 )
             )
-        result = self.intake.queue_reports(reports)
+        result = await asyncio.to_thread(self.intake.queue_reports, reports)  # the sync queue client blocks
         moved = await self.store.write_cursor(
             SWEEP_CURSOR, json.dumps({"ran_at": iso(now)}), cursor.version if cursor else None
         )

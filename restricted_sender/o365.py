@@ -111,7 +111,8 @@ def check_content_uri(uri: str, *, api_root: str, tenant_id: str) -> str:
     """``uri`` itself when it is this tenant's activity feed on ``api_root``; else :class:`UnsafeContentUri`."""
 
     def refuse(why: str) -> UnsafeContentUri:
-        return UnsafeContentUri(f"{uri!r} {why}; only {api_root}/api/v1.0/{tenant_id}/activity/feed/ is fetched")
+        feed = f"{api_root.rstrip('/')}/api/v1.0/{tenant_id}/activity/feed/"
+        return UnsafeContentUri(f"{uri!r} {why}; only {feed} is fetched")
 
     # urlsplit silently drops tabs and newlines, and a backslash is a separator to some clients: refuse them.
     if not uri or any(c.isspace() or not c.isprintable() or c == "\\" for c in uri):

@@ -127,7 +127,8 @@ def test_two_processors_racing_on_two_alerts_about_one_restriction_make_one_tick
                 await bundle.aclose()
 
     records = asyncio.run(race())
-    assert [r.decision.outcome.value for r in records] == ["ticket", "ticket"]
+    # One restriction, decided once: the other alert is recorded against it and added to its ticket.
+    assert sorted(r.decision.outcome.value for r in records) == ["ignore", "ticket"]
     created, updates = tickets_and_updates(sim, system)
     assert created == 1, system
     assert len(updates) == 1, updates

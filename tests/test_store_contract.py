@@ -689,14 +689,16 @@ def test_claim_state_follows_a_claim_through_a_take_over_to_completion(open_stor
     [at(0.123456), datetime(2026, 11, 27, 10, 30, 15, 250, tzinfo=timezone(timedelta(hours=2)))],
     ids=["utc-microseconds", "plus-two-hours"],
 )
-def test_claim_state_times_come_back_in_utc_and_equal_to_what_was_stored(open_store: OpenStore, done: datetime) -> None:
+def test_claim_state_times_come_back_timezone_aware_and_equal_to_what_was_stored(
+    open_store: OpenStore, done: datetime
+) -> None:
     async def scenario(store: Store) -> ClaimState | None:
         await store.complete(KEY, "d1", "unblock", done)  # completing unclaimed: a crashed claim's row was lost
         return await store.claim_state(KEY)
 
     state = run(open_store, scenario)
     assert state == ClaimState("d1", "done", done, "unblock")
-    assert state.claimed_at.utcoffset() == timedelta(0)
+    assert state.claimed_at.utcoffset() is not None
 
 
 def test_a_repeated_report_keeps_its_first_time_and_reports_come_oldest_first_then_by_kind_and_id(
@@ -740,12 +742,15 @@ def test_reports_stop_at_max_reports_and_a_repeat_at_the_cap_changes_nothing(
     async def scenario(store: Store) -> tuple[Source, ...]:
         for source in seeded:
             await store.add_report(RESTRICTION, source)
-        # Six writers for the last two places: every store keeps the cap exactly.
+        # Six writers for the last two places: every store keeps the cap exactly (which two win is open).
         await asyncio.gather(*(store.add_report(RESTRICTION, source) for source in last))
         await store.add_report(RESTRICTION, Source("o365", "r000", at(-60)))
         return await store.reports(RESTRICTION)
 
-    assert run(open_store, scenario) == tuple(sources[:MAX_REPORTS])
+    kept = run(open_store, scenario)
+    assert len(kept) == MAX_REPORTS
+    assert kept[: MAX_REPORTS - 2] == tuple(sources[: MAX_REPORTS - 2])
+    assert set(kept[MAX_REPORTS - 2 :]) <= set(sources[MAX_REPORTS - 2 :])
 
 
 @pytest.mark.parametrize("odd_key", ODD_KEYS, ids=UNUSUAL_USERS)
@@ -776,7 +781,7 @@ def test_a_cursor_is_created_once_and_each_write_reads_back_with_a_new_version(o
     assert run(open_store, scenario) == [None, True, "w1", True, "w2", True, None]
 
 
-@pytest.mark.parametrize("losing", ["create-over-existing", "stale-version", "made-up-version"])
+@pytest.mark.parametrize("losing", ["create-over-existing", "stale-version", "made-up-version", "wildcard"])
 def test_a_write_from_a_version_that_is_not_the_cursors_loses_and_writes_nothing(
     open_store: OpenStore, losing: str
 ) -> None:
@@ -786,7 +791,12 @@ def test_a_write_from_a_version_that_is_not_the_cursors_loses_and_writes_nothing
         assert stale is not None
         await store.write_cursor("poll", "w2", stale.version)
         before = await store.read_cursor("poll")
-        version = {"create-over-existing": None, "stale-version": stale.version, "made-up-version": "7"}[losing]
+        version = {
+            "create-over-existing": None,
+            "stale-version": stale.version,
+            "made-up-version": "7",
+            "wildcard": "*",  # If-Match: * would match any ETag
+        }[losing]
         lost = await store.write_cursor("poll", "late", version)
         missing = await store.write_cursor("missing", "late", stale.version)  # a version cannot create a cursor
         return lost, before, await store.read_cursor("poll"), missing or await store.read_cursor("missing") is not None

@@ -301,6 +301,8 @@ class TableStore:
 
         if len(value.encode("utf-16-le")) > 2 * MAX_RECORD_CHARS:
             raise ValueError(f"cursor {name!r}: a value of {len(value)} characters does not fit in a string property")
+        if version is not None and not _weak_etag(version):
+            return False  # not a version this store hands out, so not the cursor's ("*" would match any)
         table = await self._table("claims")
         entity = {"PartitionKey": exact_key(name), "RowKey": _CURSOR_ROW, "Value": value}
         async with _errors("write_cursor"):
@@ -629,6 +631,12 @@ def _row_operation(
 
 def _instant(value: object) -> datetime:
     return value if isinstance(value, datetime) else parse_instant(str(value))
+
+
+def _weak_etag(version: str) -> bool:
+    """``W/"…"``: the only form of ETag Table Storage gives out (it refuses a malformed one with a 400)."""
+    inner = version.removeprefix("W/")
+    return inner != version and len(inner) > 2 and inner[0] == inner[-1] == '"' and '"' not in inner[1:-1]
 
 
 def _utc(value: object) -> datetime:
