@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from restricted_sender.content import ContentExpander
-from restricted_sender.edge import receive_o365, receive_alerts
+from restricted_sender.edge import receive_alerts, receive_o365
 from restricted_sender.fakes import FakeManagementActivity, MemoryQueue
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.pipeline import delisted_key
@@ -87,16 +87,18 @@ def test_the_validation_request_is_answered_200_only_with_the_auth_id() -> None:
     world, content = world_with_content()
     code = {"Webhook-ValidationCode": "d2f5c1e0-validation"}
     assert webhook(world, {"validationCode": "d2f5c1e0-validation"}, **code)[0] == 401
-    assert webhook(world, {"validationCode": "d2f5c1e0-validation"}, **code, **{"Webhook-AuthID": AUTH_ID.reveal()})[
-        0
-    ] == 200
+    assert (
+        webhook(world, {"validationCode": "d2f5c1e0-validation"}, **code, **{"Webhook-AuthID": AUTH_ID.reveal()})[0]
+        == 200
+    )
     assert content.messages == []
 
 
 def test_the_webhook_is_off_until_an_auth_id_is_configured() -> None:
-    world, content = world_with_content()
+    world, _content = world_with_content()
     answer = receive_o365(json.dumps([pointer("c1")]).encode(), {"Webhook-AuthID": "x"}, world.intake, None)
-    assert answer.status == 404 and "O365_WEBHOOK_AUTH_ID" in answer.body["error"]["message"]
+    assert answer.status == 404
+    assert "O365_WEBHOOK_AUTH_ID" in answer.body["error"]["message"]
 
 
 def test_a_notification_is_acknowledged_with_200_once_every_pointer_is_queued() -> None:
@@ -151,13 +153,19 @@ def test_content_is_fetched_once_and_its_target_records_become_o365_events() -> 
     events = [RestrictionEvent.from_message(m) for m in world.queue.messages]
     assert [(e.source, e.alert_id, e.user.key) for e in events] == [("o365", "alert-r1", "alice@contoso.com")]
     [record] = world.run()
-    assert record.decision.outcome.value == "unblock" and record.sources[0].kind == "o365"
+    assert record.decision.outcome.value == "unblock"
+    assert record.sources[0].kind == "o365"
 
 
 def test_a_listed_hygiene_record_is_a_direct_report_and_delisted_is_kept_for_verification() -> None:
     world, content = world_with_content()
     api = FakeManagementActivity(
-        {f"{FEED}/audit/c1": [hygiene("h1", "alice@contoso.com", "Listed"), hygiene("h2", "carol@contoso.com", "Delisted")]}
+        {
+            f"{FEED}/audit/c1": [
+                hygiene("h1", "alice@contoso.com", "Listed"),
+                hygiene("h2", "carol@contoso.com", "Delisted"),
+            ]
+        }
     )
     webhook(world, [pointer("c1")], **{"Webhook-AuthID": AUTH_ID.reveal()})
     expand_all(world, content, api)
@@ -175,7 +183,8 @@ def test_expired_or_unsafe_content_is_logged_and_dropped_not_retried(caplog: pyt
 
     gone = o365_message(ContentPointer("c9", f"{FEED}/audit/c9"))
     assert asyncio.run(expander.expand(gone)) is None
-    assert "expired" in caplog.text and world.queue.messages == []
+    assert "expired" in caplog.text
+    assert world.queue.messages == []
 
 
 def defender(name: str) -> bytes:
@@ -189,10 +198,13 @@ def test_defender_halves_posted_in_separate_batches_still_make_one_event(order: 
     world, content = world_with_content()
     for name in order:
         answer = receive_alerts(defender(name), {}, world.intake, None)
-        assert answer.status == 202 and answer.body["accepted"] == [] and answer.body["deferred"] >= 1
+        assert answer.status == 202
+        assert answer.body["accepted"] == []
+        assert answer.body["deferred"] >= 1
     expand_all(world, content, FakeManagementActivity())
     events = [RestrictionEvent.from_message(m) for m in world.queue.messages]
-    assert len(events) == 1 and events[0].source == "defender"
+    assert len(events) == 1
+    assert events[0].source == "defender"
 
 
 def test_a_whole_defender_batch_from_the_event_hub_becomes_its_events() -> None:

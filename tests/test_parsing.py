@@ -265,7 +265,9 @@ def test_every_app_setting_the_product_reads_is_documented_and_in_the_local_samp
 
     # The names Settings.from_env reads: text("X"), secret("X"), number("X", ...), interval("X", ...).
     read = set(
-        re.findall(r'(?:text|secret|number|interval)\("([A-Za-z_]+)"', inspect.getsource(settings_module.Settings.from_env))
+        re.findall(
+            r'(?:text|secret|number|interval)\("([A-Za-z_]+)"', inspect.getsource(settings_module.Settings.from_env)
+        )
     )
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     sample = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]

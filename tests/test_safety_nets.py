@@ -66,13 +66,17 @@ def test_a_run_before_the_interval_is_over_does_nothing() -> None:
     asyncio.run(net.run())
     world.clock.advance(timedelta(minutes=2))
     run = asyncio.run(net.run())
-    assert not run.ran and len(feed.requests) == 1
+    assert not run.ran
+    assert len(feed.requests) == 1
 
 
 def test_a_refused_combined_filter_falls_back_to_one_property_and_checks_the_service_here() -> None:
     world = World([], [])
     feed = FakeAlertFeed(
-        [mdo_alert("a1", "alice@contoso.com"), mdo_alert("e1", "eve@contoso.com", source="microsoftDefenderForEndpoint")],
+        [
+            mdo_alert("a1", "alice@contoso.com"),
+            mdo_alert("e1", "eve@contoso.com", source="microsoftDefenderForEndpoint"),
+        ],
         refuse_combined=True,
     )
     net = poller(world, feed)
@@ -81,7 +85,8 @@ def test_a_refused_combined_filter_falls_back_to_one_property_and_checks_the_ser
         alerts_filter(NOW - timedelta(hours=24), combined=True),
         alerts_filter(NOW - timedelta(hours=24), combined=False),
     ]
-    assert run.queued == 1 and net.combined is False
+    assert run.queued == 1
+    assert net.combined is False
 
 
 def test_an_alert_read_again_in_the_overlap_is_not_queued_twice() -> None:
@@ -111,7 +116,8 @@ def test_the_poller_stops_at_its_page_limit_and_keeps_the_watermark() -> None:
     net.max_pages = 3
     asyncio.run(net.run())
     cursor = asyncio.run(world.store.read_cursor(POLL_CURSOR))
-    assert cursor is not None and len(feed.requests) == 3
+    assert cursor is not None
+    assert len(feed.requests) == 3
     assert json.loads(cursor.value)["watermark"] == iso(NOW - timedelta(hours=24))
 
 
