@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -20,7 +21,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .alerts import parse_alert_payload, parse_json
 from .defender import is_defender_batch, parse_records
-from .errors import ConfigurationError, InputError, MalformedPayload, PolicyError, ResponderError
+from .errors import (
+    ConfigurationError,
+    InputError,
+    MalformedPayload,
+    PolicyError,
+    ResponderError,
+    ServiceError,
+    ServiceRefused,
+)
 from .model import DecisionRecord, UnblockEntry, UnblockKind
 from .policy import Policy, load_policy_file
 from .timeutil import FixedClock, SystemClock, parse_instant
@@ -419,7 +428,11 @@ def _o365_subscribe(args: argparse.Namespace) -> int:
             if settings.o365_auth_id is None:
                 raise ConfigurationError("set O365_WEBHOOK_AUTH_ID first: the webhook checks it on every call")
             webhook = {"address": args.webhook, "authId": settings.o365_auth_id.reveal(), "expiration": ""}
-            return await api.start(CONTENT_TYPE, webhook)
+            try:
+                return await api.start(CONTENT_TYPE, webhook)
+            except ServiceError as error:
+                # The service echoes the address back, function key and all: keep the key out of the terminal.
+                raise ServiceRefused(error.service, re.sub(r"code=[^&\s)]+", "code=***", error.message)) from None
 
     print(json.dumps(_masked(asyncio.run(run())), indent=2, sort_keys=True))
     return 0

@@ -21,7 +21,7 @@ Everything the product raises on purpose derives from :class:`ResponderError`. O
             ├── UnblockLimitReached Microsoft's unblock limit: only Microsoft Support can help; never retried
             ├── SenderNotBlocked    the address is not (or no longer) on the restricted list
             ├── FilterRefused       Graph answered 400 to an alerts_v2 $filter (the poller falls back)
-            └── ContentExpired      Management Activity content older than 7 days (AF20051): gone for good
+            └── ContentExpired      Management Activity content expired (AF20051) or unknown (AF20050)
 """
 
 from __future__ import annotations

@@ -61,9 +61,16 @@ class ManagementActivityApi:
     async def start(self, content_type: str, webhook: Mapping[str, Any] | None) -> Mapping[str, Any]:
         params = {"contentType": content_type, "PublisherIdentifier": self._publisher_id}
         body = {"webhook": dict(webhook)} if webhook else None
-        data = await self._call(
-            "subscriptions/start", "POST", f"{self.feed}/subscriptions/start", params=params, json=body
-        )
+        try:
+            data = await self._call(
+                "subscriptions/start", "POST", f"{self.feed}/subscriptions/start", params=params, json=body
+            )
+        except ServiceRefused as refused:
+            if "AF20024" not in refused.message:
+                raise
+            # "The subscription is already enabled. No property change.": starting again is idempotent for us.
+            current = [s for s in await self.subscriptions() if s.get("contentType") == content_type]
+            return current[0] if current else {"contentType": content_type, "status": "enabled"}
         return data if isinstance(data, dict) else {}
 
     async def subscriptions(self) -> Sequence[Mapping[str, Any]]:
@@ -81,7 +88,7 @@ class ManagementActivityApi:
         response = await with_retries(once, self._retry)
         if response.status_code >= 400:
             problem = _problem(response)
-            if "AF20051" in problem:
+            if "AF20051" in problem or "AF20050" in problem:  # expired, or no such content: gone for good
                 raise ContentExpired(SERVICE, f"{what}: {problem}", http_status=response.status_code)
             if response.status_code in (401, 403):
                 problem += " (the identity needs the Office 365 Management APIs application role ActivityFeed.Read)"
