@@ -64,6 +64,24 @@ def load_policy(settings: Settings) -> Policy | PolicyError:
     return policy
 
 
+class LazyQueue:
+    """An event queue built on its first ``send``: wiring stays cheap and needs no storage until used."""
+
+    def __init__(self, build: Callable[[], EventQueue]) -> None:
+        self._build = build
+        self._queue: EventQueue | None = None
+
+    def send(self, message: str) -> None:
+        if self._queue is None:
+            self._queue = self._build()
+        self._queue.send(message)
+
+    def close(self) -> None:
+        close = getattr(self._queue, "close", None)
+        if close is not None:
+            close()
+
+
 def storage_queue(settings: Settings, name: str = EVENTS_QUEUE) -> EventQueue:
     from .adapters.queue import StorageQueue
 
@@ -86,7 +104,7 @@ def build_intake(
         queue=queue or storage_queue(settings),
         clock=clock or SystemClock(),
         policy=policy,
-        content_queue=content_queue or storage_queue(settings, CONTENT_QUEUE),
+        content_queue=content_queue or LazyQueue(lambda: storage_queue(settings, CONTENT_QUEUE)),
         tenant_id=settings.tenant_id,
         o365_api_root=settings.o365_api_root,
     )
@@ -200,7 +218,22 @@ async def build_processor(
             publisher_id=settings.o365_publisher_id,
             retry=retry,
         )
-    intake = build_intake(settings, policy, queue=events, content_queue=content, clock=clock)
+    # Queues for the nets and the content expander, built when first written: a CLI check never needs them.
+    intake = build_intake(
+        settings,
+        policy,
+        queue=events or LazyQueue(lambda: storage_queue(settings)),
+        content_queue=content,
+        clock=clock,
+    )
+
+    async def close_queues() -> None:
+        for queue in (intake.queue, intake.content_queue):
+            close = getattr(queue, "close", None)
+            if close is not None:
+                close()
+
+    closers.append(close_queues)
     if feed is None and isinstance(directory, AlertFeed):
         feed = directory
     poller = (

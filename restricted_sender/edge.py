@@ -327,9 +327,10 @@ class Runtime:
     def reset(self) -> None:
         """Forget everything, e.g. after settings changed. Does not close clients: see ``aclose``."""
         if self._intake is not None:
-            close = getattr(self._intake.queue, "close", None)
-            if close is not None:
-                close()
+            for queue in (self._intake.queue, self._intake.content_queue):
+                close = getattr(queue, "close", None)
+                if close is not None:
+                    close()
         self._settings = None
         self._policy = None
         self._intake = None
