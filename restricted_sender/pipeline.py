@@ -229,8 +229,8 @@ class Processor:
                 return await self._another_report(event, facts, key, attempt)
         decision = rules.decide(event, facts, self.policy, now)
         record = decision_record(event, facts, decision, self.policy, now)
-        if key is not None:
-            record = replace(record, sources=await self.store.reports(key))
+        if key is not None and decision.outcome is Outcome.TICKET:
+            record = replace(record, sources=await self.store.reports(key))  # the ticket names every source
         # With an invalid policy decide() never unblocks; tickets still go out unless the file asked for report-only.
         guards = policy.guards if policy else None
         record = await self.actor.carry_out(

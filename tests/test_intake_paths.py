@@ -212,3 +212,27 @@ def test_a_whole_defender_batch_from_the_event_hub_becomes_its_events() -> None:
     expander = ContentExpander(world.intake, world.store, world.clock, FakeManagementActivity())
     result = asyncio.run(expander.defender_bodies([defender("09-defender-records.json"), b"not json"]))
     assert [e.source for e in result.accepted] == ["defender"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"Body": {"objectSchemaType": "Incident", "object": {"properties": {"alerts": "not a list"}}}},
+        {"objectSchemaType": "Incident", "object": {"properties": {"alerts": [{"properties": {}}],
+                                                                   "relatedEntities": []}}},
+        {"AlertDisplayName": "User restricted from sending email", "Entities": "[not json"},
+        {"records": "not a list"},
+        {"records": [{"category": "AdvancedHunting-AlertEvidence", "properties": {"EntityType": "User"}}]},
+        {"records": [{"category": "AdvancedHunting-AlertInfo", "properties": {"AlertId": 7}}]},
+        {"Body": None},
+    ],
+    ids=["incident-alerts-not-a-list", "incident-without-alert-names", "alert-entities-not-json",
+         "records-not-a-list", "evidence-without-alert-id", "info-with-a-numeric-alert-id", "empty-wrapper"],
+)  # fmt: skip
+def test_a_malformed_sentinel_or_defender_body_gets_400_and_queues_nothing(body: Any) -> None:
+    world, content = world_with_content()
+    answer = receive_alerts(json.dumps(body).encode(), {}, world.intake, None)
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "malformed-payload"
+    assert world.queue.messages == []
+    assert content.messages == []
