@@ -60,20 +60,30 @@ def check_shared_secret(headers: Mapping[str, str], secret: Secret | None) -> No
         raise Unauthorized(f"missing or wrong {SECRET_HEADER} header")
 
 
-def receive_alerts(body: bytes, headers: Mapping[str, str], intake: Intake, secret: Secret | None) -> HttpAnswer:
-    """``POST /api/alerts``: 202 once every event is queued; a clear 4xx or 503 otherwise."""
+def _webhook(work: Callable[[], HttpAnswer], what: str) -> HttpAnswer:
+    """A webhook's answer: ``work``'s, or the error's status (4xx: nothing was queued; 503: the sender retries)."""
     try:
-        check_shared_secret(headers, secret)
-        result = intake.accept(body)
+        return work()
     except InputError as error:
+        if isinstance(error, Unauthorized):
+            log.warning("%s refused: %s", what, error.message)
         return HttpAnswer(error.status, error.to_body())
     except TransientServiceError as error:
-        log.warning("alerts not accepted, the sender should retry: %s", error)
+        log.warning("%s not queued, the sender should retry: %s", what, error)
         return HttpAnswer(503, error.to_body())
     except ResponderError as error:
-        log.error("alerts not accepted: %s", error)
+        log.error("%s not queued: %s", what, error)
         return HttpAnswer(500, error.to_body())
-    return HttpAnswer(202, result.to_body())
+
+
+def receive_alerts(body: bytes, headers: Mapping[str, str], intake: Intake, secret: Secret | None) -> HttpAnswer:
+    """``POST /api/alerts``: 202 once every event is queued; a clear 4xx or 503 otherwise."""
+
+    def work() -> HttpAnswer:
+        check_shared_secret(headers, secret)
+        return HttpAnswer(202, intake.accept(body).to_body())
+
+    return _webhook(work, "alerts")
 
 
 AUTH_ID_HEADER = "webhook-authid"  # the Management Activity API's header (names are case-insensitive)
@@ -86,7 +96,8 @@ def receive_o365(body: bytes, headers: Mapping[str, str], intake: Intake, auth_i
     Both carry ``Webhook-AuthID``, checked in constant time (401 otherwise). Notifications are acknowledged
     with 200 (the API retries anything else) once every content pointer is queued; the fetch comes later.
     """
-    try:
+
+    def work() -> HttpAnswer:
         if auth_id is None:
             raise NotFound("the Management Activity webhook is off: set O365_WEBHOOK_AUTH_ID to turn it on")
         given = _header(headers, AUTH_ID_HEADER) or ""
@@ -95,18 +106,9 @@ def receive_o365(body: bytes, headers: Mapping[str, str], intake: Intake, auth_i
         if _header(headers, VALIDATION_HEADER) is not None:
             log.info("Management Activity API webhook validated")
             return HttpAnswer(200, {"validated": True})
-        queued = intake.accept_o365(body)
-    except InputError as error:
-        if isinstance(error, Unauthorized):
-            log.warning("Management Activity notification refused: %s", error.message)
-        return HttpAnswer(error.status, error.to_body())
-    except TransientServiceError as error:
-        log.warning("Management Activity notification not queued, the API retries it: %s", error)
-        return HttpAnswer(503, error.to_body())
-    except ResponderError as error:
-        log.error("Management Activity notification not queued: %s", error)
-        return HttpAnswer(500, error.to_body())
-    return HttpAnswer(200, {"queued": queued})
+        return HttpAnswer(200, {"queued": intake.accept_o365(body)})
+
+    return _webhook(work, "Management Activity notification")
 
 
 async def process_message(text: str, processor: Processor, *, attempt: int = 1) -> DecisionRecord:
