@@ -29,6 +29,7 @@ from .ports import (
     TicketSlot,
     budget_refusal,
     noted_with,
+    pending_text,
     resolve_claim,
     resolve_ticket,
 )
@@ -300,7 +301,7 @@ class MemoryStore:
         return True
 
     async def keep_pending(self, group: str, key: str, data: Mapping[str, Any], now: datetime) -> None:
-        self.pending_rows[(group, key)] = (json.loads(json.dumps(data)), now + PENDING_TTL)
+        self.pending_rows[(group, key)] = (json.loads(pending_text(group, key, data)), now + PENDING_TTL)
 
     async def pending(self, group: str, keys: Collection[str], now: datetime) -> dict[str, Mapping[str, Any]]:
         found = {k: self.pending_rows.get((group, k)) for k in keys}

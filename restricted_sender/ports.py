@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -219,6 +220,17 @@ class Cursor:
 
 MAX_REPORTS = 50  # sources kept per restriction: the first 50 reports are the story, the rest is noise
 PENDING_TTL = timedelta(hours=24)  # Defender rows waiting for their other half are dropped after this
+MAX_PENDING_CHARS = 30_000  # of JSON: what fits in one Table Storage string property (64 KiB of UTF-16)
+
+
+def pending_text(group: str, key: str, data: Mapping[str, Any]) -> str:
+    """``data`` as ASCII JSON, refused with ``ValueError`` when it would not fit; one rule for every store."""
+    text = json.dumps(data, separators=(",", ":"))  # ASCII: one UTF-16 unit per character
+    if len(text) > MAX_PENDING_CHARS:
+        raise ValueError(
+            f"pending data for ({group!r}, {key!r}) is {len(text)} characters of JSON: at most {MAX_PENDING_CHARS}"
+        )
+    return text
 
 
 def resolve_claim(*, owner: str, state: str, claimed_at: datetime, delivery_id: str, now: datetime) -> ClaimResult:

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# Timing bars: run alone, after the parallel run (make test), so other tests do not skew the figures.
+pytestmark = pytest.mark.bench
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -32,6 +32,7 @@ from restricted_sender.model import Source, TicketRef, UnblockEntry, UnblockKind
 from restricted_sender.policy import Budget
 from restricted_sender.ports import (
     CLAIM_LEASE,
+    MAX_PENDING_CHARS,
     MAX_REPORTS,
     PENDING_TTL,
     TICKET_LEASE,
@@ -881,14 +882,11 @@ def test_pending_data_round_trips_as_equal_json_under_any_group_and_key(open_sto
 @pytest.mark.parametrize(
     ("data", "fits"),
     [
-        ({"x": "a" * (MAX_RECORD_CHARS - 8)}, True),  # {"x":"…"} is exactly MAX_RECORD_CHARS of JSON
-        ({"x": "a" * (MAX_RECORD_CHARS - 7)}, False),
+        ({"x": "a" * (MAX_PENDING_CHARS - 8)}, True),  # {"x":"…"} is exactly MAX_PENDING_CHARS of JSON
+        ({"x": "a" * (MAX_PENDING_CHARS - 7)}, False),
         ({"x": "✉" * 5_000}, False),  # escaped as \u2709: 30,008 characters of JSON
     ],
     ids=["at-the-limit", "one-over", "escaped-over"],
-)
-@pytest.mark.parametrize(
-    "open_store", ["sqlite-memory", pytest.param("tables", marks=pytest.mark.azurite)], indirect=True
 )
 def test_pending_data_too_large_for_a_table_property_is_refused_and_keeps_what_was_there(
     open_store: OpenStore, data: dict[str, str], fits: bool

@@ -32,11 +32,11 @@ from ..ports import (
     TicketSlot,
     budget_refusal,
     noted_with,
+    pending_text,
     resolve_claim,
     resolve_ticket,
 )
 from ..timeutil import iso, parse_instant
-from .tables import pending_text
 
 if TYPE_CHECKING:
     from ..policy import Budget

@@ -52,6 +52,7 @@ from ..ports import (
     TicketSlot,
     budget_refusal,
     noted_with,
+    pending_text,
     resolve_claim,
     resolve_ticket,
 )
@@ -114,17 +115,6 @@ def exact_key(value: str) -> str:
     if len(key) <= MAX_KEY_CHARS:
         return key
     return "~H" + hashlib.sha256(value.encode()).hexdigest()
-
-
-def pending_text(group: str, key: str, data: Mapping[str, Any]) -> str:
-    """``data`` as ASCII JSON, refused with ``ValueError`` when it would not fit in one string property."""
-    text = json.dumps(data, separators=(",", ":"))  # ASCII: one UTF-16 unit per character
-    if len(text) > MAX_RECORD_CHARS:
-        raise ValueError(
-            f"pending data for ({group!r}, {key!r}) is {len(text)} characters of JSON: "
-            f"at most {MAX_RECORD_CHARS} fit in a Table Storage string property"
-        )
-    return text
 
 
 class TableStore:
