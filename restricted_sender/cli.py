@@ -15,7 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -99,6 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--identity-header", help="the X-IDENTITY-HEADER value to require (default: random)")
     sim.set_defaults(run=_simulator)
+
+    decisions = commands.add_parser(
+        "decisions", help="summarize the recorded decisions (the audit table) over a period, e.g. a report-only week"
+    )
+    decisions.add_argument("--since", default="7d", help="how far back: 7d, 24h, 90m (default 7d)")
+    decisions.add_argument(
+        "--table-endpoint",
+        help="https://<account>.table.core.windows.net (signs in with DefaultAzureCredential; needs Storage Table "
+        "Data Reader); default: the app settings' storage",
+    )
+    decisions.add_argument("--json", action="store_true", help="print the records as JSON lines")
+    decisions.set_defaults(run=_decisions)
 
     o365 = commands.add_parser("o365", help="manage the Office 365 Management Activity API subscription")
     o365_commands = o365.add_subparsers(required=True, metavar="ACTION")
@@ -445,6 +457,78 @@ def _o365_status(args: argparse.Namespace) -> int:
 
     subscriptions = asyncio.run(run())
     print(json.dumps([_masked(s) for s in subscriptions], indent=2, sort_keys=True))
+    return 0
+
+
+def since_delta(text: str) -> timedelta:
+    """``7d``, ``24h`` or ``90m`` as a timedelta."""
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in units or not number.isdigit():
+        raise InputError(f"--since must look like 7d, 24h or 90m, got {text!r}")
+    return timedelta(**{units[unit]: int(number)})
+
+
+def summarize(records: Sequence[DecisionRecord]) -> str:
+    """Counts per decision, per reason code and per source: what a report-only week would have done."""
+    from collections import Counter
+
+    decisions = Counter(r.decision.outcome.value for r in records)
+    reasons = Counter(reason.code for r in records for reason in r.decision.reasons)
+    sources = Counter(s.kind for r in records for s in r.sources)
+    # Report-only records say what would have been done: count it by action kind.
+    would = Counter(
+        a.kind for r in records for a in r.actions if a.status.value == "skipped" and a.detail.startswith("report-only")
+    )
+    lines = [f"{len(records)} decision(s)"]
+    for title, counter in (
+        ("by decision", decisions),
+        ("by reason", reasons),
+        ("by source", sources),
+        ("report-only would have run", would),
+    ):
+        if counter:
+            lines.append(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in counter.most_common()))
+    return "\n".join(lines)
+
+
+def _decisions(args: argparse.Namespace) -> int:
+    from .adapters.tables import TableStore
+    from .compose import table_store
+    from .settings import Settings
+
+    window = since_delta(args.since)
+
+    async def read() -> list[DecisionRecord]:
+        settings = Settings.from_env()
+        if args.table_endpoint:
+            from azure.data.tables.aio import TableServiceClient
+            from azure.identity.aio import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+            store: Any = TableStore(
+                TableServiceClient(args.table_endpoint, credential=credential),
+                prefix=settings.table_prefix,
+                credential=credential,
+            )
+        else:
+            store = table_store(settings)
+        try:
+            rows = await store.audit()
+        finally:
+            await store.close()
+        cutoff = datetime.now(UTC) - window
+        records = [DecisionRecord.from_dict(row) for row in rows]
+        return [r for r in records if r.at >= cutoff]
+
+    records = asyncio.run(read())
+    if args.json:
+        _print_records(records, as_json=True, out=sys.stdout)
+        return 0
+    print(summarize(records))
+    if records:
+        print()
+        _print_records(records, as_json=False, out=sys.stdout)
     return 0
 
 
