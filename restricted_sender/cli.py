@@ -12,7 +12,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -129,6 +129,22 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(run=_policy_validate)
     schema = policy_commands.add_parser("schema", help="print the policy file's JSON Schema")
     schema.set_defaults(run=_policy_schema)
+
+    permissions = commands.add_parser(
+        "permissions", help="what the app's identity must be granted for a policy and the intake paths in use"
+    )
+    permissions.add_argument("--policy", type=Path, help="policy file (default: POLICY_FILE / POLICY_YAML)")
+    shape = permissions.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="the plan scripts/grant-permissions reads")
+    shape.add_argument("--markdown", action="store_true", help="the README table (every permission, and when)")
+    permissions.add_argument("--poll-minutes", type=float, help="plan for this POLL_ALERTS_MINUTES (0: poller off)")
+    permissions.add_argument(
+        "--o365", action=argparse.BooleanOptionalAction, help="plan with(out) the Management Activity API"
+    )
+    permissions.add_argument(
+        "--defender", action=argparse.BooleanOptionalAction, help="plan with(out) the Defender Event Hub trigger"
+    )
+    permissions.set_defaults(run=_permissions)
     return parser
 
 
@@ -557,6 +573,55 @@ def _policy_schema(args: argparse.Namespace) -> int:
 
     print(json.dumps(POLICY_SCHEMA, indent=2))
     return 0
+
+
+def _permissions(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .permissions import IntakePaths, markdown_table, plan_json, required
+    from .policy import default_policy, load_policy_text
+    from .settings import Settings
+
+    if args.markdown:
+        print(markdown_table(), end="")
+        return 0
+    intake = IntakePaths.from_env()
+    if args.poll_minutes is not None:
+        intake = replace(intake, poll_alerts=args.poll_minutes != 0)
+    if args.o365 is not None:
+        intake = replace(intake, management_activity=args.o365)
+    if args.defender is not None:
+        intake = replace(intake, defender_stream=args.defender)
+    settings = Settings.from_env()
+    if args.policy is not None:
+        source, load = str(args.policy), lambda: load_policy_file(args.policy)
+    elif settings.policy_yaml:
+        source, load = "POLICY_YAML", lambda: load_policy_text(settings.policy_yaml or "", source="POLICY_YAML")
+    elif settings.policy_file:
+        source, load = settings.policy_file, lambda: load_policy_file(settings.policy_file or "")
+    else:
+        source, load = "default policy", default_policy
+    policy = _loaded(load)
+    if isinstance(policy, PolicyError):
+        for problem in policy.problems:
+            print(f"{source}: {problem}", file=sys.stderr)
+        print("error: fix the policy first: a plan for a policy that does not load would be a guess", file=sys.stderr)
+        return 1
+    plan = plan_json(policy, intake, policy_source=source)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    print(f"policy {source} (mode {policy.mode}); intake: {json.dumps(plan['intake'])}")
+    for permission in required(policy, intake):
+        print(f"{permission.resource:<28}  {permission.value:<32}  {permission.when}")
+    return 0
+
+
+def _loaded(load: Callable[[], Policy]) -> Policy | PolicyError:
+    try:
+        return load()
+    except PolicyError as error:
+        return error
 
 
 class _Simulated:
