@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .actions import Actor, TicketDesk
@@ -46,13 +47,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("restricted_sender")
 
 
+APP_ROOT = Path(__file__).resolve().parent.parent  # where function_app.py and config/policy.yaml are deployed
+
+
+def policy_path(setting: str) -> Path:
+    """``POLICY_FILE`` as given; a relative path that does not exist from the working directory is taken from the
+    app root, so ``config/policy.yaml`` works whatever directory the worker starts in."""
+    path = Path(setting)
+    if not path.is_absolute() and not path.exists() and (APP_ROOT / path).exists():
+        return APP_ROOT / path
+    return path
+
+
 def load_policy(settings: Settings) -> Policy | PolicyError:
     """The policy from ``POLICY_YAML`` or ``POLICY_FILE``; a :class:`PolicyError` (never raised) when unusable."""
     try:
         if settings.policy_yaml:
             policy = load_policy_text(settings.policy_yaml, source="POLICY_YAML")
         elif settings.policy_file:
-            policy = load_policy_file(settings.policy_file)
+            policy = load_policy_file(policy_path(settings.policy_file))
         else:
             log.warning("neither POLICY_FILE nor POLICY_YAML is set: using the default policy (report-only)")
             policy = default_policy()

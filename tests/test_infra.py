@@ -252,3 +252,15 @@ def test_the_package_ships(path: str) -> None:
 )
 def test_the_package_leaves_out(path: str) -> None:
     assert funcignored(path)
+
+
+def test_the_shipped_policy_is_found_whatever_directory_the_worker_starts_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from restricted_sender.compose import load_policy
+    from restricted_sender.policy import Policy
+
+    monkeypatch.chdir(tmp_path)
+    policy = load_policy(Settings(policy_file="config/policy.yaml"))
+    assert isinstance(policy, Policy)
+    assert policy.mode == "report-only"
