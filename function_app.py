@@ -52,6 +52,9 @@ async def sweep_restricted(timer: func.TimerRequest) -> None:
 if os.environ.get(f"{DEFENDER_EVENTHUB}_NAME"):
 
     @app.function_name("defender_stream")
+    # The Event Hubs trigger checkpoints a batch whether or not the function succeeded: retry it here first.
+    @app.retry(strategy="exponential_backoff", max_retry_count="5", minimum_interval="00:00:05",
+               maximum_interval="00:05:00")  # fmt: skip
     @app.event_hub_message_trigger(
         arg_name="events",
         event_hub_name=os.environ[f"{DEFENDER_EVENTHUB}_NAME"],

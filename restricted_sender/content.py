@@ -47,15 +47,21 @@ class ContentExpander:
 
     async def expand(self, text: str, *, attempt: int = 1) -> IntakeResult | None:
         """One ``alert-content`` message. ``None`` when there was nothing to do (already fetched, refused, expired)."""
+        pointer: ContentPointer | None = None
+        batch: DefenderBatch | None = None
         try:
             message = json.loads(text)
             kind = message["kind"]
             if kind == "o365":
-                return await self.o365(ContentPointer.from_dict(message["pointer"]))
-            if kind == "defender":
-                return await self.defender(DefenderBatch.from_dict(message["batch"]))
+                pointer = ContentPointer.from_dict(message["pointer"])
+            elif kind == "defender":
+                batch = DefenderBatch.from_dict(message["batch"])
         except (ValueError, KeyError, TypeError) as error:
             raise ConfigurationError(f"unreadable content message ({error}); it goes to the poison queue") from error
+        if pointer is not None:
+            return await self.o365(pointer)
+        if batch is not None:
+            return await self.defender(batch)
         raise ConfigurationError(f"content message of unknown kind {kind!r}; it goes to the poison queue")
 
     async def o365(self, pointer: ContentPointer) -> IntakeResult | None:
@@ -77,17 +83,21 @@ class ContentExpander:
             await self.store.complete(key, key, "expired", now)
             return None
         content = parse_content(records, is_target=self.intake.target_policy.is_target_alert)
+        for problem in content.problems:
+            log.error("Management Activity content %s: record skipped: %s", pointer.content_id, problem)
         for delisting in content.delisted:
             # Kept as evidence that a restriction was lifted: the verifier reads them.
             source = Source(SOURCE_O365, delisting.record_id, delisting.at)
-            await self.store.add_report(delisted_key(delisting.address), source)
+            await self.store.add_report(delisted_key(delisting.address, delisting.at), source)
         result = await asyncio.to_thread(self.intake.queue_reports, content.reports)  # the sync queue client blocks
         await self.store.complete(key, key, f"{len(result.accepted)} events", now)
         return result
 
-    async def defender_bodies(self, bodies: Sequence[bytes]) -> IntakeResult:
-        """Event Hub messages, each ``{"records": [...]}``; one unreadable message is logged and skipped (the
-        stream cannot retry one message of a batch), the rest go on."""
+    async def defender_bodies(self, bodies: Sequence[bytes]) -> int:
+        """Event Hub messages, each ``{"records": [...]}``: checked, stripped of rows that can never matter, and
+        relayed to the content queue, where the join runs with the queue's retries (a failing Event Hub batch is
+        checkpointed anyway, so nothing that can fail is done here). One unreadable message is logged and
+        skipped; the rest go on. Returns how many rows were relayed."""
         infos: list[AlertInfo] = []
         evidence: list[UserEvidence] = []
         for body in bodies:
@@ -101,7 +111,9 @@ class ContentExpander:
                 continue
             infos.extend(batch.infos)
             evidence.extend(batch.evidence)
-        return await self.defender(DefenderBatch(tuple(infos), tuple(evidence)))
+        batch = compact(DefenderBatch(tuple(infos), tuple(evidence)), self.intake.target_policy.is_target_alert)
+        await asyncio.to_thread(self.intake.relay_defender, batch)  # the sync queue client blocks
+        return len(batch.infos) + len(batch.evidence)
 
     async def defender(self, batch: DefenderBatch) -> IntakeResult:
         is_target = self.intake.target_policy.is_target_alert

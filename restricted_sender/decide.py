@@ -31,6 +31,8 @@ LIMIT_BLOCK = "limit-block"
 AUTO_RELEASE_SOON = "auto-release-soon"
 UNBLOCK_FAILED = "unblock-failed"
 NO_USER_EVIDENCE = "no-user-evidence"
+RELEASE_OVERDUE = "release-overdue"
+RELEASE_GRACE = timedelta(hours=1)  # a block that lifts by itself is given this long past its expected release
 
 
 def ignore(code: str, text: str) -> Decision:
@@ -80,6 +82,12 @@ def decide(event: RestrictionEvent, facts: Facts, policy: Policy | PolicyError, 
         return Decision(Outcome.TICKET, tuple(reasons))
 
     release = restriction.expected_release()
+    if restriction.kind is BlockKind.SENDING_LIMIT and release is not None and now >= release + RELEASE_GRACE:
+        # It should have lifted by itself and has not; admins cannot lift this kind: a person has to look.
+        reasons.append(
+            Reason(RELEASE_OVERDUE, f"sending-limit block should have lifted by {iso(release)} and is still listed")
+        )
+        return Decision(Outcome.TICKET, tuple(reasons))
     if restriction.kind is BlockKind.SENDING_LIMIT:
         when = f"; expected to lift by {iso(release)}" if release else ""
         reasons.append(Reason(LIMIT_BLOCK, f"sending-limit block ({restriction.reason.raw}) lifts by itself{when}"))

@@ -21,10 +21,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .alerts import parse_alert_payload
-from .errors import FilterRefused, MalformedPayload
+from .errors import FilterRefused, MalformedPayload, ServiceRefused
 from .model import SOURCE_POLL, SOURCE_SWEEP, AlertReport, RestrictionEvent, UserRef
-from .pipeline import Intake, restriction_claim_key
-from .ports import AlertFeed, Clock, Cursor, Exchange, Store
+from .pipeline import Intake, current_restriction_claim, restriction_needs_event
+from .ports import CLAIM_LEASE, AlertFeed, AlertsPage, Clock, Cursor, Exchange, Store
+from .restriction import BlockedSender
 from .timeutil import iso, parse_instant
 
 log = logging.getLogger("restricted_sender")
@@ -52,6 +53,25 @@ def alerts_filter(since: datetime, *, combined: bool) -> str:
     return f"serviceSource eq '{MDO_SERVICE_SOURCE}' and {changed}" if combined else changed
 
 
+async def _start_run(store: Store, name: str, every: timedelta, now: datetime) -> NetRun | tuple[dict[str, Any], str]:
+    """The run's state and cursor version, the run already marked as started; a ``NetRun`` when not to run.
+
+    Marking it first means a second instance skips this tick, and a failing run waits out its interval instead of
+    failing again every minute.
+    """
+    cursor = await store.read_cursor(name)
+    due, state = _due(cursor, every, now)
+    if not due:
+        return NetRun(name, False, f"not due: last run {state.get('ran_at')}")
+    if not await store.write_cursor(
+        name, json.dumps({**state, "ran_at": iso(now)}), cursor.version if cursor else None
+    ):
+        return NetRun(name, False, "another instance started this run")
+    marked = await store.read_cursor(name)
+    assert marked is not None
+    return state, marked.version
+
+
 def _due(cursor: Cursor | None, every: timedelta, now: datetime) -> tuple[bool, dict[str, Any]]:
     state: dict[str, Any] = {}
     if cursor is not None:
@@ -61,6 +81,8 @@ def _due(cursor: Cursor | None, every: timedelta, now: datetime) -> tuple[bool, 
         except json.JSONDecodeError:
             state = {}
     ran_at = state.get("ran_at")
+    if state.get("resume"):
+        return True, state  # a poll that stopped at its page limit goes on at the next tick
     # A little early is fine: a timer tick can fire a few seconds before the minute the interval ends on.
     due = not isinstance(ran_at, str) or now - parse_instant(ran_at) >= every - timedelta(seconds=30)
     return due, state
@@ -81,48 +103,65 @@ class AlertPoller:
 
     async def run(self) -> NetRun:
         now = self.clock.now()
-        cursor = await self.store.read_cursor(POLL_CURSOR)
-        due, state = _due(cursor, self.every, now)
-        if not due:
-            return NetRun("poll", False, f"not due: last run {state.get('ran_at')}")
+        started = await _start_run(self.store, POLL_CURSOR, self.every, now)
+        if isinstance(started, NetRun):
+            return started
+        state, version = started
+        resume = state.get("resume") if isinstance(state.get("resume"), str) else None
         watermark = state.get("watermark")
-        since = parse_instant(watermark) - self.overlap if isinstance(watermark, str) else now - self.first_look_back
-        alerts, requests, complete = await self._list(since)
+        if resume is not None:
+            # The previous run stopped at its page limit: go on from its next page, in the same window.
+            since = parse_instant(str(state["since"]))
+            window_end = str(state["window_end"])
+            self.combined = state.get("combined") is not False
+        else:
+            since = (
+                parse_instant(watermark) - self.overlap if isinstance(watermark, str) else now - self.first_look_back
+            )
+            window_end = iso(now)
+        alerts, requests, next_link = await self._list(since, resume)
         reports = self._target_reports(alerts)
         fresh = [r for r in reports if not await self._known(r)]
         result = await asyncio.to_thread(self.intake.queue_reports, fresh)  # the sync queue client blocks
-        # The watermark moves only after every page is read and every event queued: a failure re-reads. The
-        # overlap covers alerts that appear in the list a little after their lastUpdateDateTime.
-        mark = now if complete else (parse_instant(watermark) if isinstance(watermark, str) else since)
-        moved = await self.store.write_cursor(
-            POLL_CURSOR, json.dumps({"watermark": iso(mark), "ran_at": iso(now)}), cursor.version if cursor else None
-        )
-        if not moved:
-            log.info("another instance polled alerts_v2 at the same time; its watermark stands")
+        # The watermark moves only once every page of the window is read and every event queued: a failure reads
+        # the window again. The overlap covers alerts that appear in the list a little after their lastUpdateDateTime.
+        if next_link is None:
+            following: dict[str, Any] = {"watermark": window_end, "ran_at": iso(now)}
+        else:
+            following = {"watermark": watermark, "ran_at": iso(now), "resume": next_link, "since": iso(since),
+                         "window_end": window_end, "combined": self.combined}  # fmt: skip
+        if not await self.store.write_cursor(POLL_CURSOR, json.dumps(following), version):
+            log.info("another instance moved the alerts_v2 watermark meanwhile; its position stands")
         detail = f"{len(alerts)} MDO alerts since {iso(since)}, {len(reports)} target, {len(fresh)} new"
+        if next_link is not None:
+            detail += f"; stopped after {requests} pages, the next run goes on from there"
         return NetRun("poll", True, detail, queued=len(result.accepted), requests=requests)
 
-    async def _list(self, since: datetime) -> tuple[list[dict[str, Any]], int, bool]:
+    async def _list(self, since: datetime, resume: str | None) -> tuple[list[dict[str, Any]], int, str | None]:
+        """The alerts of one run, the requests it took, and where the next run goes on (``None``: at the end)."""
         combined = self.combined
-        try:
-            page = await self.feed.alerts_page(filter=alerts_filter(since, combined=combined), top=self.page_size)
-        except FilterRefused:
-            if not combined:
-                raise
-            log.warning("Graph refused the combined alerts_v2 filter; using lastUpdateDateTime alone")
-            self.combined = combined = False
-            page = await self.feed.alerts_page(filter=alerts_filter(since, combined=False), top=self.page_size)
+        page: AlertsPage | None = None
+        if resume is not None:
+            try:
+                page = await self.feed.alerts_page(filter="", top=self.page_size, next_link=resume)
+            except ServiceRefused as refused:
+                log.warning("the saved alerts_v2 page could not be read (%s); reading the window again", refused)
+        if page is None:
+            try:
+                page = await self.feed.alerts_page(filter=alerts_filter(since, combined=combined), top=self.page_size)
+            except FilterRefused:
+                if not combined:
+                    raise
+                log.warning("Graph refused the combined alerts_v2 filter; using lastUpdateDateTime alone")
+                self.combined = combined = False
+                page = await self.feed.alerts_page(filter=alerts_filter(since, combined=False), top=self.page_size)
         requests = 1
         alerts: list[dict[str, Any]] = []
         while True:
             # Without the combined filter the service source is checked here.
             alerts.extend(dict(a) for a in page.alerts if combined or a.get("serviceSource") == MDO_SERVICE_SOURCE)
-            if page.next_link is None:
-                return alerts, requests, True
-            if requests >= self.max_pages:
-                # The list has no documented order, so the watermark stays: the next run reads the window again.
-                log.error("alerts_v2 poll stopped after %d pages; the watermark stays where it was", requests)
-                return alerts, requests, False
+            if page.next_link is None or requests >= self.max_pages:
+                return alerts, requests, page.next_link
             page = await self.feed.alerts_page(filter="", top=self.page_size, next_link=page.next_link)
             requests += 1
 
@@ -157,32 +196,38 @@ class RestrictedSweep:
 
     async def run(self) -> NetRun:
         now = self.clock.now()
-        cursor = await self.store.read_cursor(SWEEP_CURSOR)
-        due, state = _due(cursor, self.every, now)
-        if not due:
-            return NetRun("sweep", False, f"not due: last run {state.get('ran_at')}")
+        started = await _start_run(self.store, SWEEP_CURSOR, self.every, now)
+        if isinstance(started, NetRun):
+            return started
         rows = await self.exchange.blocked_senders()
+        mode = self.intake.policy.mode
         reports: list[AlertReport] = []
         for row in rows:
-            key = restriction_claim_key(row)
-            assert key is not None
-            if await self.store.claim_state(key) is not None:
+            _, state = await current_restriction_claim(self.store, row, mode, now)
+            if not restriction_needs_event(state, now):
                 continue  # decided, or being decided, from another report
-            reports.append(
-                AlertReport(
-                    source=SOURCE_SWEEP,
-                    alert_id=row.restriction_key(),
-                    title=SWEEP_TITLE,
-                    users=(UserRef(address=row.address.lower()),),
-                    created=iso(row.created) if row.created else None,
-                    direct=True,
-                )
+            report = self._report(row, row.restriction_key())
+            user = report.users[0]
+            earlier = await self.store.claim_state(
+                RestrictionEvent.for_alert(report, user, delivery_id="", received_at=now).claim_key
             )
+            if earlier is not None and earlier.state != "done" and now - earlier.claimed_at <= CLAIM_LEASE:
+                continue  # our own event for it is queued or being retried: not another one
+            if earlier is not None and earlier.state == "done":
+                # Handled once without deciding the restriction (e.g. Exchange did not list it yet): a new event.
+                report = self._report(row, f"{row.restriction_key()}|{iso(now)}")
+            reports.append(report)
         result = await asyncio.to_thread(self.intake.queue_reports, reports)  # the sync queue client blocks
-        moved = await self.store.write_cursor(
-            SWEEP_CURSOR, json.dumps({"ran_at": iso(now)}), cursor.version if cursor else None
-        )
-        if not moved:
-            log.info("another instance swept the restricted list at the same time")
         detail = f"{len(rows)} restricted, {len(reports)} without an event yet"
         return NetRun("sweep", True, detail, queued=len(result.accepted), requests=1)
+
+    @staticmethod
+    def _report(row: BlockedSender, alert_id: str) -> AlertReport:
+        return AlertReport(
+            source=SOURCE_SWEEP,
+            alert_id=alert_id,
+            title=SWEEP_TITLE,
+            users=(UserRef(address=row.address.lower()),),
+            created=iso(row.created) if row.created else None,
+            direct=True,
+        )

@@ -70,6 +70,7 @@ class Delisting:
 class O365Content:
     reports: tuple[AlertReport, ...] = ()
     delisted: tuple[Delisting, ...] = ()
+    problems: tuple[str, ...] = ()  # records skipped, each with its place: one bad record must not sink the blob
 
 
 def parse_notifications(payload: object, *, tenant_id: str, api_root: str) -> tuple[ContentPointer, ...]:
@@ -145,28 +146,34 @@ def parse_content(records: object, *, is_target: Callable[[str], bool]) -> O365C
     seen: set[str] = set()
     reports: dict[tuple[str, bool], AlertReport] = {}
     delisted: list[Delisting] = []
+    problems: list[str] = []
     for index, record in enumerate(records):
         where = f"content[{index}]"
         if not isinstance(record, dict):
-            raise MalformedPayload(f"{where}: expected an audit record object")
+            problems.append(f"{where}: expected an audit record object")
+            continue
         record_id = first_text(record, "Id")
         if record_id:
             if record_id.lower() in seen:
                 continue
             seen.add(record_id.lower())
         kind = str(record.get("RecordType", "")).strip()  # an int in Microsoft's samples, a string in others
-        if kind == RECORD_ALERT:
-            report = _alert_report(record, where, is_target)
-        elif kind == RECORD_HYGIENE:
-            report, delisting = _hygiene(record, where, record_id)
-            delisted.extend([delisting] if delisting else [])
-        else:
+        try:
+            if kind == RECORD_ALERT:
+                report = _alert_report(record, where, is_target)
+            elif kind == RECORD_HYGIENE:
+                report, delisting = _hygiene(record, where, record_id)
+                delisted.extend([delisting] if delisting else [])
+            else:
+                continue
+        except MalformedPayload as problem:
+            problems.append(problem.message)
             continue
         if report is not None:
             key = (report.alert_id, report.direct)
             known = reports.get(key)
             reports[key] = report if known is None else replace(known, users=merge_users(known.users + report.users))
-    return O365Content(tuple(reports.values()), tuple(delisted))
+    return O365Content(tuple(reports.values()), tuple(delisted), tuple(problems))
 
 
 def _alert_report(record: Mapping[str, Any], where: str, is_target: Callable[[str], bool]) -> AlertReport | None:

@@ -11,13 +11,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import decide as rules
 from .actions import RESTRICTED_ENTITIES_URL, Actor, correlation_id, evidence, ticket_failed
 from .alerts import MAX_BODY_BYTES, parse_alert_payload, parse_json
-from .defender import compact, is_defender_batch, parse_records
+from .defender import DefenderBatch, compact, is_defender_batch, parse_records
 from .errors import ConfigurationError, PayloadTooLarge, PolicyError, TransientServiceError
 from .facts import FactSources, gather_facts
 from .model import (
@@ -34,7 +34,7 @@ from .model import (
 )
 from .o365 import parse_notifications
 from .policy import Policy, default_policy
-from .ports import ClaimResult, ClaimState, Clock, EventQueue, Exchange, Store
+from .ports import CLAIM_LEASE, ClaimResult, ClaimState, Clock, EventQueue, Exchange, Store
 from .relay import defender_messages, o365_message
 from .restriction import BlockedSender
 from .settings import O365_API_ROOT
@@ -94,9 +94,12 @@ class Intake:
         """Defender rows are joined with rows of earlier batches, which needs the store: checked here, joined
         by the content expander. Rows that can never matter are dropped first."""
         batch = compact(parse_records(payload), self.target_policy.is_target_alert)
+        self.relay_defender(batch)
+        return IntakeResult(accepted=(), ignored=(), deferred=len(batch.infos) + len(batch.evidence))
+
+    def relay_defender(self, batch: DefenderBatch) -> None:
         for message in defender_messages(batch):
             self._content_queue().send(message)
-        return IntakeResult(accepted=(), ignored=(), deferred=len(batch.infos) + len(batch.evidence))
 
     def accept_o365(self, body: bytes) -> int:
         """A Management Activity API notification: every content pointer queued (or none, on any bad item)."""
@@ -187,6 +190,7 @@ def decision_record(
     return replace(record, evidence=evidence(facts, record, event.alert_url))
 
 
+MIDNIGHT = datetime.min.time()
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount: after this try the host poisons the message
 
 
@@ -214,6 +218,10 @@ class Processor:
         if policy is None:
             log.error("policy is invalid, every restricted user is escalated: %s", self.policy)
         claim = await self.store.claim(event.claim_key, event.delivery_id, now)
+        if claim is ClaimResult.RESUMED and (earlier := await self._recorded(event)) is not None:
+            # Recorded in full, then the run crashed before completing the claim: finish it, change nothing.
+            await self.store.complete(event.claim_key, event.delivery_id, earlier.decision.outcome.value, now)
+            return earlier
         targeted = policy is None or event.direct or policy.is_target_alert(event.alert_name)
         if claim is ClaimResult.DUPLICATE:
             facts = Facts(first_report=False)
@@ -221,11 +229,15 @@ class Processor:
             facts = Facts()  # queued under another policy; decide() ignores it, nothing to look up
         else:
             facts = await gather_facts(event, policy, self.sources, now)
-        key = restriction_claim_key(facts.restriction) if claim is not ClaimResult.DUPLICATE and targeted else None
-        if key is not None:
+        key: str | None = None
+        if claim is not ClaimResult.DUPLICATE and targeted and facts.restriction is not None:
+            key, _ = await current_restriction_claim(self.store, facts.restriction, self.policy.mode, now)
             # One restriction, decided once: every report is remembered, the first to claim it decides.
             await self.store.add_report(key, Source(event.source, event.alert_id, event.received_at))
             if await self.store.claim(key, event.event_id, now) is ClaimResult.DUPLICATE:
+                state = await self.store.claim_state(key)
+                if state is not None and state.state == "done" and state.owner == event.event_id:
+                    return await self._already_recorded(event, state, now)
                 return await self._another_report(event, facts, key, attempt)
         decision = rules.decide(event, facts, self.policy, now)
         record = decision_record(event, facts, decision, self.policy, now)
@@ -266,6 +278,23 @@ class Processor:
         await self.store.complete(event.claim_key, event.delivery_id, record.decision.outcome.value, now)
         return record
 
+    async def _already_recorded(self, event: RestrictionEvent, state: ClaimState, now: datetime) -> DecisionRecord:
+        """This event decided its restriction and crashed before completing its own claim: finish that, and
+        return the record it wrote, instead of recording itself as a duplicate of itself."""
+        await self.store.complete(event.claim_key, event.delivery_id, state.outcome or "done", now)
+        earlier = await self._recorded(event)
+        if earlier is None:
+            raise TransientServiceError("store", f"the record of event {event.event_id} is not readable yet")
+        return earlier
+
+    async def _recorded(self, event: RestrictionEvent) -> DecisionRecord | None:
+        """The complete record this event already wrote (a failed ticket is not complete: it is to be retried)."""
+        for row in reversed(await self.store.audit(event.user.key)):
+            if row.get("event_id") == event.event_id:
+                record = DecisionRecord.from_dict(row)
+                return None if ticket_failed(record) else record
+        return None
+
     async def _decided(self, key: str) -> ClaimState:
         """The restriction's claim once its decider completed; after ``decided_wait`` as it stands then."""
         give_up = time.monotonic() + self.decided_wait
@@ -288,14 +317,48 @@ class Processor:
         return record
 
 
-def restriction_claim_key(restriction: BlockedSender | None) -> str | None:
-    """The claim that makes one restriction (user + the block's CreatedDatetime) decided once, whatever the source."""
-    return None if restriction is None else "restriction|" + restriction.restriction_key()
+WAIT_GRACE = rules.RELEASE_GRACE  # a waited-on block still listed this long past its release: decide it again
+MAX_ROUNDS = 8
 
 
-def delisted_key(address: str) -> str:
-    """Where the Management Activity API's HygieneEvent ``Delisted`` records of a user are kept (as reports)."""
-    return "delisted|" + address.lower()
+def restriction_claim_key(restriction: BlockedSender, mode: str, round_: int = 1) -> str:
+    """The claim that makes one restriction (user + the block's CreatedDatetime) decided once, whatever the source.
+
+    The mode is part of it: what report-only decided is decided again, for real, once the policy says enforce.
+    """
+    key = f"restriction|{mode}|{restriction.restriction_key()}"
+    return key if round_ == 1 else f"{key}|{round_}"
+
+
+async def current_restriction_claim(
+    store: Store, restriction: BlockedSender, mode: str, now: datetime
+) -> tuple[str, ClaimState | None]:
+    """The claim a report of ``restriction`` belongs to now, and its state.
+
+    Normally the first round's. A ``wait`` decision whose block should have lifted (its expected release plus
+    ``WAIT_GRACE``) but is still listed opens the next round, so the user is decided again instead of forgotten.
+    """
+    release = restriction.expected_release()
+    for round_ in range(1, MAX_ROUNDS + 1):
+        key = restriction_claim_key(restriction, mode, round_)
+        state = await store.claim_state(key)
+        waited_out = state is not None and state.state == "done" and state.outcome == Outcome.WAIT.value
+        if not waited_out or release is None or now < release + WAIT_GRACE or round_ == MAX_ROUNDS:
+            return key, state
+    raise AssertionError("unreachable")
+
+
+def restriction_needs_event(state: ClaimState | None, now: datetime) -> bool:
+    """For the sweep: no report has claimed the restriction, or its claim was left by a crashed processor."""
+    return state is None or (state.state != "done" and now - state.claimed_at > CLAIM_LEASE)
+
+
+def delisted_key(address: str, at: datetime) -> str:
+    """Where the Management Activity API's HygieneEvent ``Delisted`` records of a user are kept (as reports).
+
+    One key a day: a report key holds at most ``MAX_REPORTS``, and a verification reads only the days since its unblock.
+    """
+    return f"delisted|{address.lower()}|{at.date().isoformat()}"
 
 
 def _with_retry_note(record: DecisionRecord, attempt: int) -> DecisionRecord:
@@ -342,7 +405,16 @@ class Verifier:
             at=now,
         )
         # The Management Activity API's HygieneEvent "Delisted" records since the unblock confirm it independently.
-        delisted = [s for s in await self.store.reports(delisted_key(task.address)) if s.at >= task.unblocked_at]
+        first = task.unblocked_at.date()
+        days = [first + timedelta(days=n) for n in range((now.date() - first).days + 1)]
+        delisted = [
+            s
+            for day in days[:3]  # checks end 24 h after the unblock: three days cover them
+            for s in await self.store.reports(
+                delisted_key(task.address, datetime.combine(day, datetime.min.time(), UTC))
+            )
+            if s.at >= task.unblocked_at
+        ]
         record = replace(
             record,
             evidence={

@@ -102,6 +102,8 @@ def parse_alert(body: Mapping[str, Any], where: str = "") -> AlertReport:
 
 
 def _entity_list(value: object, where: str) -> tuple[UserRef, ...]:
+    if value is None:
+        return ()  # a null list: no entities (the incident's alerts may still name its users elsewhere)
     if isinstance(value, str):
         # The SecurityAlert table's Entities column is JSON text, and playbooks pass it on as such.
         try:
@@ -127,9 +129,9 @@ def _entity_users(entities: list[Any], where: str) -> Iterator[UserRef]:
         if kind == "account":
             name = first_text(fields, "accountName", "Name")
             suffix = first_text(fields, "upnSuffix", "UPNSuffix")
-            ref = user_ref(
-                f"{name}@{suffix}" if name and suffix else None, first_text(fields, "aadUserId", "AadUserId")
-            )
+            # Some connectors put the whole UPN in accountName: then it is the address, suffix or not.
+            address = name if name and "@" in name else (f"{name}@{suffix}" if name and suffix else None)
+            ref = user_ref(address, first_text(fields, "aadUserId", "AadUserId"))
         elif kind == "mailbox":
             # MDO alerts may name the sender as a mailbox (alerts_v2 does, with mailboxEvidence): dropping it
             # would leave a restricted user unhandled.

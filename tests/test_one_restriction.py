@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from restricted_sender.model import (
     SOURCE_POLL,
     SOURCE_SENTINEL,
     SOURCE_SWEEP,
+    ActionStatus,
     AlertReport,
     DecisionRecord,
     RestrictionEvent,
@@ -23,7 +25,9 @@ from restricted_sender.policy import load_policy_text
 from restricted_sender.restriction import BlockedSender
 from tests.conftest import blocked
 from tests.test_pipeline import ALICE, NOW, World
+from tests.test_pipeline import POLICY as POLICY_ENFORCE
 
+LIMIT = "EmailSendingLimitExceeded;InternalRecipientCountToday=4;ExternalRecipientCountToday=396"
 TARGET = "User restricted from sending email"
 ROW = blocked("alice@contoso.com")
 TICKETING = load_policy_text("mode: enforce\nallow: []\n")
@@ -48,8 +52,7 @@ def deciders(records: list[DecisionRecord]) -> list[DecisionRecord]:
 
 
 def stored_sources(world: World) -> set[str]:
-    key = restriction_claim_key(BlockedSender.from_row(ROW))
-    assert key is not None
+    key = restriction_claim_key(BlockedSender.from_row(ROW), "enforce")
     return {s.kind for s in world.store.report_rows[key].values()}
 
 
@@ -109,8 +112,7 @@ def test_a_direct_report_needs_no_alert_name_but_an_alert_does(direct: bool) -> 
 def test_a_report_while_another_event_still_decides_is_recorded_as_in_progress_after_the_wait() -> None:
     world = World([ROW], [ALICE])
     world.processor.decided_wait = 0.05
-    key = restriction_claim_key(BlockedSender.from_row(ROW))
-    assert key is not None
+    key = restriction_claim_key(BlockedSender.from_row(ROW), "enforce")
     asyncio.run(world.store.claim(key, "evt-elsewhere", NOW))
     [record] = run_together(world, event(SOURCE_DEFENDER))
     assert "still in progress" in record.decision.reasons[0].text
@@ -121,11 +123,48 @@ def test_a_report_while_another_event_still_decides_is_recorded_as_in_progress_a
 
 def test_a_decider_that_crashed_is_taken_over_after_its_lease(monkeypatch: Any) -> None:
     world = World([ROW], [ALICE])
-    key = restriction_claim_key(BlockedSender.from_row(ROW))
-    assert key is not None
+    key = restriction_claim_key(BlockedSender.from_row(ROW), "enforce")
     from restricted_sender.ports import CLAIM_LEASE
 
     asyncio.run(world.store.claim(key, "evt-crashed", NOW - CLAIM_LEASE * 2))
     [record] = run_together(world, event(SOURCE_SWEEP, direct=True))
     assert record.decision.outcome.value == "unblock"
+    assert world.exchange.removed == ["alice@contoso.com"]
+
+
+def test_what_report_only_decided_is_decided_again_for_real_once_the_policy_says_enforce() -> None:
+    world = World(
+        [ROW], [ALICE], policy=load_policy_text("mode: report-only\nallow: [{name: s, domains: [contoso.com]}]\n")
+    )
+    [rehearsal] = run_together(world, event(SOURCE_SWEEP, direct=True))
+    world.processor.policy = POLICY_ENFORCE
+    world.processor.actor = world.actor()
+    [real] = run_together(world, event(SOURCE_POLL))
+    assert rehearsal.status_of("unblock") is ActionStatus.SKIPPED
+    assert real.decision.outcome.value == "unblock"
+    assert world.exchange.removed == ["alice@contoso.com"]
+
+
+def test_a_wait_whose_block_should_have_lifted_but_did_not_is_decided_again() -> None:
+    limit = blocked("alice@contoso.com", reason=LIMIT, created="2026-11-27T07:00:00Z")
+    world = World([limit], [ALICE])
+    [waited] = run_together(world, event(SOURCE_SWEEP, direct=True))
+    [soon] = run_together(world, event(SOURCE_POLL))  # the same day: still the wait's restriction
+    world.clock.advance(timedelta(days=2))
+    [again] = run_together(world, event(SOURCE_O365))
+    assert waited.decision.outcome.value == "wait"
+    assert "duplicate" in soon.decision.codes
+    assert (again.decision.outcome.value, again.decision.codes[-1]) == ("ticket", "release-overdue")
+
+
+def test_the_deciding_events_retry_after_a_crash_returns_its_own_record_and_adds_none() -> None:
+    world = World([ROW], [ALICE])
+    first = event(SOURCE_POLL)
+    [record] = run_together(world, first)
+    claim = world.store.claims[first.claim_key]
+    claim.update(state="claimed", claimed_at=NOW)  # as if it crashed after its audit row, before completing the claim
+    [retry] = run_together(world, first)
+    assert retry.event_id == record.event_id
+    assert retry.decision.outcome.value == "unblock"
+    assert len(world.store.audit_rows) == 1
     assert world.exchange.removed == ["alice@contoso.com"]

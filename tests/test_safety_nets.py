@@ -99,26 +99,38 @@ def test_an_alert_read_again_in_the_overlap_is_not_queued_twice() -> None:
     assert asyncio.run(net.run()).queued == 0
 
 
-def test_a_failed_run_leaves_the_watermark_so_the_next_run_reads_the_same_window() -> None:
+def test_a_failed_run_waits_its_interval_and_then_reads_the_same_window_again() -> None:
     world = World([], [])
     world.queue.available = False
     feed = FakeAlertFeed([mdo_alert("a1", "alice@contoso.com")])
     net = poller(world, feed)
     with pytest.raises(Exception, match="unavailable"):
         asyncio.run(net.run())
-    assert asyncio.run(world.store.read_cursor(POLL_CURSOR)) is None
+    world.queue.available = True
+    world.clock.advance(timedelta(minutes=1))
+    assert not asyncio.run(net.run()).ran  # a failing poll is not hammered every minute
+    world.clock.advance(timedelta(minutes=5))
+    assert asyncio.run(net.run()).queued == 1
+    # No watermark was written: the retry looks back a day again, from its own start.
+    assert [f for f, _ in feed.requests] == [
+        alerts_filter(NOW - timedelta(hours=24), combined=True),
+        alerts_filter(NOW + timedelta(minutes=6) - timedelta(hours=24), combined=True),
+    ]
 
 
-def test_the_poller_stops_at_its_page_limit_and_keeps_the_watermark() -> None:
+def test_a_poll_stopped_at_its_page_limit_goes_on_from_the_next_page_and_only_then_moves_the_watermark() -> None:
     world = World([], [])
-    feed = FakeAlertFeed([mdo_alert(f"a{i}", f"u{i}@contoso.com") for i in range(10)], page_size=1)
+    feed = FakeAlertFeed([mdo_alert(f"a{i}", f"u{i}@contoso.com") for i in range(5)], page_size=1)
     net = poller(world, feed)
     net.max_pages = 3
-    asyncio.run(net.run())
+    first = asyncio.run(net.run())
+    world.clock.advance(timedelta(minutes=1))  # not a whole interval: a stopped poll goes on at the next tick
+    second = asyncio.run(net.run())
+    assert (first.queued, second.queued) == (3, 2)
+    assert [link for _, link in feed.requests] == [None, "1", "2", "3", "4"]
     cursor = asyncio.run(world.store.read_cursor(POLL_CURSOR))
     assert cursor is not None
-    assert len(feed.requests) == 3
-    assert json.loads(cursor.value)["watermark"] == iso(NOW - timedelta(hours=24))
+    assert json.loads(cursor.value) == {"watermark": iso(NOW), "ran_at": iso(NOW + timedelta(minutes=1))}
 
 
 def sweep(world: World) -> RestrictedSweep:
@@ -144,3 +156,28 @@ def test_the_sweep_leaves_alone_a_restriction_an_alert_already_reported() -> Non
     world.queue.messages.clear()
     asyncio.run(sweep(world).run())
     assert [e.user.key for e in queued(world)] == ["bob@fabrikam.com"]
+
+
+def test_the_sweep_rescues_a_restriction_whose_decider_crashed_and_leaves_a_live_one_alone() -> None:
+    from restricted_sender.pipeline import restriction_claim_key
+    from restricted_sender.ports import CLAIM_LEASE
+    from restricted_sender.restriction import BlockedSender
+
+    world = World([blocked("alice@contoso.com"), blocked("bob@fabrikam.com")], [ALICE])
+    mode = world.processor.policy.mode
+    for address, when in (("alice@contoso.com", NOW - 2 * CLAIM_LEASE), ("bob@fabrikam.com", NOW)):
+        key = restriction_claim_key(BlockedSender.from_row(blocked(address)), mode)
+        asyncio.run(world.store.claim(key, "evt-elsewhere", when))
+    asyncio.run(sweep(world).run())
+    assert [e.user.key for e in queued(world)] == ["alice@contoso.com"]
+
+
+def test_the_sweep_does_not_queue_again_while_its_own_event_is_being_retried() -> None:
+    world = World([blocked("alice@contoso.com")], [ALICE])
+    net = sweep(world)
+    asyncio.run(net.run())
+    [event] = queued(world)
+    asyncio.run(world.store.claim(event.claim_key, event.delivery_id, NOW))  # a try that failed before deciding
+    world.clock.advance(timedelta(minutes=5))
+    asyncio.run(net.run())
+    assert len(world.queue.messages) == 1

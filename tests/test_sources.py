@@ -362,23 +362,24 @@ BAD_ENTITY_TEXT = flat_alert(Entities="[{not json")
             "records[0].properties.AlertId: expected a non-empty string",
         ),
         (parse_content, {"value": []}, "content: expected a JSON array"),
-        (parse_content, ["x"], "content[0]: expected an audit record object"),
-        (
-            parse_content,
-            [{"RecordType": 40, "Operation": "AlertTriggered", "Name": TARGET}],
-            "content[0].AlertId: a target alert record needs",
-        ),
-        (
-            parse_content,
-            [{"RecordType": 51, "Event": "Listed", "EventValue": "a@b.c"}],
-            "content[0].Id: a HygieneEvent Listed record needs",
-        ),
     ],
 )
 def test_malformed_payloads_are_refused_naming_the_place(parse: Callable[..., Any], payload: Any, message: str) -> None:
     kwargs = {"is_target": is_target} if parse is parse_content else {}
     with pytest.raises(MalformedPayload, match=where(message)):
         parse(payload, **kwargs)
+
+
+def test_a_bad_audit_record_is_skipped_with_its_place_and_the_rest_of_the_blob_still_counts() -> None:
+    good = {"Id": "r9", "RecordType": 40, "Operation": "AlertTriggered", "AlertId": "a9", "Name": TARGET,
+            "Data": '{"f3u": "ok@contoso.com"}'}  # fmt: skip
+    content = parse_content(
+        ["x", {"RecordType": 40, "Operation": "AlertTriggered", "Name": TARGET},
+         {"RecordType": 51, "Event": "Listed", "EventValue": "a@b.c"}, good],
+        is_target=is_target,
+    )  # fmt: skip
+    assert [r.alert_id for r in content.reports] == ["a9"]
+    assert [re.sub(r":.*", "", p) for p in content.problems] == ["content[0]", "content[1].AlertId", "content[2].Id"]
 
 
 def test_a_defender_error_names_the_record_even_among_ignored_categories() -> None:
@@ -807,3 +808,22 @@ def test_a_record_repeated_under_the_same_id_counts_once() -> None:
     again = parse_content([listed, alert, delisted, dict(listed, Id="H1"), delisted, alert], is_target=is_target)
     assert again == once
     assert (len(once.reports), len(once.delisted)) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("entity", "address"),
+    [
+        ({"Type": "account", "Name": "ann@contoso.com", "UPNSuffix": "contoso.com"}, "ann@contoso.com"),
+        ({"Type": "account", "Name": "ann@contoso.com"}, "ann@contoso.com"),
+        ({"Type": "account", "Name": "ann", "UPNSuffix": "contoso.com"}, "ann@contoso.com"),
+    ],
+    ids=["upn-and-suffix", "upn-alone", "name-and-suffix"],
+)
+def test_an_account_entity_gives_one_address_however_the_connector_split_it(entity: Any, address: str) -> None:
+    [report] = parse_alert_payload({"AlertDisplayName": TARGET, "SystemAlertId": "s1", "Entities": [entity]})
+    assert report.users == (UserRef(address),)
+
+
+def test_null_entity_lists_mean_no_entities_not_a_malformed_body() -> None:
+    [report] = parse_alert_payload({"AlertDisplayName": TARGET, "SystemAlertId": "s1", "Entities": None})
+    assert report.users == ()

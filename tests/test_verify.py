@@ -162,3 +162,16 @@ def test_report_only_records_the_verdict_but_opens_no_ticket() -> None:
     world.verify(VerifyTask.from_message(TASK.to_message().replace('"attempt":1', '"attempt":6')))
     assert world.tickets.created == []
     assert world.store.audit_rows[0]["actions"][-1]["status"] == "skipped"
+
+
+def test_a_delisted_audit_record_since_the_unblock_is_cited_by_the_verification() -> None:
+    from restricted_sender.model import Source
+    from restricted_sender.pipeline import delisted_key
+
+    world = VerifyWorld([], UNBLOCKED + HOUR)
+    for record_id, at in (("before", UNBLOCKED - HOUR), ("after", UNBLOCKED + timedelta(minutes=20))):
+        asyncio.run(world.store.add_report(delisted_key("alice@contoso.com", at), Source("o365", record_id, at)))
+    world.verify()
+    [row] = world.store.audit_rows
+    assert [d["record_id"] for d in row["evidence"]["delisted"]] == ["after"]
+    assert "Delisted record at" in row["actions"][0]["detail"]
