@@ -17,6 +17,7 @@ DEFENDER_EVENTHUB = "DEFENDER_EVENTHUB"
 O365_API_ROOT = "https://manage.office.com"  # the Management Activity API (GCC: manage-gcc.office.com, ...)
 ENTRA_AUTHORITY = "https://login.microsoftonline.com"  # where Entra ID publishes each tenant's signing keys
 GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
+UNRESOLVED_REFERENCE = "@Microsoft.KeyVault("
 EXCHANGE_BASE_URL = "https://outlook.office365.com"
 
 
@@ -88,6 +89,12 @@ class Settings:
 
         def secret(name: str) -> Secret | None:
             value = text(name)
+            if value and value.startswith(UNRESOLVED_REFERENCE):
+                # App Service hands over the reference itself when it cannot resolve it: never use that as a secret.
+                raise ConfigurationError(
+                    f"{name} is a Key Vault reference that did not resolve: store the secret in the vault and give "
+                    "the app's identity Key Vault Secrets User (the app settings' Key Vault references show why)"
+                )
             return Secret(value) if value else None
 
         def number(name: str, default: float, unit: str, most: float) -> float:

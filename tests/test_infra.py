@@ -264,3 +264,11 @@ def test_the_shipped_policy_is_found_whatever_directory_the_worker_starts_in(
     policy = load_policy(Settings(policy_file="config/policy.yaml"))
     assert isinstance(policy, Policy)
     assert policy.mode == "report-only"
+
+
+def test_an_unresolved_key_vault_reference_is_refused_not_used_as_the_secret() -> None:
+    from restricted_sender.errors import ConfigurationError
+
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-rsr.vault.azure.net/secrets/alerts-shared-secret/)"
+    with pytest.raises(ConfigurationError, match="ALERTS_SHARED_SECRET is a Key Vault reference that did not resolve"):
+        Settings.from_env({"ALERTS_SHARED_SECRET": reference})

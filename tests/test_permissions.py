@@ -566,15 +566,16 @@ def test_a_custom_exchange_role_group_replaces_the_entra_role(tmp_path: Path, fa
         "--identity",
         MI,
         "--exchange-role-group",
-        "RSR senders",
+        "RSR senders' $env:x",
         "--poll-minutes",
         "0",
         az=fake_az,
     )
-    assert printed(output)["RSR senders"] == "instead"
+    assert printed(output)["RSR senders' $env:x"] == "instead"
     assert "Exchange Administrator" not in printed(output)
-    assert 'Add-RoleGroupMember -Identity "RSR senders"' in output
-    assert f"New-ServicePrincipal -AppId {MI_APP} -ObjectId {MI}" in output
+    # Printed for the admin to paste: single-quoted, so nothing in the name is expanded by PowerShell.
+    assert "Add-RoleGroupMember -Identity 'RSR senders'' $env:x'" in output
+    assert f"New-ServicePrincipal -AppId '{MI_APP}' -ObjectId '{MI}'" in output
     assert json.loads(fake_az["state"].read_text())["role_assignments"] == []
 
 
