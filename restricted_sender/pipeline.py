@@ -218,7 +218,7 @@ class Processor:
         if policy is None:
             log.error("policy is invalid, every restricted user is escalated: %s", self.policy)
         claim = await self.store.claim(event.claim_key, event.delivery_id, now)
-        if claim is ClaimResult.RESUMED and (earlier := await self._recorded(event)) is not None:
+        if claim is ClaimResult.RESUMED and (earlier := await self._recorded(event, event.user.key)) is not None:
             # Recorded in full, then the run crashed before completing the claim: finish it, change nothing.
             await self.store.complete(event.claim_key, event.delivery_id, earlier.decision.outcome.value, now)
             return earlier
@@ -235,9 +235,11 @@ class Processor:
             # One restriction, decided once: every report is remembered, the first to claim it decides.
             await self.store.add_report(key, Source(event.source, event.alert_id, event.received_at))
             if await self.store.claim(key, event.event_id, now) is ClaimResult.DUPLICATE:
-                state = await self.store.claim_state(key)
-                if state is not None and state.state == "done" and state.owner == event.event_id:
-                    return await self._already_recorded(event, state, now)
+                # This event itself may have decided it and crashed before completing its claim (its user was then
+                # an object id, so the check above could not find the record under the address).
+                if claim is ClaimResult.RESUMED and (earlier := await self._recorded(event, facts.restriction.address)):
+                    await self.store.complete(event.claim_key, event.delivery_id, earlier.decision.outcome.value, now)
+                    return earlier
                 return await self._another_report(event, facts, key, attempt)
         decision = rules.decide(event, facts, self.policy, now)
         record = decision_record(event, facts, decision, self.policy, now)
@@ -278,18 +280,10 @@ class Processor:
         await self.store.complete(event.claim_key, event.delivery_id, record.decision.outcome.value, now)
         return record
 
-    async def _already_recorded(self, event: RestrictionEvent, state: ClaimState, now: datetime) -> DecisionRecord:
-        """This event decided its restriction and crashed before completing its own claim: finish that, and
-        return the record it wrote, instead of recording itself as a duplicate of itself."""
-        await self.store.complete(event.claim_key, event.delivery_id, state.outcome or "done", now)
-        earlier = await self._recorded(event)
-        if earlier is None:
-            raise TransientServiceError("store", f"the record of event {event.event_id} is not readable yet")
-        return earlier
-
-    async def _recorded(self, event: RestrictionEvent) -> DecisionRecord | None:
-        """The complete record this event already wrote (a failed ticket is not complete: it is to be retried)."""
-        for row in reversed(await self.store.audit(event.user.key)):
+    async def _recorded(self, event: RestrictionEvent, user: str) -> DecisionRecord | None:
+        """The complete record this event already wrote under ``user`` (a failed ticket is not complete: it is to be
+        retried)."""
+        for row in reversed(await self.store.audit(user)):
             if row.get("event_id") == event.event_id:
                 record = DecisionRecord.from_dict(row)
                 return None if ticket_failed(record) else record

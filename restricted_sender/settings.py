@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
@@ -97,25 +97,23 @@ class Settings:
                 )
             return Secret(value) if value else None
 
-        def number(name: str, default: float, unit: str, most: float) -> float:
+        def bounded(name: str, default: float, fits: Callable[[float], bool], rule: str) -> float:
             raw = text(name)
             try:
                 value = float(raw) if raw else default
             except ValueError:
-                value = -1.0
-            if not 0 < value <= most:
-                raise ConfigurationError(f"{name} must be {unit}, more than 0 and at most {most:g}, got {raw!r}")
+                value = -1.0  # fits no rule: reported below with what was given
+            if not fits(value):
+                raise ConfigurationError(f"{name} must be {rule}, got {raw!r}")
             return value
 
+        def number(name: str, default: float, unit: str, most: float) -> float:
+            return bounded(name, default, lambda v: 0 < v <= most, f"{unit}, more than 0 and at most {most:g}")
+
         def interval(name: str, default: float) -> float:
-            raw = text(name)
-            try:
-                value = float(raw) if raw else default
-            except ValueError:
-                value = -1.0
-            if not (value == 0 or 1 <= value <= 24 * 60):
-                raise ConfigurationError(f"{name} must be minutes from 1 to 1440, or 0 to turn it off, got {raw!r}")
-            return value
+            return bounded(
+                name, default, lambda v: v == 0 or 1 <= v <= 24 * 60, "minutes from 1 to 1440, or 0 to turn it off"
+            )
 
         prefix = text("TABLE_PREFIX") or "rsr"
         if not prefix.isalnum() or not prefix[0].isalpha():
