@@ -88,13 +88,11 @@ class Measured:
 
 
 async def run(count: int, latency: float) -> Measured:
-    from restricted_sender.adapters.sqlite import SqliteStore
-    from restricted_sender.cli import environment, simulated_settings
-    from restricted_sender.compose import build_intake, build_processor
-    from restricted_sender.fakes import MemoryDelayedQueue, MemoryQueue
+    from restricted_sender.cli import bundle_on, simulated_settings
+    from restricted_sender.compose import build_intake
+    from restricted_sender.fakes import MemoryQueue
     from restricted_sender.model import ActionStatus, Outcome, RestrictionEvent
     from restricted_sender.policy import load_policy_text
-    from restricted_sender.retry import RetryPolicy
     from restricted_sender.timeutil import SystemClock
     from simulator import Simulator
 
@@ -111,20 +109,10 @@ async def run(count: int, latency: float) -> Measured:
         events = [RestrictionEvent.from_message(text) for text in queue.drain()]
         assert len(events) == count + 1, f"the intake queued {len(events)} events for {count + 1} alerts"
 
-        store = SqliteStore(":memory:")
-        with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
-            bundle = await build_processor(
-                settings,
-                policy,
-                store=store,
-                clock=clock,
-                verifications=MemoryDelayedQueue(),
-                retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5),
-            )
         wall: list[float] = []
         windows: list[tuple[float, float]] = []
         failures: list[str] = []
-        try:
+        async with bundle_on(sim, policy, clock) as (bundle, _):
             for position, event in enumerate(events):
                 started = time.monotonic()
                 record = await bundle.processor.process(event)
@@ -137,9 +125,6 @@ async def run(count: int, latency: float) -> Measured:
                 if position > 0:
                     wall.append(ended - started)
                     windows.append((started, ended))
-        finally:
-            await bundle.aclose()
-            await store.close()
         return Measured(wall=wall, windows=windows, requests=sim.requests, failures=failures)
 
 

@@ -201,12 +201,10 @@ async def drain(
 
 
 async def run(args: argparse.Namespace) -> Outcome:
-    from restricted_sender.adapters.sqlite import SqliteStore
-    from restricted_sender.cli import environment, simulated_settings
-    from restricted_sender.compose import build_intake, build_processor
-    from restricted_sender.fakes import MemoryDelayedQueue, MemoryQueue
+    from restricted_sender.cli import bundle_on, simulated_settings
+    from restricted_sender.compose import build_intake
+    from restricted_sender.fakes import MemoryQueue
     from restricted_sender.policy import load_policy_text
-    from restricted_sender.retry import RetryPolicy
     from restricted_sender.timeutil import SystemClock
     from simulator import Simulator
 
@@ -238,17 +236,7 @@ async def run(args: argparse.Namespace) -> Outcome:
             for route in schedule.get(index, ()):
                 sim.inject_fault(route, status=429, retry_after=args.retry_after, times=1)
 
-        store = SqliteStore(":memory:")
-        with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
-            bundle = await build_processor(
-                settings,
-                policy,
-                store=store,
-                clock=clock,
-                verifications=MemoryDelayedQueue(),
-                retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5),
-            )
-        try:
+        async with bundle_on(sim, policy, clock) as (bundle, _):
             started = time.monotonic()
             processed, poisoned, failures = await drain(
                 messages,
@@ -258,10 +246,7 @@ async def run(args: argparse.Namespace) -> Outcome:
                 on_dispatch=on_dispatch,
             )
             drain_seconds = time.monotonic() - started
-            audit = list(await store.audit())
-        finally:
-            await bundle.aclose()
-            await store.close()
+            audit = list(await bundle.processor.store.audit())
         return Outcome(
             accepted=accepted,
             poisoned=poisoned,

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .admin import Admin
     from .compose import ProcessorBundle
     from .fakes import MemoryDelayedQueue, MemoryQueue
+    from .ports import Clock
     from .settings import Settings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -213,33 +214,52 @@ async def simulated_bundle(
     with ``tenant`` on a free loopback port, with an embedded store and an in-memory verification queue."""
     from simulator import Simulator, load_tenant
 
+    state = load_tenant(tenant)
+    clock = FixedClock(now) if now else SystemClock()
+    with _Simulated(Simulator(state, port=0)) as sim:
+        async with bundle_on(sim, policy, clock, history=state.history, events=events, content=content) as (
+            bundle,
+            verifications,
+        ):
+            yield bundle, sim, verifications
+
+
+@asynccontextmanager
+async def bundle_on(
+    sim: Simulator,
+    policy: Policy | PolicyError,
+    clock: Clock,
+    *,
+    history: Sequence[dict[str, Any]] = (),
+    events: MemoryQueue | None = None,
+    content: MemoryQueue | None = None,
+) -> AsyncIterator[tuple[ProcessorBundle, MemoryDelayedQueue]]:
+    """The function app's processor bundle against a running simulator: the real clients, an embedded (SQLite)
+    store seeded with ``history``, in-memory queues. The CLI and the benchmarks run on it."""
     from .adapters.sqlite import SqliteStore
     from .compose import build_processor
     from .fakes import MemoryDelayedQueue, MemoryQueue
     from .retry import RetryPolicy
 
-    state = load_tenant(tenant)
-    clock = FixedClock(now) if now else SystemClock()
-    with _Simulated(Simulator(state, port=0)) as sim:
-        store = SqliteStore(":memory:")
-        await _seed_history(store, state.history)
-        verifications = MemoryDelayedQueue()
-        with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
-            bundle = await build_processor(
-                simulated_settings(sim),
-                policy,
-                store=store,
-                clock=clock,
-                verifications=verifications,
-                retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5),
-                events=events if events is not None else MemoryQueue(),
-                content=content if content is not None else MemoryQueue(),
-            )
-        try:
-            yield bundle, sim, verifications
-        finally:
-            await bundle.aclose()
-            await store.close()
+    store = SqliteStore(":memory:")
+    await _seed_history(store, history)
+    verifications = MemoryDelayedQueue()
+    with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
+        bundle = await build_processor(
+            simulated_settings(sim),
+            policy,
+            store=store,
+            clock=clock,
+            verifications=verifications,
+            retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5),
+            events=events if events is not None else MemoryQueue(),
+            content=content if content is not None else MemoryQueue(),
+        )
+    try:
+        yield bundle, verifications
+    finally:
+        await bundle.aclose()
+        await store.close()
 
 
 async def replay(
