@@ -241,10 +241,7 @@ async def build_processor(
     )
 
     async def close_queues() -> None:
-        for queue in (intake.queue, intake.content_queue):
-            close = getattr(queue, "close", None)
-            if close is not None:
-                close()
+        intake.close()
 
     closers.append(close_queues)
     if feed is None and isinstance(directory, AlertFeed):

@@ -329,10 +329,7 @@ class Runtime:
     def reset(self) -> None:
         """Forget everything, e.g. after settings changed. Does not close clients: see ``aclose``."""
         if self._intake is not None:
-            for queue in (self._intake.queue, self._intake.content_queue):
-                close = getattr(queue, "close", None)
-                if close is not None:
-                    close()
+            self._intake.close()
         self._settings = None
         self._policy = None
         self._intake = None

@@ -110,6 +110,13 @@ class Intake:
             self._content_queue().send(o365_message(pointer))
         return len(pointers)
 
+    def close(self) -> None:
+        """Close the queue clients that can be closed (the storage queues; the fakes have nothing to close)."""
+        for queue in (self.queue, self.content_queue):
+            close = getattr(queue, "close", None)
+            if close is not None:
+                close()
+
     def _content_queue(self) -> EventQueue:
         if self.content_queue is None:
             raise ConfigurationError("no content queue is configured for Defender rows and Management Activity content")
