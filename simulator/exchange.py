@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from simulator.state import TenantState
-from simulator.tenant import Json
+from simulator.tenant import Json, strip_private
 from simulator.tokens import TokenProblem
 from simulator.wire import ODATA_CONTENT_TYPE, NotJson, Request, Response, json_response
 
@@ -42,6 +42,8 @@ _PARAMETERS: dict[str, frozenset[str]] = {
     "get-mailbox": frozenset(
         {"identity", "resultsize", "recipienttypedetails", "filter", "properties", "propertysets"}
     ),
+    # https://learn.microsoft.com/powershell/module/exchange/get-recipient (Identity set)
+    "get-recipient": frozenset({"identity", "resultsize", "recipienttype", "recipienttypedetails", "properties"}),
 }
 
 
@@ -149,6 +151,7 @@ def invoke_command(request: Request, state: TenantState, tenant_in_path: str) ->
         "get-blockedsenderaddress": _get_blocked_sender_address,
         "remove-blockedsenderaddress": _remove_blocked_sender_address,
         "get-mailbox": _get_mailbox,
+        "get-recipient": _get_recipient,
     }[name.casefold()]
     return handler(request, state, tenant_in_path, params)
 
@@ -214,6 +217,51 @@ def _get_mailbox(request: Request, state: TenantState, tenant_in_path: str, para
     if user is None:
         return not_found_object(identity)
     return _rows(request, state, tenant_in_path, [_mailbox_row(user)])
+
+
+def _get_recipient(request: Request, state: TenantState, tenant_in_path: str, params: dict[str, Any]) -> Response:
+    """``Get-Recipient -Identity X``: a mailbox, mail user or mail contact by any of its names.
+
+    A ``ForwardingAddress`` names a recipient by name, alias, DN or address; the fields served are those of the
+    cmdlet's output (RecipientType, RecipientTypeDetails, PrimarySmtpAddress, ExternalEmailAddress, ...).
+    """
+    identity = _string_param(params, "Identity")
+    if isinstance(identity, Response):
+        return identity
+    rows = [_recipient_row(user) for user in state.users] + [strip_private(r) for r in state.recipients]
+    if identity is not None:
+        rows = [row for row in rows if _names_recipient(row, identity)]
+        if not rows:
+            return not_found_object(identity)
+    return _rows(request, state, tenant_in_path, rows)
+
+
+def _recipient_row(user: Json) -> Json:
+    address = user.get("mail") or user["userPrincipalName"]
+    return {
+        "Name": user.get("displayName") or address.partition("@")[0],
+        "Alias": address.partition("@")[0],
+        "Identity": user.get("displayName") or address.partition("@")[0],
+        "RecipientType": "UserMailbox",
+        "RecipientTypeDetails": "UserMailbox",
+        "PrimarySmtpAddress": address,
+        "ExternalEmailAddress": None,
+        "ExternalDirectoryObjectId": user["id"],
+        "EmailAddresses": user.get("proxyAddresses") or [f"SMTP:{address}"],
+    }
+
+
+def _names_recipient(row: Json, identity: str) -> bool:
+    wanted = identity.casefold()
+    for key in ("Name", "Alias", "Identity", "DistinguishedName", "PrimarySmtpAddress", "ExternalDirectoryObjectId"):
+        value = row.get(key)
+        if isinstance(value, str) and value.casefold() == wanted:
+            return True
+    external = row.get("ExternalEmailAddress")
+    if isinstance(external, str) and external.casefold().removeprefix("smtp:") == wanted.removeprefix("smtp:"):
+        return True
+    proxies = row.get("EmailAddresses") or []
+    return any(isinstance(p, str) and p.casefold().removeprefix("smtp:") == wanted for p in proxies)
 
 
 def _by_proxy_address(state: TenantState, address: str) -> Json | None:

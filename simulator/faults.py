@@ -34,6 +34,7 @@ ROUTES: tuple[str, ...] = (
     "exchange.Get-BlockedSenderAddress",
     "exchange.Remove-BlockedSenderAddress",
     "exchange.Get-Mailbox",
+    "exchange.Get-Recipient",
     "tickets.webhook",
     "servicenow.table",
     "servicenow.record",

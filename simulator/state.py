@@ -22,6 +22,7 @@ class TenantState:
         self.groups: list[Json] = copy.deepcopy(tenant.groups)
         self.domains: list[Json] = copy.deepcopy(tenant.domains)
         self.alerts: list[Json] = copy.deepcopy(tenant.alerts)
+        self.recipients: list[Json] = copy.deepcopy(tenant.recipients)
         self._blocked: list[Json] = copy.deepcopy(tenant.blocked_senders)
         self._removal_due: dict[str, float] = {}
         self._tickets: list[Json] = []

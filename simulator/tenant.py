@@ -43,6 +43,8 @@ class Tenant:
     domains: list[Json] = field(default_factory=list)
     blocked_senders: list[Json] = field(default_factory=list)
     alerts: list[Json] = field(default_factory=list)
+    # Mail contacts and mail users (Get-Recipient rows): what a mailbox's ForwardingAddress can name.
+    recipients: list[Json] = field(default_factory=list)
     history: list[Any] = field(default_factory=list)
     raw: Json = field(default_factory=dict)
     exchange_page_size: int = DEFAULT_EXCHANGE_PAGE_SIZE
@@ -136,11 +138,13 @@ def _build(document: Json, where: str) -> Tenant:
     domains = object_list("domains", ("id",))
     blocked = object_list("blockedSenders", ("SenderAddress",))
     alerts = object_list("alerts", ("id",))
+    recipients = object_list("recipients", ("Name", "RecipientType"))
 
     _unique(users, "users", "id", fail)
     _unique(users, "users", "userPrincipalName", fail)
     _unique(blocked, "blockedSenders", "SenderAddress", fail)
     _unique(alerts, "alerts", "id", fail)
+    _unique(recipients, "recipients", "Name", fail)
     for index, user in enumerate(users):
         member_of = user.get("x-memberOf", [])
         if not isinstance(member_of, list) or not all(isinstance(g, str) for g in member_of):
@@ -188,6 +192,7 @@ def _build(document: Json, where: str) -> Tenant:
         domains=domains,
         blocked_senders=blocked,
         alerts=alerts,
+        recipients=recipients,
         history=history,
         raw=document,
         exchange_page_size=_page_size(document, "x-exchangePageSize", DEFAULT_EXCHANGE_PAGE_SIZE, fail),
