@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
 
-from .decide import GUARD_TENANT_BUDGET, GUARD_USER_BUDGET, unblock_failed
+from .decide import GUARD_TENANT_BUDGET, GUARD_USER_BUDGET, unblock_failed, unblock_uncertain
 from .errors import (
     ConfigurationError,
+    OutcomeUnknown,
     SenderNotBlocked,
     ServiceError,
     ServiceRefused,
@@ -24,6 +25,7 @@ from .errors import (
     UnblockLimitReached,
 )
 from .model import (
+    MAX_UNBLOCK_DETAIL,
     Action,
     ActionStatus,
     Decision,
@@ -36,11 +38,12 @@ from .model import (
     TicketRef,
     UnblockEntry,
     UnblockKind,
+    UnblockStatus,
     stable_id,
 )
 from .notices import recipients_notice, user_notice
 from .policy import Budget, Containment, Notify
-from .ports import Clock, DelayedQueue, Directory, Exchange, Store, TicketSystem
+from .ports import ClaimResult, Clock, DelayedQueue, Directory, Exchange, Store, TicketSystem
 from .restriction import BlockedSender
 from .ticket_body import render_ticket
 from .timeutil import iso
@@ -50,6 +53,7 @@ log = logging.getLogger("restricted_sender")
 
 RESTRICTED_ENTITIES_URL = "https://security.microsoft.com/restrictedentities"
 MAX_RULES = 50  # the evidence stays bounded; the total says how many there were
+NOTICE_OWNER = "notice"  # the owner of every notice claim: a second try of the same mail finds it RESUMED
 UNBLOCK_EXPECTATION = "mail should flow again within an hour, at the latest within 24 hours"
 
 
@@ -177,14 +181,23 @@ class Actor:
         user_budget: Budget | None,
         tenant_budget: Budget | None,
     ) -> DecisionRecord:
+        """Remove the user from the restricted list at most once, whatever fails and whenever the process dies.
+
+        The budget reservation, written before Remove is sent, is the intent record. An event that finds its own
+        (``facts.own_unblock``) never sends Remove again: it records what it learns from its entry or from the list.
+        After an answer that does not say whether Remove took effect, the list is read, never Remove resent.
+        """
         restriction = facts.restriction
-        assert restriction is not None, "only a restricted user is unblocked"
+        own = facts.unblock_started
+        address = (restriction.address if restriction else own.user if own else "").lower()
+        assert address, "only a restricted user is unblocked"
         if not enforce:
-            return record.with_actions(
-                Action("unblock", ActionStatus.SKIPPED, f"report-only: would remove {restriction.address}")
-            )
+            return record.with_actions(Action("unblock", ActionStatus.SKIPPED, f"report-only: would remove {address}"))
+        if own is not None:
+            return await self._resume(record, facts, own)
+        assert restriction is not None
         entry = UnblockEntry(
-            user=restriction.address.lower(), at=record.at, kind=kind, event_id=record.event_id, status="pending"
+            user=address, at=record.at, kind=kind, event_id=record.event_id, status=UnblockStatus.PENDING
         )
         # Spent atomically before the call: a processor running beside this one cannot spend the same last unblock
         # of a window, and a crash after Exchange said yes does not leave the budget unspent.
@@ -198,29 +211,99 @@ class Actor:
                 Action("unblock", ActionStatus.SKIPPED, f"budget spent: {full}")
             )
         try:
-            await self.exchange.remove_blocked_sender(restriction.address)
+            warnings = await self.exchange.remove_blocked_sender(restriction.address)
         except SenderNotBlocked:
             # Lifted between our look-up and the unblock (it expired, or an admin was quicker): nothing spent.
-            await self.store.record_unblock(replace(entry, status="failed"))
-            return record.with_actions(
-                Action("unblock", ActionStatus.SKIPPED, f"{restriction.address} was no longer restricted")
+            await self.store.record_unblock(replace(entry, status=UnblockStatus.NOT_NEEDED))
+            return record.with_actions(Action("unblock", ActionStatus.SKIPPED, f"{address} was no longer restricted"))
+        except UnblockLimitReached as refused:
+            return await self._refused(record, entry, refused)
+        except TransientServiceError:
+            # The answer proves Remove never ran (throttled, or no token): the queue's retry may send it.
+            await self.store.record_unblock(replace(entry, status=UnblockStatus.NOT_SENT))
+            raise
+        except OutcomeUnknown as unknown:
+            return await self._settle(
+                record, restriction, entry, f"Exchange's answer was ambiguous ({unknown.message})"
             )
         except ServiceRefused as refused:
-            await self.store.record_unblock(replace(entry, status="failed"))
-            why = (
-                "Microsoft's unblock limit for this account is reached; only Microsoft Support can unblock it"
-                if isinstance(refused, UnblockLimitReached)
-                else f"Exchange refused the unblock: {refused.message}"
+            if refused.http_status is not None and refused.http_status >= 500:
+                # The cmdlet said no inside a server error: believed, but the list says whether it still happened.
+                return await self._settle(record, restriction, entry, refused.message, refused=refused)
+            return await self._refused(record, entry, refused)
+        learned = "Exchange accepted it"
+        if warnings:
+            learned += f" with warnings: {'; '.join(warnings)}"
+        await self.store.record_unblock(replace(entry, status=UnblockStatus.DONE, detail=_cut(learned)))
+        return await self._unblocked(record, restriction, learned)
+
+    async def _refused(self, record: DecisionRecord, entry: UnblockEntry, refused: ServiceRefused) -> DecisionRecord:
+        """Exchange said no: recorded in its exact words (the limit's wording is not public), never retried."""
+        await self.store.record_unblock(replace(entry, status=UnblockStatus.REFUSED, detail=_cut(refused.message)))
+        why = (
+            f"Microsoft's unblock limit for this account is reached; only Microsoft Support can unblock it. "
+            f"Exchange said: {refused.message}"
+            if isinstance(refused, UnblockLimitReached)
+            else f"Exchange refused the unblock: {refused.message}"
+        )
+        return record.with_decision(unblock_failed(record.decision, why)).with_actions(
+            Action("unblock", ActionStatus.FAILED, refused.message)
+        )
+
+    async def _resume(self, record: DecisionRecord, facts: Facts, own: UnblockEntry) -> DecisionRecord:
+        """A later try of an event whose unblock was started: record what happened, never send Remove again."""
+        if own.status == UnblockStatus.NOT_NEEDED:
+            return record.with_actions(
+                Action("unblock", ActionStatus.SKIPPED, f"{own.user} was no longer restricted (an earlier try)")
             )
-            return record.with_decision(unblock_failed(record.decision, why)).with_actions(
-                Action("unblock", ActionStatus.FAILED, refused.message)
-            )
-        await self.store.record_unblock(replace(entry, status="done"))
+        restriction = facts.restriction or BlockedSender.from_row({"SenderAddress": own.user})
+        if own.status == UnblockStatus.DONE:
+            learned = f"an earlier try recorded at {iso(own.at)} that {own.detail or 'Exchange accepted it'}"
+            return await self._unblocked(record, restriction, learned)
+        cause = (
+            f"an earlier try of this event started the unblock at {iso(own.at)} and did not record Exchange's answer"
+        )
+        return await self._settle(record, restriction, own, cause)
+
+    async def _settle(
+        self,
+        record: DecisionRecord,
+        restriction: BlockedSender,
+        entry: UnblockEntry,
+        cause: str,
+        *,
+        refused: ServiceRefused | None = None,
+    ) -> DecisionRecord:
+        """Whether Remove took effect, from the restricted list (a read; Remove is never sent twice).
+
+        Not listed: it took effect. Still listed: a refusal stands; otherwise the outcome is unknown (lifting can take
+        an hour) and a person decides. A failing read fails the event: its retry finds the intent and reads again.
+        """
+        rows = await self.exchange.blocked_senders(entry.user)
+        if not any(r.address.lower() == entry.user.lower() for r in rows):
+            learned = f"{cause}; the restricted list no longer lists {entry.user}: the unblock took effect"
+            await self.store.record_unblock(replace(entry, status=UnblockStatus.DONE, detail=_cut(learned)))
+            return await self._unblocked(record, restriction, learned)
+        if refused is not None:
+            return await self._refused(record, entry, refused)
+        why = (
+            f"{cause}, and {entry.user} is still listed: whether the unblock took effect is unknown (lifting can take "
+            "up to an hour). It is not sent again, since every unblock may count against Microsoft's limit: check "
+            "Restricted entities, and unblock there if it is still listed in an hour"
+        )
+        await self.store.record_unblock(replace(entry, status=UnblockStatus.UNCERTAIN, detail=_cut(cause)))
+        record = record.with_decision(unblock_uncertain(record.decision, why)).with_actions(
+            Action("unblock", ActionStatus.FAILED, f"outcome unknown: {cause}")
+        )
+        # The check still runs: when the block lifts, the ticket hears of it.
+        return await self.schedule_verification(record, restriction)
+
+    async def _unblocked(self, record: DecisionRecord, restriction: BlockedSender, learned: str) -> DecisionRecord:
         record = record.with_actions(
             Action(
                 "unblock",
                 ActionStatus.DONE,
-                f"removed {restriction.address} from Restricted entities; {UNBLOCK_EXPECTATION}",
+                f"removed {restriction.address} from Restricted entities ({learned}); {UNBLOCK_EXPECTATION}",
             )
         )
         return await self.schedule_verification(record, restriction)
@@ -323,8 +406,16 @@ class Actor:
     # -- notifications ---------------------------------------------------------------------------------------
 
     async def send_notices(
-        self, record: DecisionRecord, facts: Facts, *, enforce: bool, ticket: TicketRef | None = None
+        self,
+        record: DecisionRecord,
+        facts: Facts,
+        *,
+        enforce: bool,
+        ticket: TicketRef | None = None,
+        ledger_id: str | None = None,
     ) -> DecisionRecord:
+        """Mail the user and the recipients, each at most once per ``ledger_id`` (default: the event), also when the
+        process dies after sending: a claim written before each mail is its intent record."""
         outcome = record.decision.outcome
         notify = self.notify
         if outcome is Outcome.IGNORE or notify.sender is None:
@@ -344,16 +435,38 @@ class Actor:
             return record.with_actions(
                 *(Action("notify", ActionStatus.SKIPPED, f"report-only: would mail the {who}") for who, _ in mails)
             )
-        actions = []
-        for who, mail in mails:
-            try:
-                await self.directory.send_mail(notify.sender, mail)
-            except ServiceError as error:
-                log.warning("notifying the %s failed: %s", who, error)
-                actions.append(Action("notify", ActionStatus.FAILED, f"{who}: {error.message}"))
-            else:
-                actions.append(Action("notify", ActionStatus.DONE, f"mailed the {who}: {', '.join(mail.to)}"))
+        actions = [
+            await self._mail_once(f"notice|{ledger_id or record.event_id}|{who}", who, mail) for who, mail in mails
+        ]
         return record.with_actions(*actions)
+
+    async def _mail_once(self, key: str, who: str, mail: Mail) -> Action:
+        sender = self.notify.sender
+        assert sender is not None
+        now = self.desk.clock.now()
+        claim = await self.store.claim(key, NOTICE_OWNER, now)
+        if claim is ClaimResult.RESUMED:
+            return Action("notify", ActionStatus.SKIPPED, f"{who}: an earlier try may have mailed them; not sent again")
+        if claim is ClaimResult.DUPLICATE:
+            state = await self.store.claim_state(key)
+            sent = state is not None and state.outcome == "sent"
+            return Action(
+                "notify",
+                ActionStatus.DONE if sent else ActionStatus.FAILED,
+                f"{who}: {'mailed' if sent else 'mailing failed'} in an earlier try; not sent again",
+            )
+        try:
+            await self.directory.send_mail(sender, mail)
+        except ServiceError as error:
+            log.warning("notifying the %s failed: %s", who, error)
+            await self.store.complete(key, NOTICE_OWNER, "failed", now)
+            return Action("notify", ActionStatus.FAILED, f"{who}: {error.message}")
+        await self.store.complete(key, NOTICE_OWNER, "sent", now)
+        return Action("notify", ActionStatus.DONE, f"mailed the {who}: {', '.join(mail.to)}")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_UNBLOCK_DETAIL else text[: MAX_UNBLOCK_DETAIL - 1] + "…"
 
 
 def ticket_failed(record: DecisionRecord) -> bool:

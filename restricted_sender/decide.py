@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from .errors import PolicyError
-from .model import Decision, Facts, Outcome, Reason, RestrictionEvent
+from .model import Decision, Facts, Outcome, Reason, RestrictionEvent, UnblockEntry, UnblockStatus
 from .policy import Budget, Policy, Selector
 from .restriction import BlockedSender, BlockKind
 from .timeutil import iso
@@ -30,6 +30,8 @@ RISK_LEVELS = ("none", "low", "medium", "high")
 LIMIT_BLOCK = "limit-block"
 AUTO_RELEASE_SOON = "auto-release-soon"
 UNBLOCK_FAILED = "unblock-failed"
+UNBLOCK_UNCERTAIN = "unblock-uncertain"
+UNBLOCK_RESUMED = "unblock-resumed"
 NO_USER_EVIDENCE = "no-user-evidence"
 RELEASE_OVERDUE = "release-overdue"
 RELEASE_GRACE = timedelta(hours=1)  # a block that lifts by itself is given this long past its expected release
@@ -51,6 +53,8 @@ def decide(event: RestrictionEvent, facts: Facts, policy: Policy | PolicyError, 
         return not_target_alert(event.alert_name, policy)
     if not facts.first_report:
         return ignore(DUPLICATE, f"alert {event.alert_id} for {event.user.key} was already handled")
+    if facts.unblock_started is not None:
+        return _resumed(event, facts.unblock_started)
     restriction = facts.restriction
     if restriction is None:
         return ignore(NOT_RESTRICTED, f"{event.user.key} is not on the restricted list now")
@@ -115,6 +119,31 @@ def already_decided(event: RestrictionEvent, restriction: BlockedSender, owner: 
         f"the restriction of {restriction.address} created at {created} was already decided by event {owner}{how}; "
         f"this report ({event.source} {event.alert_id}) is added to its sources",
     )
+
+
+def _resumed(event: RestrictionEvent, own: UnblockEntry) -> Decision:
+    """An earlier try of this event decided to unblock and wrote its intent: what happened is recorded, nothing is
+    decided again and Remove is never sent a second time (each one may count against Microsoft's unblock limit)."""
+    if own.status in (UnblockStatus.REFUSED, UnblockStatus.FAILED):
+        return Decision(
+            Outcome.TICKET,
+            (Reason(UNBLOCK_FAILED, f"Exchange refused the unblock at {iso(own.at)}: {own.detail or 'no message'}"),),
+        )
+    return Decision(
+        Outcome.UNBLOCK,
+        (
+            Reason(
+                UNBLOCK_RESUMED,
+                f"an earlier try of event {event.event_id} decided at {iso(own.at)} to unblock {own.user} "
+                f"(its unblock is {own.status}): what happened is recorded; the unblock is not sent again",
+            ),
+        ),
+    )
+
+
+def unblock_uncertain(decision: Decision, detail: str) -> Decision:
+    """Whether the unblock took effect is unknown: a person looks, and Remove is not sent again."""
+    return Decision(Outcome.TICKET, (*decision.reasons, Reason(UNBLOCK_UNCERTAIN, detail)))
 
 
 def unblock_failed(decision: Decision, detail: str) -> Decision:

@@ -17,9 +17,11 @@ Everything the product raises on purpose derives from :class:`ResponderError`. O
     └── ServiceError                a dependency (Exchange, Graph, store, queue, tickets) failed
         ├── TransientServiceError   retrying later may help (429, 5xx, timeouts)        -> 503 / queue retry
         │   └── QueueUnavailable    the event could not be queued                        -> 503
+        ├── OutcomeUnknown          a write may or may not have happened (timeout, 5xx): read the world, never resend
         └── ServiceRefused          the service answered "no"; retrying cannot help
             ├── UnblockLimitReached Microsoft's unblock limit: only Microsoft Support can help; never retried
-            ├── SenderNotBlocked    the address is not (or no longer) on the restricted list
+            ├── ObjectNotFound      the service has no such object (a mailbox, a recipient)
+            │   └── SenderNotBlocked  the address is not (or no longer) on the restricted list
             ├── FilterRefused       Graph answered 400 to an alerts_v2 $filter (the poller falls back)
             └── ContentExpired      Management Activity content expired (AF20051) or unknown (AF20050)
 """
@@ -141,6 +143,14 @@ class QueueUnavailable(TransientServiceError):
     code = "queue-unavailable"
 
 
+class OutcomeUnknown(ServiceError):
+    """A write whose answer does not say whether it happened (a timeout, a dropped connection, a 5xx, an error inside
+    a 200). Sending it again could do it twice: the caller reads the world instead."""
+
+    code = "outcome-unknown"
+    status = 503
+
+
 class ServiceRefused(ServiceError):
     code = "service-refused"
 
@@ -157,5 +167,9 @@ class UnblockLimitReached(ServiceRefused):
     code = "unblock-limit-reached"
 
 
-class SenderNotBlocked(ServiceRefused):
+class ObjectNotFound(ServiceRefused):
+    code = "object-not-found"
+
+
+class SenderNotBlocked(ObjectNotFound):
     code = "sender-not-blocked"

@@ -93,7 +93,10 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
         notes.append("inbox rules could not be read: the user has no mailbox in Exchange Online")
     # This event's own pending unblock (a retry after a failure) must not count against its budget.
     counted = tuple(sorted((h for h in history if h.event_id != event.event_id), key=lambda h: h.at))
+    # This event's own entry is its intent record: an earlier try decided to unblock and may have sent it.
+    own = max((h for h in history if h.event_id == event.event_id), key=lambda h: h.at, default=None)
     return Facts(
+        own_unblock=own,
         restriction=restriction,
         user=user,
         member_of=frozenset(g.lower() for g in member_of),

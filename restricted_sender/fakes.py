@@ -13,10 +13,11 @@ from .errors import (
     FilterRefused,
     QueueUnavailable,
     SenderNotBlocked,
+    ServiceError,
     ServiceRefused,
     UnblockLimitReached,
 )
-from .mailbox import Forwarding, InboxRule, parse_rules
+from .mailbox import Forwarding, InboxRule, Recipient, parse_rules
 from .model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
 from .ports import (
     MAX_REPORTS,
@@ -61,32 +62,54 @@ class FakeExchange:
         *,
         limit_reached: Sequence[str] = (),
         mailboxes: Mapping[str, Mapping[str, Any]] | None = None,
+        recipients: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.rows = [dict(r) for r in rows]
         self.limit_reached = {a.lower() for a in limit_reached}
         self.mailboxes = {k.lower(): dict(v) for k, v in (mailboxes or {}).items()}  # Get-Mailbox rows
+        self.recipients = {k.lower(): dict(v) for k, v in (recipients or {}).items()}  # Get-Recipient rows by identity
         self.removed: list[str] = []
         self.calls = 0
+        # What the next Remove answers instead of removing: an error to raise, and whether it removed all the same.
+        self.remove_failure: tuple[ServiceError, bool] | None = None
+        self.warnings: tuple[str, ...] = ()
 
     async def mailbox_forwarding(self, address: str) -> Forwarding | None:
         self.calls += 1
         row = self.mailboxes.get(address.lower())
-        return None if row is None else Forwarding.from_mailbox(row)
+        if row is None:
+            return None
+        forwarding = Forwarding.from_mailbox(row)
+        return (
+            forwarding
+            if forwarding.recipient is None
+            else forwarding.resolved(await self.recipient(forwarding.recipient))
+        )
+
+    async def recipient(self, identity: str) -> Recipient | None:
+        self.calls += 1
+        row = self.recipients.get(identity.lower())
+        return None if row is None else Recipient.from_row(row)
 
     async def blocked_senders(self, address: str | None = None) -> Sequence[BlockedSender]:
         self.calls += 1
         rows = [r for r in self.rows if address is None or str(r["SenderAddress"]).lower() == address.lower()]
         return [BlockedSender.from_row(r) for r in rows]
 
-    async def remove_blocked_sender(self, address: str) -> None:
+    async def remove_blocked_sender(self, address: str) -> tuple[str, ...]:
         self.calls += 1
+        self.removed.append(address.lower())  # every Remove sent, whatever it answers
         if address.lower() in self.limit_reached:
             raise UnblockLimitReached("exchange", f"unblock limit reached for {address}", http_status=400)
+        failure, self.remove_failure = self.remove_failure, None
         before = len(self.rows)
-        self.rows = [r for r in self.rows if str(r["SenderAddress"]).lower() != address.lower()]
+        if failure is None or failure[1]:
+            self.rows = [r for r in self.rows if str(r["SenderAddress"]).lower() != address.lower()]
+        if failure is not None:
+            raise failure[0]
         if len(self.rows) == before:
             raise SenderNotBlocked("exchange", f"{address} is not blocked", http_status=400)
-        self.removed.append(address.lower())
+        return self.warnings
 
 
 class FakeDirectory:

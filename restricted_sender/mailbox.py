@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from .rows import field, note_shape
 
 # Where attackers hide replies and bounces (Microsoft's compromised-account guidance); by display name.
 HIDING_FOLDERS = frozenset({"rss feeds", "rss subscriptions", "archive", "deleted items", "junk email",
@@ -114,39 +116,119 @@ def parse_rules(rules: Iterable[Mapping[str, Any]]) -> tuple[InboxRule, ...]:
     return tuple(InboxRule.from_graph(r) for r in rules if isinstance(r, Mapping))
 
 
+# Get-Mailbox fields read here; Get-Recipient's (https://learn.microsoft.com/powershell/module/exchange/get-recipient)
+MAILBOX_FIELDS = frozenset({"ForwardingSmtpAddress", "ForwardingAddress", "DeliverToMailboxAndForward"})
+RECIPIENT_FIELDS = frozenset(
+    {"Name", "RecipientType", "RecipientTypeDetails", "PrimarySmtpAddress", "ExternalEmailAddress"}
+)
+
+
+def _smtp(value: object) -> str | None:
+    """An address as Exchange prints it (``SMTP:x@y``, ``smtp:x@y`` or bare), lower-cased; ``None`` when empty."""
+    text = str(value).strip() if value else ""
+    if text.lower().startswith("smtp:"):
+        text = text[5:]
+    return text.lower() or None
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A ``Get-Recipient`` row: what a mailbox's ``ForwardingAddress`` (a name, alias or DN) really is."""
+
+    name: str
+    recipient_type: str
+    type_details: str | None
+    primary_smtp_address: str | None
+    external_email_address: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Recipient:
+        note_shape("Get-Recipient", row, RECIPIENT_FIELDS, frozenset({"RecipientType"}))
+        details = field(row, "RecipientTypeDetails")
+        return cls(
+            name=str(field(row, "Name") or field(row, "Identity") or ""),
+            recipient_type=str(field(row, "RecipientType") or ""),
+            type_details=str(details) if details else None,
+            primary_smtp_address=_smtp(field(row, "PrimarySmtpAddress")),
+            external_email_address=_smtp(field(row, "ExternalEmailAddress")),
+        )
+
+    @property
+    def delivers_to(self) -> str | None:
+        """Where mail for it goes: a mail contact's or mail user's external address, else its primary address."""
+        return self.external_email_address or self.primary_smtp_address
+
+    def to_evidence(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "recipient_type": self.recipient_type,
+            "recipient_type_details": self.type_details,
+            "primary_smtp_address": self.primary_smtp_address,
+            "external_email_address": self.external_email_address,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class Forwarding:
-    """``Get-Mailbox``'s forwarding: an SMTP address (``smtp:x@y``) and/or a recipient in the directory."""
+    """``Get-Mailbox``'s forwarding: an SMTP address (``smtp:x@y``) and/or a recipient in the directory.
+
+    ``ForwardingAddress`` names a recipient object (an id, alias or DN), so the address alone does not show where
+    mail goes: ``target`` is that recipient as ``Get-Recipient`` resolved it (``None`` when it could not be).
+    """
 
     smtp_address: str | None
     recipient: str | None
     keep_copy: bool
+    target: Recipient | None = None
 
     @classmethod
     def from_mailbox(cls, row: Mapping[str, Any]) -> Forwarding:
-        smtp = row.get("ForwardingSmtpAddress")
-        recipient = row.get("ForwardingAddress")
-        smtp_text = str(smtp).strip() if smtp else ""
-        if smtp_text.lower().startswith("smtp:"):
-            smtp_text = smtp_text[5:]
+        note_shape("Get-Mailbox", row, MAILBOX_FIELDS | {"PrimarySmtpAddress", "UserPrincipalName"}, MAILBOX_FIELDS)
+        recipient = field(row, "ForwardingAddress")
         return cls(
-            smtp_address=smtp_text.lower() or None,
+            smtp_address=_smtp(field(row, "ForwardingSmtpAddress")),
             recipient=str(recipient).strip() or None if recipient else None,
-            keep_copy=row.get("DeliverToMailboxAndForward") is True,
+            keep_copy=_as_bool(field(row, "DeliverToMailboxAndForward")),
         )
+
+    def resolved(self, target: Recipient | None) -> Forwarding:
+        return replace(self, target=target)
+
+    @property
+    def unresolved(self) -> bool:
+        """A ``ForwardingAddress`` whose recipient could not be resolved (it fails the guard: closed)."""
+        return self.recipient is not None and (self.target is None or self.target.delivers_to is None)
 
     def findings(self, domains: frozenset[str]) -> tuple[str, ...]:
         found = []
         if self.smtp_address and is_external(self.smtp_address, domains):
             found.append(f"mailbox forwards to {self.smtp_address} (outside the tenant)")
-        # ForwardingAddress names a recipient object; only an address that reveals an outside domain can be judged.
-        if self.recipient and is_external(self.recipient.lower(), domains):
-            found.append(f"mailbox forwards to {self.recipient} (outside the tenant)")
+        if self.recipient:
+            target = self.target
+            if self.unresolved:
+                found.append(
+                    f"mailbox forwards to recipient {self.recipient!r}, which Get-Recipient could not resolve: "
+                    "its destination is unknown, so it is treated as outside the tenant"
+                )
+            elif target is not None and target.delivers_to and is_external(target.delivers_to, domains):
+                kind = target.type_details or target.recipient_type or "recipient"
+                found.append(
+                    f"mailbox forwards to {kind} {target.name or self.recipient!r} ({target.delivers_to}, outside "
+                    "the tenant)"
+                )
         return tuple(found)
 
     def to_evidence(self) -> dict[str, Any]:
         return {
             "forwarding_smtp_address": self.smtp_address,
             "forwarding_address": self.recipient,
+            "forwarding_target": self.target.to_evidence() if self.target else None,
+            "forwarding_target_resolved": None if self.recipient is None else not self.unresolved,
             "deliver_to_mailbox_and_forward": self.keep_copy,
         }
+
+
+def _as_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    return isinstance(value, str) and value.strip().lower() == "true"

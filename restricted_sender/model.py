@@ -154,6 +154,23 @@ class UnblockKind(StrEnum):
     MANUAL = "manual"
 
 
+class UnblockStatus(StrEnum):
+    """Where one of our unblocks stands. The entry is written ``pending`` *before* Remove is sent: the intent record
+    that stops any later try of the same event from sending it again."""
+
+    PENDING = "pending"  # Remove is about to be sent, or was sent and its answer is not recorded
+    NOT_SENT = "not-sent"  # the answer proved Remove never ran (throttled, no token): a later try may send it
+    DONE = "done"  # Exchange accepted it, or the restricted list no longer lists the user
+    UNCERTAIN = "uncertain"  # the answer was ambiguous and the user is still listed: a person decides
+    REFUSED = "refused"  # Exchange said no (``detail`` has its exact words): nothing was spent
+    NOT_NEEDED = "not-needed"  # the user was no longer restricted when Remove arrived: nothing was spent
+    FAILED = "failed"  # written by earlier versions for both refused and not-needed
+
+
+NOT_SPENT = frozenset({UnblockStatus.NOT_SENT, UnblockStatus.REFUSED, UnblockStatus.NOT_NEEDED, UnblockStatus.FAILED})
+MAX_UNBLOCK_DETAIL = 1000  # characters of the service's message kept with an entry
+
+
 @dataclass(frozen=True, slots=True)
 class UnblockEntry:
     """One of our own unblocks (the budget guard counts these)."""
@@ -162,7 +179,12 @@ class UnblockEntry:
     at: datetime
     kind: UnblockKind
     event_id: str
-    status: str = "done"  # "pending" while the call is in flight counts too: spend conservatively
+    status: str = "done"  # an UnblockStatus; "pending" and "uncertain" count too: spend conservatively
+    detail: str = ""  # how it was learned, or the service's refusal
+
+    @property
+    def spent(self) -> bool:
+        return self.status not in NOT_SPENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +198,14 @@ class Facts:
     first_report: bool = True
     notes: tuple[str, ...] = ()
     tenant_unblocks: tuple[UnblockEntry, ...] = ()
+    own_unblock: UnblockEntry | None = None  # this event's own unblock entry: an earlier try started the unblock
+
+    @property
+    def unblock_started(self) -> UnblockEntry | None:
+        """This event's own unblock entry when an earlier try may have sent Remove (then it is never sent again)."""
+        own = self.own_unblock
+        return own if own is not None and own.status != UnblockStatus.NOT_SENT else None
+
     risk_level: str | None = None  # None: not asked, or unknown (no Entra ID P2)
     inbox_rules: tuple[InboxRule, ...] | None = None  # None: not read
     folder_names: Mapping[str, str] = field(default_factory=dict)  # moveToFolder id -> display name

@@ -442,7 +442,9 @@ class Verifier:
                 record, facts, enforce=enforce, correlation=cid or task.correlation_id, ledger_id=task.claim_key
             )
             if not ticket_failed(record):
-                record = await self.actor.send_notices(record, facts, enforce=enforce, ticket=ticket)
+                record = await self.actor.send_notices(
+                    record, facts, enforce=enforce, ticket=ticket, ledger_id=task.claim_key
+                )
         if ticket_failed(record):
             record = _with_retry_note(record, attempt)
         await self.store.append_audit({**record.to_dict(), "evidence": dict(record.evidence), "check": task.attempt})

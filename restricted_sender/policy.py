@@ -63,7 +63,7 @@ class Budget:
         earlier instant, and must still see the other's unblock.
         """
         start = at - timedelta(hours=self.window_hours)
-        return sorted((e for e in entries if e.status != "failed" and e.at > start), key=lambda e: e.at)
+        return sorted((e for e in entries if e.spent and e.at > start), key=lambda e: e.at)
 
     def is_spent(self, entries: Iterable[UnblockEntry], at: datetime) -> bool:
         return len(self.spent_by(entries, at)) >= self.count

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from .mailbox import Forwarding, InboxRule
+from .mailbox import Forwarding, InboxRule, Recipient
 from .model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
 from .restriction import BlockedSender
 
@@ -40,12 +40,20 @@ class Exchange(Protocol):
 
     async def blocked_senders(self, address: str | None = None) -> Sequence[BlockedSender]: ...
 
-    async def remove_blocked_sender(self, address: str) -> None:
-        """Raises ``UnblockLimitReached`` for Microsoft's unblock limit, ``ServiceRefused`` for other refusals."""
+    async def remove_blocked_sender(self, address: str) -> tuple[str, ...]:
+        """Sent at most once; returns the service's warnings. Raises ``UnblockLimitReached`` for Microsoft's unblock
+        limit, ``SenderNotBlocked``, ``ServiceRefused`` for other refusals, ``OutcomeUnknown`` when the answer does not
+        tell whether it happened (the caller reads the restricted list then, and never sends it again), and
+        ``TransientServiceError`` only when the answer proves the cmdlet never ran (429, 503 with Retry-After)."""
         ...
 
     async def mailbox_forwarding(self, address: str) -> Forwarding | None:
-        """The mailbox's forwarding (``Get-Mailbox``); ``None`` when there is no such mailbox."""
+        """The mailbox's forwarding (``Get-Mailbox``), its ``ForwardingAddress`` resolved (``Get-Recipient``);
+        ``None`` when there is no such mailbox."""
+        ...
+
+    async def recipient(self, identity: str) -> Recipient | None:
+        """``Get-Recipient -Identity``: a mailbox, mail user or mail contact; ``None`` when there is none."""
         ...
 
 

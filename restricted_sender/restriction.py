@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from .rows import field, note_shape
 from .timeutil import iso, parse_instant
+
+# The fields community clients see in Get-BlockedSenderAddress rows (the cmdlet's documentation lists none): CIPP's
+# Invoke-ListRestrictedUsers.ps1 reads these.
+ROW_FIELDS = frozenset({"SenderAddress", "Reason", "CreatedDatetime", "ChangedDatetime", "TemporaryBlock"})
 
 
 class BlockKind(StrEnum):
@@ -78,6 +83,15 @@ def _as_bool(value: object) -> bool:
     return False
 
 
+class Anchor(StrEnum):
+    """Which instant tells this block from another block of the same user (the evidence says which)."""
+
+    CREATED = "created"  # the row's CreatedDatetime
+    CHANGED = "changed"  # no CreatedDatetime: its ChangedDatetime
+    FIRST_SEEN = "first-seen"  # neither: when the product first saw the user restricted (kept in the store)
+    NONE = "none"  # neither, and not yet anchored: must be anchored before it is claimed
+
+
 @dataclass(frozen=True, slots=True)
 class BlockedSender:
     address: str
@@ -86,18 +100,20 @@ class BlockedSender:
     created: datetime | None
     changed: datetime | None
     row: Mapping[str, Any]
+    first_seen: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> BlockedSender:
-        address = str(row.get("SenderAddress") or "").strip()
+        address = str(field(row, "SenderAddress") or "").strip()
         if not address:
             raise ValueError("Get-BlockedSenderAddress row without SenderAddress")
+        note_shape("Get-BlockedSenderAddress", row, ROW_FIELDS, ROW_FIELDS)
         return cls(
             address=address,
-            reason=BlockReason.parse(_str_or_none(row.get("Reason"))),
-            temporary=_as_bool(row.get("TemporaryBlock")),
-            created=_instant_or_none(row.get("CreatedDatetime")),
-            changed=_instant_or_none(row.get("ChangedDatetime")),
+            reason=BlockReason.parse(_str_or_none(field(row, "Reason"))),
+            temporary=_as_bool(field(row, "TemporaryBlock")),
+            created=_instant_or_none(field(row, "CreatedDatetime")),
+            changed=_instant_or_none(field(row, "ChangedDatetime")),
             row=dict(row),
         )
 
@@ -105,19 +121,39 @@ class BlockedSender:
     def kind(self) -> BlockKind:
         return self.reason.kind
 
+    @property
+    def anchor(self) -> tuple[Anchor, datetime | None]:
+        if self.created:
+            return Anchor.CREATED, self.created
+        if self.changed:
+            return Anchor.CHANGED, self.changed
+        if self.first_seen:
+            return Anchor.FIRST_SEEN, self.first_seen
+        return Anchor.NONE, None
+
+    def seen_first_at(self, at: datetime) -> BlockedSender:
+        return replace(self, first_seen=at)
+
     def restriction_key(self) -> str:
-        """What identifies this restriction of this user: one per block, so re-blocks are new incidents."""
-        created = iso(self.created) if self.created else "unknown"
-        return f"{self.address.lower()}|{created}"
+        """What identifies this restriction of this user: one per block, so re-blocks are new incidents.
+
+        A row without CreatedDatetime never shares the key of another block of the same user: its ChangedDatetime,
+        else the time the product first saw it, stands in (``anchor``).
+        """
+        kind, at = self.anchor
+        if kind is Anchor.CREATED:
+            return f"{self.address.lower()}|{iso(at) if at else 'unknown'}"
+        return f"{self.address.lower()}|{kind.value}:{iso(at) if at else 'unknown'}"
 
     def expected_release(self) -> datetime | None:
         """When the block lifts by itself, or ``None`` when only an admin can lift it."""
+        _, placed = self.anchor
         if self.kind is BlockKind.SENDING_LIMIT:
             # Recipient-rate-limit blocks self-release within 24 hours (platform.md §1.2, anchors P10).
-            return (self.created + timedelta(hours=24)) if self.created else None
-        if self.temporary and self.created:
+            return (placed + timedelta(hours=24)) if placed else None
+        if self.temporary and placed:
             # Day blocks (BlockUserForToday) lift at the next 00:00 UTC after they were placed.
-            start = self.created.astimezone(UTC)
+            start = placed.astimezone(UTC)
             return datetime(start.year, start.month, start.day, tzinfo=UTC) + timedelta(days=1)
         return None
 
@@ -131,6 +167,8 @@ class BlockedSender:
             "temporary_block": self.temporary,
             "created": iso(self.created) if self.created else None,
             "changed": iso(self.changed) if self.changed else None,
+            "anchor": self.anchor[0].value,
+            "first_seen": iso(self.first_seen) if self.first_seen else None,
             "expected_release": iso(release) if release else None,
         }
 

@@ -41,19 +41,25 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def backoff(policy: RetryPolicy, attempt: int, retry_after: float | None) -> float | None:
+    """How long to wait before try ``attempt + 1``; ``None`` when the policy gives up (tries used up, or the service
+    asks for a longer wait than is worth holding the worker for: the queue retries later)."""
+    if attempt >= policy.attempts:
+        return None
+    delay = (
+        retry_after if retry_after is not None else policy.base_delay * (2 ** (attempt - 1)) * random.uniform(0.5, 1)
+    )
+    return None if delay > policy.max_delay else delay
+
+
 async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, sleep: Sleep = asyncio.sleep) -> T:
     attempt = 1
     while True:
         try:
             return await call()
         except TransientServiceError as error:
-            if attempt >= policy.attempts:
-                raise
-            if error.retry_after is not None:
-                delay = error.retry_after
-            else:
-                delay = policy.base_delay * (2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            if delay > policy.max_delay:
+            delay = backoff(policy, attempt, error.retry_after)
+            if delay is None:
                 raise
             await sleep(delay)
             attempt += 1

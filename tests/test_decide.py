@@ -10,7 +10,7 @@ import pytest
 
 from restricted_sender.decide import decide, unblock_failed
 from restricted_sender.errors import PolicyError
-from restricted_sender.mailbox import Forwarding, parse_rules
+from restricted_sender.mailbox import Forwarding, Recipient, parse_rules
 from restricted_sender.model import (
     DirectoryUser,
     Facts,
@@ -47,6 +47,16 @@ BASE_POLICY: dict[str, Any] = {
 }
 
 
+TEAM_MAILBOX = {
+    "Name": "Team Mailbox", "RecipientType": "UserMailbox", "RecipientTypeDetails": "SharedMailbox",
+    "PrimarySmtpAddress": "team@contoso.com", "ExternalEmailAddress": None,
+}  # fmt: skip
+EXTERNAL_CONTACT = {
+    "Name": "Travel Desk", "RecipientType": "MailContact", "RecipientTypeDetails": "MailContact",
+    "PrimarySmtpAddress": "traveldesk@contoso.com", "ExternalEmailAddress": "SMTP:m.travel@freemail.example",
+}  # fmt: skip
+
+
 @dataclass
 class Case:
     """One scenario: the defaults are an allowed, restricted, enabled user with a spam block -> unblock."""
@@ -69,6 +79,7 @@ class Case:
     rules: tuple[dict[str, Any], ...] | None = ()
     folders: dict[str, str] = field(default_factory=dict)
     forwarding: dict[str, Any] | None = None
+    forwarding_target: dict[str, Any] | None = None  # the Get-Recipient row its ForwardingAddress resolves to
 
     def run(self) -> Any:
         event = RestrictionEvent(
@@ -103,7 +114,11 @@ class Case:
             risk_level=self.risk,
             inbox_rules=None if self.rules is None else parse_rules(self.rules),
             folder_names=self.folders,
-            forwarding=None if self.forwarding is None else Forwarding.from_mailbox(self.forwarding),
+            forwarding=None
+            if self.forwarding is None
+            else Forwarding.from_mailbox(self.forwarding).resolved(
+                None if self.forwarding_target is None else Recipient.from_row(self.forwarding_target)
+            ),
             tenant_domains=frozenset({"contoso.com", "fabrikam.com"}),
         )
         return decide(event, facts, parse_policy(self.policy), self.now)
@@ -339,9 +354,24 @@ CASES: list[tuple[str, Case, str, tuple[str, ...]]] = [
     ),
     (
         "mailbox forwarding inside the tenant is fine",
-        Case(forwarding={"ForwardingSmtpAddress": "smtp:team@contoso.com", "ForwardingAddress": "Team Mailbox"}),
+        Case(
+            forwarding={"ForwardingSmtpAddress": "smtp:team@contoso.com", "ForwardingAddress": "Team Mailbox"},
+            forwarding_target=TEAM_MAILBOX,
+        ),
         "unblock",
         ("allow:staff",),
+    ),
+    (
+        "forwarding through ForwardingAddress to an external mail contact is escalated",
+        Case(forwarding={"ForwardingAddress": "Travel Desk"}, forwarding_target=EXTERNAL_CONTACT),
+        "ticket",
+        ("allow:staff", "guard:forwarding"),
+    ),
+    (
+        "a ForwardingAddress that cannot be resolved fails the forwarding guard",
+        Case(forwarding={"ForwardingAddress": "Gone Contact"}),
+        "ticket",
+        ("allow:staff", "guard:forwarding"),
     ),
     (
         "forwarding is not judged when the guard is off",

@@ -190,7 +190,7 @@ def test_a_rejected_token_is_refused_with_a_hint_about_permissions(
     sim = simulator_factory(state())
 
     async def main() -> None:
-        async def wrong_audience() -> str:
+        async def wrong_audience(*, fresh: bool = False) -> str:
             return sim.issue_token("https://graph.microsoft.com")
 
         async with httpx.AsyncClient() as http:

@@ -22,7 +22,7 @@ from restricted_sender.fakes import (
     MemoryQueue,
     MemoryStore,
 )
-from restricted_sender.model import DirectoryUser, RestrictionEvent, UnblockEntry, UnblockKind
+from restricted_sender.model import ActionStatus, DirectoryUser, RestrictionEvent, UnblockEntry, UnblockKind
 from restricted_sender.pipeline import Intake, Processor
 from restricted_sender.policy import Policy, load_policy_text
 from restricted_sender.timeutil import FixedClock
@@ -173,22 +173,43 @@ def test_an_unblock_is_counted_and_a_refused_one_is_not() -> None:
     )
     world.run(alert_v2("alice@contoso.com", "bob@contoso.com"))
     statuses = {user: entry.status for (user, _), entry in world.store.history.items()}
-    assert statuses == {"alice@contoso.com": "done", "bob@contoso.com": "failed"}
+    assert statuses == {"alice@contoso.com": "done", "bob@contoso.com": "refused"}
     assert len(world.tickets.tickets) == 1
 
 
-def test_a_retried_event_does_not_count_its_own_pending_unblock_against_the_budget() -> None:
-    world = World([blocked("alice@contoso.com")], [ALICE])
+@pytest.mark.parametrize(
+    ("status", "still_listed", "outcome", "codes", "unblock"),
+    [
+        # Crashed after writing its intent, before the answer: the list decides, Remove is never sent again.
+        ("pending", True, "ticket", ("unblock-resumed", "unblock-uncertain"), "failed"),
+        ("pending", False, "unblock", ("unblock-resumed",), "done"),
+        # Exchange said yes and the process died before the audit row: the entry says so.
+        ("done", True, "unblock", ("unblock-resumed",), "done"),
+        # Exchange refused (the unblock limit) and the ticket failed: the redelivery tickets, never resends.
+        ("refused", True, "ticket", ("unblock-failed",), None),
+        # Throttled before the cmdlet ran: the retry sends it, and its own entry does not count against the budget.
+        ("not-sent", True, "unblock", ("allow:staff",), "done"),
+    ],
+)
+def test_a_retried_event_that_finds_its_own_unblock_entry_never_sends_remove_twice(
+    status: str, still_listed: bool, outcome: str, codes: tuple[str, ...], unblock: str | None
+) -> None:
+    world = World([blocked("alice@contoso.com")] if still_listed else [], [ALICE])
     world.intake.accept(json.dumps(alert_v2("alice@contoso.com")).encode())
     [message] = world.queue.drain()
     event = RestrictionEvent.from_message(message)
-    # A first attempt that spent the budget and then crashed before Exchange answered.
-    asyncio.run(world.store.record_unblock(UnblockEntry("alice@contoso.com", NOW - timedelta(minutes=5),
-                                                        UnblockKind.AUTO, event.event_id, "pending")))  # fmt: skip
+    said = "Exchange said: you have exceeded the unblock limit" if status == "refused" else ""
+    entry = UnblockEntry(
+        "alice@contoso.com", NOW - timedelta(minutes=5), UnblockKind.AUTO, event.event_id, status, said
+    )
+    asyncio.run(world.store.record_unblock(entry))
     asyncio.run(world.store.claim(event.claim_key, event.delivery_id, NOW - timedelta(minutes=5)))
     record = asyncio.run(world.processor.process(event))
-    assert record.decision.codes == ("allow:staff",)
-    assert world.exchange.removed == ["alice@contoso.com"]
+    assert (record.decision.outcome.value, record.decision.codes) == (outcome, codes)
+    assert world.exchange.removed == (["alice@contoso.com"] if status == "not-sent" else [])
+    assert record.status_of("unblock") == (None if unblock is None else ActionStatus(unblock))
+    if status == "refused":
+        assert "you have exceeded the unblock limit" in record.decision.reasons[-1].text
 
 
 @pytest.mark.parametrize(("mode", "tickets"), [("enforce", 1), ("report-only", 0)])
@@ -217,9 +238,9 @@ def test_the_ticket_carries_the_record_and_the_evidence() -> None:
 
 def test_a_block_lifted_before_the_unblock_ran_spends_nothing() -> None:
     class LiftedMeanwhile(FakeExchange):
-        async def remove_blocked_sender(self, address: str) -> None:
+        async def remove_blocked_sender(self, address: str) -> tuple[str, ...]:
             self.rows.clear()
-            await super().remove_blocked_sender(address)
+            return await super().remove_blocked_sender(address)
 
     world = World([blocked("alice@contoso.com")], [ALICE])
     world.exchange = LiftedMeanwhile(world.exchange.rows)
@@ -227,7 +248,7 @@ def test_a_block_lifted_before_the_unblock_ran_spends_nothing() -> None:
     [record] = world.run(alert_v2("alice@contoso.com"))
     assert record.decision.outcome.value == "unblock"
     assert [(a.kind, a.status.value) for a in record.actions] == [("unblock", "skipped")]
-    assert [e.status for e in world.store.history.values()] == ["failed"]
+    assert [e.status for e in world.store.history.values()] == ["not-needed"]
     assert world.tickets.tickets == {}
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..errors import TransientServiceError
 
@@ -15,7 +14,11 @@ if TYPE_CHECKING:
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 EXCHANGE_SCOPE = "https://outlook.office365.com/.default"
 
-TokenProvider = Callable[[], Awaitable[str]]
+
+class TokenProvider(Protocol):
+    """A bearer token for one resource; ``fresh`` skips the credential's cache (after the service answered 401)."""
+
+    async def __call__(self, *, fresh: bool = False) -> str: ...
 
 
 def managed_identity(client_id: str | None) -> AsyncTokenCredential:
@@ -55,11 +58,17 @@ class OneFetchPerScope:
         await self.close()
 
 
+# A claims challenge makes the credential (MSAL underneath) fetch a new token instead of serving its cached one.
+_FRESH_TOKEN_CLAIMS = '{"access_token": {"nbf": {"essential": true, "value": "0"}}}'  # noqa: S105
+
+
 def bearer(credential: AsyncTokenCredential, scope: str) -> TokenProvider:
-    async def token() -> str:
+    async def token(*, fresh: bool = False) -> str:
         from azure.core.exceptions import ClientAuthenticationError
 
         try:
+            if fresh:
+                return (await credential.get_token(scope, claims=_FRESH_TOKEN_CLAIMS)).token
             return (await credential.get_token(scope)).token
         except ClientAuthenticationError as error:
             # The identity endpoint being down or slow is worth a later retry; the message says which.

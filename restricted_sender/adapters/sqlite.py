@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS claims (
 );
 CREATE TABLE IF NOT EXISTS unblocks (
     user TEXT NOT NULL, event_id TEXT NOT NULL, at TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
-    PRIMARY KEY (user, event_id)
+    detail TEXT NOT NULL DEFAULT '', PRIMARY KEY (user, event_id)
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL, at TEXT NOT NULL, event_id TEXT NOT NULL,
@@ -193,8 +193,8 @@ class SqliteStore:
 
     def _put(self, entry: UnblockEntry) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO unblocks (user, event_id, at, kind, status) VALUES (?, ?, ?, ?, ?)",
-            (entry.user.lower(), entry.event_id, iso(entry.at), entry.kind.value, entry.status),
+            "INSERT OR REPLACE INTO unblocks (user, event_id, at, kind, status, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (entry.user.lower(), entry.event_id, iso(entry.at), entry.kind.value, entry.status, entry.detail),
         )
 
     def _select(self, user: str | None, since: datetime) -> list[UnblockEntry]:
@@ -205,14 +205,14 @@ class SqliteStore:
             bound = iso(since - timedelta(seconds=1))
         except OverflowError:  # ``since`` at the very start of time: everything
             bound = ""
-        columns = "SELECT user, event_id, at, kind, status FROM unblocks"
+        columns = "SELECT user, event_id, at, kind, status, detail FROM unblocks"
         if user is None:
             rows = self._db.execute(f"{columns} WHERE at >= ? ORDER BY at", (bound,)).fetchall()
         else:
             rows = self._db.execute(f"{columns} WHERE user = ? AND at >= ? ORDER BY at", (user, bound)).fetchall()
         entries = [
-            UnblockEntry(user=u, event_id=e, at=parse_instant(a), kind=UnblockKind(k), status=s)
-            for u, e, a, k, s in rows
+            UnblockEntry(user=u, event_id=e, at=parse_instant(a), kind=UnblockKind(k), status=s, detail=d)
+            for u, e, a, k, s, d in rows
         ]
         return [entry for entry in entries if entry.at >= since]
 

@@ -36,11 +36,12 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ServiceError, TransientServiceError
-from ..model import Source, TicketRef, UnblockEntry, UnblockKind
+from ..model import MAX_UNBLOCK_DETAIL, Source, TicketRef, UnblockEntry, UnblockKind
 from ..ports import (
     MAX_REPORTS,
     PENDING_TTL,
@@ -549,7 +550,7 @@ def _merged(entries: Iterable[UnblockEntry], entry: UnblockEntry) -> list[Unbloc
     """``entries`` with ``entry`` inserted or replacing the one of the same (user, event_id)."""
     user = entry.user.lower()
     kept = [e for e in entries if (e.user, e.event_id) != (user, entry.event_id)]
-    return [*kept, UnblockEntry(user=user, at=entry.at, kind=entry.kind, event_id=entry.event_id, status=entry.status)]
+    return [*kept, replace(entry, user=user)]
 
 
 def pack_entries(entries: Iterable[UnblockEntry], keep: timedelta) -> dict[str, str]:
@@ -563,7 +564,18 @@ def pack_entries(entries: Iterable[UnblockEntry], keep: timedelta) -> dict[str, 
         horizon = ordered[-1].at - keep
         ordered = [e for e in ordered if e.at >= horizon]
     encoded = [
-        json.dumps([e.user, e.event_id, _stamp(e.at), e.kind.value, e.status], separators=(",", ":")) for e in ordered
+        json.dumps(
+            [
+                e.user,
+                e.event_id,
+                _stamp(e.at),
+                e.kind.value,
+                e.status,
+                *([e.detail[:MAX_UNBLOCK_DETAIL]] if e.detail else []),
+            ],
+            separators=(",", ":"),
+        )
+        for e in ordered
     ]
     room = MAX_ENTRY_CHUNKS * MAX_RECORD_CHARS - 2  # the brackets
     size = sum(len(text) + 1 for text in encoded) - 1
@@ -585,9 +597,17 @@ def unpack_entries(row: Mapping[str, Any]) -> list[UnblockEntry]:
         if chunk is None:
             break
         chunks.append(str(chunk))
+    # Entries written before details were kept have five fields.
     return [
-        UnblockEntry(user=str(u), event_id=str(e), at=parse_instant(str(a)), kind=UnblockKind(str(k)), status=str(s))
-        for u, e, a, k, s in json.loads("".join(chunks) or "[]")
+        UnblockEntry(
+            user=str(u),
+            event_id=str(e),
+            at=parse_instant(str(a)),
+            kind=UnblockKind(str(k)),
+            status=str(s),
+            detail=str(rest[0]) if rest else "",
+        )
+        for u, e, a, k, s, *rest in json.loads("".join(chunks) or "[]")
     ]
 
 
