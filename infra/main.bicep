@@ -149,6 +149,11 @@ param tablePrefix string = 'rsr'
 param httpTimeoutSeconds int = 30
 
 @minValue(1)
+@maxValue(540)
+@description('EXCHANGE_TIMEOUT_SECONDS: how long one Exchange admin call may take (cmdlets may run 15 minutes server-side); below the function timeout of 10 minutes.')
+param exchangeTimeoutSeconds int = 300
+
+@minValue(1)
 @maxValue(1440)
 @description('VERIFY_AFTER: minutes from an unblock to its first check.')
 param verifyAfterMinutes int = 60
@@ -340,6 +345,7 @@ var productSettings = {
   O365_PUBLISHER_ID: o365PublisherId
   TABLE_PREFIX: tablePrefix
   HTTP_TIMEOUT_SECONDS: string(httpTimeoutSeconds)
+  EXCHANGE_TIMEOUT_SECONDS: string(exchangeTimeoutSeconds)
   VERIFY_AFTER: string(verifyAfterMinutes)
   POLL_ALERTS_MINUTES: string(pollAlertsMinutes)
   SWEEP_MINUTES: string(sweepMinutes)

@@ -182,6 +182,7 @@ async def build_processor(
             token=bearer(credential, EXCHANGE_SCOPE),
             base_url=settings.exchange_base_url,
             retry=retry,
+            timeout=settings.exchange_timeout_seconds,
         )
     if directory is None:
         from .adapters.graph import graph_directory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ ENTRA_AUTHORITY = "https://login.microsoftonline.com"  # where Entra ID publishe
 GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
 UNRESOLVED_REFERENCE = "@Microsoft.KeyVault("
 EXCHANGE_BASE_URL = "https://outlook.office365.com"
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class Secret:
@@ -63,6 +65,7 @@ class Settings:
     ticket_webhook_secret: Secret | None = None  # TICKET_WEBHOOK_SECRET
     table_prefix: str = "rsr"  # TABLE_PREFIX
     http_timeout_seconds: float = 30.0  # HTTP_TIMEOUT_SECONDS
+    exchange_timeout_seconds: float = 300.0  # EXCHANGE_TIMEOUT_SECONDS (REST cmdlets may run 15 minutes)
     verify_after_minutes: float = 60.0  # VERIFY_AFTER (minutes until the first check of an unblock)
     servicenow_instance_url: str | None = None  # SERVICENOW_INSTANCE_URL
     servicenow_username: str | None = None  # SERVICENOW_USERNAME
@@ -115,11 +118,19 @@ class Settings:
                 name, default, lambda v: v == 0 or 1 <= v <= 24 * 60, "minutes from 1 to 1440, or 0 to turn it off"
             )
 
+        tenant_id = text("TENANT_ID")
+        if tenant_id is not None and not _GUID.fullmatch(tenant_id):
+            # X-AnchorMailbox (APP:SystemMailbox{…}@<tenant>) routes by the directory id: a domain fails each call.
+            raise ConfigurationError(
+                f"TENANT_ID must be the tenant's directory id, a GUID such as 8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69, "
+                f"not {tenant_id[:80]!r}: find it with `az account show --query tenantId -o tsv` (Entra admin center, "
+                "Overview, Tenant ID)"
+            )
         prefix = text("TABLE_PREFIX") or "rsr"
         if not prefix.isalnum() or not prefix[0].isalpha():
             raise ConfigurationError(f"TABLE_PREFIX must be letters and digits starting with a letter, got {prefix!r}")
         return cls(
-            tenant_id=text("TENANT_ID"),
+            tenant_id=tenant_id.lower() if tenant_id else None,
             storage_connection=secret("AzureWebJobsStorage"),
             queue_service_uri=text("AzureWebJobsStorage__queueServiceUri"),
             table_service_uri=text("AzureWebJobsStorage__tableServiceUri"),
@@ -134,6 +145,8 @@ class Settings:
             ticket_webhook_secret=secret("TICKET_WEBHOOK_SECRET"),
             table_prefix=prefix,
             http_timeout_seconds=number("HTTP_TIMEOUT_SECONDS", 30.0, "seconds", 600),
+            # Below host.json's functionTimeout (10 minutes): a timed-out Remove is then read back, not lost.
+            exchange_timeout_seconds=number("EXCHANGE_TIMEOUT_SECONDS", 300.0, "seconds", 540),
             verify_after_minutes=number("VERIFY_AFTER", 60.0, "minutes", 24 * 60),
             servicenow_instance_url=text("SERVICENOW_INSTANCE_URL"),
             servicenow_username=text("SERVICENOW_USERNAME"),

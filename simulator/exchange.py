@@ -22,6 +22,7 @@ NOT_FOUND_TYPE = "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoun
 VALIDATION_TYPE = "Microsoft.Exchange.Management.Tasks.ValidationException"
 PARAMETER_TYPE = "System.Management.Automation.ParameterBindingException"
 COMMAND_NOT_FOUND_TYPE = "System.Management.Automation.CommandNotFoundException"
+ODATA_EXCEPTION_TYPE = "Microsoft.Exchange.Admin.OData.Core.ODataServiceException"
 UNBLOCK_LIMIT_TEXT = "You have exceeded the unblock limit for this user. Contact Microsoft Support to unblock the user."
 # The service's detail codes are opaque; the unblock-limit one is kept stable because clients log it.
 _DETAIL_CODES = {VALIDATION_TYPE: "Ex6F9304"}
@@ -56,19 +57,39 @@ def context_url(tenant_id: str) -> str:
 
 
 def error(status: int, code: str, text: str, exception_type: str | None = None) -> Response:
-    """The InvokeCommand error body; without an exception type the message is the bare text."""
-    message = f"|{exception_type}|{text}" if exception_type else text
-    detail_code = _DETAIL_CODES.get(exception_type or "") or _detail_code(exception_type or code)
-    inner: Json = {"message": text, "type": exception_type or ""}
+    """The InvokeCommand error body.
+
+    A cmdlet's exception comes as the endpoint answers it (the shape the ExchangeOnlineManagement module's REST client
+    parses, and that tools calling the endpoint report): ``message`` "Error executing cmdlet", the exception in
+    ``details[].message`` as ``Ex<code>|<exception type>|<text>``, and the OData wrapper in ``innererror.type``.
+    Errors before any cmdlet runs (routing, the body) carry their text alone.
+    """
+    if exception_type is None:
+        body: Json = {
+            "error": {"code": code, "message": text, "details": [{"code": code, "target": "", "message": text}]}
+        }
+        return json_response(status, body, {"request-id": str(uuid.uuid4())})
+    detail_code = _DETAIL_CODES.get(exception_type) or _detail_code(exception_type)
     payload = {
         "error": {
             "code": code,
-            "message": message,
-            "details": [{"code": detail_code, "target": "", "message": text}],
-            "innererror": inner,
+            "message": "Error executing cmdlet",
+            "details": [{"code": "", "target": "", "message": f"{detail_code}|{exception_type}|{text}"}],
+            "innererror": {"message": "Error executing cmdlet", "type": ODATA_EXCEPTION_TYPE},
         }
     }
     return json_response(status, payload, {"request-id": str(uuid.uuid4())})
+
+
+def non_terminating(rows: list[Json], errors: list[str], tenant_in_path: str) -> Response:
+    """A 200 whose cmdlet wrote errors without failing (``@adminapi.errors``): it did not do what was asked."""
+    payload: Json = {
+        "@odata.context": context_url(tenant_in_path),
+        "@adminapi.warnings": [],
+        "@adminapi.errors": errors,
+        "value": rows,
+    }
+    return json_response(200, payload, {"request-id": str(uuid.uuid4())}, content_type=ODATA_CONTENT_TYPE)
 
 
 def _detail_code(seed: str) -> str:
@@ -83,8 +104,8 @@ def unauthorized(problem: TokenProblem) -> Response:
 
 def not_found_object(identity: str) -> Response:
     return error(
-        400,
-        "BadRequest",
+        404,
+        "NotFound",
         f"The operation couldn't be performed because object '{identity}' couldn't be found.",
         NOT_FOUND_TYPE,
     )
@@ -131,12 +152,8 @@ def invoke_command(request: Request, state: TenantState, tenant_in_path: str) ->
         )
     allowed = _PARAMETERS.get(name.casefold())
     if allowed is None:
-        return error(
-            400,
-            "BadRequest",
-            f"The term '{name}' is not recognized as a name of a cmdlet, function, script file, or executable program.",
-            COMMAND_NOT_FOUND_TYPE,
-        )
+        # A cmdlet the app's role does not include (or that does not exist) is refused before it runs: 403, no body.
+        return Response(403)
     params = {str(k).casefold(): v for k, v in parameters.items()}
     for key in params:
         if key not in allowed:
@@ -200,10 +217,12 @@ def _remove_blocked_sender_address(
         return not_found_object(address)
     user = state.find_user(address)
     if row.get("x-unblockLimitReached") is True or (user is not None and user.get("x-unblockLimitReached") is True):
-        return error(400, "BadRequest", UNBLOCK_LIMIT_TEXT, VALIDATION_TYPE)
+        return error(500, "InternalServerError", UNBLOCK_LIMIT_TEXT, VALIDATION_TYPE)
+    if row.get("x-removeErrors"):
+        return non_terminating([], list(row["x-removeErrors"]), tenant_in_path)
     if not state.schedule_removal(address):
         return not_found_object(address)
-    return _payload(tenant_in_path, [])
+    return _payload(tenant_in_path, [], warnings=list(row.get("x-removeWarnings") or []))
 
 
 def _get_mailbox(request: Request, state: TenantState, tenant_in_path: str, params: dict[str, Any]) -> Response:
@@ -284,8 +303,10 @@ def _mailbox_row(user: Json) -> Json:
     return row
 
 
-def _payload(tenant_in_path: str, rows: list[Json], next_link: str | None = None) -> Response:
-    payload: Json = {"@odata.context": context_url(tenant_in_path), "adminapi.warnings": [], "value": rows}
+def _payload(
+    tenant_in_path: str, rows: list[Json], next_link: str | None = None, warnings: list[str] | None = None
+) -> Response:
+    payload: Json = {"@odata.context": context_url(tenant_in_path), "@adminapi.warnings": warnings or [], "value": rows}
     if next_link is not None:
         payload["@odata.nextLink"] = next_link
     return json_response(200, payload, {"request-id": str(uuid.uuid4())}, content_type=ODATA_CONTENT_TYPE)
@@ -304,7 +325,18 @@ def _page_size(request: Request, default: int) -> tuple[int, bool]:
     return default, False
 
 
+def cased(row: Json, casing: str) -> Json:
+    """``row`` with its field names in another plausible casing: the endpoint's casing is not documented, and the
+    product must decide the same whichever it is (``x-exchangeFieldCasing``)."""
+    if casing == "DateTime":
+        return {k.replace("Datetime", "DateTime"): v for k, v in row.items()}
+    if casing == "camelCase":
+        return {k[:1].lower() + k[1:]: v for k, v in row.items()}
+    return row
+
+
 def _rows(request: Request, state: TenantState, tenant_in_path: str, rows: list[Json]) -> Response:
+    rows = [cased(row, state.tenant.exchange_field_casing) for row in rows]
     selected = request.query.get("$select")
     if selected:
         wanted = {name.strip().casefold() for name in selected.split(",") if name.strip()}

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
-FaultKind = Literal["status", "timeout", "malformed"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("status", "timeout", "malformed")
+FaultKind = Literal["status", "timeout", "malformed", "reset"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("status", "timeout", "malformed", "reset")
 
 ROUTES: tuple[str, ...] = (
     "identity.token",
@@ -87,9 +87,14 @@ class Fault:
     kind: FaultKind = "status"
     body: Any = None
     seconds: float = 2.0
+    # The request is carried out first, then the fault answers: a write that happened although its answer says
+    # otherwise (or never arrives). Without it the request is not carried out.
+    apply: bool = False
 
     def __post_init__(self) -> None:
         validate_route(self.route)
+        if not isinstance(self.apply, bool):
+            raise ValueError(f"fault apply must be true or false, got {self.apply!r}")
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"fault kind must be one of {', '.join(FAULT_KINDS)}, got {self.kind!r}")
         if isinstance(self.status, bool) or not isinstance(self.status, int) or not 100 <= self.status <= 599:
@@ -108,7 +113,7 @@ class Fault:
     @classmethod
     def from_mapping(cls, spec: Mapping[str, Any]) -> Fault:
         """Build a fault from the JSON/YAML form used by the tenant file and ``POST /_sim/faults``."""
-        allowed = {"route", "status", "retry_after", "times", "kind", "body", "seconds"}
+        allowed = {"route", "status", "retry_after", "times", "kind", "body", "seconds", "apply"}
         unknown = sorted(set(spec) - allowed)
         if unknown:
             raise ValueError(f"unknown fault keys: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")

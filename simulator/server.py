@@ -306,15 +306,24 @@ class Simulator:
         kind: FaultKind = "status",
         body: Any = None,
         seconds: float = 2.0,
+        apply: bool = False,
     ) -> Fault:
         """Make the next ``times`` requests to ``route`` fail (``times=None``: every request).
 
         ``kind``: ``status`` answers ``status`` (with ``Retry-After`` and the service's error body, or
         ``body``); ``timeout`` waits ``seconds`` and drops the connection without answering;
-        ``malformed`` answers 200 with a body that is not valid JSON.
+        ``malformed`` answers 200 with a body that is not valid JSON; ``reset`` drops the connection at once.
+        ``apply`` carries the request out first, so the write happened whatever the answer says.
         """
         fault = Fault(
-            route=route, status=status, retry_after=retry_after, times=times, kind=kind, body=body, seconds=seconds
+            route=route,
+            status=status,
+            retry_after=retry_after,
+            times=times,
+            kind=kind,
+            body=body,
+            seconds=seconds,
+            apply=apply,
         )
         self._faults.add(fault)
         return fault
@@ -371,6 +380,8 @@ class Simulator:
             return Response(503, drop_after=0)
         fault = self._faults.take(route)
         if fault is not None:
+            if fault.apply:
+                endpoint()  # done, whatever the client is told
             return self._fault_response(fault, route, request)
         try:
             return endpoint()
@@ -501,6 +512,8 @@ class Simulator:
     def _fault_response(self, fault: Fault, route: str, request: Request) -> Response:
         if fault.kind == "timeout":
             return Response(0, drop_after=fault.seconds)
+        if fault.kind == "reset":
+            return Response(0, drop_after=0)
         if fault.kind == "malformed":
             return Response(200, MALFORMED_BODY, {"Content-Type": ODATA_CONTENT_TYPE})
         headers: dict[str, str] = {}

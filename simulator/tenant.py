@@ -27,6 +27,7 @@ _YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 
 DEFAULT_EXCHANGE_PAGE_SIZE = 1000
 DEFAULT_GRAPH_PAGE_SIZE = 100
+EXCHANGE_CASINGS = ("as-written", "DateTime", "camelCase")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Tenant:
     history: list[Any] = field(default_factory=list)
     raw: Json = field(default_factory=dict)
     exchange_page_size: int = DEFAULT_EXCHANGE_PAGE_SIZE
+    exchange_field_casing: str = "as-written"  # x-exchangeFieldCasing: as-written | DateTime | camelCase
     graph_page_size: int = DEFAULT_GRAPH_PAGE_SIZE
     removal_delay_seconds: float = 0.0
     faults: list[Json] = field(default_factory=list)
@@ -181,6 +183,14 @@ def _build(document: Json, where: str) -> Tenant:
         if "x-removalDelaySeconds" in row:
             _number(row["x-removalDelaySeconds"], f"blockedSenders[{index}].x-removalDelaySeconds", fail)
 
+    casing = document.get("x-exchangeFieldCasing", "as-written")
+    if casing not in EXCHANGE_CASINGS:
+        raise fail(f"x-exchangeFieldCasing must be one of {', '.join(EXCHANGE_CASINGS)}, got {casing!r}")
+    for index, row in enumerate(blocked):
+        for key in ("x-removeWarnings", "x-removeErrors"):
+            if not isinstance(row.get(key, []), list) or not all(isinstance(t, str) for t in row.get(key, [])):
+                raise fail(f"blockedSenders[{index}].{key} must be a list of messages")
+
     combined_refused = document.get("x-alertsCombinedFilterRefused") or False
     if not isinstance(combined_refused, bool):
         raise fail(f"x-alertsCombinedFilterRefused must be true or false, got {combined_refused!r}")
@@ -196,6 +206,7 @@ def _build(document: Json, where: str) -> Tenant:
         history=history,
         raw=document,
         exchange_page_size=_page_size(document, "x-exchangePageSize", DEFAULT_EXCHANGE_PAGE_SIZE, fail),
+        exchange_field_casing=casing,
         graph_page_size=_page_size(document, "x-graphPageSize", DEFAULT_GRAPH_PAGE_SIZE, fail),
         removal_delay_seconds=_number(document.get("x-removalDelaySeconds", 0), "x-removalDelaySeconds", fail),
         faults=faults,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from restricted_sender.alerts import parse_alert_payload, parse_json
-from restricted_sender.errors import MalformedPayload, PolicyError
+from restricted_sender.errors import ConfigurationError, MalformedPayload, PolicyError
 from restricted_sender.model import RestrictionEvent, UserRef
 from restricted_sender.policy import default_policy, load_policy_text
 from restricted_sender.restriction import BlockedSender, BlockKind, BlockReason
@@ -239,7 +239,7 @@ def test_containment_notification_and_ticket_options_are_read_typed() -> None:
 
 def test_secrets_never_show_in_settings_repr() -> None:
     settings = Settings.from_env(
-        {"AzureWebJobsStorage": "AccountKey=super-secret", "ALERTS_SHARED_SECRET": "hunter2", "TENANT_ID": "t"}
+        {"AzureWebJobsStorage": "AccountKey=super-secret", "ALERTS_SHARED_SECRET": "hunter2"}
     )
     text = repr(settings) + str(settings.alerts_shared_secret)
     assert "super-secret" not in text
@@ -268,3 +268,17 @@ def test_a_decision_record_reads_back_from_its_dict() -> None:
         actions=(Action("ticket", ActionStatus.FAILED, "HTTP 503"),), mode="enforce", policy_version="v", at=at,
     )  # fmt: skip
     assert DecisionRecord.from_dict(record.to_dict()) == record
+
+
+@pytest.mark.parametrize("tenant_id", ["contoso.onmicrosoft.com", "contoso.com", "8f0c2a52", "not-a-guid-at-all"])
+def test_a_tenant_id_that_is_not_a_guid_is_refused_at_start_up_saying_what_to_set(tenant_id: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env({"TENANT_ID": tenant_id})
+    assert "must be the tenant's directory id, a GUID" in refused.value.message
+    assert "az account show --query tenantId" in refused.value.message
+
+
+def test_a_tenant_guid_is_kept_lower_cased() -> None:
+    assert Settings.from_env({"TENANT_ID": "8F0C2A52-6A4E-4B8E-9A62-1D2F3C4B5A69"}).tenant_id == (
+        "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
+    )

@@ -630,7 +630,7 @@ def test_blocked_senders_are_served_as_stored_rows(sim: Simulator, client: httpx
     assert body["@odata.context"] == (
         f"https://outlook.office365.com/adminapi/beta/{TENANT_ID}/$metadata#Collection(Exchange.GenericHashTable)"
     )
-    assert body["adminapi.warnings"] == []
+    assert body["@adminapi.warnings"] == []
     assert body["value"] == TENANT.blocked_senders
 
 
@@ -673,7 +673,7 @@ def test_remove_lifts_the_block_at_once_by_default(sim: Simulator, client: httpx
 
     assert response.status_code == 200
     assert response.json()["value"] == []
-    assert response.json()["adminapi.warnings"] == []
+    assert response.json()["@adminapi.warnings"] == []
     assert "alice@contoso.com" not in [row["SenderAddress"] for row in sim.blocked_senders]
 
 
@@ -688,13 +688,22 @@ def test_remove_fails_like_the_service_when_the_unblock_limit_is_reached(where: 
         served = invoke(client, sim, "Get-BlockedSenderAddress").json()["value"]
 
     text = "You have exceeded the unblock limit for this user. Contact Microsoft Support to unblock the user."
-    assert response.status_code == 400
+    assert response.status_code == 500
     assert response.json() == {
         "error": {
-            "code": "BadRequest",
-            "message": f"|Microsoft.Exchange.Management.Tasks.ValidationException|{text}",
-            "details": [{"code": "Ex6F9304", "target": "", "message": text}],
-            "innererror": {"message": text, "type": "Microsoft.Exchange.Management.Tasks.ValidationException"},
+            "code": "InternalServerError",
+            "message": "Error executing cmdlet",
+            "details": [
+                {
+                    "code": "",
+                    "target": "",
+                    "message": f"Ex6F9304|Microsoft.Exchange.Management.Tasks.ValidationException|{text}",
+                }
+            ],
+            "innererror": {
+                "message": "Error executing cmdlet",
+                "type": "Microsoft.Exchange.Admin.OData.Core.ODataServiceException",
+            },
         }
     }
     assert "alice@contoso.com" in still_blocked
@@ -709,12 +718,13 @@ def test_remove_of_an_address_that_is_not_blocked_fails_with_object_not_found(
 
     error = again.json()["error"]
     assert first.status_code == 200
-    assert again.status_code == 400
-    assert error["message"] == (
+    assert again.status_code == 404
+    assert (error["code"], error["message"]) == ("NotFound", "Error executing cmdlet")
+    assert error["details"][0]["message"].endswith(
         "|Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException|"
         "The operation couldn't be performed because object 'alice@contoso.com' couldn't be found."
     )
-    assert error["innererror"]["type"] == "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"
+    assert error["innererror"]["type"] == "Microsoft.Exchange.Admin.OData.Core.ODataServiceException"
 
 
 def test_a_delayed_removal_keeps_the_row_until_the_delay_has_passed() -> None:
@@ -753,8 +763,8 @@ def test_get_mailbox_finds_a_proxy_address_and_refuses_an_unknown_one(sim: Simul
     unknown = invoke(client, sim, "Get-Mailbox", Identity="nobody@contoso.com")
 
     assert by_alias[0]["UserPrincipalName"] == "alice@contoso.com"
-    assert unknown.status_code == 400
-    assert "ManagementObjectNotFoundException" in unknown.json()["error"]["message"]
+    assert unknown.status_code == 404
+    assert "ManagementObjectNotFoundException" in unknown.json()["error"]["details"][0]["message"]
 
 
 @pytest.mark.parametrize(
@@ -763,7 +773,6 @@ def test_get_mailbox_finds_a_proxy_address_and_refuses_an_unknown_one(sim: Simul
         ("/adminapi/beta/00000000-0000-0000-0000-000000000000/InvokeCommand", {}, None, 404, "was not found"),
         (INVOKE, {"X-AnchorMailbox": None}, None, 400, "X-AnchorMailbox"),
         (INVOKE, {"X-AnchorMailbox": "UPN:SystemMailbox@contoso.onmicrosoft.com"}, None, 400, "X-AnchorMailbox"),
-        (INVOKE, {}, cmdlet("Set-Mailbox", Identity="alice@contoso.com"), 400, "CommandNotFoundException"),
         (INVOKE, {}, cmdlet("Remove-BlockedSenderAddress"), 400, "missing mandatory parameters: SenderAddress"),
         (INVOKE, {}, cmdlet("Get-BlockedSenderAddress", Sender="a@b.c"), 400, "parameter name 'Sender'"),
         (INVOKE, {}, {"Cmdlet": "Get-BlockedSenderAddress"}, 400, "CmdletInput"),
@@ -787,8 +796,14 @@ def test_invoke_command_refuses_a_malformed_call_with_the_exchange_error_shape(
 
     error = response.json()["error"]
     assert response.status_code == status
-    assert {"code", "message", "details", "innererror"} <= set(error)
-    assert fragment in error["message"]
+    assert {"code", "message", "details"} <= set(error)
+    assert fragment in " ".join([error["message"], *(d["message"] for d in error["details"])])
+
+
+def test_a_cmdlet_outside_the_apps_role_is_refused_with_403_and_no_body(sim: Simulator, client: httpx.Client) -> None:
+    response = invoke(client, sim, "Set-Mailbox", Identity="alice@contoso.com")
+
+    assert (response.status_code, response.content) == (403, b"")
 
 
 # -- ticket webhook --------------------------------------------------------------------------------------
