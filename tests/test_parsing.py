@@ -238,9 +238,7 @@ def test_containment_notification_and_ticket_options_are_read_typed() -> None:
 
 
 def test_secrets_never_show_in_settings_repr() -> None:
-    settings = Settings.from_env(
-        {"AzureWebJobsStorage": "AccountKey=super-secret", "ALERTS_SHARED_SECRET": "hunter2"}
-    )
+    settings = Settings.from_env({"AzureWebJobsStorage": "AccountKey=super-secret", "ALERTS_SHARED_SECRET": "hunter2"})
     text = repr(settings) + str(settings.alerts_shared_secret)
     assert "super-secret" not in text
     assert "hunter2" not in text
