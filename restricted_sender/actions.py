@@ -423,8 +423,11 @@ class Actor:
         mails: list[tuple[str, Mail]] = []
         # The user hears of a wait, or of an unblock that happened (or would have, in report-only).
         lifted = outcome is Outcome.WAIT or record.status_of("unblock") is ActionStatus.DONE or not enforce
-        if notify.user and facts.restriction is not None and lifted:
-            address = facts.user.mail if facts.user and facts.user.mail else facts.restriction.address
+        restricted = facts.restriction.address if facts.restriction else None
+        if facts.unblock_started is not None:
+            restricted = restricted or facts.unblock_started.user  # lifted since an earlier try sent the unblock
+        if notify.user and restricted is not None and lifted:
+            address = facts.user.mail if facts.user and facts.user.mail else restricted
             mail = user_notice(outcome, address, at=record.at, release_at=record.decision.release_at)
             if mail is not None:
                 mails.append(("user", mail))
