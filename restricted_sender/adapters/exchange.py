@@ -72,13 +72,16 @@ class ExchangeAdmin:
         # Never retried when refused: a second try cannot lift Microsoft's unblock limit.
         await self.invoke("Remove-BlockedSenderAddress", {"SenderAddress": address})
 
-    async def invoke(self, cmdlet: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        """Run one cmdlet; follow ``@odata.nextLink`` (re-POSTing the same body) and return every row."""
+    async def invoke(
+        self, cmdlet: str, parameters: dict[str, Any], *, pages: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Run one cmdlet; follow ``@odata.nextLink`` (re-POSTing the same body) and return every row, or the rows
+        of the first ``pages`` pages."""
         url: str | None = f"{self._base}/adminapi/beta/{self._tenant_id}/InvokeCommand"
         body = {"CmdletInput": {"CmdletName": cmdlet, "Parameters": parameters}}
         rows: list[dict[str, Any]] = []
-        for _ in range(MAX_PAGES):
-            if url is None:
+        for page in range(MAX_PAGES):
+            if url is None or page == pages:
                 return rows
             data = await with_retries(partial(self._post, url, body, cmdlet), self._retry)
             value = data.get("value", [])
