@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from restricted_sender.adapters.graph import NotLicensed
 from restricted_sender.cli import simulated_doctor
@@ -213,7 +212,7 @@ def test_the_command_exits_non_zero_when_the_policy_needs_what_is_withheld(tmp_p
 
 
 def test_a_tenant_file_naming_an_unknown_permission_is_refused() -> None:
-    with pytest.raises(ValueError, match="x-withheldPermissions: unknown permission 'User.ReadWrite.Everything'"):
+    with pytest.raises(ValueError, match=r"x-withheldPermissions: unknown permission 'User\.ReadWrite\.Everything'"):
         Simulator(world(**{"x-withheldPermissions": ["User.ReadWrite.Everything"]}))
 
 
