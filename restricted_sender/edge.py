@@ -352,7 +352,7 @@ class Runtime:
             return None
         self._doctor_last = now
         report = await self.run_doctor()
-        (log.info if report.ok else log.error)("doctor %s", report.log_line())
+        (log.info if report.ok else log.error)("%s", report.log_line())
         return report
 
     async def aclose(self) -> None:

@@ -301,8 +301,8 @@ def test_the_timer_runs_once_after_start_up_then_daily_with_one_log_line(
         ran = asyncio.run(ticks())
 
     assert ran == [True, False, False, True]
-    lines = [r for r in caplog.records if r.getMessage().startswith("doctor ")]
+    lines = [r for r in caplog.records if r.getMessage().startswith('{"doctor":')]
     assert len(lines) == 2
-    logged = json.loads(lines[0].getMessage().removeprefix("doctor "))
+    logged = json.loads(lines[0].getMessage())
     assert (logged["doctor"], logged["failed"]) == ("failed", ["graph: user", "graph: checkMemberGroups"])
     assert lines[0].levelno == logging.ERROR
