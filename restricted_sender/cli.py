@@ -661,14 +661,18 @@ async def simulated_doctor(tenant: Path | dict[str, Any], policy: Policy | Polic
     """The doctor's probes run here, through the app's adapters, against a simulator seeded with ``tenant``."""
     from simulator import Simulator, load_tenant
 
+    with _Simulated(Simulator(load_tenant(tenant), port=0)) as sim:
+        return await doctor_on(sim, policy)
+
+
+async def doctor_on(sim: Simulator, policy: Policy | PolicyError) -> Report:
+    """The doctor's probes against a running simulator (tables and queues are in memory there: skipped)."""
     from .compose import doctor_targets
     from .doctor import diagnose
     from .permissions import IntakePaths
 
-    with (
-        _Simulated(Simulator(load_tenant(tenant), port=0)) as sim,
-        environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header),
-    ):
+    # The credential reads the identity endpoint from the environment when it is created (on entering).
+    with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
         async with doctor_targets(simulated_settings(sim), policy, IntakePaths(), storage=False) as targets:
             return await diagnose(targets)
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from restricted_sender.adapters.graph import NotLicensed
-from restricted_sender.cli import simulated_doctor
+from restricted_sender.cli import doctor_on, simulated_doctor
 from restricted_sender.doctor import Probe, Report, Verdict, classify, compare_fields
 from restricted_sender.edge import runtime
 from restricted_sender.errors import ConfigurationError, ServiceRefused, TransientServiceError
@@ -306,3 +306,108 @@ def test_the_timer_runs_once_after_start_up_then_daily_with_one_log_line(
     logged = json.loads(lines[0].getMessage())
     assert (logged["doctor"], logged["failed"]) == ("failed", ["graph: user", "graph: checkMemberGroups"])
     assert lines[0].levelno == logging.ERROR
+
+
+FAKE_AZ = """#!{python}
+import json, sys
+# A stand-in for `az account get-access-token`: the one call AzureCliCredential makes.
+with open({log!r}, "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+print(json.dumps({{"accessToken": {token!r}, "expiresOn": "2099-01-01 00:00:00.000000", "expires_on": 4070908800}}))
+"""
+
+
+@pytest.mark.azurite
+def test_the_command_asks_the_app_with_the_operators_azure_cli_sign_in(
+    app: Simulator, handlers: dict[str, Callable[..., Any]], tmp_path: Path
+) -> None:
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import azure.functions as func
+
+    class Host(BaseHTTPRequestHandler):
+        """The Functions host's part: the function key, then the function app's own handler."""
+
+        def do_GET(self) -> None:
+            if self.path != "/api/doctor" or self.headers.get("x-functions-key") != "the-key":
+                self.send_response(401)
+                self.end_headers()
+                return
+            request = func.HttpRequest(method="GET", url=self.path, body=b"", headers=dict(self.headers))
+
+            async def run() -> func.HttpResponse:
+                try:
+                    response: func.HttpResponse = await handlers["doctor"](request)
+                    return response
+                finally:
+                    await runtime.aclose()
+
+            response = asyncio.run(run())
+            self.send_response(response.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(response.get_body())
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "az.log"
+    bin_dir.mkdir()
+    token = app.mint_token(roles=("Sender.Read",))
+    (bin_dir / "az").write_text(FAKE_AZ.format(python=sys.executable, log=str(log), token=token))
+    (bin_dir / "az").chmod(0o755)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Host)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "restricted_sender", "doctor", "--app", f"http://127.0.0.1:{server.server_port}",
+             "--audience", app.admin_api.audience, "--function-key", "the-key"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)},
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "FAILED: 2 probe(s) the policy needs: graph: user, graph: checkMemberGroups"
+    assert "graph: user                         missing-permission  HTTP 403: needs User.Read.All" in lines
+    assert "store: tables                       ok" in lines
+    asked = [json.loads(line) for line in log.read_text().splitlines()]
+    assert asked == [["account", "get-access-token", "--output", "json", "--resource", app.admin_api.audience]]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("ticket: {system: servicenow}", ["tickets: servicenow                 ok"]),
+        ("ticket: {system: jira, jira: {project: SEC}}", ["tickets: jira                       ok"]),
+        (
+            "ticket: {system: email, email: {sender: alice@contoso.com, to: [soc@contoso.com]}}",
+            [
+                "tickets: email                      skipped             tickets are mail: see the sender probe",
+                "mail sender: alice@contoso.com      ok                  exists; Mail.Send itself is proven only by "
+                "sending",
+            ],
+        ),
+        (
+            "notify: {user: true, sender: nobody@contoso.com}",
+            ["mail sender: nobody@contoso.com     misconfigured       no such user: the mail would fail"],
+        ),
+    ],
+)
+def test_tickets_are_searched_never_created_and_the_mail_sender_is_read(policy: str, expected: list[str]) -> None:
+    with Simulator(world()) as sim:
+        report = asyncio.run(doctor_on(sim, load_policy_text(policy, source="test")))
+        methods = {(r["route"], r["method"]) for r in sim.requests}
+
+    lines = report.table().splitlines()
+    shown = ("tickets: servicenow", "tickets: jira", "tickets: email", "mail sender:")
+    assert [line for line in lines if line.startswith(shown)] == expected
+    # Reads only: the one POST is checkMemberGroups (a read with a body); no ticket, mail or unblock.
+    assert {route for route, method in methods if method != "GET"} <= {"graph.checkMemberGroups"} | {
+        route for route, _ in methods if route.startswith("exchange.Get-")
+    }
