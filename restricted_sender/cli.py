@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .compose import ProcessorBundle
     from .doctor import Report
     from .fakes import MemoryDelayedQueue, MemoryQueue
+    from .permissions import IntakePaths
     from .ports import Clock
     from .settings import Settings
 
@@ -665,15 +666,16 @@ async def simulated_doctor(tenant: Path | dict[str, Any], policy: Policy | Polic
         return await doctor_on(sim, policy)
 
 
-async def doctor_on(sim: Simulator, policy: Policy | PolicyError) -> Report:
-    """The doctor's probes against a running simulator (tables and queues are in memory there: skipped)."""
+async def doctor_on(sim: Simulator, policy: Policy | PolicyError, intake: IntakePaths | None = None) -> Report:
+    """The doctor's probes against a running simulator (tables and queues are in memory there: skipped); the
+    intake paths default to the alerts_v2 poller on and the Management Activity API off."""
     from .compose import doctor_targets
     from .doctor import diagnose
     from .permissions import IntakePaths
 
     # The credential reads the identity endpoint from the environment when it is created (on entering).
     with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
-        async with doctor_targets(simulated_settings(sim), policy, IntakePaths(), storage=False) as targets:
+        async with doctor_targets(simulated_settings(sim), policy, intake or IntakePaths(), storage=False) as targets:
             return await diagnose(targets)
 
 

@@ -411,3 +411,36 @@ def test_tickets_are_searched_never_created_and_the_mail_sender_is_read(policy: 
     assert {route for route, method in methods if method != "GET"} <= {"graph.checkMemberGroups"} | {
         route for route, _ in methods if route.startswith("exchange.Get-")
     }
+
+
+@pytest.mark.parametrize(
+    ("withheld", "expected"),
+    [
+        ([], [f"{'token: Management Activity API':<34}  ok", "o365: subscriptions                 ok"]),
+        (
+            ["ActivityFeed.Read"],
+            [
+                f"{'token: Management Activity API':<34}  ok",
+                "o365: subscriptions                 missing-permission  HTTP 401: needs ActivityFeed.Read",
+                "                                                        fix: scripts/grant-permissions -> granted  "
+                "         Office 365 Management APIs   ActivityFeed.Read",
+            ],
+        ),
+    ],
+)
+def test_the_management_activity_subscription_is_read_when_that_intake_is_on(
+    withheld: list[str], expected: list[str]
+) -> None:
+    from restricted_sender.permissions import IntakePaths
+
+    state = world(**{"x-auditSubscriptions": ["Audit.General"], "x-withheldPermissions": withheld})
+    with Simulator(state) as sim:
+        report = asyncio.run(
+            doctor_on(sim, load_policy_text(POLICY, source="t"), IntakePaths(management_activity=True))
+        )
+
+    lines = report.table().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("token: Management"))
+    assert [lines[start]] + [
+        line for line in lines if line.startswith("o365") or "ActivityFeed.Read" in line
+    ] == expected
