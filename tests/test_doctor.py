@@ -18,7 +18,7 @@ from restricted_sender.adapters.graph import NotLicensed
 from restricted_sender.cli import doctor_on, simulated_doctor
 from restricted_sender.doctor import Probe, Report, Verdict, classify, compare_fields
 from restricted_sender.edge import runtime
-from restricted_sender.errors import ConfigurationError, ServiceRefused, TransientServiceError
+from restricted_sender.errors import ConfigurationError, PolicyError, ServiceRefused, TransientServiceError
 from restricted_sender.permissions import PERMISSIONS, grant_line
 from restricted_sender.policy import load_policy_text
 from simulator import Simulator
@@ -444,3 +444,31 @@ def test_the_management_activity_subscription_is_read_when_that_intake_is_on(
     assert [lines[start]] + [
         line for line in lines if line.startswith("o365") or "ActivityFeed.Read" in line
     ] == expected
+
+
+def test_a_changed_shape_and_an_unreachable_service_are_named_without_values() -> None:
+    state = world(
+        **{
+            "x-faults": [
+                {"route": "exchange.Get-BlockedSenderAddress", "status": 200,
+                 "body": {"value": [{"Sender": "bob@contoso.com", "Why": "secret"}]}},
+                {"route": "graph.domains", "status": 503},
+            ]
+        }
+    )  # fmt: skip
+    report = asyncio.run(simulated_doctor(state, load_policy_text(POLICY, source="t")))
+
+    lines = {line[:36].strip(): line[36:] for line in report.table().splitlines()}
+    assert lines["exchange: Get-BlockedSenderAddress"] == (
+        "unexpected-shape    expected SenderAddress, Reason, CreatedDatetime; seen Sender, Why"
+    )
+    assert lines["graph: domains"].startswith("unreachable         graph: HTTP 503")
+    assert "bob@contoso.com" not in report.table()
+    assert [p.name for p in report.failed] == ["exchange: Get-BlockedSenderAddress", "graph: domains"]
+
+
+def test_a_policy_that_does_not_load_is_the_first_failure() -> None:
+    report = asyncio.run(simulated_doctor(world(), PolicyError(["mode: must be report-only or enforce"], "p.yaml")))
+
+    assert report.probes[0] == Probe("policy", Verdict.MISCONFIGURED, "p.yaml: mode: must be report-only or enforce")
+    assert not report.ok
