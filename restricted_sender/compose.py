@@ -455,9 +455,9 @@ async def doctor_targets(
     from .doctor import Targets
     from .retry import RetryPolicy
 
+    tenant_id = settings.require_tenant_id()
     own_credential = credential is None
     credential = credential or managed_identity(settings.managed_identity_client_id)
-    tenant_id = settings.require_tenant_id()
     retry = RetryPolicy(attempts=1)  # a probe reports what it met; the daily run is the retry
     http = httpx.AsyncClient(timeout=settings.http_timeout_seconds)
     graph = graph_directory(

@@ -327,11 +327,14 @@ class Runtime:
     async def run_doctor(self) -> Report:
         """Every doctor probe, with the app's own identity and fresh clients (closed after)."""
         from .compose import doctor_targets
-        from .doctor import diagnose
+        from .doctor import Probe, Report, Verdict, diagnose
         from .permissions import IntakePaths
 
-        async with doctor_targets(self.settings, self.policy, IntakePaths.from_env()) as targets:
-            return await diagnose(targets)
+        try:
+            async with doctor_targets(self.settings, self.policy, IntakePaths.from_env()) as targets:
+                return await diagnose(targets)
+        except ConfigurationError as error:  # the probes could not even be built: that is the finding
+            return Report((Probe("settings", Verdict.MISCONFIGURED, error.message),))
 
     async def doctor(self, headers: Mapping[str, str]) -> HttpAnswer:
         """``GET /api/doctor`` (the read role): the probes' report; 200 whatever they found."""

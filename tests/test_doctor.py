@@ -472,3 +472,18 @@ def test_a_policy_that_does_not_load_is_the_first_failure() -> None:
 
     assert report.probes[0] == Probe("policy", Verdict.MISCONFIGURED, "p.yaml: mode: must be report-only or enforce")
     assert not report.ok
+
+
+def test_settings_the_probes_cannot_be_built_from_are_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TENANT_ID", raising=False)
+    runtime.reset()
+    try:
+        report = asyncio.run(runtime.run_doctor())
+    finally:
+        runtime.reset()
+
+    assert report.table().splitlines() == [
+        "probe     verdict             detail",
+        "settings  misconfigured       TENANT_ID is not set: the Exchange admin endpoint needs the tenant's id",
+        "FAILED: 1 probe(s) the policy needs: settings",
+    ]
