@@ -487,3 +487,19 @@ def test_settings_the_probes_cannot_be_built_from_are_the_report(monkeypatch: py
         "settings  misconfigured       TENANT_ID is not set: the Exchange admin endpoint needs the tenant's id",
         "FAILED: 1 probe(s) the policy needs: settings",
     ]
+
+
+def test_the_restricted_list_is_read_one_page_only() -> None:
+    state = world(**{"x-exchangePageSize": 1})
+    state["blockedSenders"] = [blocked("alice@contoso.com"), blocked("bob@contoso.com")]
+    with Simulator(state) as sim:
+        report = asyncio.run(doctor_on(sim, load_policy_text(POLICY, source="t")))
+        pages = [r for r in sim.requests if r["route"] == "exchange.Get-BlockedSenderAddress"]
+
+    assert report.ok
+    assert len(pages) == 1
+
+
+def test_a_tenant_file_says_p2_with_true_or_false() -> None:
+    with pytest.raises(ValueError, match="x-entraIdP2 must be true or false, got 'no'"):
+        Simulator(world(**{"x-entraIdP2": "no"}))
