@@ -2,6 +2,7 @@
 
 import json
 import os
+from datetime import UTC, datetime
 from typing import List  # noqa: UP035  (see defender_stream)
 
 import azure.functions as func
@@ -10,6 +11,7 @@ from restricted_sender.edge import HttpAnswer, runtime
 from restricted_sender.settings import CONTENT_QUEUE, DEFENDER_EVENTHUB, EVENTS_QUEUE, VERIFY_QUEUE
 
 EVERY_MINUTE = "0 * * * * *"  # the nets keep their own intervals (POLL_ALERTS_MINUTES, SWEEP_MINUTES)
+EVERY_TEN_MINUTES = "0 */10 * * * *"  # the doctor runs on the first tick after start-up, then daily
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -40,6 +42,18 @@ async def expand_content(msg: func.QueueMessage) -> None:
 @app.timer_trigger(arg_name="timer", schedule=EVERY_MINUTE, run_on_startup=False, use_monitor=False)
 async def poll_alerts(timer: func.TimerRequest) -> None:
     await runtime.run_net("poll")
+
+
+@app.function_name("doctor_daily")
+@app.timer_trigger(arg_name="timer", schedule=EVERY_TEN_MINUTES, run_on_startup=False, use_monitor=False)
+async def doctor_daily(timer: func.TimerRequest) -> None:
+    await runtime.doctor_tick(datetime.now(UTC))
+
+
+@app.function_name("doctor")
+@app.route(route="doctor", methods=["GET"])
+async def doctor(req: func.HttpRequest) -> func.HttpResponse:
+    return _response(await runtime.doctor(dict(req.headers)))
 
 
 @app.function_name("sweep_restricted")

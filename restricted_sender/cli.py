@@ -40,7 +40,9 @@ if TYPE_CHECKING:
     from .adapters.management_activity import ManagementActivityApi
     from .admin import Admin
     from .compose import ProcessorBundle
+    from .doctor import Report
     from .fakes import MemoryDelayedQueue, MemoryQueue
+    from .permissions import IntakePaths
     from .ports import Clock
     from .settings import Settings
 
@@ -146,6 +148,25 @@ def _parser() -> argparse.ArgumentParser:
         "--defender", action=argparse.BooleanOptionalAction, help="plan with(out) the Defender Event Hub trigger"
     )
     permissions.set_defaults(run=_permissions)
+
+    doctor = commands.add_parser(
+        "doctor", help="prove a deployment: read-only probes with the app's own identity (exit 1 when one fails)"
+    )
+    where = doctor.add_mutually_exclusive_group(required=True)
+    where.add_argument("--app", metavar="URL", help="https://<host>: GET /api/doctor with your Azure CLI sign-in")
+    where.add_argument("--simulated", action="store_true", help="run the probes here against the simulator")
+    doctor.add_argument("--tenant", type=Path, default=SAMPLES / "tenant.yaml", help="with --simulated")
+    doctor.add_argument("--policy", type=Path, default=SAMPLES / "policy.yaml", help="with --simulated")
+    doctor.add_argument(
+        "--audience",
+        default=os.environ.get("ADMIN_API_AUDIENCE", "").split(",")[0].strip() or None,
+        help="the admin API's Application ID URI or client id (default: ADMIN_API_AUDIENCE)",
+    )
+    doctor.add_argument(
+        "--function-key", default=os.environ.get("FUNCTION_KEY"), help="x-functions-key (default: FUNCTION_KEY)"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(run=_doctor)
     return parser
 
 
@@ -635,6 +656,68 @@ def _permissions(args: argparse.Namespace) -> int:
     for permission in required(policy, intake):
         print(f"{permission.resource:<28}  {permission.value:<32}  {permission.when}")
     return 0
+
+
+async def simulated_doctor(tenant: Path | dict[str, Any], policy: Policy | PolicyError) -> Report:
+    """The doctor's probes run here, through the app's adapters, against a simulator seeded with ``tenant``."""
+    from simulator import Simulator, load_tenant
+
+    with _Simulated(Simulator(load_tenant(tenant), port=0)) as sim:
+        return await doctor_on(sim, policy)
+
+
+async def doctor_on(sim: Simulator, policy: Policy | PolicyError, intake: IntakePaths | None = None) -> Report:
+    """The doctor's probes against a running simulator (tables and queues are in memory there: skipped); the
+    intake paths default to the alerts_v2 poller on and the Management Activity API off."""
+    from .compose import doctor_targets
+    from .doctor import diagnose
+    from .permissions import IntakePaths
+
+    # The credential reads the identity endpoint from the environment when it is created (on entering).
+    with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
+        async with doctor_targets(simulated_settings(sim), policy, intake or IntakePaths(), storage=False) as targets:
+            return await diagnose(targets)
+
+
+async def remote_doctor(app: str, audience: str, function_key: str | None) -> Report:
+    """``GET {app}/api/doctor`` with a token for ``audience`` from the operator's Azure CLI sign-in."""
+    import httpx
+    from azure.identity.aio import AzureCliCredential
+
+    from .doctor import Report
+
+    scope = audience if audience.endswith("/.default") else f"{audience.rstrip('/')}/.default"
+    async with AzureCliCredential() as credential:
+        token = (await credential.get_token(scope)).token
+    headers = {"Authorization": f"Bearer {token}"}
+    if function_key:
+        headers["x-functions-key"] = function_key
+    async with httpx.AsyncClient(timeout=300) as http:
+        response = await http.get(f"{app.rstrip('/')}/api/doctor", headers=headers)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200 or not isinstance(body, dict):
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else response.text[:200]
+        raise ServiceRefused("doctor", f"HTTP {response.status_code}: {message}", http_status=response.status_code)
+    try:
+        return Report.from_dict(body)
+    except (ValueError, KeyError, TypeError) as problem:
+        raise MalformedPayload(f"the app's doctor answered an unreadable report: {problem}") from problem
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    if args.app:
+        if not args.audience:
+            print("error: say which admin API to ask: --audience (or ADMIN_API_AUDIENCE)", file=sys.stderr)
+            return 2
+        report = asyncio.run(remote_doctor(args.app, args.audience, args.function_key))
+    else:
+        report = asyncio.run(simulated_doctor(args.tenant, _loaded(lambda: load_policy_file(args.policy))))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table(), end="\n" if args.json else "")
+    return 0 if report.ok else 1
 
 
 def _loaded(load: Callable[[], Policy]) -> Policy | PolicyError:

@@ -6,8 +6,10 @@ The webhook side (:func:`build_intake`) needs only the policy and a sync queue c
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
 
     from .adapters.queue import DelayedStorageQueue
     from .auth import TokenValidator
+    from .doctor import QueueReader, Targets
+    from .permissions import IntakePaths
 
 log = logging.getLogger("restricted_sender")
 
@@ -407,3 +411,104 @@ def token_validator(settings: Settings) -> TokenValidator:
         settings.admin_api_audiences,
         authority=settings.entra_authority,
     )
+
+
+class _QueueProbe:
+    """A storage queue read off the event loop (the queue client is synchronous)."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self._settings = settings
+        self._name = name
+
+    async def exists(self) -> bool:
+        def read() -> bool:
+            from .adapters.queue import StorageQueue
+
+            queue = storage_queue(self._settings, self._name)
+            assert isinstance(queue, StorageQueue)
+            try:
+                return queue.exists()
+            finally:
+                queue.close()
+
+        return await asyncio.to_thread(read)
+
+
+@asynccontextmanager
+async def doctor_targets(
+    settings: Settings,
+    policy: Policy | PolicyError,
+    intake: IntakePaths,
+    *,
+    credential: AsyncTokenCredential | None = None,
+    store: Store | None = None,
+    storage: bool = True,
+) -> AsyncIterator[Targets]:
+    """What ``doctor`` probes, built like the processor's adapters with the app's own identity, closed after.
+
+    ``storage=False`` leaves the tables and queues out (the simulated run keeps them in memory)."""
+    import httpx
+
+    from .adapters.exchange import ExchangeAdmin
+    from .adapters.graph import graph_directory
+    from .adapters.identity import EXCHANGE_SCOPE, GRAPH_SCOPE, bearer, managed_identity
+    from .adapters.management_activity import ManagementActivityApi, management_scope
+    from .doctor import Targets
+    from .retry import RetryPolicy
+
+    tenant_id = settings.require_tenant_id()
+    own_credential = credential is None
+    credential = credential or managed_identity(settings.managed_identity_client_id)
+    retry = RetryPolicy(attempts=1)  # a probe reports what it met; the daily run is the retry
+    http = httpx.AsyncClient(timeout=settings.http_timeout_seconds)
+    graph = graph_directory(
+        credential, base_url=settings.graph_base_url, timeout=settings.http_timeout_seconds, max_retries=0
+    )
+    tokens = {
+        "Microsoft Graph": (bearer(credential, GRAPH_SCOPE), ("User.Read.All",)),
+        "Exchange Online": (bearer(credential, EXCHANGE_SCOPE), ("Exchange.ManageAsApp",)),
+    }
+    management = None
+    if intake.management_activity:
+        scope = management_scope(settings.o365_api_root)
+        tokens["Management Activity API"] = (bearer(credential, scope), ("ActivityFeed.Read",))
+        management = ManagementActivityApi(
+            http,
+            bearer(credential, scope),
+            api_root=settings.o365_api_root,
+            tenant_id=tenant_id,
+            publisher_id=settings.o365_publisher_id,
+            retry=retry,
+        )
+    own_store = store is None and storage
+    if own_store:
+        store = table_store(settings)
+    queues: dict[str, QueueReader] | None = (
+        {name: _QueueProbe(settings, name) for name in (EVENTS_QUEUE, VERIFY_QUEUE, CONTENT_QUEUE)} if storage else None
+    )
+    try:
+        yield Targets(
+            policy=policy,
+            intake=intake,
+            tokens=tokens,
+            exchange=ExchangeAdmin(
+                http,
+                tenant_id=tenant_id,
+                token=bearer(credential, EXCHANGE_SCOPE),
+                base_url=settings.exchange_base_url,
+                retry=retry,
+            ),
+            graph=graph,
+            tickets=ticket_system(settings, policy, http, graph, retry),
+            management=management,
+            store=store,
+            queues=queues,
+            store_note="" if storage else "simulated: the tables and queues are in memory",
+        )
+    finally:
+        if own_store and store is not None:
+            await store.close()
+        await graph.close()
+        await http.aclose()
+        if own_credential:
+            await credential.close()

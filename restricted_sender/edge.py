@@ -11,6 +11,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .admin import parse_unblock_request, warnings_of
@@ -31,8 +32,11 @@ from .settings import Secret, Settings
 from .verify import VerifyTask
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from .auth import TokenValidator
     from .compose import ProcessorBundle
+    from .doctor import Report
     from .errors import PolicyError
     from .nets import NetRun
 
@@ -130,7 +134,8 @@ async def verify_message(text: str, verifier: Verifier, *, attempt: int = 1) -> 
 
 
 ROLE_UNBLOCK = "Sender.Unblock"  # the app role an operator needs to unblock by hand
-ROLE_READ = "Sender.Read"  # enough to read status and the restricted list (Sender.Unblock also reads)
+ROLE_READ = "Sender.Read"
+DOCTOR_EVERY = timedelta(days=1)  # enough to read status and the restricted list (Sender.Unblock also reads)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -187,6 +192,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._building: asyncio.Lock | None = None
         self._validator: TokenValidator | None = None
+        self._doctor_last: datetime | None = None  # this process's last daily doctor run
 
     @property
     def settings(self) -> Settings:
@@ -317,6 +323,40 @@ class Runtime:
             return await bundle.admin.restricted()
 
         return await self._admin(headers, (ROLE_READ, ROLE_UNBLOCK), run)
+
+    async def run_doctor(self) -> Report:
+        """Every doctor probe, with the app's own identity and fresh clients (closed after)."""
+        from .compose import doctor_targets
+        from .doctor import Probe, Report, Verdict, diagnose
+        from .permissions import IntakePaths
+
+        try:
+            async with doctor_targets(self.settings, self.policy, IntakePaths.from_env()) as targets:
+                return await diagnose(targets)
+        except ConfigurationError as error:  # the probes could not even be built: that is the finding
+            return Report((Probe("settings", Verdict.MISCONFIGURED, error.message),))
+
+    async def doctor(self, headers: Mapping[str, str]) -> HttpAnswer:
+        """``GET /api/doctor`` (the read role): the probes' report; 200 whatever they found."""
+        try:
+            validator = self.validator()
+        except ConfigurationError as error:
+            log.error("the admin API is not available: %s", error)
+            return HttpAnswer(500, error.to_body())
+
+        async def run(operator: Operator) -> dict[str, Any]:
+            return (await self.run_doctor()).to_dict()
+
+        return await admin_call(run, headers, validator, (ROLE_READ, ROLE_UNBLOCK))
+
+    async def doctor_tick(self, now: datetime) -> Report | None:
+        """The doctor timer: once soon after this process starts, then daily; one structured log line per run."""
+        if self._doctor_last is not None and now - self._doctor_last < DOCTOR_EVERY:
+            return None
+        self._doctor_last = now
+        report = await self.run_doctor()
+        (log.info if report.ok else log.error)("%s", report.log_line())
+        return report
 
     async def aclose(self) -> None:
         """Close the processor's clients (on the loop that built them) and forget every singleton."""

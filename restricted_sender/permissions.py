@@ -290,6 +290,11 @@ def required(policy: Policy | PolicyError, intake: IntakePaths) -> tuple[Permiss
     return tuple(p for p in PERMISSIONS if p.needed(effective, intake))
 
 
+def grant_line(permission: Permission, status: str = "granted") -> str:
+    """The line ``scripts/grant-permissions`` prints for ``permission`` (its ``line`` layout; tested against it)."""
+    return f"{status:<16}  {permission.resource:<27}  {permission.value}"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 

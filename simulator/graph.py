@@ -409,14 +409,15 @@ _ROOT_FOLDER = "msgfolderroot"
 def get_risky_user(request: Request, state: TenantState, user_id: str) -> Response:
     """``GET /identityProtection/riskyUsers/{id}``: object ids only, as in the real API.
 
-    A user without ``x-riskLevel`` stands for a tenant without Entra ID P2: 403 ``Forbidden``, not licensed
+    A tenant with ``x-entraIdP2: false``, or a user without ``x-riskLevel``, stands for a tenant without Entra ID P2:
+    403 ``Forbidden``, not licensed
     (the same answer as confirmCompromised's, see ``_P2_MISSING_CODE``).
     """
     user = next((u for u in state.users if str(u.get("id", "")).casefold() == user_id.casefold()), None)
     if user is None:
         return not_found(request, user_id)
     level = user.get("x-riskLevel")
-    if level is None:
+    if level is None or not state.tenant.entra_id_p2:
         return error(request, 403, _P2_MISSING_CODE, _NOT_LICENSED)
     # confirmCompromised leaves its marks in x-riskState, x-riskDetail and x-riskUpdatedAt.
     risky: Json = {
@@ -641,7 +642,7 @@ def confirm_compromised(request: Request, state: TenantState, writes: GraphWrite
         if user is None:
             return not_found(request, user_id)
         users.append(user)
-    if any(user.get("x-riskLevel") is None for user in users):
+    if not state.tenant.entra_id_p2 or any(user.get("x-riskLevel") is None for user in users):
         return error(request, 403, _P2_MISSING_CODE, _NOT_LICENSED)
     moment = _seven_digits(utc_now())
     for user in users:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from simulator import entra, exchange, graph, identity, itsm, o365, tickets
 from simulator.faults import CONTROL_ROUTE, Fault, FaultBook, FaultKind
+from simulator.permissions import Withheld
 from simulator.state import RequestLog, TenantState
 from simulator.tenant import Json, Tenant, TenantSource, load_tenant
 from simulator.tokens import EXCHANGE_RESOURCE, GRAPH_RESOURCE, TokenIssuer
@@ -58,6 +59,7 @@ class Simulator:
         self._faults = FaultBook()
         self._log = RequestLog()
         self._graph_writes = graph.GraphWrites()
+        self._withheld = Withheld(self.tenant.withheld_permissions)
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -336,6 +338,15 @@ class Simulator:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    def withhold(self, *permissions: str) -> None:
+        """Answer as if the app's identity lacked these permissions (replaces the tenant file's
+        ``x-withheldPermissions``; no argument grants everything again). See ``simulator/permissions.py``."""
+        self._withheld.set(permissions)
+
+    @property
+    def withheld_permissions(self) -> list[str]:
+        return self._withheld.names
+
     def set_latency(self, route: str, seconds: float) -> None:
         """Delay every answer on ``route`` by ``seconds`` (0 removes the delay)."""
         self._faults.set_latency(route, seconds)
@@ -383,6 +394,9 @@ class Simulator:
             if fault.apply:
                 endpoint()  # done, whatever the client is told
             return self._fault_response(fault, route, request)
+        refused = self._withheld.answer(route, request)
+        if refused is not None:
+            return refused
         try:
             return endpoint()
         except Exception as exc:

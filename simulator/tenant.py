@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from simulator import o365
+from simulator import o365, permissions
 from simulator.faults import Fault, validate_route
 
 Json = dict[str, Any]
@@ -57,6 +57,8 @@ class Tenant:
     alerts_combined_filter_refused: bool = False
     audit_subscriptions: list[str] = field(default_factory=list)
     audit_content: list[Json] = field(default_factory=list)
+    withheld_permissions: list[str] = field(default_factory=list)
+    entra_id_p2: bool = True
     source: str = "<dict>"
 
     def find_user(self, key: str) -> Json | None:
@@ -195,6 +197,17 @@ def _build(document: Json, where: str) -> Tenant:
     if not isinstance(combined_refused, bool):
         raise fail(f"x-alertsCombinedFilterRefused must be true or false, got {combined_refused!r}")
 
+    withheld = document.get("x-withheldPermissions", []) or []
+    if not isinstance(withheld, list):
+        raise fail(f"x-withheldPermissions must be a list of permission names, got {_kind(withheld)}")
+    try:
+        withheld = permissions.check_names(withheld)
+    except ValueError as exc:
+        raise fail(f"x-withheldPermissions: {exc}") from exc
+    p2 = document.get("x-entraIdP2", True)
+    if not isinstance(p2, bool):
+        raise fail(f"x-entraIdP2 must be true or false, got {p2!r}")
+
     return Tenant(
         tenant_id=tenant_id.strip(),
         users=users,
@@ -214,6 +227,8 @@ def _build(document: Json, where: str) -> Tenant:
         alerts_combined_filter_refused=combined_refused,
         audit_subscriptions=_audit_subscriptions(document, fail),
         audit_content=_audit_content(document, tenant_id.strip(), fail),
+        withheld_permissions=withheld,
+        entra_id_p2=p2,
         source=where,
     )
 

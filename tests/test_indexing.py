@@ -98,14 +98,14 @@ def run_indexer(folder: Path, **env: str) -> tuple[int, dict[str, Any]]:
     return done.returncode, result
 
 
-def test_runtime_indexes_exactly_the_ten_functions_without_the_defender_stream() -> None:
+def test_runtime_indexes_exactly_the_twelve_functions_without_the_defender_stream() -> None:
     code, result = run_indexer(ROOT, DEFENDER_EVENTHUB_NAME="")
 
     assert code == 0, f"the Functions runtime refused function_app.py: {result}"
     functions = result["functions"]
     assert sorted(functions) == [
-        "alerts", "alerts_o365", "expand_content", "poll_alerts", "process_event", "restricted_users",
-        "sweep_restricted", "unblock_user", "user_status", "verify_unblock",
+        "alerts", "alerts_o365", "doctor", "doctor_daily", "expand_content", "poll_alerts", "process_event",
+        "restricted_users", "sweep_restricted", "unblock_user", "user_status", "verify_unblock",
     ]  # fmt: skip
 
     assert functions["alerts_o365"]["raw_bindings"][0]["route"] == "alerts/o365"
@@ -114,6 +114,8 @@ def test_runtime_indexes_exactly_the_ten_functions_without_the_defender_stream()
     for timer in ("poll_alerts", "sweep_restricted"):
         [binding] = functions[timer]["raw_bindings"]
         assert (binding["type"], binding["schedule"], binding["useMonitor"]) == ("timerTrigger", "0 * * * * *", False)
+    [doctor_timer] = functions["doctor_daily"]["raw_bindings"]
+    assert (doctor_timer["schedule"], doctor_timer["runOnStartup"]) == ("0 */10 * * * *", False)
 
     alerts = functions["alerts"]
     assert alerts["raw_bindings"] == [
@@ -162,9 +164,10 @@ def test_runtime_indexes_exactly_the_ten_functions_without_the_defender_stream()
     ]
     admin_routes = {
         name: (functions[name]["raw_bindings"][0]["route"], functions[name]["raw_bindings"][0]["methods"])
-        for name in ("unblock_user", "user_status", "restricted_users")
+        for name in ("unblock_user", "user_status", "restricted_users", "doctor")
     }
     assert admin_routes == {
+        "doctor": ("doctor", ["GET"]),
         "unblock_user": ("users/{upn}/unblock", ["POST"]),
         "user_status": ("users/{upn}", ["GET"]),
         "restricted_users": ("restricted", ["GET"]),

@@ -216,7 +216,8 @@ def test_every_graph_call_the_adapter_makes_is_mapped_to_roles_in_the_table() ->
     calls = {
         name
         for name, member in inspect.getmembers(GraphDirectory, inspect.iscoroutinefunction)
-        if not name.startswith("_") and name != "close"
+        # read: the doctor's GET, which repeats one of these calls and names its permission from GRAPH_CALLS
+        if not name.startswith("_") and name not in ("close", "read")
     }
     assert calls == set(GRAPH_CALLS)
     assert {role for roles in GRAPH_CALLS.values() for role in roles} == GRAPH_ROLES

@@ -203,14 +203,17 @@ class ExchangeAdmin:
         result = await self.invoke(REMOVE, {"SenderAddress": address}, write=True)
         return result.warnings
 
-    async def invoke(self, cmdlet: str, parameters: dict[str, Any], *, write: bool = False) -> CmdletResult:
-        """Run one cmdlet; follow ``@odata.nextLink`` (re-POSTing the same body) and return every row."""
+    async def invoke(
+        self, cmdlet: str, parameters: dict[str, Any], *, write: bool = False, pages: int | None = None
+    ) -> CmdletResult:
+        """Run one cmdlet; follow ``@odata.nextLink`` (re-POSTing the same body) and return every row, or the rows
+        of the first ``pages`` pages."""
         url: str | None = f"{self._base}/adminapi/beta/{self._tenant_id}/InvokeCommand"
         body = {"CmdletInput": {"CmdletName": cmdlet, "Parameters": parameters}}
         rows: list[Mapping[str, Any]] = []
         warnings: list[str] = []
-        for _ in range(MAX_PAGES):
-            if url is None:
+        for page in range(MAX_PAGES):
+            if url is None or page == pages:
                 return CmdletResult(tuple(rows), tuple(warnings))
             data = await self._call(url, body, cmdlet, write=write)
             value = data.get("value", [])

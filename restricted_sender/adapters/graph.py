@@ -175,6 +175,17 @@ class GraphDirectory:
             alerts=tuple(a for a in value if isinstance(a, dict)), next_link=link if isinstance(link, str) else None
         )
 
+    async def read(self, path: str, *, permission: str) -> Any:
+        """A read-only ``GET {base}/{path}`` (query included): the JSON as Graph sent it, ``None`` for 404. For the
+        doctor, which compares field names and tells a missing ``permission`` from a missing licence."""
+        from kiota_abstractions.method import Method
+        from kiota_abstractions.request_information import RequestInformation
+
+        request = RequestInformation(Method.GET)
+        request.url = f"{self._client.request_adapter.base_url.rstrip('/')}/{path.lstrip('/')}"
+        request.headers.try_add("Accept", "application/json")
+        return await self._json(request, permission=permission)
+
     async def _json(self, request: RequestInformation, *, permission: str = "User.Read.All") -> Any:
         """Send a request built by the SDK through its adapter (auth, retry and redirect middleware) and read the
         JSON ourselves: the SDK's model deserializer costs ~20 ms of CPU per user, on the event loop."""

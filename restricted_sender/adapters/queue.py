@@ -73,6 +73,19 @@ class StorageQueue:
         except AzureError as error:
             raise QueueUnavailable("queue", f"could not queue the event: {error.message}") from error
 
+    def exists(self) -> bool:
+        """Read the queue's properties (read-only, for the doctor): ``False`` when it is not created yet."""
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+
+        try:
+            self._client.get_queue_properties()
+        except ResourceNotFoundError:
+            return False
+        except AzureError as error:
+            status = error.status_code if isinstance(error, HttpResponseError) else None
+            raise QueueUnavailable("queue", f"could not read the queue: {error.message}", http_status=status) from error
+        return True
+
     def _create(self) -> None:
         from azure.core.exceptions import ResourceExistsError
 
