@@ -490,7 +490,9 @@ def test_a_failed_guard_always_means_a_ticket_and_acting_needs_an_allow_rule_and
         assert any(code.startswith("allow:") for code in codes), decision
         # Only on the facts of the user who owns the restricted address.
         user, restriction = scenario.facts.user, scenario.facts.restriction
-        assert user is not None and restriction is not None and user.owns(restriction.address), decision
+        assert user is not None, decision
+        assert restriction is not None, decision
+        assert user.owns(restriction.address), decision
 
 
 @SIMPLE

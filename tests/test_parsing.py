@@ -26,9 +26,16 @@ def evidence(kind: str, **fields: Any) -> dict[str, Any]:
 def test_every_user_and_mailbox_in_an_aggregated_alert_becomes_a_user() -> None:
     alert = alert_v2("alice@contoso.com")
     alert["evidence"] += [
-        evidence("userEvidence", userAccount={"azureAdUserId": "00000000-0000-4000-8000-000000000007", "userPrincipalName": None}),
+        evidence(
+            "userEvidence",
+            userAccount={"azureAdUserId": "00000000-0000-4000-8000-000000000007", "userPrincipalName": None},
+        ),
         evidence("mailboxEvidence", primaryAddress="Carol@Contoso.com"),
-        evidence("mailboxEvidence", upn="dave@contoso.com", userAccount={"azureAdUserId": "00000000-0000-4000-8000-000000000006"}),
+        evidence(
+            "mailboxEvidence",
+            upn="dave@contoso.com",
+            userAccount={"azureAdUserId": "00000000-0000-4000-8000-000000000006"},
+        ),
         evidence("analyzedMessageEvidence", recipientEmailAddress="someone@else.net"),
         evidence("userEvidence", userAccount={"accountName": "NOUPN"}),
     ]
@@ -47,7 +54,9 @@ def test_evidence_naming_the_same_user_twice_is_merged() -> None:
         evidence("mailboxEvidence", primaryAddress="ALICE@contoso.com"),
         evidence("userEvidence", userAccount={"azureAdUserId": "00000000-0000-4000-8000-000000000005"}),
     ]
-    assert parse_alert_payload(alert)[0].users == (UserRef("alice@contoso.com", "00000000-0000-4000-8000-000000000005"),)
+    assert parse_alert_payload(alert)[0].users == (
+        UserRef("alice@contoso.com", "00000000-0000-4000-8000-000000000005"),
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,8 @@ from tests.conftest import alert_v2, blocked
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 POLICY = load_policy_text("mode: enforce\nallow: [{name: staff, domains: [contoso.com]}]\n")
-ALICE = DirectoryUser(id="00000000-0000-4000-8000-000000000005", user_principal_name="alice@contoso.com", mail="alice@contoso.com",
+ALICE_ID = "00000000-0000-4000-8000-000000000005"
+ALICE = DirectoryUser(id=ALICE_ID, user_principal_name="alice@contoso.com", mail="alice@contoso.com",
                       account_enabled=True)  # fmt: skip
 
 

@@ -102,7 +102,9 @@ def sentinel_report(alert_id: str, users: tuple[UserRef, ...], title: str = TARG
 
 def test_a_sentinel_incident_becomes_one_report_naming_its_accounts() -> None:
     body = incident([incident_alert(TARGET)], [account("judy", "contoso.com", "00000000-0000-4000-8000-000000000001")])
-    assert parse_alert_payload(body) == (sentinel_report("sys-1", (UserRef("judy@contoso.com", "00000000-0000-4000-8000-000000000001"),)),)
+    assert parse_alert_payload(body) == (
+        sentinel_report("sys-1", (UserRef("judy@contoso.com", "00000000-0000-4000-8000-000000000001"),)),
+    )
 
 
 def test_the_incident_title_is_the_first_alert_name_the_matcher_accepts() -> None:
@@ -141,7 +143,10 @@ def test_only_accounts_and_mailboxes_that_name_someone_become_users() -> None:
         {"kind": "Ip", "properties": {"address": "192.0.2.7"}},
         {
             "kind": "Mailbox",
-            "properties": {"mailboxPrimaryAddress": "Ivan@contoso.com", "externalDirectoryObjectId": "00000000-0000-4000-8000-000000000003"},
+            "properties": {
+                "mailboxPrimaryAddress": "Ivan@contoso.com",
+                "externalDirectoryObjectId": "00000000-0000-4000-8000-000000000003",
+            },
         },
     ]
     [report] = parse_alert_payload(incident([incident_alert(TARGET)], entities))
@@ -160,8 +165,17 @@ def test_an_incident_wrapped_in_body_beside_playbook_options_parses_like_the_bar
 def test_an_incident_may_carry_the_pascal_case_entities_array_instead() -> None:
     body = incident([incident_alert(TARGET)])
     del body["object"]["properties"]["relatedEntities"]
-    body["Entities"] = [{"Type": "account", "Name": "judy", "UPNSuffix": "contoso.com", "AadUserId": "00000000-0000-4000-8000-000000000001"}]
-    assert parse_alert_payload(body) == (sentinel_report("sys-1", (UserRef("judy@contoso.com", "00000000-0000-4000-8000-000000000001"),)),)
+    body["Entities"] = [
+        {
+            "Type": "account",
+            "Name": "judy",
+            "UPNSuffix": "contoso.com",
+            "AadUserId": "00000000-0000-4000-8000-000000000001",
+        }
+    ]
+    assert parse_alert_payload(body) == (
+        sentinel_report("sys-1", (UserRef("judy@contoso.com", "00000000-0000-4000-8000-000000000001"),)),
+    )
 
 
 def flat_alert(**fields: Any) -> dict[str, Any]:
@@ -174,7 +188,12 @@ def flat_alert(**fields: Any) -> dict[str, Any]:
         "StartTimeUtc": "2026-11-27T07:10:00Z",
         "AlertLink": "https://security.microsoft.com/alerts/prov-9",
         "Entities": [
-            {"Type": "account", "Name": "judy", "UPNSuffix": "contoso.com", "AadUserId": "00000000-0000-4000-8000-000000000001"},
+            {
+                "Type": "account",
+                "Name": "judy",
+                "UPNSuffix": "contoso.com",
+                "AadUserId": "00000000-0000-4000-8000-000000000001",
+            },
             {"Type": "ip", "Address": "192.0.2.7"},
         ],
         **fields,
@@ -430,7 +449,12 @@ def test_a_defender_batch_keeps_alert_infos_and_evidence_naming_users_only() -> 
     payload = {
         "records": [
             info_record("a1"),
-            evidence_record("a1", Title=TARGET, AccountUpn="Judy@Contoso.com", AccountObjectId="00000000-0000-4000-8000-000000000001"),
+            evidence_record(
+                "a1",
+                Title=TARGET,
+                AccountUpn="Judy@Contoso.com",
+                AccountObjectId="00000000-0000-4000-8000-000000000001",
+            ),
             evidence_record("a1", Title=TARGET, AdditionalFields=json.dumps(additional)),
             evidence_record("a1", "Mailbox", AdditionalFields={"MailboxPrimaryAddress": "ivan@contoso.com"}),
             evidence_record("a1", AccountName="no-upn", AdditionalFields="{broken"),  # names nobody
@@ -553,7 +577,10 @@ def test_compacting_drops_rows_that_can_never_matter() -> None:
 def test_defender_rows_survive_a_json_round_trip() -> None:
     batch = DefenderBatch(
         (info("a1"), AlertInfo("a2", "")),
-        (evidence("a1", "judy@contoso.com", "00000000-0000-4000-8000-000000000001"), UserEvidence("a2", None, None, "00000000-0000-4000-8000-000000000004")),
+        (
+            evidence("a1", "judy@contoso.com", "00000000-0000-4000-8000-000000000001"),
+            UserEvidence("a2", None, None, "00000000-0000-4000-8000-000000000004"),
+        ),
     )
     assert DefenderBatch.from_dict(json.loads(json.dumps(batch.to_dict()))) == batch
     assert [AlertInfo.from_dict(i.to_dict()) for i in batch.infos] == list(batch.infos)
