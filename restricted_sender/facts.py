@@ -149,7 +149,10 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
             + (f"the facts are those of {bound}" if user else "nothing about the named user was used"),
         )
     if user is None:
-        notes.add(NoteCode.USER_NOT_IN_DIRECTORY, f"no directory user owns {anchor}: account state and groups unknown")
+        notes.add(
+            NoteCode.USER_NOT_IN_DIRECTORY,
+            f"no directory user owns {anchor}: account state, groups, rules and risk unknown",
+        )
 
     # Keep what was fetched by the bound identity's own keys; fetch the rest for it now.
     directory_facts = named if named is not None and user is not None and named.about(user) else None
@@ -178,7 +181,7 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
     rules = directory_facts.rules if directory_facts else None
 
     risk = directory_facts.risk if directory_facts else None
-    if wants.risk and risk is None:
+    if wants.risk and user is not None and risk is None:
         notes.add(NoteCode.RISK_UNKNOWN, "Identity Protection gave no risk level (no Entra ID P2, or no risk record)")
     if wants.rules and user is not None and rules is None:
         notes.add(NoteCode.INBOX_RULES_UNREAD, "the inbox rules could not be read: the user has no mailbox to read")
