@@ -4,13 +4,16 @@ and what was not checked is named in the record."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
 
 from restricted_sender.edge import runtime
+from restricted_sender.settings import CONTENT_QUEUE
 from simulator import Simulator
 from simulator.azurite import Azurite
 from tests.conftest import alert_v2, app_settings, audit_rows, blocked, tenant, user
@@ -102,6 +105,8 @@ def test_an_allowed_address_with_its_own_object_id_is_unblocked_and_names_the_un
         },
         {
             "records": [
+                {"category": "AdvancedHunting-AlertInfo",
+                 "properties": {"AlertId": "d1", "Title": "User restricted from sending email"}},
                 {
                     "category": "AdvancedHunting-AlertEvidence",
                     "properties": {"AlertId": "d1", "Title": "User restricted from sending email",
@@ -114,10 +119,20 @@ def test_an_allowed_address_with_its_own_object_id_is_unblocked_and_names_the_un
     ids=["alerts_v2", "sentinel", "defender"],
 )  # fmt: skip
 def test_an_object_id_that_is_not_a_guid_is_a_400_and_queues_nothing(
-    handlers: dict[str, Callable[..., Any]], configure: None, queue: QueueClient, body: dict[str, Any]
+    handlers: dict[str, Callable[..., Any]],
+    configure: None,
+    queue: QueueClient,
+    azurite: Azurite,
+    body: dict[str, Any],
 ) -> None:
-    # A valid alert first in the same body: a 400 must leave none of the request queued.
+    content = QueueClient.from_connection_string(azurite.connection_string, CONTENT_QUEUE)
+    with contextlib.suppress(ResourceExistsError):
+        content.create_queue()
+    content.clear_messages()
+    # A valid alert (or Defender row) first in the same body: a 400 must leave none of the request queued.
     status, answer = post(handlers, {"value": [alert_v2("mallory@contoso.com"), body]} if "id" in body else body)
     assert (status, answer["error"]["code"]) == (400, "malformed-payload")
     assert "is not a GUID" in answer["error"]["message"]
     assert queued(queue) == []
+    with content:
+        assert content.peek_messages(max_messages=32) == []
