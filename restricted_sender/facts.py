@@ -121,6 +121,7 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
             notes=(Note(NoteCode.USER_NOT_IN_DIRECTORY, f"object id {object_id} is not a user in the directory"),)
         )
 
+    owner: DirectoryUser | None = None
     if restriction is None:
         # The restricted list is keyed by the primary SMTP address, which need not be the address the alert gave:
         # look for the other addresses of the user who owns the alert's address (never of someone else).
@@ -133,7 +134,7 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
             listed = await _all(*(_restriction(exchange, a) for a in others))
             restriction = next((r for r in listed if r is not None), None)
     if restriction is None or policy is None:
-        return Facts(restriction=restriction, user=named_user if policy else None)
+        return Facts(restriction=restriction, user=owner if policy else None)
 
     # Bind: the one directory user who owns the restricted address.
     anchor = restriction.address.lower()
