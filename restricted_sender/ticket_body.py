@@ -394,7 +394,7 @@ class _View:
             _Item((f"[{self.v(note.get('code'))}] {self.v(note.get('text'))}",))
             for note in map(_note, _list(self.record.get("notes")))
         ]
-        intro = ("The decision was taken without these facts; check them by hand.",)
+        intro = ("What the decision could not check, or found not as the alert said: check these by hand.",)
         return _Block("Not checked", 2, self.listed(entries, at_least=_MIN_REASONS), intro=intro)
 
     def links_block(self) -> _Block:
