@@ -86,7 +86,6 @@ def evidence(facts: Facts, record: DecisionRecord, alert_url: str | None) -> dic
         "our_unblocks": [
             {"at": iso(u.at), "kind": u.kind.value, "event_id": u.event_id, "status": u.status} for u in facts.unblocks
         ],
-        "notes": list(facts.notes),
         "links": {"alert": alert_url, "restricted_entities": RESTRICTED_ENTITIES_URL},
     }
 

@@ -29,6 +29,8 @@ from .model import (
     DecisionRecord,
     DirectoryUser,
     Facts,
+    Note,
+    NoteCode,
     Operator,
     Outcome,
     Reason,
@@ -133,6 +135,18 @@ class Admin:
         if facts.restriction is None:
             raise Conflict(f"{event.user.key} is not on the restricted list", code="not-restricted")
         warnings = warnings_of(rules.decide(event, facts, self.policy, now))
+        unbound = [w for w in warnings if w.code == rules.IDENTITY_UNBOUND]
+        if unbound:
+            # Not even force: whose account this is is unknown, so nobody may be unblocked on these facts.
+            refused = self._operator_record(
+                event, facts, Decision(Outcome.IGNORE, tuple(warnings)), now, operator, request
+            ).with_actions(Action("unblock", ActionStatus.SKIPPED, "refused: no directory user owns the address"))
+            await self._record_and_log(refused)
+            raise Conflict(
+                f"{unbound[0].text}; unblock it in the Defender portal after checking whose it is",
+                code=rules.IDENTITY_UNBOUND,
+                details={"warnings": [w.to_dict() for w in warnings]},
+            )
         blocking = [w for w in warnings if needs_force(w)]
         who = Reason(MANUAL, f"unblocked by hand by {operator.name}: {request.justification}")
         if blocking and not request.force:
@@ -209,17 +223,15 @@ class Admin:
         row = next((r for r in rows if r.address.lower() == address), None)
         if row is None and user is None and not history:
             raise NotFound(f"no user, restriction or history for {address}")
+        # Only a user who owns the address is shown as its directory user: Graph's look-up by mail is not proof.
+        owner = user if user is not None and user.owns(address) else None
+        notes = [] if owner else [Note(NoteCode.USER_NOT_IN_DIRECTORY, f"no directory user owns {address}")]
         return {
             "user": address,
             "restricted": row is not None,
             "restriction": row.to_evidence() if row else None,
-            "directory": None
-            if user is None
-            else {
-                "id": user.id,
-                "user_principal_name": user.user_principal_name,
-                "account_enabled": user.account_enabled,
-            },
+            "directory": None if owner is None else _directory_summary(owner),
+            "notes": [n.to_dict() for n in notes],
             "decisions": [_summary(r) for r in list(history)[-MAX_HISTORY:][::-1]],
             "unblocks": [
                 {"at": u.at.isoformat(), "kind": u.kind.value, "status": u.status, "event_id": u.event_id}

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .errors import MalformedPayload
-from .model import SOURCE_ALERTS_V2, AlertReport, UserRef
+from .model import SOURCE_ALERTS_V2, AlertReport, UserRef, object_id_or_error
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -116,11 +116,12 @@ def _evidence_users(evidence: list[Any], where: str) -> Iterable[UserRef]:
         kind = str(item.get("@odata.type") or "").lower()
         account = item.get("userAccount")
         account = account if isinstance(account, dict) else {}
+        place = f"{where}[{index}].userAccount.azureAdUserId"
         if kind == _USER_EVIDENCE:
-            ref = user_ref(first_text(account, "userPrincipalName"), first_text(account, "azureAdUserId"))
+            ref = user_ref(first_text(account, "userPrincipalName"), first_text(account, "azureAdUserId"), place)
         elif kind == _MAILBOX_EVIDENCE:
             address = first_text(item, "primaryAddress", "upn") or first_text(account, "userPrincipalName")
-            ref = user_ref(address, first_text(account, "azureAdUserId"))
+            ref = user_ref(address, first_text(account, "azureAdUserId"), place)
         else:
             continue
         if ref is not None:
@@ -128,13 +129,16 @@ def _evidence_users(evidence: list[Any], where: str) -> Iterable[UserRef]:
 
 
 def merge_users(refs: Iterable[UserRef]) -> tuple[UserRef, ...]:
-    """One ref per user: refs sharing an address or an object id are the same user."""
+    """One ref per user: refs sharing an address or an object id are the same user, unless they contradict each
+    other (the same address with two object ids, or the reverse): then each is kept, and bound on its own."""
     merged: list[UserRef] = []
     for ref in refs:
         for index, known in enumerate(merged):
             same_address = ref.address and known.address and ref.address.lower() == known.address.lower()
             same_object = ref.object_id and known.object_id and ref.object_id.lower() == known.object_id.lower()
-            if same_address or same_object:
+            other_address = ref.address and known.address and not same_address
+            other_object = ref.object_id and known.object_id and not same_object
+            if (same_address or same_object) and not (other_address or other_object):
                 merged[index] = UserRef(
                     address=known.address or ref.address, object_id=known.object_id or ref.object_id
                 )
@@ -144,13 +148,24 @@ def merge_users(refs: Iterable[UserRef]) -> tuple[UserRef, ...]:
     return tuple(merged)
 
 
-def user_ref(address: str | None, object_id: str | None) -> UserRef | None:
-    """The user named by an address and/or an object id; ``None`` when neither names anyone."""
+def user_ref(address: str | None, object_id: str | None, where: str = "") -> UserRef | None:
+    """The user named by an address and/or an object id; ``None`` when neither names anyone.
+
+    Every parser builds its users here, so this is where an object id that is not a GUID is refused (400, nothing
+    queued): Graph would resolve anything else as a UPN, i.e. possibly as another user.
+    """
     if address and "@" not in address:
         address = None  # an accountName without a domain cannot name a mailbox
     if not address and not object_id:
         return None
-    return UserRef(address=address.lower() if address else None, object_id=object_id)
+    try:
+        return UserRef(address=address.lower() if address else None, object_id=_object_id(object_id))
+    except ValueError as error:
+        raise MalformedPayload(f"{where or 'body'}: {error}") from error
+
+
+def _object_id(value: str | None) -> str | None:
+    return object_id_or_error(value) if value else None
 
 
 def first_text(data: Mapping[str, Any], *keys: str) -> str | None:

@@ -445,6 +445,11 @@ def _print_records(records: Sequence[DecisionRecord], *, as_json: bool, out: Tex
     for record in records:
         for reason in record.decision.reasons:
             out.write(f"  {record.user or record.alert_id}: [{reason.code}] {reason.text}\n")
+    if any(record.notes for record in records):
+        out.write("\nNot checked:\n")
+        for record in records:
+            for note in record.notes:
+                out.write(f"  {record.user or record.alert_id}: [{note.code}] {note.text}\n")
 
 
 @asynccontextmanager

@@ -1,7 +1,8 @@
 """The pure decision (design §6): event + facts + policy + now -> Decision. No I/O, no clock, no logging.
 
 Order: ignore (``not-target-alert``, ``duplicate``, ``not-restricted``) -> eligibility (``deny:*``, else
-``allow:<rule>`` or ``no-allow-rule``) -> guards (all evaluated, all failures reported) -> ``ticket`` when not
+``identity-unbound`` when no directory user owns the restricted address, else ``allow:<rule>`` or
+``no-allow-rule``) -> guards (all evaluated, all failures reported) -> ``ticket`` when not
 eligible or any guard failed; otherwise ``wait`` (``limit-block``, ``auto-release-soon``) or ``unblock``.
 """
 
@@ -19,6 +20,7 @@ NOT_TARGET_ALERT = "not-target-alert"
 NOT_RESTRICTED = "not-restricted"
 DUPLICATE = "duplicate"
 NO_ALLOW_RULE = "no-allow-rule"
+IDENTITY_UNBOUND = "identity-unbound"
 POLICY_INVALID = "policy-invalid"
 GUARD_USER_BUDGET = "guard:user-budget"
 GUARD_ACCOUNT_DISABLED = "guard:account-disabled"
@@ -59,18 +61,16 @@ def decide(event: RestrictionEvent, facts: Facts, policy: Policy | PolicyError, 
     if restriction is None:
         return ignore(NOT_RESTRICTED, f"{event.user.key} is not on the restricted list now")
 
-    identities = facts.identities(event.user)
+    identities = facts.identities()
     reasons: list[Reason] = []
     denied = _selector_matches(policy.deny, identities, facts.member_of)
     eligible = False
     if denied:
         reasons.extend(Reason(f"deny:{kind}", f"deny list matches {kind} {value}") for kind, value in denied)
-    elif policy.deny.groups and facts.user is None:
-        # Membership cannot be checked for a user the directory does not know: fail closed.
-        reasons.append(
-            Reason("deny:group", f"cannot rule out the deny groups: {event.user.key} is not in the directory")
-        )
-    else:
+    if facts.user is None or not facts.user.owns(restriction.address):
+        # Whose groups, rules, risk and account state these facts are is unknown: nothing may be unblocked on them.
+        reasons.append(Reason(IDENTITY_UNBOUND, _unbound(restriction.address, facts)))
+    elif not denied:
         for rule in policy.allow:
             matched = _selector_matches(rule.selector, identities, facts.member_of)
             if matched:
@@ -149,6 +149,18 @@ def unblock_uncertain(decision: Decision, detail: str) -> Decision:
 def unblock_failed(decision: Decision, detail: str) -> Decision:
     """The service refused the unblock (e.g. Microsoft's unblock limit): escalate, never retry."""
     return Decision(Outcome.TICKET, (*decision.reasons, Reason(UNBLOCK_FAILED, detail)))
+
+
+def _unbound(address: str, facts: Facts) -> str:
+    if facts.user is None:
+        return (
+            f"no directory user could be bound to the restricted address {address}: account state, groups, rules "
+            "and risk unknown"
+        )
+    return (
+        f"directory user {facts.user.user_principal_name} ({facts.user.id}) does not own the restricted address "
+        f"{address}"
+    )
 
 
 def _policy_invalid(event: RestrictionEvent, facts: Facts, error: PolicyError) -> Decision:

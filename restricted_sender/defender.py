@@ -14,7 +14,7 @@ from typing import Any
 
 from .alerts import first_text, loose_json_object, merge_users, user_ref
 from .errors import MalformedPayload
-from .model import SOURCE_DEFENDER, AlertReport, UserRef
+from .model import SOURCE_DEFENDER, AlertReport, UserRef, object_id_or_error
 
 CATEGORY_INFO = "advancedhunting-alertinfo"
 CATEGORY_EVIDENCE = "advancedhunting-alertevidence"
@@ -59,7 +59,7 @@ class UserEvidence:
 
     @property
     def user(self) -> UserRef:
-        return UserRef(self.address, self.object_id)
+        return UserRef(self.address, self.object_id.lower() if self.object_id else None)
 
     def to_dict(self) -> dict[str, str | None]:
         return {
@@ -79,7 +79,7 @@ class UserEvidence:
             alert_id=_required(data, "alert_id"),
             title=_optional(data, "title"),
             address=address,
-            object_id=object_id,
+            object_id=object_id_or_error(object_id) if object_id else None,
             timestamp=_optional(data, "timestamp"),
         )
 
@@ -139,7 +139,7 @@ def parse_records(payload: object) -> DefenderBatch:
         title = first_text(props, "Title")
         if category == CATEGORY_INFO:
             infos.append(AlertInfo(alert_id, title or "", timestamp, first_text(props, "ServiceSource")))
-        elif (ref := _evidence_user(props)) is not None:
+        elif (ref := _evidence_user(props, f"{where}.properties")) is not None:
             evidence.append(UserEvidence(alert_id, title, ref.address, ref.object_id, timestamp))
     return DefenderBatch(tuple(infos), tuple(evidence))
 
@@ -198,19 +198,19 @@ def compact(batch: DefenderBatch, is_target: Callable[[str], bool]) -> DefenderB
     )
 
 
-def _evidence_user(props: Mapping[str, Any]) -> UserRef | None:
+def _evidence_user(props: Mapping[str, Any], where: str) -> UserRef | None:
     extra = loose_json_object(props.get("AdditionalFields"))
     entity = str(props.get("EntityType") or "").lower()
     if entity == "user":
         name, suffix = first_text(extra, "Name"), first_text(extra, "UPNSuffix")
         address = first_text(props, "AccountUpn") or (f"{name}@{suffix}" if name and suffix else None)
-        return user_ref(address, first_text(props, "AccountObjectId") or first_text(extra, "AadUserId"))
+        return user_ref(address, first_text(props, "AccountObjectId") or first_text(extra, "AadUserId"), where)
     if entity == "mailbox":
         # Unconfirmed: no real AlertEvidence for "User restricted from sending email" has been seen, so whether it
         # names the sender as a User or a Mailbox entity is unknown. Mailbox fields follow the Sentinel entity.
         address = first_text(props, "AccountUpn") or first_text(extra, "Upn", "MailboxPrimaryAddress")
         object_id = first_text(props, "AccountObjectId") or first_text(extra, "ExternalDirectoryObjectId")
-        return user_ref(address, object_id)
+        return user_ref(address, object_id, where)
     return None
 
 

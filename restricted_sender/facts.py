@@ -1,14 +1,24 @@
-"""Gathers the facts one decision needs: concurrently, each once, nothing the policy does not ask for."""
+"""Gathers the facts one decision needs: concurrently, each once, nothing the policy does not ask for.
+
+Every user-specific fact is about ONE identity. The restricted address is the anchor (the restricted list is what
+Microsoft blocked); the directory user is bound to it only when that user owns it (UPN, ``mail`` or an SMTP
+``proxyAddresses`` entry). The look-ups start speculatively with what the alert said, and a result is kept only
+when it was fetched by the bound user's own key; anything else is fetched again for the bound user. So an alert
+that pairs one user's address with another user's object id is decided on the facts of the user who owns the
+restricted address (noted ``identity-mismatch``), and a restricted address no user can be bound to is never
+unblocked (``decide`` tickets it ``identity-unbound``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .model import Facts, RestrictionEvent, UnblockEntry
+from .mailbox import Forwarding, InboxRule
+from .model import DirectoryUser, Facts, Note, NoteCode, RestrictionEvent, UnblockEntry
 from .policy import Policy
 from .ports import Directory, Exchange, Store
 from .restriction import BlockedSender
@@ -23,92 +33,226 @@ class FactSources:
     store: Store
 
 
+@dataclass(frozen=True, slots=True)
+class _Wants:
+    """What the policy asks for, and so what is looked up at all."""
+
+    groups: tuple[str, ...] = ()
+    risk: bool = False
+    rules: bool = False
+    forwarding: bool = False
+    history: bool = False
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _DirectoryFacts:
+    """The directory's facts about the user Graph resolves ``key`` to (``/users/{key}``: an object id or a UPN)."""
+
+    key: str
+    user: DirectoryUser | None
+    member_of: frozenset[str] = frozenset()
+    rules: tuple[InboxRule, ...] | None = None
+    risk: str | None = None
+    risk_asked: bool = False
+
+    def about(self, user: DirectoryUser) -> bool:
+        """Fetched by ``user``'s own key, so every part of it is about ``user`` (not someone sharing an address)."""
+        return (
+            self.user is not None
+            and self.user.id.lower() == user.id.lower()
+            and self.key.lower() in (user.id.lower(), user.user_principal_name.lower())
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _MailboxFacts:
+    """Exchange's and our store's facts about one address (the restricted one, once bound)."""
+
+    address: str
+    history: tuple[UnblockEntry, ...] = ()
+    forwarding: Forwarding | None = None
+
+
+@dataclass
+class _Notes:
+    found: list[Note] = field(default_factory=list)
+
+    def add(self, code: NoteCode, text: str) -> None:
+        self.found.append(Note(code, text))
+
+
 async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: FactSources, now: datetime) -> Facts:
-    """At most two rounds of concurrent look-ups before deciding: the second only for what the first revealed
-    (the user's object id for risk, another address, folders that inbox rules move mail to).
+    """Usually two rounds of concurrent look-ups before deciding: the second only for what the first revealed (the
+    user's object id for risk, folders that inbox rules move mail to). An alert whose address is not the restricted
+    one, or whose object id is not the address's owner, costs a round or two more.
 
     ``policy`` is ``None`` when it failed to load: then only the restriction is looked up (fail closed).
     """
     exchange, directory, store = sources.exchange, sources.directory, sources.store
     guards = policy.guards if policy else None
-    groups = sorted(policy.group_ids()) if policy else []
     user_budget = guards.max_unblocks_per_user if guards else None
     tenant_budget = guards.max_unblocks_per_tenant if guards else None
-    since = now - (timedelta(hours=user_budget.window_hours) if user_budget else _NO_HISTORY_WINDOW)
-    # "high" lets every level through: nothing to ask Identity Protection then.
-    want_risk = guards is not None and guards.max_risk_level not in (None, "high")
-    want_rules = guards is not None and guards.suspicious_inbox_rules
-    want_forwarding = guards is not None and guards.external_forwarding
+    wants = _Wants(
+        groups=tuple(sorted(policy.group_ids())) if policy else (),
+        # "high" lets every level through: nothing to ask Identity Protection then.
+        risk=guards is not None and guards.max_risk_level not in (None, "high"),
+        rules=guards is not None and guards.suspicious_inbox_rules,
+        forwarding=guards is not None and guards.external_forwarding,
+        history=policy is not None,
+        since=now - (timedelta(hours=user_budget.window_hours) if user_budget else _NO_HISTORY_WINDOW),
+    )
     address, object_id = event.user.address, event.user.object_id
     key = object_id or address
     assert key is not None, "an event names a user by address or object id"
+    notes = _Notes()
 
-    restriction, user, member_of, history, tenant_history, rules, domains, forwarding, risk = await _all(
+    # Round 1: the restriction by the alert's address and, speculatively, everything about the user the alert names.
+    restriction, named, mailbox, tenant_history, domains = await _all(
         _restriction(exchange, address) if address else _none(),
-        directory.user(key) if policy or not address else _none(),
-        directory.member_groups(key, groups) if groups else _empty_set(),
-        store.unblocks(address, since) if policy and address else _empty_list(),
+        _directory_facts(directory, key, wants, object_id=object_id) if policy or not address else _none(),
+        _mailbox_facts(exchange, store, address, wants) if address and policy else _none(),
         store.tenant_unblocks(now - timedelta(hours=tenant_budget.window_hours)) if tenant_budget else _empty_list(),
-        directory.inbox_rules(key) if want_rules else _none(),
-        directory.verified_domains() if want_rules or want_forwarding else _empty_set(),
-        exchange.mailbox_forwarding(address) if want_forwarding and address else _none(),
-        directory.risk_level(object_id) if want_risk and object_id else _none(),
+        directory.verified_domains() if wants.rules or wants.forwarding else _empty_set(),
     )
-    if user is None and not address:
-        return Facts(notes=(f"object id {object_id} is not a user in the directory",))
+    named_user = named.user if named else None
+    if named_user is None and not address:
+        return Facts(
+            notes=(Note(NoteCode.USER_NOT_IN_DIRECTORY, f"object id {object_id} is not a user in the directory"),)
+        )
 
-    # The restricted list is keyed by the primary SMTP address, which need not be the UPN.
-    tried = {address.lower()} if address else set()
-    for other in user.addresses() if user else ():
-        if restriction is not None:
-            break
-        if other not in tried:
-            tried.add(other)
-            restriction = await _restriction(exchange, other)
+    owner: DirectoryUser | None = None
+    if restriction is None:
+        # The restricted list is keyed by the primary SMTP address, which need not be the address the alert gave:
+        # look for the other addresses of the user who owns the alert's address (never of someone else).
+        owner = named_user if named_user is not None and (not address or named_user.owns(address)) else None
+        if owner is None and policy and address and (named is None or named.key.lower() != address.lower()):
+            owner = _owning(await directory.user(address), address)
+        if owner is not None:
+            tried = {address.lower()} if address else set()
+            others = [a for a in dict.fromkeys((owner.primary_smtp(), *owner.addresses())) if a and a not in tried]
+            listed = await _all(*(_restriction(exchange, a) for a in others))
+            restriction = next((r for r in listed if r is not None), None)
+    if restriction is None or policy is None:
+        own = _own(event, mailbox.history if mailbox else ())
+        if own is None and policy and owner is not None:
+            # Not listed now: if an earlier try of this event sent the unblock, its intent is under the address it
+            # removed, which may be another of the owner's addresses than the alert's.
+            others = [a for a in owner.addresses() if not address or a != address.lower()]
+            found = await _all(*(store.unblocks(a, wants.since) for a in others))
+            own = _own(event, [h for entries in found for h in entries])
+        return Facts(restriction=restriction, user=owner if policy else None, own_unblock=own)
 
+    # Bind: the one directory user who owns the restricted address.
+    anchor = restriction.address.lower()
+    user = _owning(named_user, anchor)
+    if user is None and not (named is not None and named.key.lower() == anchor):
+        user = _owning(await directory.user(anchor), anchor)
+    if object_id and (user is None or user.id.lower() != object_id):
+        who = f"{named_user.user_principal_name} ({object_id})" if named_user else f"object id {object_id}"
+        bound = f"{user.user_principal_name} ({user.id})" if user else "no directory user"
+        notes.add(
+            NoteCode.IDENTITY_MISMATCH,
+            f"the alert names {who}, but the restricted address {anchor} belongs to {bound}: "
+            + (f"the facts are those of {bound}" if user else "nothing about the named user was used"),
+        )
+    if user is None:
+        notes.add(
+            NoteCode.USER_NOT_IN_DIRECTORY,
+            f"no directory user owns {anchor}: account state, groups, rules and risk unknown",
+        )
+
+    # Keep what was fetched by the bound identity's own keys; fetch the rest for it now.
+    directory_facts = named if named is not None and user is not None and named.about(user) else None
+    folder_names: dict[str, str | None] = {}
     second: dict[str, Awaitable[Any]] = {}
-    if restriction is not None and policy and restriction.address.lower() != (address or "").lower():
-        second["history"] = store.unblocks(restriction.address, since)
-    if want_forwarding and not address and restriction is not None:
-        second["forwarding"] = exchange.mailbox_forwarding(restriction.address)
-    if want_risk and not object_id and user is not None:
-        second["risk"] = directory.risk_level(user.id)
-    folders = sorted(
-        {r.move_to_folder for r in rules or () if r.enabled and r.move_to_folder and not r.folder_name({})}
-    )
-    for folder in folders:
-        second[f"folder:{folder}"] = directory.folder_name(key, folder)
+    if user is not None and directory_facts is None:
+        second["directory"] = _directory_facts(directory, user.id, wants, object_id=user.id, user=user)
+    elif user is not None and directory_facts is not None:
+        if wants.risk and not directory_facts.risk_asked:
+            second["risk"] = directory.risk_level(user.id)
+        for folder in _folders(directory_facts.rules):
+            second[f"folder:{folder}"] = directory.folder_name(user.id, folder)
+    if mailbox is None or mailbox.address.lower() != anchor:
+        second["mailbox"] = _mailbox_facts(exchange, store, restriction.address, wants)
     found = dict(zip(second, await _all(*second.values()), strict=True)) if second else {}
-    history = [*history, *found.get("history", [])]
-    forwarding = found.get("forwarding", forwarding)
-    risk = found.get("risk", risk)
-    folder_names = {f: found[f"folder:{f}"] for f in folders if found.get(f"folder:{f}")}
+    folder_names.update({k[7:]: v for k, v in found.items() if k.startswith("folder:")})
+    if "risk" in found and directory_facts is not None:
+        directory_facts = replace(directory_facts, risk=found["risk"], risk_asked=True)
+    if "directory" in found and user is not None:
+        directory_facts = found["directory"]
+        folders = _folders(directory_facts.rules)
+        names = await _all(*(directory.folder_name(user.id, f) for f in folders))
+        folder_names.update(zip(folders, names, strict=True))
+    mailbox = found.get("mailbox", mailbox)
+    assert mailbox is not None
+    rules = directory_facts.rules if directory_facts else None
 
-    notes: list[str] = []
-    if policy and user is None:
-        notes.append(f"{address or object_id} was not found in the directory: account state and groups unknown")
-    if want_risk and risk is None:
-        notes.append("risk-unknown: Identity Protection gave no risk level (no Entra ID P2, or no risk record)")
-    if want_rules and rules is None:
-        notes.append("inbox rules could not be read: the user has no mailbox in Exchange Online")
+    risk = directory_facts.risk if directory_facts else None
+    if wants.risk and user is not None and risk is None:
+        notes.add(NoteCode.RISK_UNKNOWN, "Identity Protection gave no risk level (no Entra ID P2, or no risk record)")
+    if wants.rules and user is not None and rules is None:
+        notes.add(NoteCode.INBOX_RULES_UNREAD, "the inbox rules could not be read: the user has no mailbox to read")
+    for folder, name in folder_names.items():
+        if name is None:
+            using = ", ".join(f'"{r.name}"' for r in rules or () if r.move_to_folder == folder)
+            notes.add(NoteCode.FOLDER_UNREAD, f"inbox rule {using} moves mail to folder {folder}, whose name could "
+                      "not be read: whether it hides mail was not checked")  # fmt: skip
     # This event's own pending unblock (a retry after a failure) must not count against its budget.
-    counted = tuple(sorted((h for h in history if h.event_id != event.event_id), key=lambda h: h.at))
+    counted = tuple(sorted((h for h in mailbox.history if h.event_id != event.event_id), key=lambda h: h.at))
     # This event's own entry is its intent record: an earlier try decided to unblock and may have sent it.
-    own = max((h for h in history if h.event_id == event.event_id), key=lambda h: h.at, default=None)
+    own = _own(event, mailbox.history)
     return Facts(
         own_unblock=own,
         restriction=restriction,
         user=user,
-        member_of=frozenset(g.lower() for g in member_of),
+        member_of=directory_facts.member_of if directory_facts else frozenset(),
         unblocks=counted,
-        notes=tuple(notes),
+        notes=tuple(notes.found),
         tenant_unblocks=tuple(h for h in tenant_history if h.event_id != event.event_id),
         risk_level=risk,
         inbox_rules=rules,
-        folder_names=folder_names,
-        forwarding=forwarding,
+        folder_names={f: n for f, n in folder_names.items() if n},
+        forwarding=mailbox.forwarding,
         tenant_domains=frozenset(domains),
     )
+
+
+async def _directory_facts(
+    directory: Directory, key: str, wants: _Wants, *, object_id: str | None, user: DirectoryUser | None = None
+) -> _DirectoryFacts:
+    """The user ``key`` names and, concurrently, its groups and rules (and its risk, when the key is its object id)."""
+    ask_risk = wants.risk and object_id is not None
+    found_user, member_of, rules, risk = await _all(
+        _value(user) if user is not None else directory.user(key),
+        directory.member_groups(key, wants.groups) if wants.groups else _empty_set(),
+        directory.inbox_rules(key) if wants.rules else _none(),
+        directory.risk_level(object_id) if ask_risk and object_id else _none(),
+    )
+    return _DirectoryFacts(key, found_user, frozenset(g.lower() for g in member_of), rules, risk, ask_risk)
+
+
+async def _mailbox_facts(exchange: Exchange, store: Store, address: str, wants: _Wants) -> _MailboxFacts:
+    assert wants.since is not None
+    history, forwarding = await _all(
+        store.unblocks(address, wants.since) if wants.history else _empty_list(),
+        exchange.mailbox_forwarding(address) if wants.forwarding else _none(),
+    )
+    return _MailboxFacts(address, tuple(history), forwarding)
+
+
+def _folders(rules: Sequence[InboxRule] | None) -> list[str]:
+    """Folder ids enabled rules move mail to, whose display name is needed to judge them."""
+    return sorted({r.move_to_folder for r in rules or () if r.enabled and r.move_to_folder and not r.folder_name({})})
+
+
+def _owning(user: DirectoryUser | None, address: str) -> DirectoryUser | None:
+    return user if user is not None and user.owns(address) else None
+
+
+def _own(event: RestrictionEvent, history: Iterable[UnblockEntry]) -> UnblockEntry | None:
+    """This event's own unblock entry, the newest: its intent record (an earlier try decided to unblock)."""
+    return max((h for h in history if h.event_id == event.event_id), key=lambda h: h.at, default=None)
 
 
 async def _restriction(exchange: Exchange, address: str) -> BlockedSender | None:
@@ -127,6 +271,10 @@ async def _all(*steps: Awaitable[Any]) -> list[Any]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def _value(value: Any) -> Any:
+    return value
 
 
 async def _none() -> None:

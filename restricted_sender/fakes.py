@@ -168,7 +168,13 @@ class FakeDirectory:
 
     async def user(self, key: str) -> DirectoryUser | None:
         self.calls += 1
-        return self._find(key)
+        found = self._find(key)
+        if found is None and "@" in key:
+            # Like the Graph adapter: by mail or an SMTP proxy address, when exactly one user has it.
+            wanted = key.lower()
+            matches = [u for u in self.users if wanted == (u.mail or "").lower() or wanted in u.smtp_addresses()]
+            found = matches[0] if len(matches) == 1 else None
+        return found
 
     async def member_groups(self, key: str, group_ids: Sequence[str]) -> frozenset[str]:
         self.calls += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -23,12 +24,31 @@ def stable_id(*parts: str, length: int = 32) -> str:
     return digest[:length]
 
 
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def object_id_or_error(value: str) -> str:
+    """An Entra object id, lower-cased; ``ValueError`` when it is not a GUID (Graph ids always are)."""
+    text = value.strip().lower()
+    if not _GUID.match(text):
+        raise ValueError(f"object id {value[:80]!r} is not a GUID")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class UserRef:
-    """A user named by an alert: a UPN / SMTP address, an Entra object id, or both."""
+    """A user named by an alert: a UPN / SMTP address, an Entra object id (a GUID), or both.
+
+    Which user the two name together is only settled when the facts are gathered (see ``facts.gather_facts``):
+    an alert may pair one user's address with another's object id.
+    """
 
     address: str | None = None
     object_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.object_id is not None and object_id_or_error(self.object_id) != self.object_id:
+            raise ValueError(f"object id {self.object_id[:80]!r} is not a lower-case GUID")
 
     @property
     def key(self) -> str:
@@ -144,9 +164,25 @@ class DirectoryUser:
     account_enabled: bool | None
     user_type: str | None = None
     created: str | None = None
+    # Graph ``proxyAddresses``: "SMTP:primary@x" (the primary SMTP address), "smtp:alias@y", and other kinds
+    # (``SIP:``, ``X500:``) that are not mail addresses. https://learn.microsoft.com/graph/api/resources/user
+    proxy_addresses: tuple[str, ...] = ()
 
     def addresses(self) -> tuple[str, ...]:
+        """The UPN and ``mail``, lower-cased: what the policy's users and domains are matched against."""
         return tuple(a.lower() for a in (self.user_principal_name, self.mail) if a)
+
+    def smtp_addresses(self) -> tuple[str, ...]:
+        """Every SMTP address of the user's mailbox (``proxyAddresses`` of kind smtp), lower-cased."""
+        return tuple(p[5:].strip().lower() for p in self.proxy_addresses if p[:5].lower() == "smtp:" and p[5:].strip())
+
+    def primary_smtp(self) -> str | None:
+        """The primary SMTP address (``SMTP:`` in upper case), which keys the restricted list."""
+        return next((p[5:].strip().lower() for p in self.proxy_addresses if p.startswith("SMTP:")), None)
+
+    def owns(self, address: str) -> bool:
+        """``address`` is this user's UPN, ``mail`` or one of its SMTP proxy addresses (case-insensitive)."""
+        return address.strip().lower() in {*self.addresses(), *self.smtp_addresses()}
 
 
 class UnblockKind(StrEnum):
@@ -187,6 +223,36 @@ class UnblockEntry:
         return self.status not in NOT_SPENT
 
 
+class NoteCode(StrEnum):
+    """What could not be checked, or was not as the alert said: each fact that did not take part in the decision
+    is named in the record's ``notes`` (and so in the audit row, the log line, ``replay --json``, the ticket and the
+    SOC notice). One line per code; README "Notes" lists them."""
+
+    RISK_UNKNOWN = "risk-unknown"  # the risk guard is on and Identity Protection gave no level (no P2, no record)
+    INBOX_RULES_UNREAD = "inbox-rules-unread"  # the rules guard is on and the rules could not be read
+    FOLDER_UNREAD = "folder-unread"  # a rule moves mail to a folder whose name could not be read
+    USER_NOT_IN_DIRECTORY = "user-not-in-directory"  # no directory user owns the restricted address
+    IDENTITY_MISMATCH = "identity-mismatch"  # the alert's object id is not the user who owns the restricted address
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    code: NoteCode | str  # a str only when read back from a record a later version wrote
+    text: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": str(self.code), "text": self.text}
+
+    @classmethod
+    def from_dict(cls, value: object) -> Note:
+        """A note as :meth:`to_dict` wrote it; a plain string (evidence notes of earlier versions) has no code."""
+        if isinstance(value, Mapping):
+            code = str(value.get("code") or "note")
+            known = {c.value: c for c in NoteCode}
+            return cls(known.get(code, code), str(value.get("text") or ""))
+        return cls("note", str(value))
+
+
 @dataclass(frozen=True, slots=True)
 class Facts:
     """Everything ``decide`` may look at, gathered before deciding."""
@@ -196,7 +262,7 @@ class Facts:
     member_of: frozenset[str] = frozenset()
     unblocks: tuple[UnblockEntry, ...] = ()
     first_report: bool = True
-    notes: tuple[str, ...] = ()
+    notes: tuple[Note, ...] = ()
     tenant_unblocks: tuple[UnblockEntry, ...] = ()
     own_unblock: UnblockEntry | None = None  # this event's own unblock entry: an earlier try started the unblock
 
@@ -212,11 +278,10 @@ class Facts:
     forwarding: Forwarding | None = None
     tenant_domains: frozenset[str] = frozenset()
 
-    def identities(self, event_user: UserRef) -> frozenset[str]:
-        """Every address we know the user by, lower-cased."""
+    def identities(self) -> frozenset[str]:
+        """Every address of the one identity the facts are about, lower-cased: the restricted address and the bound
+        user's UPN and mail. Never the alert's own words: an alert may name someone else."""
         found: set[str] = set()
-        if event_user.address:
-            found.add(event_user.address.lower())
         if self.user:
             found.update(self.user.addresses())
         if self.restriction:
@@ -292,6 +357,7 @@ class DecisionRecord:
     policy_version: str
     at: datetime
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[Note, ...] = ()  # what could not be checked (Facts.notes)
 
     def with_actions(self, *actions: Action) -> DecisionRecord:
         return replace(self, actions=self.actions + actions)
@@ -317,6 +383,8 @@ class DecisionRecord:
             mode=row["mode"],
             policy_version=row["policy_version"],
             at=parse_instant(row["at"]),
+            # Rows written before notes were part of the record have none.
+            notes=tuple(Note.from_dict(n) for n in row.get("notes") or ()),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,6 +400,7 @@ class DecisionRecord:
             "mode": self.mode,
             "policy_version": self.policy_version,
             "at": iso(self.at),
+            "notes": [n.to_dict() for n in self.notes],
         }
 
 

@@ -59,6 +59,10 @@ def recipients_notice(recipients: Sequence[str], record: Mapping[str, Any], *, t
     ]
     if not record.get("actions"):
         lines.append("  - nothing")
+    notes = [n if isinstance(n, Mapping) else {"code": "note", "text": n} for n in record.get("notes") or ()]
+    if notes:
+        # Decided without these: the SOC reads what was not checked in the notice itself, not only in the ticket.
+        lines += ["", "Not checked:", *(f"  - {n.get('code')}: {n.get('text')}" for n in notes)]
     if ticket:
         lines += ["", f"Ticket: {ticket}"]
     lines += ["", f"Event id: {record.get('event_id')}", "", _FOOTER]

@@ -193,6 +193,7 @@ def decision_record(
         mode=policy.mode,
         policy_version=policy.version if isinstance(policy, Policy) else "invalid",
         at=now,
+        notes=facts.notes,
     )
     return replace(record, evidence=evidence(facts, record, event.alert_url))
 

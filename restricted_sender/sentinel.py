@@ -131,12 +131,13 @@ def _entity_users(entities: list[Any], where: str) -> Iterator[UserRef]:
             suffix = first_text(fields, "upnSuffix", "UPNSuffix")
             # Some connectors put the whole UPN in accountName: then it is the address, suffix or not.
             address = name if name and "@" in name else (f"{name}@{suffix}" if name and suffix else None)
-            ref = user_ref(address, first_text(fields, "aadUserId", "AadUserId"))
+            ref = user_ref(address, first_text(fields, "aadUserId", "AadUserId"), f"{where}[{index}].aadUserId")
         elif kind == "mailbox":
             # MDO alerts may name the sender as a mailbox (alerts_v2 does, with mailboxEvidence): dropping it
             # would leave a restricted user unhandled.
             address = first_text(fields, "mailboxPrimaryAddress", "MailboxPrimaryAddress", "upn", "Upn")
-            ref = user_ref(address, first_text(fields, "externalDirectoryObjectId", "ExternalDirectoryObjectId"))
+            object_id = first_text(fields, "externalDirectoryObjectId", "ExternalDirectoryObjectId")
+            ref = user_ref(address, object_id, f"{where}[{index}].externalDirectoryObjectId")
         else:
             continue
         if ref is not None:

@@ -240,6 +240,7 @@ class _View:
     def blocks(self) -> list[_Block]:
         return [
             self.decision_block(),
+            *([self.notes_block()] if _list(self.record.get("notes")) else []),
             _Block("Evidence", 2),
             self.restriction_block(),
             self.user_block(),
@@ -247,7 +248,6 @@ class _View:
             self.rules_block(),
             self.forwarding_block(),
             self.unblocks_block(),
-            *([self.notes_block()] if _list(self.evidence.get("notes")) else []),
             self.links_block(),
             self.actions_block(),
             self.checklist_block(),
@@ -389,7 +389,13 @@ class _View:
         return _Block("Our previous unblocks of this user", 3, self.listed(entries) or (_Item(("None.",)),))
 
     def notes_block(self) -> _Block:
-        return _Block("Notes", 3, self.listed([_Item((self.v(n),)) for n in _list(self.evidence.get("notes"))]))
+        """What could not be checked (or was not as the alert said): the decision was taken without it."""
+        entries = [
+            _Item((f"[{self.v(note.get('code'))}] {self.v(note.get('text'))}",))
+            for note in map(_note, _list(self.record.get("notes")))
+        ]
+        intro = ("What the decision could not check, or found not as the alert said: check these by hand.",)
+        return _Block("Not checked", 2, self.listed(entries, at_least=_MIN_REASONS), intro=intro)
 
     def links_block(self) -> _Block:
         links = _map(self.evidence.get("links"))
@@ -618,6 +624,11 @@ def _yes_no(value: object) -> str:
 def _label(key: object) -> str:
     label = _REASON_KEYS.get(_clean(key).lower())
     return f" ({label})" if label else ""
+
+
+def _note(value: object) -> Mapping[str, Any]:
+    """A note as the record carries it (``{"code", "text"}``); a bare string is a note without a code."""
+    return value if isinstance(value, Mapping) else {"code": "note", "text": value}
 
 
 def _reasons(record: Mapping[str, Any]) -> list[tuple[str, str]]:

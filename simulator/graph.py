@@ -211,11 +211,12 @@ def _decode_skiptoken(token: str) -> int | None:
     return int(number) if prefix == "offset" and number.isdigit() else None
 
 
-# A deliberately small $filter: ``prop op literal`` clauses joined by ``and``. On /users, clauses it cannot read
-# (lambda operators, functions, ``or``) are ignored, so a client must not rely on the simulator to narrow
-# results it has not checked itself; on alerts they are refused (``_alert_clauses``).
+# A deliberately small $filter: ``prop op literal`` clauses and ``collection/any(x:x eq literal)`` (what Graph
+# documents for multi-valued properties such as proxyAddresses) joined by ``and``, and such conjunctions joined by
+# ``or``. On /users, clauses it cannot read (other functions, nested parentheses) are ignored, so a client must not
+# rely on the simulator to narrow results it has not checked itself; on alerts they are refused (``_alert_clauses``).
 _CLAUSE = re.compile(r"^\s*(\w+)\s+(eq|ne|gt|ge|lt|le)\s+(.+?)\s*$", re.IGNORECASE)
-_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+_ANY = re.compile(r"^\s*(\w+)/any\(\s*(\w+)\s*:\s*(\w+)\s+eq\s+('(?:[^']|'')*')\s*\)\s*$", re.IGNORECASE)
 _UNREADABLE = object()
 
 
@@ -249,10 +250,44 @@ def _datetime(value: object) -> dt.datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+def _outside_quotes(expression: str, separator: re.Pattern[str]) -> list[str]:
+    """``expression`` split at ``separator`` where it is not inside a quoted literal."""
+    parts: list[str] = []
+    start = position = 0
+    quoted = False
+    while position < len(expression):
+        if expression[position] == "'":
+            quoted = not quoted  # '' inside a literal toggles twice: still inside
+        elif not quoted and (found := separator.match(expression, position)) is not None:
+            parts.append(expression[start:position])
+            start = position = found.end()
+            continue
+        position += 1
+    return [*parts, expression[start:]]
+
+
+_OR_AT = re.compile(r"\s+or\s+", re.IGNORECASE)
+_AND_AT = re.compile(r"\s+and\s+", re.IGNORECASE)
+
+
 def _matches_filter(item: Json, expression: str) -> bool:
-    if re.search(r"\bor\b|\(", expression, re.IGNORECASE):
-        return True
-    for clause in _AND.split(expression):
+    return any(_matches_all(item, part) for part in _outside_quotes(expression, _OR_AT))
+
+
+def _matches_all(item: Json, expression: str) -> bool:
+    for clause in _outside_quotes(expression, _AND_AT):
+        lambda_match = _ANY.match(clause)
+        if lambda_match:
+            prop, variable, compared, literal_text = lambda_match.groups()
+            values = item.get(prop)
+            literal = _literal(literal_text)
+            if variable != compared or not isinstance(literal, str):
+                continue  # not read: ignored
+            if not isinstance(values, list) or literal.casefold() not in [str(v).casefold() for v in values]:
+                return False
+            continue
+        if "(" in clause:
+            continue  # a function or a group the simulator does not read: ignored
         match = _CLAUSE.match(clause)
         if not match:
             continue

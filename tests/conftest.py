@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -129,6 +130,24 @@ def alert_v2(
         "createdDateTime": "2026-11-27T08:03:12Z",
         "evidence": evidence,
     }
+
+
+@pytest.fixture
+def queue(azurite: Azurite) -> Iterator[Any]:
+    """The events queue, emptied, read the way the queue trigger reads it (base64)."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+    from restricted_sender.settings import EVENTS_QUEUE
+
+    client = QueueClient.from_connection_string(
+        azurite.connection_string, EVENTS_QUEUE, message_decode_policy=TextBase64DecodePolicy()
+    )
+    with contextlib.suppress(ResourceExistsError):
+        client.create_queue()
+    client.clear_messages()
+    yield client
+    client.close()
 
 
 @pytest.fixture

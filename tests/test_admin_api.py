@@ -223,3 +223,22 @@ def test_without_an_audience_setting_the_admin_api_says_what_to_set(
     assert status == 500
     assert "ADMIN_API_AUDIENCE" in answer["error"]["message"]
     assert removals(sim) == 0
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_an_address_no_directory_user_owns_is_never_unblocked_by_hand(
+    handlers: dict[str, Callable[..., Any]],
+    configure: Any,
+    sim: Simulator,
+    azurite: Azurite,
+    table_prefix: str,
+    force: bool,
+) -> None:
+    sim.add_blocked_sender(blocked("ghost@contoso.com"))
+    status, answer = unblock(handlers, "ghost@contoso.com", sim.mint_token(), force=force)
+    assert (status, answer["error"]["code"]) == (409, "identity-unbound")
+    assert removals(sim) == 0
+    [row] = audit_rows(azurite, table_prefix)
+    assert [n["code"] for n in row["notes"]] == ["user-not-in-directory"]
+    status, answer = call(handlers, "user_status", route={"upn": "ghost@contoso.com"}, token=sim.mint_token())
+    assert (status, answer["directory"], [n["code"] for n in answer["notes"]]) == (200, None, ["user-not-in-directory"])

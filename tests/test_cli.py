@@ -106,7 +106,7 @@ def test_replay_reproduces_every_decision_with_its_reason_codes(world: dict[str,
     for record in records:
         assert set(record) == {
             "event_id", "alert_id", "source", "sources", "user", "decision", "reasons", "actions", "mode",
-            "policy_version", "at",
+            "policy_version", "at", "notes",
         }  # fmt: skip
         assert record["at"] == "2026-03-02T22:00:00Z"
     requests = [json.loads(line) for line in log.read_text().splitlines()]

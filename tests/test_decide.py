@@ -80,6 +80,8 @@ class Case:
     folders: dict[str, str] = field(default_factory=dict)
     forwarding: dict[str, Any] | None = None
     forwarding_target: dict[str, Any] | None = None  # the Get-Recipient row its ForwardingAddress resolves to
+    owner: str | None = None  # the directory user's UPN and mail, when not the restricted address
+    proxies: tuple[str, ...] = ()
 
     def run(self) -> Any:
         event = RestrictionEvent(
@@ -97,7 +99,10 @@ class Case:
             "TemporaryBlock": self.temporary,
             "CreatedDatetime": self.created.isoformat(),
         }
-        user = DirectoryUser(id="u1", user_principal_name=self.address, mail=self.address, account_enabled=self.enabled)
+        owner = self.owner or self.address
+        user = DirectoryUser(
+            id="u1", user_principal_name=owner, mail=owner, account_enabled=self.enabled, proxy_addresses=self.proxies
+        )
         facts = Facts(
             restriction=BlockedSender.from_row(row) if self.restricted else None,
             user=user if self.in_directory else None,
@@ -182,14 +187,32 @@ CASES: list[tuple[str, Case, str, tuple[str, ...]]] = [
         ("deny:group",),
     ),
     (
-        "a user the directory does not know cannot be cleared of deny groups",
+        "a restricted address no directory user owns is escalated, never unblocked",
         Case(in_directory=False),
         "ticket",
-        ("deny:group",),
+        ("identity-unbound",),
     ),
     (
-        "without deny groups a user missing from the directory may still be allowed",
+        "without deny groups a restricted address no directory user owns is still escalated",
         Case(in_directory=False, policy={**BASE_POLICY, "deny": {"users": ["ceo@contoso.com"]}}),
+        "ticket",
+        ("identity-unbound",),
+    ),
+    (
+        "a directory user who does not own the restricted address is not whose facts decide",
+        Case(owner="bob@contoso.com"),
+        "ticket",
+        ("identity-unbound",),
+    ),
+    (
+        "an unbound address on the deny list names the deny match too",
+        Case(address="ceo@contoso.com", in_directory=False),
+        "ticket",
+        ("deny:user", "identity-unbound"),
+    ),
+    (
+        "a user owning the restricted address through an SMTP proxy address is bound",
+        Case(owner="alice.smith@contoso.com", proxies=("SMTP:alice.smith@contoso.com", "smtp:Alice@Contoso.com")),
         "unblock",
         ("allow:staff",),
     ),

@@ -74,7 +74,7 @@ LIMIT = (
     "EmailSendingLimitExceeded;InternalRecipientCountToday=4;ExternalRecipientCountToday=396;"
     "ExceedingLimitType=External"
 )
-OBJECT_ID = "0b4e2c1a-user-0000-0000-000000000001"
+OBJECT_ID = "0b4e2c1a-0000-4000-8000-000000000001"
 
 FIXED_CODES = {
     "not-target-alert",
@@ -84,6 +84,7 @@ FIXED_CODES = {
     "deny:domain",
     "deny:group",
     "no-allow-rule",
+    "identity-unbound",
     "guard:user-budget",
     "guard:tenant-budget",
     "guard:risk",
@@ -386,8 +387,9 @@ FORWARDING = st.builds(
 
 
 def identities(scenario: Scenario) -> set[str]:
-    """Every address the user is known by: event address, directory UPN and mail, the restricted address."""
-    found = {scenario.event.user.address} if scenario.event.user.address else set()
+    """Every address of the one identity decided on: the bound directory user's UPN and mail, and the restricted
+    address. Not the alert's own address: an alert may pair one user's address with another's object id."""
+    found: set[str] = set()
     if scenario.facts.user:
         found |= {a for a in (scenario.facts.user.user_principal_name, scenario.facts.user.mail) if a}
     if scenario.facts.restriction:
@@ -486,6 +488,11 @@ def test_a_failed_guard_always_means_a_ticket_and_acting_needs_an_allow_rule_and
     if decision.outcome in ACTING:
         assert not [c for c in codes if c.startswith(("guard:", "deny:")) or c == "no-allow-rule"], decision
         assert any(code.startswith("allow:") for code in codes), decision
+        # Only on the facts of the user who owns the restricted address.
+        user, restriction = scenario.facts.user, scenario.facts.restriction
+        assert user is not None, decision
+        assert restriction is not None, decision
+        assert user.owns(restriction.address), decision
 
 
 @SIMPLE

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -15,8 +14,7 @@ from typing import Any
 
 import azure.functions as func
 import pytest
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+from azure.storage.queue import QueueClient
 
 from restricted_sender.edge import runtime
 from restricted_sender.settings import EVENTS_QUEUE
@@ -33,19 +31,6 @@ allow:
     domains: [contoso.com]
 """
 TICKET_SECRET = "ticket-signing-secret"
-
-
-@pytest.fixture
-def queue(azurite: Azurite) -> Iterator[QueueClient]:
-    """The events queue, emptied, read the way the queue trigger reads it (base64)."""
-    client = QueueClient.from_connection_string(
-        azurite.connection_string, EVENTS_QUEUE, message_decode_policy=TextBase64DecodePolicy()
-    )
-    with contextlib.suppress(ResourceExistsError):
-        client.create_queue()
-    client.clear_messages()
-    yield client
-    client.close()
 
 
 @pytest.fixture

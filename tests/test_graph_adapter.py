@@ -22,7 +22,12 @@ def state() -> dict[str, Any]:
             user("alice", **{"x-memberOf": [BULK_GROUP, OTHER_GROUPS[25]]}),
             user("frank", enabled=False),
             # A mailbox whose primary SMTP address is not its UPN.
-            {**user("grace"), "userPrincipalName": "grace.h@contoso.onmicrosoft.com", "mail": "grace@contoso.com"},
+            {
+                **user("grace"),
+                "userPrincipalName": "grace.h@contoso.onmicrosoft.com",
+                "mail": "grace@contoso.com",
+                "proxyAddresses": ["SMTP:grace@contoso.com", "smtp:G.Hopper@fabrikam.com", "SIP:grace@contoso.com"],
+            },
         ],
         [],
     )
@@ -69,6 +74,16 @@ def test_finds_a_mailbox_by_its_smtp_address_when_it_is_not_the_upn(run: Callabl
     found, sim = run(lambda d, sim: d.user("grace@contoso.com"))
     assert found.user_principal_name == "grace.h@contoso.onmicrosoft.com"
     assert routes(sim, "graph.users") == 1
+
+
+def test_finds_a_mailbox_by_an_smtp_proxy_address_and_reads_every_address_it_owns(run: Callable[..., Any]) -> None:
+    found, sim = run(lambda d, sim: d.user("g.hopper@fabrikam.com"))
+    assert found.user_principal_name == "grace.h@contoso.onmicrosoft.com"
+    assert found.owns("G.HOPPER@fabrikam.com")
+    assert found.primary_smtp() == "grace@contoso.com"
+    assert not found.owns("sip:grace@contoso.com")
+    [search] = [r for r in sim.requests if r["route"] == "graph.users"]
+    assert "proxyAddresses" in search["query"]["$select"].split(",")
 
 
 def test_an_unknown_user_is_none_not_an_error(run: Callable[..., Any]) -> None:

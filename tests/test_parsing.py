@@ -26,28 +26,37 @@ def evidence(kind: str, **fields: Any) -> dict[str, Any]:
 def test_every_user_and_mailbox_in_an_aggregated_alert_becomes_a_user() -> None:
     alert = alert_v2("alice@contoso.com")
     alert["evidence"] += [
-        evidence("userEvidence", userAccount={"azureAdUserId": "0b1c-id", "userPrincipalName": None}),
+        evidence(
+            "userEvidence",
+            userAccount={"azureAdUserId": "00000000-0000-4000-8000-000000000007", "userPrincipalName": None},
+        ),
         evidence("mailboxEvidence", primaryAddress="Carol@Contoso.com"),
-        evidence("mailboxEvidence", upn="dave@contoso.com", userAccount={"azureAdUserId": "dave-id"}),
+        evidence(
+            "mailboxEvidence",
+            upn="dave@contoso.com",
+            userAccount={"azureAdUserId": "00000000-0000-4000-8000-000000000006"},
+        ),
         evidence("analyzedMessageEvidence", recipientEmailAddress="someone@else.net"),
         evidence("userEvidence", userAccount={"accountName": "NOUPN"}),
     ]
     [report] = parse_alert_payload(alert)
     assert report.users == (
         UserRef("alice@contoso.com"),
-        UserRef(object_id="0b1c-id"),
+        UserRef(object_id="00000000-0000-4000-8000-000000000007"),
         UserRef("carol@contoso.com"),
-        UserRef("dave@contoso.com", "dave-id"),
+        UserRef("dave@contoso.com", "00000000-0000-4000-8000-000000000006"),
     )
 
 
 def test_evidence_naming_the_same_user_twice_is_merged() -> None:
-    alert = alert_v2("alice@contoso.com", object_ids={"alice@contoso.com": "alice-id"})
+    alert = alert_v2("alice@contoso.com", object_ids={"alice@contoso.com": "00000000-0000-4000-8000-000000000005"})
     alert["evidence"] += [
         evidence("mailboxEvidence", primaryAddress="ALICE@contoso.com"),
-        evidence("userEvidence", userAccount={"azureAdUserId": "ALICE-ID"}),
+        evidence("userEvidence", userAccount={"azureAdUserId": "00000000-0000-4000-8000-000000000005"}),
     ]
-    assert parse_alert_payload(alert)[0].users == (UserRef("alice@contoso.com", "alice-id"),)
+    assert parse_alert_payload(alert)[0].users == (
+        UserRef("alice@contoso.com", "00000000-0000-4000-8000-000000000005"),
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,8 @@ from tests.conftest import alert_v2, blocked
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 POLICY = load_policy_text("mode: enforce\nallow: [{name: staff, domains: [contoso.com]}]\n")
-ALICE = DirectoryUser(id="alice-id", user_principal_name="alice@contoso.com", mail="alice@contoso.com",
+ALICE_ID = "00000000-0000-4000-8000-000000000005"
+ALICE = DirectoryUser(id=ALICE_ID, user_principal_name="alice@contoso.com", mail="alice@contoso.com",
                       account_enabled=True)  # fmt: skip
 
 
@@ -153,7 +154,7 @@ def test_a_user_named_only_by_object_id_is_resolved_through_the_directory() -> N
     world = World([blocked("alice@contoso.com")], [ALICE])
     alert = alert_v2()
     alert["evidence"] = [{"@odata.type": "#microsoft.graph.security.userEvidence",
-                          "userAccount": {"azureAdUserId": "alice-id"}}]  # fmt: skip
+                          "userAccount": {"azureAdUserId": "00000000-0000-4000-8000-000000000005"}}]  # fmt: skip
     [record] = world.run(alert)
     assert (record.user, record.decision.outcome.value) == ("alice@contoso.com", "unblock")
     assert world.exchange.removed == ["alice@contoso.com"]
@@ -168,8 +169,9 @@ def test_a_mailbox_restricted_under_its_smtp_address_is_found_from_its_upn() -> 
 
 
 def test_an_unblock_is_counted_and_a_refused_one_is_not() -> None:
+    bob = DirectoryUser(id="b", user_principal_name="bob@contoso.com", mail="bob@contoso.com", account_enabled=True)
     world = World(
-        [blocked("alice@contoso.com"), blocked("bob@contoso.com")], [ALICE], limit_reached=["bob@contoso.com"]
+        [blocked("alice@contoso.com"), blocked("bob@contoso.com")], [ALICE, bob], limit_reached=["bob@contoso.com"]
     )
     world.run(alert_v2("alice@contoso.com", "bob@contoso.com"))
     statuses = {user: entry.status for (user, _), entry in world.store.history.items()}
@@ -227,13 +229,14 @@ def test_the_ticket_carries_the_record_and_the_evidence() -> None:
     world.run(alert_v2("bob@fabrikam.com"))
     [(correlation, body)] = world.tickets.tickets.items()
     assert correlation.startswith("rsr-")
-    assert body["record"]["reasons"][0]["code"] == "no-allow-rule"
+    assert [r["code"] for r in body["record"]["reasons"]] == ["identity-unbound"]
     assert body["evidence"]["restriction"]["kind"] == "spam"
     assert body["evidence"]["links"]["restricted_entities"] == "https://security.microsoft.com/restrictedentities"
-    assert (
-        "bob@fabrikam.com was not found in the directory: account state and groups unknown"
-        in (body["evidence"]["notes"])
-    )
+    [note] = body["record"]["notes"]
+    assert note == {
+        "code": "user-not-in-directory",
+        "text": "no directory user owns bob@fabrikam.com: account state, groups, rules and risk unknown",
+    }
 
 
 def test_a_block_lifted_before_the_unblock_ran_spends_nothing() -> None:
@@ -262,5 +265,7 @@ def test_risk_is_not_asked_for_when_max_risk_level_lets_every_level_through() ->
     )
     world = World([blocked("alice@contoso.com")], [ALICE], policy=policy)
     world.processor.sources = FactSources(world.exchange, NoRiskAsked([ALICE]), world.store)
-    [record] = world.run(alert_v2("alice@contoso.com", object_ids={"alice@contoso.com": "alice-id"}))
+    [record] = world.run(
+        alert_v2("alice@contoso.com", object_ids={"alice@contoso.com": "00000000-0000-4000-8000-000000000005"})
+    )
     assert record.decision.outcome.value == "unblock"

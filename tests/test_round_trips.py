@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytest
+
 from restricted_sender.cli import replay
 from restricted_sender.policy import parse_policy
 from restricted_sender.timeutil import parse_instant
@@ -42,16 +44,22 @@ def tenant_requests_before_the_unblock(requests: Sequence[Mapping[str, Any]]) ->
     return [r for r in requests[:remove] if r["route"] != "identity.token"]
 
 
-def test_an_eligible_clean_user_costs_at_most_two_sequential_round_trips_before_the_unblock() -> None:
+@pytest.mark.parametrize("with_object_id", [False, True], ids=["address only", "address and its own object id"])
+def test_an_eligible_clean_user_costs_at_most_two_sequential_round_trips_before_the_unblock(
+    with_object_id: bool,
+) -> None:
     # Latency makes concurrency visible: without it each answer arrives before the next request is even sent.
+    alice = user("alice", **{"x-riskLevel": "none"})
     state = tenant(
-        [user("alice", **{"x-riskLevel": "none"})],
+        [alice],
         [blocked("alice@contoso.com")],
         **{"x-latency": {"graph.*": 0.1, "exchange.*": 0.1}},
     )
+    # Binding the user to the restricted address costs no round trip when the alert's identities agree.
+    alert = alert_v2("alice@contoso.com", object_ids={"alice@contoso.com": alice["id"]} if with_object_id else None)
     outcome = asyncio.run(
         replay(
-            [json.dumps(alert_v2("alice@contoso.com")).encode()],
+            [json.dumps(alert).encode()],
             tenant=state,
             policy=parse_policy(EVERY_GUARD),
             now=parse_instant("2026-11-27T12:00:00Z"),

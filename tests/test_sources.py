@@ -101,8 +101,10 @@ def sentinel_report(alert_id: str, users: tuple[UserRef, ...], title: str = TARG
 
 
 def test_a_sentinel_incident_becomes_one_report_naming_its_accounts() -> None:
-    body = incident([incident_alert(TARGET)], [account("judy", "contoso.com", "judy-id")])
-    assert parse_alert_payload(body) == (sentinel_report("sys-1", (UserRef("judy@contoso.com", "judy-id"),)),)
+    body = incident([incident_alert(TARGET)], [account("judy", "contoso.com", "00000000-0000-4000-8000-000000000001")])
+    assert parse_alert_payload(body) == (
+        sentinel_report("sys-1", (UserRef("judy@contoso.com", "00000000-0000-4000-8000-000000000001"),)),
+    )
 
 
 def test_the_incident_title_is_the_first_alert_name_the_matcher_accepts() -> None:
@@ -134,21 +136,24 @@ def test_an_incident_alert_without_system_alert_id_is_known_by_its_name_then_its
 
 def test_only_accounts_and_mailboxes_that_name_someone_become_users() -> None:
     entities = [
-        account("judy", "contoso.com", "judy-id"),
-        account("noupn", None, "noupn-id"),  # an object id alone is enough
+        account("judy", "contoso.com", "00000000-0000-4000-8000-000000000001"),
+        account("noupn", None, "00000000-0000-4000-8000-000000000002"),  # an object id alone is enough
         account("nobody", None, None),  # neither: no user
         account("JUDY", "Contoso.com", None),  # the same user again
         {"kind": "Ip", "properties": {"address": "192.0.2.7"}},
         {
             "kind": "Mailbox",
-            "properties": {"mailboxPrimaryAddress": "Ivan@contoso.com", "externalDirectoryObjectId": "ivan-id"},
+            "properties": {
+                "mailboxPrimaryAddress": "Ivan@contoso.com",
+                "externalDirectoryObjectId": "00000000-0000-4000-8000-000000000003",
+            },
         },
     ]
     [report] = parse_alert_payload(incident([incident_alert(TARGET)], entities))
     assert report.users == (
-        UserRef("judy@contoso.com", "judy-id"),
-        UserRef(None, "noupn-id"),
-        UserRef("ivan@contoso.com", "ivan-id"),
+        UserRef("judy@contoso.com", "00000000-0000-4000-8000-000000000001"),
+        UserRef(None, "00000000-0000-4000-8000-000000000002"),
+        UserRef("ivan@contoso.com", "00000000-0000-4000-8000-000000000003"),
     )
 
 
@@ -160,8 +165,17 @@ def test_an_incident_wrapped_in_body_beside_playbook_options_parses_like_the_bar
 def test_an_incident_may_carry_the_pascal_case_entities_array_instead() -> None:
     body = incident([incident_alert(TARGET)])
     del body["object"]["properties"]["relatedEntities"]
-    body["Entities"] = [{"Type": "account", "Name": "judy", "UPNSuffix": "contoso.com", "AadUserId": "judy-id"}]
-    assert parse_alert_payload(body) == (sentinel_report("sys-1", (UserRef("judy@contoso.com", "judy-id"),)),)
+    body["Entities"] = [
+        {
+            "Type": "account",
+            "Name": "judy",
+            "UPNSuffix": "contoso.com",
+            "AadUserId": "00000000-0000-4000-8000-000000000001",
+        }
+    ]
+    assert parse_alert_payload(body) == (
+        sentinel_report("sys-1", (UserRef("judy@contoso.com", "00000000-0000-4000-8000-000000000001"),)),
+    )
 
 
 def flat_alert(**fields: Any) -> dict[str, Any]:
@@ -174,7 +188,12 @@ def flat_alert(**fields: Any) -> dict[str, Any]:
         "StartTimeUtc": "2026-11-27T07:10:00Z",
         "AlertLink": "https://security.microsoft.com/alerts/prov-9",
         "Entities": [
-            {"Type": "account", "Name": "judy", "UPNSuffix": "contoso.com", "AadUserId": "judy-id"},
+            {
+                "Type": "account",
+                "Name": "judy",
+                "UPNSuffix": "contoso.com",
+                "AadUserId": "00000000-0000-4000-8000-000000000001",
+            },
             {"Type": "ip", "Address": "192.0.2.7"},
         ],
         **fields,
@@ -187,7 +206,7 @@ def test_a_flat_sentinel_alert_becomes_one_report() -> None:
             source=SOURCE_SENTINEL,
             alert_id="sys-9",
             title=TARGET,
-            users=(UserRef("judy@contoso.com", "judy-id"),),
+            users=(UserRef("judy@contoso.com", "00000000-0000-4000-8000-000000000001"),),
             web_url="https://security.microsoft.com/alerts/prov-9",
             created="2026-11-27T07:12:31Z",
         ),
@@ -426,11 +445,16 @@ def evidence(
 
 
 def test_a_defender_batch_keeps_alert_infos_and_evidence_naming_users_only() -> None:
-    additional = {"Name": "Erin", "UPNSuffix": "contoso.com", "AadUserId": "erin-id"}
+    additional = {"Name": "Erin", "UPNSuffix": "contoso.com", "AadUserId": "00000000-0000-4000-8000-000000000004"}
     payload = {
         "records": [
             info_record("a1"),
-            evidence_record("a1", Title=TARGET, AccountUpn="Judy@Contoso.com", AccountObjectId="judy-id"),
+            evidence_record(
+                "a1",
+                Title=TARGET,
+                AccountUpn="Judy@Contoso.com",
+                AccountObjectId="00000000-0000-4000-8000-000000000001",
+            ),
             evidence_record("a1", Title=TARGET, AdditionalFields=json.dumps(additional)),
             evidence_record("a1", "Mailbox", AdditionalFields={"MailboxPrimaryAddress": "ivan@contoso.com"}),
             evidence_record("a1", AccountName="no-upn", AdditionalFields="{broken"),  # names nobody
@@ -442,8 +466,8 @@ def test_a_defender_batch_keeps_alert_infos_and_evidence_naming_users_only() -> 
     assert parse_records(payload) == DefenderBatch(
         infos=(info("a1"),),
         evidence=(
-            evidence("a1", "judy@contoso.com", "judy-id"),
-            evidence("a1", "erin@contoso.com", "erin-id"),
+            evidence("a1", "judy@contoso.com", "00000000-0000-4000-8000-000000000001"),
+            evidence("a1", "erin@contoso.com", "00000000-0000-4000-8000-000000000004"),
             evidence("a1", "ivan@contoso.com", title=None),
         ),
     )
@@ -461,8 +485,8 @@ def test_info_and_evidence_in_one_batch_make_one_report_and_keep_nothing() -> No
     batch = DefenderBatch(
         (info("a1"),),
         (
-            evidence("a1", "judy@contoso.com", "judy-id", title=None),
-            evidence("a1", None, "JUDY-ID"),
+            evidence("a1", "judy@contoso.com", "00000000-0000-4000-8000-00000000000a", title=None),
+            evidence("a1", None, "00000000-0000-4000-8000-00000000000A"),
             evidence("a1", "erin@contoso.com"),
         ),
     )
@@ -472,7 +496,7 @@ def test_info_and_evidence_in_one_batch_make_one_report_and_keep_nothing() -> No
                 SOURCE_DEFENDER,
                 "a1",
                 TARGET,
-                (UserRef("judy@contoso.com", "judy-id"), UserRef("erin@contoso.com")),
+                (UserRef("judy@contoso.com", "00000000-0000-4000-8000-00000000000a"), UserRef("erin@contoso.com")),
                 created="ts-a1",
             ),
         )
@@ -553,7 +577,10 @@ def test_compacting_drops_rows_that_can_never_matter() -> None:
 def test_defender_rows_survive_a_json_round_trip() -> None:
     batch = DefenderBatch(
         (info("a1"), AlertInfo("a2", "")),
-        (evidence("a1", "judy@contoso.com", "judy-id"), UserEvidence("a2", None, None, "erin-id")),
+        (
+            evidence("a1", "judy@contoso.com", "00000000-0000-4000-8000-000000000001"),
+            UserEvidence("a2", None, None, "00000000-0000-4000-8000-000000000004"),
+        ),
     )
     assert DefenderBatch.from_dict(json.loads(json.dumps(batch.to_dict()))) == batch
     assert [AlertInfo.from_dict(i.to_dict()) for i in batch.infos] == list(batch.infos)

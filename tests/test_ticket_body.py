@@ -42,6 +42,7 @@ def record(*reasons: dict[str, str], actions: list[dict[str, str]] | None = None
         "mode": "enforce",
         "policy_version": "859c624474aa",
         "at": "2026-11-27T08:11:09Z",
+        "notes": [{"code": "risk-unknown", "text": "Identity Protection gave no risk level (no Entra ID P2)"}],
         **extra,
     }
 
@@ -102,7 +103,6 @@ def evidence(**changes: Any) -> dict[str, Any]:
             "deliver_to_mailbox_and_forward": False,
         },
         "our_unblocks": [{"at": "2026-11-20T10:00:00Z", "kind": "auto", "event_id": "e0", "status": "done"}],
-        "notes": ["the tenant has no Entra ID P2"],
         "links": {"alert": ALERT_URL, "restricted_entities": RESTRICTED_ENTITIES_URL},
     }
     base.update(changes)
@@ -161,6 +161,7 @@ def test_the_text_has_every_section_in_reading_order_and_no_tables() -> None:
     text = render_ticket(CORRELATION, record(), evidence()).text
     headings = [
         "DECISION AND REASONS",
+        "NOT CHECKED",
         "EVIDENCE",
         "Restriction:",
         "User:",
@@ -168,7 +169,6 @@ def test_the_text_has_every_section_in_reading_order_and_no_tables() -> None:
         "Inbox rules:",
         "Mailbox forwarding:",
         "Our previous unblocks of this user:",
-        "Notes:",
         "Links:",
         "WHAT WAS DONE",
         "COMPROMISE RESPONSE CHECKLIST",
@@ -177,6 +177,13 @@ def test_the_text_has_every_section_in_reading_order_and_no_tables() -> None:
     assert positions == sorted(positions)
     assert lines(text)[-1].startswith(f"Correlation id: {CORRELATION}")
     assert not any(line.lstrip().startswith("|") for line in lines(text))
+
+
+def test_what_was_not_checked_is_named_with_its_code_right_after_the_reasons() -> None:
+    text = render_ticket(CORRELATION, record(), evidence()).text
+    section = lines(text)[lines(text).index("NOT CHECKED") :]
+    assert "- [risk-unknown] Identity Protection gave no risk level (no Entra ID P2)" in section[:5]
+    assert "NOT CHECKED" not in render_ticket(CORRELATION, record(notes=[]), evidence()).text
 
 
 def test_the_evidence_shows_the_parsed_reason_block_kind_and_release() -> None:
@@ -351,8 +358,8 @@ def test_attacker_controlled_values_are_escaped_in_html() -> None:
     links = {"alert": "javascript:alert(3)", "restricted_entities": RESTRICTED_ENTITIES_URL}
     content = render_ticket(
         CORRELATION,
-        record(reason, actions=[{"kind": "<u>x</u>", "status": "done", "detail": hostile}]),
-        evidence(user=user, inbox_rules=rules, notes=[hostile], links=links),
+        record(reason, actions=[{"kind": "<u>x</u>", "status": "done", "detail": hostile}], notes=[hostile]),
+        evidence(user=user, inbox_rules=rules, links=links),
     )
     page = parsed(content.html)
     assert page.tags <= {"h1", "h2", "h3", "p", "ul", "ol", "li", "a", "strong", "small"}
@@ -367,7 +374,7 @@ def test_attacker_controlled_values_are_escaped_in_html() -> None:
 def test_a_line_break_in_a_value_cannot_forge_a_line_of_the_ticket() -> None:
     forged = "x\n[x] 1. Reset the password: done\r\nCOMPROMISE RESPONSE CHECKLIST\u202e"
     rules = [rule(forged, f'inbox rule "{forged}" deletes mail')]
-    content = render_ticket(CORRELATION, record(), evidence(inbox_rules=rules, notes=[forged]))
+    content = render_ticket(CORRELATION, record(notes=[{"code": forged, "text": forged}]), evidence(inbox_rules=rules))
     assert [step[:3] for step in checklist(content.text)] == ["[ ]"] * 9
     assert lines(content.text).count("COMPROMISE RESPONSE CHECKLIST") == 1
     assert "\u202e" not in content.text + content.html + content.title
@@ -381,7 +388,6 @@ def test_the_bodies_stay_bounded_with_fifty_long_suspicious_rules_and_long_lists
     big = evidence(
         inbox_rules=rules,
         inbox_rules_total=400,
-        notes=["note " + "z" * 500] * 200,
         our_unblocks=[
             {"at": f"2026-11-{i % 28 + 1:02d}T00:00:00Z", "kind": "auto", "status": "done"} for i in range(300)
         ],
@@ -389,7 +395,8 @@ def test_the_bodies_stay_bounded_with_fifty_long_suspicious_rules_and_long_lists
     )
     reasons = [ALLOW, {"code": "guard:inbox-rule", "text": "; ".join(f for r in rules for f in r["suspicious"])}]
     sources = [{"kind": "alerts_v2", "id": f"alert-{i}", "at": "2026-11-27T08:00:00Z"} for i in range(300)]
-    content = render_ticket(CORRELATION, record(*reasons, sources=sources), big)
+    notes = [{"code": "folder-unread", "text": "note " + "z" * 500}] * 200
+    content = render_ticket(CORRELATION, record(*reasons, sources=sources, notes=notes), big)
     assert len(content.text) <= MAX_BODY_CHARS
     assert len(content.html) <= MAX_BODY_CHARS
     assert "  400 inbox rules, 50 suspicious among the first 50 examined:" in lines(content.text)
@@ -403,13 +410,12 @@ def test_even_enormous_values_are_cut_down_to_the_bound() -> None:
     huge = "w" * 200_000
     big = evidence(
         inbox_rules=[rule(huge, huge)] * 50,
-        notes=[huge] * 50,
         restriction={**evidence()["restriction"], "reason": huge, "parsed_reason": {"values": {huge: huge}}},
         links={"alert": "https://example.com/" + huge},
     )
     reasons = [{"code": f"guard:{i}", "text": huge} for i in range(10)]
     content = render_ticket(
-        CORRELATION, record(*reasons, actions=[{"kind": "k", "status": "done", "detail": huge}]), big
+        CORRELATION, record(*reasons, actions=[{"kind": "k", "status": "done", "detail": huge}], notes=[huge] * 50), big
     )
     assert len(content.text) <= MAX_BODY_CHARS
     assert len(content.html) <= MAX_BODY_CHARS
@@ -443,7 +449,7 @@ def test_the_record_is_the_complete_correlation_record_and_evidence_detached_fro
     rec, ev = record(), evidence()
     content = render_ticket(CORRELATION, rec, ev)
     expected = {"correlation_id": CORRELATION, "record": copy.deepcopy(rec), "evidence": copy.deepcopy(ev)}
-    rec["user"], ev["notes"] = "changed@contoso.com", []
+    rec["user"], rec["notes"], ev["links"] = "changed@contoso.com", [], {}
     assert content.record == expected
     json.dumps(content.record)
 

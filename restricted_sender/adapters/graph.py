@@ -28,7 +28,9 @@ _UNLICENSED_CODES = frozenset(
     {"authentication_requestfromnonpremiumtenantorb2ctenant", "tenantnotlicensed", "aadpremiumlicenserequired"}
 )
 _UNLICENSED_PHRASES = ("not licensed", "premium license", "requires a subscription")
-USER_FIELDS = ["id", "userPrincipalName", "mail", "accountEnabled", "userType", "createdDateTime"]
+# proxyAddresses is returned only on $select (https://learn.microsoft.com/graph/api/resources/user): it says which
+# SMTP addresses the user owns, which binds a restricted address to its user.
+USER_FIELDS = ["id", "userPrincipalName", "mail", "accountEnabled", "userType", "createdDateTime", "proxyAddresses"]
 CHECK_MEMBER_GROUPS_LIMIT = 20  # ids per checkMemberGroups call, the service's own limit
 
 
@@ -88,11 +90,15 @@ class GraphDirectory:
         )
         found = await self._json(self._client.users.by_user_id(key).to_get_request_information(config))
         if found is None and "@" in key:
-            # A mailbox's primary SMTP address need not be its UPN: look it up by mail.
+            # A mailbox's address need not be its UPN: look it up by mail or by an SMTP proxy address (both
+            # default-query filters on users: https://learn.microsoft.com/graph/aad-advanced-queries). Two matches
+            # are no answer; the caller checks that the user found owns the address.
             escaped = key.replace("'", "''")
             search = RequestConfiguration(
                 query_parameters=UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
-                    filter=f"mail eq '{escaped}'", select=USER_FIELDS, top=2
+                    filter=f"mail eq '{escaped}' or proxyAddresses/any(p:p eq 'smtp:{escaped}')",
+                    select=USER_FIELDS,
+                    top=2,
                 )
             )
             page = await self._json(self._client.users.to_get_request_information(search))
@@ -108,6 +114,7 @@ class GraphDirectory:
             account_enabled=enabled if isinstance(enabled, bool) else None,
             user_type=_text(found.get("userType")),
             created=_text(found.get("createdDateTime")),
+            proxy_addresses=tuple(p for p in found.get("proxyAddresses") or () if isinstance(p, str)),
         )
 
     async def risk_level(self, object_id: str) -> str | None:
