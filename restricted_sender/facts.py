@@ -139,7 +139,7 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
             # Not listed now: if an earlier try of this event sent the unblock, its intent is under the address it
             # removed, which may be another of the owner's addresses than the alert's.
             others = [a for a in owner.addresses() if not address or a != address.lower()]
-            histories = await _all(*(store.unblocks(a, wants.since) for a in others))
+            histories = await _all(*(store.unblocks(a, wants.since or now - _NO_HISTORY_WINDOW) for a in others))
             own = _own(event, [h for entries in histories for h in entries])
         return Facts(restriction=restriction, user=owner if policy else None, own_unblock=own)
 
