@@ -24,6 +24,7 @@ from .errors import (
     TransientServiceError,
     UnblockLimitReached,
 )
+from .facts import clear_first_seen
 from .model import (
     MAX_UNBLOCK_DETAIL,
     Action,
@@ -298,6 +299,7 @@ class Actor:
         return await self.schedule_verification(record, restriction)
 
     async def _unblocked(self, record: DecisionRecord, restriction: BlockedSender, learned: str) -> DecisionRecord:
+        await clear_first_seen(self.store, restriction)
         record = record.with_actions(
             Action(
                 "unblock",

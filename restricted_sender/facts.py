@@ -17,11 +17,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from .errors import TransientServiceError
 from .mailbox import Forwarding, InboxRule
 from .model import DirectoryUser, Facts, Note, NoteCode, RestrictionEvent, UnblockEntry
 from .policy import Policy
 from .ports import Directory, Exchange, Store
-from .restriction import BlockedSender
+from .restriction import Anchor, BlockedSender
+from .timeutil import iso, parse_instant
 
 _NO_HISTORY_WINDOW = timedelta(days=30)
 
@@ -133,6 +135,7 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
             others = [a for a in dict.fromkeys((owner.primary_smtp(), *owner.addresses())) if a and a not in tried]
             listed = await _all(*(_restriction(exchange, a) for a in others))
             restriction = next((r for r in listed if r is not None), None)
+    restriction = await anchored(store, restriction, now)
     if restriction is None or policy is None:
         own = _own(event, mailbox.history if mailbox else ())
         if own is None and policy and owner is not None:
@@ -191,6 +194,12 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
     risk = directory_facts.risk if directory_facts else None
     if wants.risk and user is not None and risk is None:
         notes.add(NoteCode.RISK_UNKNOWN, "Identity Protection gave no risk level (no Entra ID P2, or no risk record)")
+    if mailbox.forwarding is not None and mailbox.forwarding.unresolved:
+        notes.add(
+            NoteCode.FORWARDING_UNRESOLVED,
+            f"the mailbox forwards to recipient {mailbox.forwarding.recipient!r}, which Get-Recipient could not "
+            "resolve: where that mail goes is unknown, so the forwarding guard fails closed",
+        )
     if wants.rules and user is not None and rules is None:
         notes.add(NoteCode.INBOX_RULES_UNREAD, "the inbox rules could not be read: the user has no mailbox to read")
     for folder, name in folder_names.items():
@@ -248,6 +257,39 @@ def _folders(rules: Sequence[InboxRule] | None) -> list[str]:
 
 def _owning(user: DirectoryUser | None, address: str) -> DirectoryUser | None:
     return user if user is not None and user.owns(address) else None
+
+
+def first_seen_cursor(address: str) -> str:
+    return f"first-seen|{address.lower()}"
+
+
+async def anchored(store: Store, restriction: BlockedSender | None, now: datetime) -> BlockedSender | None:
+    """``restriction`` with an instant that tells it from other blocks of the same user.
+
+    A row without ``CreatedDatetime`` or ``ChangedDatetime`` is anchored at the time the product first saw the user
+    restricted, kept in the store (written once, whoever sees it first), so every report of it shares one key. An
+    unblock of it clears the mark (``clear_first_seen``): the next such block gets a time of its own.
+    """
+    if restriction is None or restriction.anchor[0] is not Anchor.NONE:
+        return restriction
+    name = first_seen_cursor(restriction.address)
+    for _ in range(3):
+        cursor = await store.read_cursor(name)
+        if cursor is not None and cursor.value:
+            return restriction.seen_first_at(parse_instant(cursor.value))
+        if await store.write_cursor(name, iso(now), cursor.version if cursor else None):
+            return restriction.seen_first_at(now)
+    raise TransientServiceError("store", f"the first-seen time of {restriction.address} keeps changing")
+
+
+async def clear_first_seen(store: Store, restriction: BlockedSender) -> None:
+    """Forget when a block without times was first seen, once it is unblocked."""
+    if restriction.anchor[0] is not Anchor.FIRST_SEEN:
+        return
+    name = first_seen_cursor(restriction.address)
+    cursor = await store.read_cursor(name)
+    if cursor is not None and cursor.value:
+        await store.write_cursor(name, "", cursor.version)  # lost to a newer writer: theirs stands
 
 
 def _own(event: RestrictionEvent, history: Iterable[UnblockEntry]) -> UnblockEntry | None:

@@ -233,6 +233,7 @@ class NoteCode(StrEnum):
     FOLDER_UNREAD = "folder-unread"  # a rule moves mail to a folder whose name could not be read
     USER_NOT_IN_DIRECTORY = "user-not-in-directory"  # no directory user owns the restricted address
     IDENTITY_MISMATCH = "identity-mismatch"  # the alert's object id is not the user who owns the restricted address
+    FORWARDING_UNRESOLVED = "forwarding-unresolved"  # ForwardingAddress names a recipient Get-Recipient did not find
 
 
 @dataclass(frozen=True, slots=True)

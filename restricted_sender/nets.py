@@ -22,6 +22,7 @@ from typing import Any
 
 from .alerts import parse_alert_payload
 from .errors import FilterRefused, MalformedPayload, ServiceRefused
+from .facts import anchored
 from .model import SOURCE_POLL, SOURCE_SWEEP, AlertReport, RestrictionEvent, UserRef
 from .pipeline import Intake, current_restriction_claim, restriction_needs_event
 from .ports import CLAIM_LEASE, AlertFeed, AlertsPage, Clock, Cursor, Exchange, Store
@@ -202,7 +203,9 @@ class RestrictedSweep:
         rows = await self.exchange.blocked_senders()
         mode = self.intake.policy.mode
         reports: list[AlertReport] = []
-        for row in rows:
+        for listed in rows:
+            row = await anchored(self.store, listed, now)
+            assert row is not None
             _, state = await current_restriction_claim(self.store, row, mode, now)
             if not restriction_needs_event(state, now):
                 continue  # decided, or being decided, from another report

@@ -25,7 +25,7 @@ from restricted_sender.fakes import (
 from restricted_sender.model import ActionStatus, DirectoryUser, RestrictionEvent, UnblockEntry, UnblockKind
 from restricted_sender.pipeline import Intake, Processor
 from restricted_sender.policy import Policy, load_policy_text
-from restricted_sender.timeutil import FixedClock
+from restricted_sender.timeutil import FixedClock, iso
 from tests.conftest import alert_v2, blocked
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -269,3 +269,36 @@ def test_risk_is_not_asked_for_when_max_risk_level_lets_every_level_through() ->
         alert_v2("alice@contoso.com", object_ids={"alice@contoso.com": "00000000-0000-4000-8000-000000000005"})
     )
     assert record.decision.outcome.value == "unblock"
+
+
+def without_times(address: str, **times: str) -> dict[str, Any]:
+    row = blocked(address)
+    del row["CreatedDatetime"], row["ChangedDatetime"]
+    return {**row, **times}
+
+
+def test_a_row_without_a_creation_time_is_keyed_by_its_change_time_and_the_evidence_says_so() -> None:
+    world = World([without_times("alice@contoso.com", ChangedDatetime="2026-11-27T09:00:00Z")], [ALICE])
+    [record] = world.run(alert_v2("alice@contoso.com"))
+    assert record.evidence["restriction"]["anchor"] == "changed"
+    assert any(key.endswith("alice@contoso.com|changed:2026-11-27T09:00:00Z") for key in world.store.claims)
+
+
+def test_blocks_without_any_time_are_told_apart_by_when_they_were_first_seen() -> None:
+    world = World([without_times("alice@contoso.com")], [ALICE])
+    [first] = world.run(alert_v2("alice@contoso.com", alert_id="a1"))
+    assert (first.decision.outcome.value, first.evidence["restriction"]["anchor"]) == ("unblock", "first-seen")
+    # Restricted again a day later, again without times: a restriction of its own, decided again.
+    world.exchange.rows = [without_times("alice@contoso.com")]
+    world.clock.advance(timedelta(days=1))
+    [second] = world.run(alert_v2("alice@contoso.com", alert_id="a2"))
+    assert second.decision.codes[0] != "duplicate"
+    assert second.evidence["restriction"]["first_seen"] == iso(NOW + timedelta(days=1))
+    assert first.evidence["restriction"]["first_seen"] == iso(NOW)
+
+
+def test_two_reports_of_one_block_without_times_share_its_first_seen_key() -> None:
+    world = World([without_times("alice@contoso.com")], [ALICE], limit_reached=["alice@contoso.com"])
+    records = world.run(alert_v2("alice@contoso.com", alert_id="a1"), alert_v2("alice@contoso.com", alert_id="a2"))
+    assert [r.decision.codes[0] for r in records][1] == "duplicate"
+    assert world.exchange.removed == ["alice@contoso.com"]
