@@ -132,11 +132,12 @@ def alert_v2(
 
 
 @pytest.fixture
-def simulator_factory() -> Iterator[Callable[[dict[str, Any]], Simulator]]:
+def simulator_factory() -> Iterator[Callable[..., Simulator]]:
+    """Started simulators, stopped after the test; keyword options (``clock=``...) go to ``Simulator``."""
     started: list[Simulator] = []
 
-    def start(state: dict[str, Any]) -> Simulator:
-        sim = Simulator(state, port=0)
+    def start(state: dict[str, Any], **options: Any) -> Simulator:
+        sim = Simulator(state, port=0, **options)
         sim.start()
         started.append(sim)
         return sim
