@@ -221,7 +221,8 @@ _UNDATED = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)  # only to check a blob withou
 
 
 def _audit_content(document: Json, tenant_id: str, fail: Fail) -> list[Json]:
-    """``x-auditContent``: content blobs ``{contentId?, contentType?, contentCreated?, records}``, defaults filled."""
+    """``x-auditContent``: content blobs ``{contentId?, contentType?, contentCreated?, records}``, defaults filled
+    (but for an undated blob's time and generated id, which the simulator's clock gives when it starts)."""
     value = document.get("x-auditContent", []) or []
     if not isinstance(value, list):
         raise fail(f"x-auditContent must be a list of content blobs, got {_kind(value)}")
