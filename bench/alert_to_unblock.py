@@ -98,7 +98,7 @@ async def run(count: int, latency: float) -> Measured:
 
     policy = load_policy_text(POLICY_YAML, source="bench policy")
     clock = SystemClock()
-    with Simulator(tenant(count + 1), port=0) as sim:
+    with Simulator(tenant(count + 1), port=0, clock=clock) as sim:
         for route in LATENCY_ROUTES:
             sim.set_latency(route, latency)
         settings = simulated_settings(sim)

@@ -212,7 +212,7 @@ async def run(args: argparse.Namespace) -> Outcome:
     policy = load_policy_text(POLICY_YAML, source="bench policy")
     clock = SystemClock()
     posted = bodies(args.count, args.batch, round(args.duplicates * args.count), rng)
-    with Simulator(tenant(args.count), port=0) as sim:
+    with Simulator(tenant(args.count), port=0, clock=clock) as sim:
         settings = simulated_settings(sim)
         queue = MemoryQueue()
         intake = build_intake(settings, policy, queue=queue, clock=clock)

@@ -237,7 +237,8 @@ async def simulated_bundle(
 
     state = load_tenant(tenant)
     clock = FixedClock(now) if now else SystemClock()
-    with _Simulated(Simulator(state, port=0)) as sim:
+    # One clock for the product and the simulated tenant: a sample is judged at --now, never at the machine's date.
+    with _Simulated(Simulator(state, port=0, clock=clock)) as sim:
         async with bundle_on(sim, policy, clock, history=state.history, events=events, content=content) as (
             bundle,
             verifications,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from simulator.tenant import Json, Tenant
+from simulator.tokens import TokenClock
 from simulator.wire import Request, Response, json_response
 
 if TYPE_CHECKING:
@@ -135,11 +136,12 @@ class _Keys:
 class Entra:
     """Metadata, keys and token minting for one simulated tenant."""
 
-    def __init__(self, tenant: Tenant) -> None:
+    def __init__(self, tenant: Tenant, clock: TokenClock = time.time) -> None:
         self.tenant = tenant
         self.tenant_id = tenant.tenant_id
         self.admin_api = AdminApi.from_tenant(tenant)
         self._keys = _Keys()
+        self._clock = clock  # the clock of the validator that will check these tokens (see simulator/tokens.py)
 
     # -- addresses ---------------------------------------------------------------------------------------
 
@@ -253,7 +255,7 @@ class Entra:
             claims=claims,
         )
         return json_response(
-            200, {"access_token": token, "token_type": "Bearer", "expires_in": max(0, expires - int(time.time()))}
+            200, {"access_token": token, "token_type": "Bearer", "expires_in": max(0, expires - int(self._clock()))}
         )
 
     # -- minting -------------------------------------------------------------------------------------------
@@ -279,7 +281,7 @@ class Entra:
             raise ValueError(f"token version must be '1.0' or '2.0', got {version!r}")
         if isinstance(roles, str):
             raise ValueError("roles must be a sequence of role names, not one string")
-        now = int(time.time())
+        now = int(self._clock())
         iat = nbf = now
         exp = now + lifetime
         if variant == "expired":

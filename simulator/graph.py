@@ -655,7 +655,7 @@ def revoke_sign_in_sessions(request: Request, state: TenantState, writes: GraphW
     user = _lookup(state, key)
     if user is None:
         return not_found(request, key)
-    writes.change_user(state, user, {"signInSessionsValidFromDateTime": f"{iso_seconds(utc_now())}Z"})
+    writes.change_user(state, user, {"signInSessionsValidFromDateTime": f"{iso_seconds(state.now())}Z"})
     return ok(request, {"@odata.context": f"{METADATA}#Edm.Boolean", "value": True})
 
 
@@ -679,7 +679,7 @@ def confirm_compromised(request: Request, state: TenantState, writes: GraphWrite
         users.append(user)
     if not state.tenant.entra_id_p2 or any(user.get("x-riskLevel") is None for user in users):
         return error(request, 403, _P2_MISSING_CODE, _NOT_LICENSED)
-    moment = _seven_digits(utc_now())
+    moment = _seven_digits(state.now())
     for user in users:
         writes.change_user(
             state,

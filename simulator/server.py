@@ -22,8 +22,18 @@ from simulator.faults import CONTROL_ROUTE, Fault, FaultBook, FaultKind
 from simulator.permissions import Withheld
 from simulator.state import RequestLog, TenantState
 from simulator.tenant import Json, Tenant, TenantSource, load_tenant
-from simulator.tokens import EXCHANGE_RESOURCE, GRAPH_RESOURCE, TokenIssuer
-from simulator.wire import JSON_CONTENT_TYPE, ODATA_CONTENT_TYPE, Headers, NotJson, Request, Response, json_response
+from simulator.tokens import EXCHANGE_RESOURCE, GRAPH_RESOURCE, TokenClock, TokenIssuer
+from simulator.wire import (
+    JSON_CONTENT_TYPE,
+    ODATA_CONTENT_TYPE,
+    Clock,
+    Headers,
+    NotJson,
+    Request,
+    Response,
+    SystemClock,
+    json_response,
+)
 
 UNKNOWN_ROUTE = "unknown"
 MALFORMED_BODY = b'{"value":[{"id":"truncated'
@@ -37,6 +47,12 @@ class Simulator:
     """A local stand-in for one Microsoft 365 tenant, served over real HTTP on 127.0.0.1.
 
     ``tenant`` is a ``Tenant``, a parsed tenant document, or the path of a YAML/JSON tenant file.
+
+    ``clock`` (``now() -> aware datetime``, the product's ``Clock``; default the machine's) is the tenant's "now" for
+    every dated decision: content expiry and listing windows, webhook expirations, the times endpoints write. A
+    replay passes the product's own clock, so ``--now`` is the only date that counts. ``token_clock`` (unix seconds,
+    default ``time.time``) stamps and checks access tokens: it must be the clock their clients compare with, and
+    azure-identity's cache and the product's token validator use the machine's (see simulator/tokens.py).
     """
 
     def __init__(
@@ -46,16 +62,21 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         identity_header: str | None = None,
+        clock: Clock | None = None,
+        token_clock: TokenClock = time.time,
     ) -> None:
         self.tenant: Tenant = load_tenant(tenant)
         self.identity_header: str = identity_header or secrets.token_urlsafe(24)
         self._host = host
         self._port = port
-        self._state = TenantState(self.tenant)
-        self._tokens = TokenIssuer(self.tenant.tenant_id)
-        self._entra = entra.Entra(self.tenant)
-        self._itsm = itsm.ItsmState(self.tenant)
-        self._feed = o365.ActivityFeed(self.tenant_id, self.tenant.audit_content, self.tenant.audit_subscriptions)
+        self.clock: Clock = clock or SystemClock()
+        self._state = TenantState(self.tenant, self.clock)
+        self._tokens = TokenIssuer(self.tenant.tenant_id, token_clock)
+        self._entra = entra.Entra(self.tenant, token_clock)
+        self._itsm = itsm.ItsmState(self.tenant, self.clock.now)
+        self._feed = o365.ActivityFeed(
+            self.tenant_id, self.tenant.audit_content, self.tenant.audit_subscriptions, clock=self.clock.now
+        )
         self._faults = FaultBook()
         self._log = RequestLog()
         self._graph_writes = graph.GraphWrites()

@@ -10,12 +10,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from simulator.tenant import Json, Tenant, find_user, strip_private
+from simulator.wire import Clock, SystemClock
 
 
 class TenantState:
     """A private, mutable copy of a tenant; every method is thread-safe."""
 
-    def __init__(self, tenant: Tenant, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, tenant: Tenant, clock: Clock | None = None, *, delays: Callable[[], float] = time.monotonic
+    ) -> None:
         self.tenant = tenant
         self.tenant_id = tenant.tenant_id
         self.users: list[Json] = copy.deepcopy(tenant.users)
@@ -26,10 +29,16 @@ class TenantState:
         self._blocked: list[Json] = copy.deepcopy(tenant.blocked_senders)
         self._removal_due: dict[str, float] = {}
         self._tickets: list[Json] = []
-        self._clock = clock
+        self.clock: Clock = clock or SystemClock()
+        # A removal's propagation delay is elapsed time, not a date: it runs on ``delays`` (monotonic seconds).
+        self._delays = delays
         # When the tenant was loaded: what riskyUser.riskLastUpdatedDateTime reports (stable per run).
-        self.loaded_at = dt.datetime.now(dt.UTC)
+        self.loaded_at = self.clock.now()
         self._lock = threading.RLock()
+
+    def now(self) -> dt.datetime:
+        """The tenant's "now" (the injected clock): what timestamps written by the endpoints say."""
+        return self.clock.now()
 
     def find_user(self, key: str) -> Json | None:
         return find_user(self.users, key)
@@ -37,7 +46,7 @@ class TenantState:
     # -- restricted list -------------------------------------------------------------------------------
 
     def _purge(self) -> None:
-        now = self._clock()
+        now = self._delays()
         due = {address for address, at in self._removal_due.items() if at <= now}
         if due:
             self._blocked = [row for row in self._blocked if row["SenderAddress"].casefold() not in due]
@@ -77,7 +86,7 @@ class TenantState:
             if delay <= 0:
                 self._blocked.remove(row)
             else:
-                self._removal_due[key] = self._clock() + delay
+                self._removal_due[key] = self._delays() + delay
             return True
 
     def add_blocked(self, row: Mapping[str, Any]) -> None:

@@ -248,21 +248,32 @@ def _audit_subscriptions(document: Json, fail: Fail) -> list[str]:
     return started
 
 
+_UNDATED = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)  # only to check a blob without contentCreated; never served
+
+
 def _audit_content(document: Json, tenant_id: str, fail: Fail) -> list[Json]:
-    """``x-auditContent``: content blobs ``{contentId?, contentType?, contentCreated?, records}``, defaults filled."""
+    """``x-auditContent``: content blobs ``{contentId?, contentType?, contentCreated?, records}``, defaults filled
+    (but for an undated blob's time and generated id, which the simulator's clock gives when it starts)."""
     value = document.get("x-auditContent", []) or []
     if not isinstance(value, list):
         raise fail(f"x-auditContent must be a list of content blobs, got {_kind(value)}")
-    now = dt.datetime.now(dt.UTC)
     blobs: list[Json] = []
     for index, spec in enumerate(value):
         if not isinstance(spec, dict):
             raise fail(f"x-auditContent[{index}] must be a mapping, got {_kind(spec)}")
         try:
-            blob = o365.normalize_content(spec, tenant_id=tenant_id, ordinal=index, now=now)
+            blob = o365.normalize_content(spec, tenant_id=tenant_id, ordinal=index, now=_UNDATED)
         except ValueError as exc:
             raise fail(f"x-auditContent[{index}]: {exc}") from exc
-        if any(b["contentId"] == blob["contentId"] for b in blobs):
+        if spec.get("contentCreated") is None:
+            # Published when the simulator starts, on its clock (a replay's --now, never the machine's date): the
+            # time, and the id derived from it, are filled in then.
+            del blob["contentCreated"]
+            if spec.get("contentId") is None:
+                del blob["contentId"]
+                blobs.append(blob)
+                continue
+        if any(b.get("contentId") == blob["contentId"] for b in blobs):
             raise fail(f"x-auditContent[{index}].contentId {blob['contentId']!r} repeats")
         blobs.append(blob)
     return blobs

@@ -14,6 +14,7 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,16 +53,23 @@ class TokenProblem:
     message: str
 
 
+# Unix seconds. Tokens are stamped and checked on the clock their clients compare ``expires_on``/``exp`` with:
+# azure-identity's token cache and the product's TokenValidator read the machine's clock, never the replay's
+# ``--now``, so a token stamped on a clock years away would look expired (or good for years) to its client.
+TokenClock = Callable[[], float]
+
+
 class TokenIssuer:
-    def __init__(self, tenant_id: str) -> None:
+    def __init__(self, tenant_id: str, clock: TokenClock = time.time) -> None:
         self._key = secrets.token_bytes(32)
         self.tenant_id = tenant_id
+        self._clock = clock
 
     def issue(
         self, resource: str, *, client_id: str | None = None, lifetime: int = TOKEN_LIFETIME_SECONDS
     ) -> tuple[str, int]:
         """A token for ``resource`` and its expiry in unix seconds."""
-        now = int(time.time())
+        now = int(self._clock())
         expires_on = now + lifetime
         claims = {
             "aud": resource,
@@ -98,7 +106,7 @@ class TokenIssuer:
             claims: dict[str, Any] = json.loads(_unb64(payload))
         except ValueError:
             return TokenProblem("malformed", "IDX14102: Unable to decode the payload as Base64Url encoded string.")
-        if int(claims.get("exp", 0)) <= time.time():
+        if int(claims.get("exp", 0)) <= self._clock():
             return TokenProblem("expired", "Lifetime validation failed, the token is expired.")
         audience = normalize_resource(str(claims.get("aud", "")))
         if audience not in AUDIENCE_ALIASES.get(resource, frozenset({resource})):

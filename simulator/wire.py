@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 ODATA_CONTENT_TYPE = (
@@ -105,6 +105,21 @@ def json_response(
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class Clock(Protocol):
+    """The tenant's clock: what "now" is for every dated decision the simulator makes (content expiry, listing
+    windows, timestamps it writes). The product's ``Clock`` has the same shape, so a replay hands the simulator
+    the very clock the product runs on (``--now``) and a sample is judged at that instant, not at the machine's."""
+
+    def now(self) -> dt.datetime: ...
+
+
+class SystemClock:
+    """The machine's clock (the default outside replays and tests)."""
+
+    def now(self) -> dt.datetime:
+        return utc_now()
 
 
 def iso_seconds(moment: dt.datetime) -> str:

@@ -151,11 +151,12 @@ def queue(azurite: Azurite) -> Iterator[Any]:
 
 
 @pytest.fixture
-def simulator_factory() -> Iterator[Callable[[dict[str, Any]], Simulator]]:
+def simulator_factory() -> Iterator[Callable[..., Simulator]]:
+    """Started simulators, stopped after the test; keyword options (``clock=``...) go to ``Simulator``."""
     started: list[Simulator] = []
 
-    def start(state: dict[str, Any]) -> Simulator:
-        sim = Simulator(state, port=0)
+    def start(state: dict[str, Any], **options: Any) -> Simulator:
+        sim = Simulator(state, port=0, **options)
         sim.start()
         started.append(sim)
         return sim

@@ -34,7 +34,7 @@ from simulator import Simulator
 from tests.conftest import ROOT, TENANT_ID, alert_v2, blocked, on_graph, tenant, user
 
 T = TypeVar("T")
-NOW = datetime.now(UTC).replace(microsecond=0)
+NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)  # the poller's injected clock: never the machine's date
 RECORD = {
     "Id": "r-1", "RecordType": 40, "CreationTime": "2026-11-27T08:05:00", "Operation": "AlertTriggered",
     "AlertId": "a-1", "Name": "User restricted from sending email", "Data": '{"f3u": "alice@contoso.com"}',

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from restricted_sender.timeutil import FixedClock
 from simulator import Simulator, load_tenant
 from tests.conftest import TENANT_ID, shared_file, tenant
 
@@ -40,8 +41,11 @@ ALERT_RECORD = {
 }
 
 
+NOW = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)  # the simulator's injected clock, never the machine's date
+
+
 def ago(**delta: float) -> str:
-    return (dt.datetime.now(dt.UTC) - dt.timedelta(**delta)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (NOW - dt.timedelta(**delta)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def blob(content_id: str, created: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -52,13 +56,18 @@ def blob(content_id: str, created: str | None = None, **extra: Any) -> dict[str,
 
 
 @pytest.fixture
-def start_sim(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Callable[..., Simulator]:
+def clock() -> FixedClock:
+    return FixedClock(NOW)
+
+
+@pytest.fixture
+def start_sim(simulator_factory: Callable[..., Simulator], clock: FixedClock) -> Callable[..., Simulator]:
     def run(content: list[dict[str, Any]] | None = None, subscribed: bool = True, **extra: Any) -> Simulator:
         if content is not None:
             extra["x-auditContent"] = content
         if subscribed:
             extra["x-auditSubscriptions"] = ["Audit.General"]
-        return simulator_factory(tenant([], [], **extra))
+        return simulator_factory(tenant([], [], **extra), clock=clock)
 
     return run
 
@@ -345,13 +354,14 @@ def test_generated_content_ids_are_stable_and_shaped_like_the_services() -> None
 
 
 def test_content_added_at_runtime_is_listed_and_served(
-    start_sim: Callable[..., Simulator], connect: Callable[..., httpx.Client]
+    start_sim: Callable[..., Simulator], connect: Callable[..., httpx.Client], clock: FixedClock
 ) -> None:
     sim = start_sim()
     api = connect(sim)
 
     added = sim.add_audit_content([ALERT_RECORD])
     posted = httpx.post(f"{sim.url}/_sim/o365/content", json=blob("via-control"), verify=TLS)
+    clock.advance(dt.timedelta(seconds=1))  # the default window ends at now, excluded
     listed = api.get(f"{FEED}/subscriptions/content", params=GENERAL).json()
 
     assert posted.status_code == 201
