@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import httpx
     from azure.core.credentials_async import AsyncTokenCredential
 
+    from .adapters.exchange import ExchangeAdmin
     from .adapters.queue import DelayedStorageQueue
     from .auth import TokenValidator
     from .doctor import QueueReader, Targets
@@ -145,6 +146,23 @@ class ProcessorBundle:
         self.closers.clear()
 
 
+def exchange_admin(
+    settings: Settings, http: httpx.AsyncClient, credential: AsyncTokenCredential, retry: RetryPolicy | None
+) -> ExchangeAdmin:
+    """The Exchange admin endpoint with the app's identity: the processor and the doctor talk to it alike."""
+    from .adapters.exchange import ExchangeAdmin
+    from .adapters.identity import EXCHANGE_SCOPE, bearer
+
+    return ExchangeAdmin(
+        http,
+        tenant_id=settings.require_tenant_id(),
+        token=bearer(credential, EXCHANGE_SCOPE),
+        base_url=settings.exchange_base_url,
+        retry=retry,
+        timeout=settings.exchange_timeout_seconds,
+    )
+
+
 async def build_processor(
     settings: Settings,
     policy: Policy | PolicyError,
@@ -167,7 +185,7 @@ async def build_processor(
     """Wire the processor from settings; any port passed in is used as is (tests, the CLI)."""
     import httpx
 
-    from .adapters.identity import EXCHANGE_SCOPE, bearer, managed_identity
+    from .adapters.identity import bearer, managed_identity
 
     closers: list[Callable[[], Awaitable[None]]] = []
     tenant_id = settings.require_tenant_id()
@@ -177,17 +195,8 @@ async def build_processor(
     http = httpx.AsyncClient(timeout=settings.http_timeout_seconds)
     closers.append(http.aclose)
     if exchange is None:
-        from .adapters.exchange import ExchangeAdmin
-
         assert credential is not None
-        exchange = ExchangeAdmin(
-            http,
-            tenant_id=tenant_id,
-            token=bearer(credential, EXCHANGE_SCOPE),
-            base_url=settings.exchange_base_url,
-            retry=retry,
-            timeout=settings.exchange_timeout_seconds,
-        )
+        exchange = exchange_admin(settings, http, credential, retry)
     if directory is None:
         from .adapters.graph import graph_directory
 
@@ -449,7 +458,6 @@ async def doctor_targets(
     ``storage=False`` leaves the tables and queues out (the simulated run keeps them in memory)."""
     import httpx
 
-    from .adapters.exchange import ExchangeAdmin
     from .adapters.graph import graph_directory
     from .adapters.identity import EXCHANGE_SCOPE, GRAPH_SCOPE, bearer, managed_identity
     from .adapters.management_activity import ManagementActivityApi, management_scope
@@ -491,13 +499,7 @@ async def doctor_targets(
             policy=policy,
             intake=intake,
             tokens=tokens,
-            exchange=ExchangeAdmin(
-                http,
-                tenant_id=tenant_id,
-                token=bearer(credential, EXCHANGE_SCOPE),
-                base_url=settings.exchange_base_url,
-                retry=retry,
-            ),
+            exchange=exchange_admin(settings, http, credential, retry),
             graph=graph,
             tickets=ticket_system(settings, policy, http, graph, retry),
             management=management,

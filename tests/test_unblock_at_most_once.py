@@ -8,22 +8,19 @@ exactly one complete audit record says whether the user was unblocked, and how t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+from azure.storage.queue import QueueClient
 
-from restricted_sender.settings import EVENTS_QUEUE
 from simulator import Simulator
 from simulator.azurite import Azurite
 from tests.conftest import alert_v2, app_settings, audit_rows, blocked, tenant, user
@@ -42,18 +39,6 @@ notify: {user: true, sender: responder@contoso.com}
 ALICE = "alice@contoso.com"
 LIMIT_TEXT = "You have exceeded the unblock limit for this user. Contact Microsoft Support to unblock the user."
 HELD = 60.0  # seconds the simulator holds a request open before dropping it: the child is killed long before
-
-
-@pytest.fixture
-def queue(azurite: Azurite) -> Iterator[QueueClient]:
-    client = QueueClient.from_connection_string(
-        azurite.connection_string, EVENTS_QUEUE, message_decode_policy=TextBase64DecodePolicy()
-    )
-    with contextlib.suppress(ResourceExistsError):
-        client.create_queue()
-    client.clear_messages()
-    yield client
-    client.close()
 
 
 class Story:
