@@ -45,7 +45,7 @@ from .model import (
 from .notices import recipients_notice, user_notice
 from .policy import Budget, Containment, Notify
 from .ports import ClaimResult, Clock, DelayedQueue, Directory, Exchange, Store, TicketSystem
-from .restriction import BlockedSender
+from .restriction import BlockedSender, BlockReason
 from .ticket_body import render_ticket
 from .timeutil import iso
 from .verify import DEFAULT_VERIFY_AFTER, VerifyTask, check_at
@@ -256,7 +256,8 @@ class Actor:
             return record.with_actions(
                 Action("unblock", ActionStatus.SKIPPED, f"{own.user} was no longer restricted (an earlier try)")
             )
-        restriction = facts.restriction or BlockedSender.from_row({"SenderAddress": own.user})
+        # Lifted since the earlier try: the block is known only by its address (its row is gone).
+        restriction = facts.restriction or BlockedSender(own.user, BlockReason.parse(None), False, None, None, {})
         if own.status == UnblockStatus.DONE:
             learned = f"an earlier try recorded at {iso(own.at)} that {own.detail or 'Exchange accepted it'}"
             return await self._unblocked(record, restriction, learned)
