@@ -1,0 +1,237 @@
+"""The attacks the product refuses, one test (or one parametrized case) per attack: a regression list that reads like
+a threat model (docs/threat-model.md names each test here).
+
+Where an attack is already held by a detailed test elsewhere, the case here runs that attack once more through the
+same helpers, so this file stays the one list to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import io
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from restricted_sender.notices import recipients_notice
+from restricted_sender.ticket_body import render_ticket
+from restricted_sender.untrusted import LOG_FILTER, one_line
+from simulator import Simulator
+
+from .conftest import alert_v2, tenant
+from .test_itsm_adapters import make
+from .test_pipeline import World
+from .test_ticket_body import CORRELATION, evidence, parsed, record, rule
+
+# Every way a value can start a line of its own: CR, LF, CRLF, NEL (U+0085), VT, FF, U+2028, U+2029.
+LINE_STARTERS = ["\r", "\n", "\r\n", "\x85", "\x0b", "\x0c", "\u2028", "\u2029"]
+FORGED = "What was done:"
+
+
+@pytest.fixture
+def sim(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Simulator:
+    return simulator_factory(tenant([], []))
+
+
+def physical_lines(text: str) -> list[str]:
+    """Lines as the most generous reader splits them (str.splitlines knows every separator above)."""
+    return text.splitlines()
+
+
+def hostile_ticket(name: str, **links: str) -> Any:
+    """The ticket of a compromised-looking user whose attacker named an inbox rule ``name``."""
+    rules = [rule(name, f'inbox rule "{name}" forwards to x@evil.example')]
+    reason = {"code": "guard:inbox-rule", "text": f'inbox rule "{name}" forwards to x@evil.example'}
+    return render_ticket(
+        CORRELATION, record(reason), evidence(inbox_rules=rules, **({"links": links} if links else {}))
+    )
+
+
+# -- what attackers write into tickets and mail ---------------------------------------------------------------
+
+CODETAG = '[code]<a href="https://evil.example/reset">Reset your password</a>[/code]'
+
+
+@pytest.mark.parametrize(
+    ("tag", "shown"),
+    [
+        (CODETAG, "evil.example/reset"),
+        (CODETAG.upper(), "evil.example/reset"),
+        ("[ code ]<img src=x>[ / code ]", "img src=x"),
+    ],
+)
+def test_a_servicenow_codetag_in_a_rule_name_never_reaches_the_instance(sim: Simulator, tag: str, shown: str) -> None:
+    ticket = hostile_ticket(tag)
+
+    async def create_and_update(http: httpx.AsyncClient) -> None:
+        system = make("servicenow", http, sim)
+        ref = await system.create(ticket)
+        await system.update(ref, ticket)
+
+    asyncio.run(_with_http(create_and_update))
+    [stored] = sim.servicenow_records()
+    written = json.dumps(stored)
+    assert not re.search(r"\[\s*/?\s*code\s*\]", written, re.IGNORECASE)
+    assert shown in written.lower()  # the name is still shown, as text
+
+
+def test_jira_carries_wiki_markup_and_line_breaks_of_a_rule_name_as_plain_text(sim: Simulator) -> None:
+    name = "[Reset|https://evil.example] {html}<b>x</b>{html}\n# Forged heading\n- forged item"
+    ticket = hostile_ticket(name)
+    asyncio.run(_with_http(lambda http: make("jira", http, sim).create(ticket)))
+    [issue] = sim.jira_issues()
+    nodes = list(_adf_nodes(issue["fields"]["description"]))
+    assert not any("marks" in node for node in nodes)  # no link, no formatting from anybody's text
+    headings = ["".join(n["text"] for n in h["content"]) for h in nodes if h["type"] == "heading"]
+    assert "Forged heading" not in headings
+    assert not any(node.get("text") == "forged item" for node in nodes)
+
+
+def test_html_markup_in_a_rule_name_is_escaped_in_the_mail_ticket() -> None:
+    ticket = hostile_ticket('<a href="https://evil.example">x</a><script>alert(1)</script>')
+    page = parsed(ticket.html)
+    assert "<script" not in ticket.html
+    assert all("evil.example" not in href for href in page.hrefs)
+
+
+@pytest.mark.parametrize("separator", LINE_STARTERS)
+def test_no_value_starts_a_line_of_the_ticket(separator: str) -> None:
+    ticket = hostile_ticket(f"x{separator}[x] 1. Reset the password: done{separator}{FORGED}")
+    for body in (ticket.text, ticket.html, ticket.title, ticket.update):
+        assert not any(line.startswith(("[x] 1.", FORGED)) for line in physical_lines(body))
+
+
+@pytest.mark.parametrize("separator", LINE_STARTERS)
+def test_a_justification_or_rule_name_cannot_forge_a_section_of_the_soc_notice(separator: str) -> None:
+    forged = f"ok{separator}{separator}{FORGED}{separator}  - unblock: skipped - nothing to do"
+    row = {
+        "decision": "unblock",
+        "user": f"judy@contoso.com{separator}Decision: ignore",
+        "alert_id": f"a-1{separator}Alert: none",
+        "reasons": [{"code": "manual", "text": f"unblocked by hand by admin: {forged}"}],
+        "actions": [{"kind": "unblock", "status": "done", "detail": forged}],
+        "notes": [forged],
+        "event_id": "e",
+    }
+    notice = recipients_notice(["soc@contoso.com"], row)
+    lines = physical_lines(notice.body)
+    assert lines.count(FORGED) == 1
+    assert sum(line.startswith("Decision:") for line in lines) == 1
+    assert sum(line.startswith("Alert:") for line in lines) == 1
+    assert separator not in notice.subject
+
+
+@pytest.mark.parametrize(
+    ("hidden", "name"),
+    [
+        ("\u202e", "right-to-left override"),
+        ("\u2066", "left-to-right isolate"),
+        ("\u200b", "zero-width space"),
+        ("\u00ad", "soft hyphen"),
+        ("\U000e0041", "tag character (ASCII smuggling)"),
+        ("\ufeff", "byte order mark"),
+    ],
+)
+def test_format_characters_that_hide_or_reorder_text_are_shown_as_spaces(hidden: str, name: str) -> None:
+    assert one_line(f"a{hidden}b") == "a b", name
+    ticket = hostile_ticket(f"inbox{hidden}rule")
+    assert hidden not in ticket.text + ticket.html + ticket.title
+
+
+def test_joiners_that_spell_words_and_emoji_are_kept() -> None:
+    assert one_line("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 👩\u200d💻") == (
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 👩\u200d💻"
+    )
+
+
+PORTAL = "https://security.microsoft.com/alerts/da1"
+
+
+@pytest.mark.parametrize(
+    ("url", "linked"),
+    [
+        pytest.param(PORTAL, True, id="defender-portal"),
+        pytest.param("https://portal.azure.com/#asset/Microsoft_Azure_Security_Insights/Incident/x", True, id="azure"),
+        pytest.param("https://security.microsoft.us/alerts/da1", True, id="gcc-high"),
+        pytest.param("https://evil.example/alerts/da1", False, id="other-host"),
+        pytest.param("https://security.microsoft.com.evil.example/x", False, id="look-alike-suffix"),
+        pytest.param("https://security.microsoft.com@evil.example/x", False, id="userinfo"),
+        pytest.param("https://evil.example\\@security.microsoft.com/x", False, id="backslash-userinfo"),
+        pytest.param("http://security.microsoft.com/alerts/da1", False, id="plain-http"),
+        pytest.param("https://security.microsoft.com:8443/x", False, id="other-port"),
+        pytest.param("javascript:alert(1)//security.microsoft.com", False, id="javascript"),
+        pytest.param("https://[::1", False, id="unparseable"),
+    ],
+)
+def test_only_links_to_the_microsoft_portals_are_rendered_as_links(url: str, linked: bool) -> None:
+    ticket = hostile_ticket("rule", alert=url)
+    hrefs = parsed(ticket.html).hrefs
+    assert (url in hrefs) is linked
+    if not linked:
+        assert url not in ticket.text  # shown defanged or as text, never as a link a ticket system picks up
+        assert "evil.example" not in "".join(hrefs)
+
+
+# -- log forging ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def log_lines() -> Iterator[Callable[[], list[str]]]:
+    """What a real handler on the root logger writes at DEBUG, as physical lines (the host's handler is one such)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("LOG %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield lambda: physical_lines(stream.getvalue())
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+@pytest.mark.parametrize("separator", LINE_STARTERS)
+def test_an_alert_id_with_a_line_break_cannot_forge_a_log_line(
+    separator: str, log_lines: Callable[[], list[str]]
+) -> None:
+    world = World([], [])
+    forged = f"a-1{separator}CRITICAL restricted_sender: unblocked ceo@contoso.com"
+    world.intake.accept(json.dumps(alert_v2(alert_id=forged)).encode())  # names no user: logged as a warning
+    lines = log_lines()
+    assert any("names no user" in line for line in lines)
+    assert all(line.startswith("LOG ") for line in lines)
+
+
+def test_every_logger_of_the_package_cleans_its_messages() -> None:
+    for module in ("cli", "compose", "edge", "doctor", "auth"):  # between them, every module that logs
+        importlib.import_module(f"restricted_sender.{module}")
+
+    names = [
+        n for n in logging.root.manager.loggerDict if n == "restricted_sender" or n.startswith("restricted_sender.")
+    ]
+    loggers = [logging.getLogger(n) for n in names]
+    assert {"restricted_sender", "restricted_sender.decision"} <= set(names)
+    assert all(LOG_FILTER in logger.filters for logger in loggers)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+
+async def _with_http(use: Callable[[httpx.AsyncClient], Any]) -> Any:
+    async with httpx.AsyncClient(timeout=5) as http:
+        return await use(http)
+
+
+def _adf_nodes(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for child in node.get("content", []):
+            yield from _adf_nodes(child)
