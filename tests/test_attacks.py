@@ -24,7 +24,8 @@ from restricted_sender.ticket_body import render_ticket
 from restricted_sender.untrusted import LOG_FILTER, one_line
 from simulator import Simulator
 
-from .conftest import alert_v2, tenant
+from .conftest import alert_v2, audit_rows, blocked, tenant, user
+from .test_admin_api import configure, removals, unblock  # noqa: F401  (configure: a fixture used here)
 from .test_itsm_adapters import make
 from .test_pipeline import World
 from .test_ticket_body import CORRELATION, evidence, parsed, record, rule
@@ -36,7 +37,13 @@ FORGED = "What was done:"
 
 @pytest.fixture
 def sim(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Simulator:
-    return simulator_factory(tenant([], []))
+    """A clean restricted user, and restricted users who each fail one compromise guard."""
+    users = [
+        user("alice", **{"x-riskLevel": "none"}),
+        user("risky", **{"x-riskLevel": "high"}),
+        user("disabled", enabled=False, **{"x-riskLevel": "none"}),
+    ]
+    return simulator_factory(tenant(users, [blocked(f"{u['userPrincipalName']}") for u in users]))
 
 
 def physical_lines(text: str) -> list[str]:
@@ -176,6 +183,42 @@ def test_only_links_to_the_microsoft_portals_are_rendered_as_links(url: str, lin
     if not linked:
         assert url not in ticket.text  # shown defanged or as text, never as a link a ticket system picks up
         assert "evil.example" not in "".join(hrefs)
+
+
+# -- the admin API ----------------------------------------------------------------------------------------------
+
+FORCE, HELPDESK = "Sender.Unblock.Force", "Sender.Unblock"
+
+
+@pytest.mark.azurite
+@pytest.mark.usefixtures("configure")
+@pytest.mark.parametrize("upn", ["risky@contoso.com", "disabled@contoso.com"], ids=["guard:risk", "guard:disabled"])
+def test_a_user_failing_a_compromise_guard_is_only_unblocked_with_force_by_the_force_role(
+    handlers: dict[str, Callable[..., Any]], sim: Simulator, azurite: Any, table_prefix: str, upn: str
+) -> None:
+    helpdesk, soc = sim.mint_token(roles=(HELPDESK,)), sim.mint_token(roles=(FORCE,))
+    status, answer = unblock(handlers, upn, helpdesk)
+    assert (status, answer["error"]["code"]) == (409, "force-required")
+    assert answer["error"]["warnings"][0]["code"].startswith("guard:")
+    status, answer = unblock(handlers, upn, helpdesk, force=True)
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    assert FORCE in answer["error"]["message"]
+    assert removals(sim) == 0
+    status, answer = unblock(handlers, upn, soc, force=True)
+    assert status == 200, answer
+    assert answer["warnings"][0]["code"] == "manual:forced"
+    assert removals(sim) == 1
+    assert [r["decision"] for r in audit_rows(azurite, table_prefix)] == ["ignore", "unblock"]
+
+
+@pytest.mark.azurite
+@pytest.mark.usefixtures("configure")
+def test_a_helpdesk_without_the_force_role_unblocks_a_clean_user(
+    handlers: dict[str, Callable[..., Any]], sim: Simulator
+) -> None:
+    status, answer = unblock(handlers, "alice@contoso.com", sim.mint_token(roles=(HELPDESK,)))
+    assert status == 200, answer
+    assert removals(sim) == 1
 
 
 # -- log forging ---------------------------------------------------------------------------------------------
