@@ -17,15 +17,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
+from restricted_sender.auth import FAILURE_HOLD, MAX_TOKEN_LENGTH, TokenValidator
+from restricted_sender.errors import TransientServiceError, Unauthorized, UnsafeContentUri
 from restricted_sender.notices import recipients_notice
+from restricted_sender.o365 import check_content_uri
 from restricted_sender.ticket_body import render_ticket
 from restricted_sender.untrusted import LOG_FILTER, one_line
 from simulator import Simulator
+from simulator.entra import OTHER_TENANT_ID
 
-from .conftest import alert_v2, audit_rows, blocked, tenant, user
+from .conftest import ROOT, TENANT_ID, alert_v2, audit_rows, blocked, on_graph, tenant, user
 from .test_admin_api import configure, removals, unblock  # noqa: F401  (configure: a fixture used here)
+from .test_auth import Clock, authenticate, bearer, routes, with_kid, with_validator
 from .test_itsm_adapters import make
 from .test_pipeline import World
 from .test_ticket_body import CORRELATION, evidence, parsed, record, rule
@@ -219,6 +225,128 @@ def test_a_helpdesk_without_the_force_role_unblocks_a_clean_user(
     status, answer = unblock(handlers, "alice@contoso.com", sim.mint_token(roles=(HELPDESK,)))
     assert status == 200, answer
     assert removals(sim) == 1
+
+
+# -- forged and stolen tokens (the admin API) -----------------------------------------------------------------
+# Held in detail by tests/test_auth.py::test_a_bad_token_is_refused_with_a_clear_message_that_never_echoes_it;
+# here each attack once more, through the same validator against the simulator's Entra.
+
+
+@pytest.mark.parametrize(
+    ("mint", "message"),
+    [
+        pytest.param({"variant": "hs256"}, "RS256 only", id="alg-confusion-hs256-keyed-with-the-public-key"),
+        pytest.param({"variant": "alg-none"}, "RS256 only", id="alg-none"),
+        pytest.param({"variant": "wrong-key"}, "bad token signature", id="signed-by-another-key"),
+        pytest.param({"variant": "wrong-audience"}, "wrong audience", id="wrong-audience"),
+        pytest.param({"variant": "wrong-issuer"}, "wrong issuer", id="wrong-issuer"),
+        pytest.param({"variant": "other-tenant"}, "wrong issuer", id="another-tenants-token"),
+        pytest.param({"claims": {"tid": OTHER_TENANT_ID}}, "another tenant", id="another-tenants-tid"),
+        pytest.param({"variant": "expired"}, "token expired", id="expired"),
+        pytest.param({"variant": "not-yet-valid"}, "not yet valid", id="not-yet-valid"),
+    ],
+)
+def test_a_forged_or_misdirected_token_is_refused(sim: Simulator, mint: dict[str, Any], message: str) -> None:
+    with pytest.raises(Unauthorized, match=message):
+        authenticate(sim, bearer(sim.mint_token(**mint)))
+
+
+@pytest.mark.parametrize("header", ["jku", "x5u", "jwk"])
+def test_a_token_naming_its_own_keys_in_jku_x5u_or_jwk_is_refused_and_nothing_is_fetched(
+    sim: Simulator, header: str
+) -> None:
+    """The attacker signs with a key of their own and points the header at it: only the tenant's keys count."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    claims = jwt.decode(sim.mint_token(), options={"verify_signature": False})
+    kid = jwt.get_unverified_header(sim.mint_token())["kid"]
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    where = f"{sim.url}/attacker/keys"
+    extra = {"jwk": json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(attacker.public_key()))} if header == "jwk" else {}
+    token = jwt.encode(claims, attacker, algorithm="RS256", headers={"kid": kid, header: where, **extra})
+    with pytest.raises(Unauthorized, match="bad token signature"):
+        authenticate(sim, bearer(token))
+    assert {r["route"] for r in sim.requests} <= {"entra.metadata", "entra.keys"}
+
+
+def test_an_oversized_token_is_refused_before_any_parsing(sim: Simulator) -> None:
+    with pytest.raises(Unauthorized, match="too large"):
+        authenticate(sim, bearer("A" * (MAX_TOKEN_LENGTH + 1)))
+    assert sim.requests == []
+
+
+def test_thirty_bad_tokens_while_entra_fails_cost_one_metadata_fetch(sim: Simulator) -> None:
+    sim.inject_fault("entra.metadata", status=503, times=None)
+    clock = Clock()
+
+    async def flood(validator: TokenValidator) -> None:
+        for i in range(30):
+            with pytest.raises(TransientServiceError):
+                await validator.authenticate(bearer(with_kid(sim.mint_token(), f"k{i}")), role="Sender.Unblock")
+        clock.offset = FAILURE_HOLD  # the hold is over: the next token asks again
+        with pytest.raises(TransientServiceError):
+            await validator.authenticate(bearer(sim.mint_token()), role="Sender.Unblock")
+
+    with_validator(sim, flood, clock=clock)
+    assert routes(sim) == ["entra.metadata", "entra.metadata"]
+
+
+# -- outsiders' values in the product's own requests -----------------------------------------------------------
+# SSRF through the Office 365 contentUri: every variant is a case of
+# tests/test_sources.py::test_any_other_content_uri_is_refused_as_unsafe; a few of them again here.
+
+FEED_URI = f"https://manage.office.com/api/v1.0/{TENANT_ID}/activity/feed/audit/x"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param(FEED_URI.replace("manage.office.com", "169.254.169.254"), id="metadata-endpoint"),
+        pytest.param(FEED_URI.replace("manage.office.com", "manage.office.com@evil.example"), id="userinfo"),
+        pytest.param(FEED_URI.replace("manage.office.com", "manage.office.com.evil.example"), id="look-alike"),
+        pytest.param(FEED_URI.replace("https://", "http://"), id="downgrade"),
+        pytest.param(FEED_URI.replace("audit/x", "%2e%2e/%2E%2E/subscriptions"), id="encoded-dot-segments"),
+        pytest.param(FEED_URI.replace(TENANT_ID, "11111111-2222-4333-8444-555555555555"), id="another-tenant"),
+    ],
+)
+def test_a_content_uri_off_this_tenants_feed_is_refused(uri: str) -> None:
+    with pytest.raises(UnsafeContentUri):
+        check_content_uri(uri, api_root="https://manage.office.com", tenant_id=TENANT_ID)
+
+
+def test_no_client_of_the_product_follows_redirects() -> None:
+    """A redirect from a service (or a spoofed one) could carry our bearer token or our request elsewhere: every
+    httpx client the composition root builds keeps httpx's default of not following them."""
+    source = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "restricted_sender").rglob("*.py"))
+    assert "follow_redirects=True" not in source
+    assert httpx.AsyncClient().follow_redirects is False
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("x@contoso.com' or startswith(mail,'a", id="odata-quote-injection"),
+        pytest.param("alice@contoso.com/../../groups", id="path-traversal"),
+        pytest.param("alice@contoso.com?$select=passwordProfile", id="query-in-path"),
+        pytest.param("alice@contoso.com#fragment", id="fragment"),
+    ],
+)
+def test_an_address_cannot_change_the_graph_request_it_is_looked_up_with(
+    simulator_factory: Callable[[dict[str, Any]], Simulator],
+    identity_env: Callable[[Simulator], None],
+    key: str,
+) -> None:
+    graph = simulator_factory(tenant([user("alice")], []))
+    identity_env(graph)
+    found = on_graph(graph, lambda directory, _: directory.user(key))
+    assert found is None or not found.owns(key)  # whatever Graph answers, nobody owns this address
+    looked = [r for r in graph.requests if r["route"].startswith("graph.")]
+    assert [r["route"] for r in looked] == ["graph.user", "graph.users"]  # by id, then by mail: never elsewhere
+    escaped = key.replace("'", "''")
+    for request in looked:
+        if request["route"] == "graph.users":  # the literal stays one literal: quotes doubled
+            expected = f"mail eq '{escaped}' or proxyAddresses/any(p:p eq 'smtp:{escaped}')"
+            assert request["query"]["$filter"] == expected
 
 
 # -- log forging ---------------------------------------------------------------------------------------------
