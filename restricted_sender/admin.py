@@ -5,8 +5,9 @@ A manual unblock evaluates the same policy as the automatic path. A failed compr
 forwarding, disabled account), a deny match, a spent budget or an unloadable policy stop it unless the operator
 passes ``force``, which needs its own app role (checked at the edge): a helpdesk unblocks clean users, only the
 SOC overrides the signs that an attacker may hold the account. Other reasons come back as warnings. It acts
-whatever the policy's ``mode`` (report-only governs the automation, not an operator's explicit request), is recorded with
-the operator and the justification, counts against the budgets, and is verified like any other unblock.
+whatever the policy's ``mode`` (report-only governs the automation, not an operator's explicit request), is
+recorded with the operator and the justification, counts against the budgets, and is verified like any other
+unblock.
 """
 
 from __future__ import annotations

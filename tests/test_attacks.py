@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 import jwt
@@ -24,6 +25,7 @@ from restricted_sender.auth import FAILURE_HOLD, MAX_TOKEN_LENGTH, TokenValidato
 from restricted_sender.errors import TransientServiceError, Unauthorized, UnsafeContentUri
 from restricted_sender.notices import recipients_notice
 from restricted_sender.o365 import check_content_uri
+from restricted_sender.settings import Settings
 from restricted_sender.ticket_body import render_ticket
 from restricted_sender.untrusted import LOG_FILTER, one_line
 from simulator import Simulator
@@ -33,6 +35,7 @@ from .conftest import ROOT, TENANT_ID, alert_v2, audit_rows, blocked, on_graph, 
 from .test_admin_api import configure, removals, unblock  # noqa: F401  (configure: a fixture used here)
 from .test_auth import Clock, authenticate, bearer, routes, with_kid, with_validator
 from .test_itsm_adapters import make
+from .test_management_activity import cli
 from .test_pipeline import World
 from .test_ticket_body import CORRELATION, evidence, parsed, record, rule
 
@@ -347,6 +350,39 @@ def test_an_address_cannot_change_the_graph_request_it_is_looked_up_with(
         if request["route"] == "graph.users":  # the literal stays one literal: quotes doubled
             expected = f"mail eq '{escaped}' or proxyAddresses/any(p:p eq 'smtp:{escaped}')"
             assert request["query"]["$filter"] == expected
+
+
+# -- secrets in what the product shows ----------------------------------------------------------------------------
+
+FUNCTION_KEY = "fk/Zm9vYmFy+key=="  # a function key's alphabet: base64, so it changes when URL-encoded
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"code={FUNCTION_KEY}",
+        f"Code={FUNCTION_KEY}",
+        f"CODE={quote(FUNCTION_KEY, safe='')}",
+        f"x=1&code={FUNCTION_KEY}",
+    ],
+    ids=["code", "Code", "CODE-url-encoded", "second-parameter"],
+)
+def test_the_cli_never_prints_the_webhooks_function_key(sim: Simulator, query: str) -> None:
+    env = {"TENANT_ID": TENANT_ID, "O365_API_ROOT": sim.url, "O365_WEBHOOK_AUTH_ID": "auth-id-value",
+           "IDENTITY_ENDPOINT": f"{sim.url}/msi/token", "IDENTITY_HEADER": sim.identity_header}  # fmt: skip
+    done = cli("o365", "subscribe", "--webhook", f"{sim.url}/hook?{query}", env=env)
+    assert "AF20021" in done.stderr  # the service echoed the address back
+    shown = done.stdout + done.stderr
+    for form in (FUNCTION_KEY, quote(FUNCTION_KEY, safe=""), quote_plus(FUNCTION_KEY), "Zm9vYmFy"):
+        assert form not in shown
+
+
+def test_repr_of_the_settings_shows_no_webhook_url_key() -> None:
+    url = "https://prod-12.westeurope.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=LogicAppKey123"
+    settings = Settings.from_env({"TICKET_WEBHOOK_URL": url})
+    assert "LogicAppKey123" not in repr(settings) + str(settings)
+    assert settings.ticket_webhook_url is not None
+    assert settings.ticket_webhook_url.reveal() == url
 
 
 # -- log forging ---------------------------------------------------------------------------------------------

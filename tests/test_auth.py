@@ -360,7 +360,8 @@ def test_an_identity_failure_is_transient_and_held_only_briefly(
         with pytest.raises(TransientServiceError) as held:  # within the hold: answered from memory
             await validator.authenticate(bearer(token), role=ROLE)
         assert (len(sim.requests), held.value.message) == (fetched, caught.value.message)
-        assert held.value.retry_after is not None and 1 <= held.value.retry_after <= max(FAILURE_HOLD, 7)
+        assert held.value.retry_after is not None
+        assert 1 <= held.value.retry_after <= max(FAILURE_HOLD, 7)
         clock.offset = FAILURE_HOLD
         return await validator.authenticate(bearer(token), role=ROLE)
 
