@@ -105,6 +105,23 @@ class OneLineLogs(logging.Filter):
 
 LOG_FILTER = OneLineLogs()
 
+_QUERY_VALUE = re.compile(r"([?&][^=&\s\"'#]+=)[^&\s\"'#]+")
+
+
+class NoQueryValues(logging.Filter):
+    """Masks every query value in a record's message. On httpx's logger: it logs each request's full URL at INFO,
+    and a Logic App / Power Automate webhook or a function URL carries its key there (``sig=``, ``code=``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = _QUERY_VALUE.sub(r"\1***", message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+QUERY_FILTER = NoQueryValues()
+
 
 def guard_logger(name: str) -> logging.Logger:
     """The logger ``name`` with :class:`OneLineLogs` on it (once)."""
