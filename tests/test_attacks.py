@@ -14,6 +14,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -427,6 +428,12 @@ def test_every_logger_of_the_package_cleans_its_messages() -> None:
     loggers = [logging.getLogger(n) for n in names]
     assert {"restricted_sender", "restricted_sender.decision"} <= set(names)
     assert all(LOG_FILTER in logger.filters for logger in loggers)
+
+
+def test_the_threat_model_names_every_attack_in_this_file() -> None:
+    model = (ROOT / "docs" / "threat-model.md").read_text(encoding="utf-8")
+    attacks = re.findall(r"^def (test_\w+)", Path(__file__).read_text(encoding="utf-8"), re.M)
+    assert [name for name in attacks if name not in model and "threat_model" not in name] == []
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
