@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 
 _KEPT_FORMAT = frozenset("\u200c\u200d")
 _HIDING = frozenset(("Cc", "Zl", "Zp", "Cf"))
-# ServiceNow renders [code]...[/code] in journal fields as HTML when glide.ui.security.allow_codetag is on:
-# https://www.servicenow.com/docs/bundle/xanadu-platform-security/page/administer/security/reference/r_EscapeHTMLInJournalFields.html
+# ServiceNow renders [code]...[/code] in journal fields (work notes, comments) as HTML when the instance property
+# glide.ui.security.allow_codetag is on: broken here, whatever the instance's setting.
 _CODE_TAG = re.compile(r"\[(\s*/?\s*code\s*)\]", re.IGNORECASE)
 # The Microsoft portals an alert's link may point at; any other link is shown as text, defanged, never linked.
-# Defender XDR (commercial, GCC High, DoD): https://learn.microsoft.com/defender-xdr/usgov#portal-urls ;
+# Defender portal (commercial and GCC, GCC High, DoD): https://learn.microsoft.com/defender-endpoint/gov#portal-urls ;
 # Sentinel and Azure: portal.azure.com (.us for Azure Government); Purview: purview.microsoft.com,
 # compliance.microsoft.com; Microsoft Learn for the product's own references.
 LINK_HOSTS = frozenset(
