@@ -320,8 +320,9 @@ def test_a_content_uri_off_this_tenants_feed_is_refused(uri: str) -> None:
 
 
 def test_no_client_of_the_product_follows_redirects() -> None:
-    """A redirect from a service (or a spoofed one) could carry our bearer token or our request elsewhere: every
-    httpx client the composition root builds keeps httpx's default of not following them."""
+    """A redirect from a service (or a spoofed one) could carry our bearer token or our request elsewhere: no httpx
+    client the product builds follows them (httpx's default). Graph calls go through the SDK's redirect handler,
+    which scrubs the Authorization header on a change of origin and refuses a change of scheme."""
     source = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "restricted_sender").rglob("*.py"))
     assert "follow_redirects=True" not in source
     assert inspect.signature(httpx.AsyncClient).parameters["follow_redirects"].default is False
