@@ -98,7 +98,7 @@ class OneLineLogs(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = one_line(message)
-        if cleaned != message or record.args:
+        if cleaned != message:  # else the record keeps its template and arguments (telemetry groups by them)
             record.msg, record.args = cleaned, None
         return True
 
