@@ -64,11 +64,16 @@ param keyVaultPublicNetworkAccess string = 'Enabled'
 @description('Object id of a user or group allowed to set secrets in the vault by hand (Key Vault Secrets Officer), e.g. for the Sentinel playbook\'s function key. Empty: nobody.')
 param secretsOfficerPrincipalId string = ''
 
-@description('Names of secrets you put in the vault yourself instead of passing them below (ticket-webhook-secret, servicenow-password, servicenow-token, jira-api-token, alerts-shared-secret, o365-webhook-auth-id); their app settings reference them anyway.')
+@description('Names of secrets you put in the vault yourself instead of passing them below (ticket-webhook-url, ticket-webhook-secret, servicenow-password, servicenow-token, jira-api-token, alerts-shared-secret, o365-webhook-auth-id); their app settings reference them anyway.')
 param secretsInVault array = []
 
 // Secrets: written to the vault when given (never to an app setting or an output); each app setting then
 // holds a Key Vault reference. Empty and not in secretsInVault: the setting is left out (the feature is off).
+
+// A Logic App, Power Automate or Teams webhook URL carries its key in the query (sig=...): the URL is a secret.
+@secure()
+@description('TICKET_WEBHOOK_URL: where webhook tickets are POSTed (its query string usually holds the key).')
+param ticketWebhookUrl string = ''
 
 @secure()
 @description('TICKET_WEBHOOK_SECRET: HMAC key for the ticket webhook\'s X-Signature.')
@@ -106,9 +111,6 @@ param policyFile string = 'config/policy.yaml'
 
 @description('POLICY_YAML: inline policy YAML; when set it wins over POLICY_FILE.')
 param policyYaml string = ''
-
-@description('TICKET_WEBHOOK_URL: where webhook tickets are POSTed.')
-param ticketWebhookUrl string = ''
 
 @description('SERVICENOW_INSTANCE_URL, e.g. https://contoso.service-now.com.')
 param servicenowInstanceUrl string = ''
@@ -254,6 +256,7 @@ module storage './app/storage.bicep' = {
 
 // Vault secret names; an app setting refers to a secret only when it is given or declared in secretsInVault.
 var secretNames = {
+  ticketWebhookUrl: 'ticket-webhook-url'
   ticketWebhookSecret: 'ticket-webhook-secret'
   servicenowPassword: 'servicenow-password'
   servicenowToken: 'servicenow-token'
@@ -273,6 +276,7 @@ module keyVault './app/keyvault.bicep' = {
     readerPrincipalId: identity.outputs.principalId
     officerPrincipalId: secretsOfficerPrincipalId
     secrets: {
+      '${secretNames.ticketWebhookUrl}': ticketWebhookUrl
       '${secretNames.ticketWebhookSecret}': ticketWebhookSecret
       '${secretNames.servicenowPassword}': servicenowPassword
       '${secretNames.servicenowToken}': servicenowToken
@@ -287,6 +291,7 @@ module keyVault './app/keyvault.bicep' = {
 var secretUri = 'https://${names.keyVault}${environment().suffixes.keyvaultDns}/secrets/'
 
 var useSecret = {
+  ticketWebhookUrl: !empty(ticketWebhookUrl) || contains(secretsInVault, secretNames.ticketWebhookUrl)
   ticketWebhookSecret: !empty(ticketWebhookSecret) || contains(secretsInVault, secretNames.ticketWebhookSecret)
   servicenowPassword: !empty(servicenowPassword) || contains(secretsInVault, secretNames.servicenowPassword)
   servicenowToken: !empty(servicenowToken) || contains(secretsInVault, secretNames.servicenowToken)
@@ -297,6 +302,9 @@ var useSecret = {
 
 // A reference to a secret that does not exist would hand the app the literal "@Microsoft.KeyVault(...)" text as
 // the value (ALERTS_SHARED_SECRET would then demand that text), so a setting appears only with its secret.
+var ticketWebhookUrlSetting = useSecret.ticketWebhookUrl ? {
+  TICKET_WEBHOOK_URL: '@Microsoft.KeyVault(SecretUri=${secretUri}${secretNames.ticketWebhookUrl})'
+} : {}
 var ticketWebhookSecretSetting = useSecret.ticketWebhookSecret ? {
   TICKET_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${secretUri}${secretNames.ticketWebhookSecret})'
 } : {}
@@ -315,7 +323,7 @@ var alertsSharedSecretSetting = useSecret.alertsSharedSecret ? {
 var o365WebhookAuthIdSetting = useSecret.o365WebhookAuthId ? {
   O365_WEBHOOK_AUTH_ID: '@Microsoft.KeyVault(SecretUri=${secretUri}${secretNames.o365WebhookAuthId})'
 } : {}
-var secretSettings = union(ticketWebhookSecretSetting, servicenowPasswordSetting, servicenowTokenSetting, jiraApiTokenSetting, alertsSharedSecretSetting, o365WebhookAuthIdSetting)
+var secretSettings = union(ticketWebhookUrlSetting, ticketWebhookSecretSetting, servicenowPasswordSetting, servicenowTokenSetting, jiraApiTokenSetting, alertsSharedSecretSetting, o365WebhookAuthIdSetting)
 
 // Identity-based host storage (no connection string anywhere) and Entra-authenticated telemetry.
 var hostSettings = {
@@ -332,7 +340,6 @@ var productSettings = {
   AZURE_CLIENT_ID: identity.outputs.clientId
   POLICY_FILE: policyFile
   POLICY_YAML: policyYaml
-  TICKET_WEBHOOK_URL: ticketWebhookUrl
   SERVICENOW_INSTANCE_URL: servicenowInstanceUrl
   SERVICENOW_USERNAME: servicenowUsername
   JIRA_SITE_URL: jiraSiteUrl

@@ -1,0 +1,10 @@
+import logging
+
+from .untrusted import QUERY_FILTER, guard_logger
+
+# Every logger of the package cleans its messages (untrusted.OneLineLogs): no logged value starts a line.
+for _name in ("restricted_sender", "restricted_sender.decision"):
+    guard_logger(_name)
+# httpx logs every request's URL, query and all: a webhook's key must not reach the logs with it.
+if QUERY_FILTER not in logging.getLogger("httpx").filters:
+    logging.getLogger("httpx").addFilter(QUERY_FILTER)

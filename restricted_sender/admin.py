@@ -1,10 +1,13 @@
 """The admin side (design §7): a manual unblock by an authenticated operator, a user's status, the restricted list,
 and ``check`` (facts and the decision, no action).
 
-A manual unblock evaluates the same policy as the automatic path. Guard failures come back as warnings; a deny
-match, a spent budget or an unloadable policy stop it unless the operator passes ``force``. It acts whatever
-the policy's ``mode`` (report-only governs the automation, not an operator's explicit request), is recorded with
-the operator and the justification, counts against the budgets, and is verified like any other unblock.
+A manual unblock evaluates the same policy as the automatic path. A failed compromise guard (risk, inbox rule,
+forwarding, disabled account), a deny match, a spent budget or an unloadable policy stop it unless the operator
+passes ``force``, which needs its own app role (checked at the edge): a helpdesk unblocks clean users, only the
+SOC overrides the signs that an attacker may hold the account. Other reasons come back as warnings. It acts
+whatever the policy's ``mode`` (report-only governs the automation, not an operator's explicit request), is
+recorded with the operator and the justification, counts against the budgets, and is verified like any other
+unblock.
 """
 
 from __future__ import annotations
@@ -49,8 +52,17 @@ FORCE_REQUIRED = "manual:force-required"
 MAX_JUSTIFICATION = 1000
 MAX_HISTORY = 50
 _ADDRESS = re.compile(r"^[^@\s/\\]{1,64}@[^@\s/\\]{1,255}\.[^@\s/\\]+$")
-# Reasons a manual unblock only overrides on purpose: the admin's own deny list, the budgets, no usable policy.
-_NEEDS_FORCE = (rules.GUARD_USER_BUDGET, rules.GUARD_TENANT_BUDGET, rules.POLICY_INVALID)
+# Reasons a manual unblock only overrides on purpose: the signs of a compromise, the admin's own deny list, the
+# budgets, no usable policy.
+_NEEDS_FORCE = (
+    rules.GUARD_RISK,
+    rules.GUARD_INBOX_RULE,
+    rules.GUARD_FORWARDING,
+    rules.GUARD_ACCOUNT_DISABLED,
+    rules.GUARD_USER_BUDGET,
+    rules.GUARD_TENANT_BUDGET,
+    rules.POLICY_INVALID,
+)
 
 
 @dataclass(frozen=True, slots=True)

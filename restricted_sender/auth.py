@@ -38,6 +38,9 @@ ALGORITHMS = ("RS256",)
 KID_REFETCH_INTERVAL = 300.0
 # After a failed scheduled refresh the cached keys stay in use; the next attempt waits this long.
 REFRESH_RETRY_INTERVAL = 60.0
+# While the metadata or keys cannot be fetched (and none are cached), the failure is answered from memory for this
+# long: a flood of bad tokens during an Entra outage is not a flood of metadata fetches.
+FAILURE_HOLD = 10.0
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "tid", "oid"]
 MAX_TOKEN_LENGTH = 16 * 1024
 _SERVICE = "identity"
@@ -95,6 +98,8 @@ class TokenValidator:
         self._next_refresh = -math.inf
         self._kid_refetched_at = -math.inf
         self._inflight: asyncio.Task[None] | None = None
+        self._failure: TransientServiceError | ConfigurationError | None = None
+        self._failed_at = -math.inf
 
     def __repr__(self) -> str:
         return (
@@ -185,6 +190,8 @@ class TokenValidator:
     # -- metadata and keys -----------------------------------------------------------------------------------
 
     async def _signing_key(self, kid: str) -> Any:
+        if not self._keys and self._failure is not None and self._clock() < self._failed_at + FAILURE_HOLD:
+            raise self._held()
         if not self._keys or self._clock() >= self._next_refresh:
             await self._load(full=True)
         key = self._keys.get(kid)
@@ -222,11 +229,28 @@ class TokenValidator:
                 log.warning("token validation: refreshing keys failed, keeping the cached ones: %s", exc.message)
                 self._next_refresh = self._clock() + REFRESH_RETRY_INTERVAL
                 return
+            if not self._keys:
+                self._failure, self._failed_at = exc, self._clock()
             raise
         self._metadata = metadata
         self._keys = keys
+        self._failure = None
         if full:
             self._next_refresh = self._clock() + self._ttl
+
+    def _held(self) -> TransientServiceError | ConfigurationError:
+        """The last failure again, without asking Entra: a fresh error, told when to retry."""
+        failure = self._failure
+        if isinstance(failure, TransientServiceError):
+            wait = max(math.ceil(self._failed_at + FAILURE_HOLD - self._clock()), 1)
+            return TransientServiceError(
+                _SERVICE,
+                failure.message.removeprefix(f"{_SERVICE}: "),
+                http_status=failure.http_status,
+                retry_after=max(failure.retry_after or 0, wait),
+            )
+        assert failure is not None
+        return ConfigurationError(failure.message)
 
     async def _get_json(self, url: str, what: str) -> Any:
         try:

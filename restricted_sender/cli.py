@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 from .alerts import parse_alert_payload, parse_json
 from .defender import is_defender_batch, parse_records
@@ -481,6 +482,21 @@ async def _management_api() -> AsyncIterator[tuple[ManagementActivityApi, Settin
         )
 
 
+_KEY_PARAMETER = re.compile(r"(code|sig|key)(=|%3D)[^&\s)\"'<>]+", re.IGNORECASE)
+
+
+def without_key(text: str, webhook: str) -> str:
+    """``text`` without the webhook's function key: every query value of ``webhook`` long enough to be a key, raw
+    and URL-encoded (the service may echo the address either way), and any ``code=``/``sig=``/``key=`` value in
+    any case."""
+    for _, value in parse_qsl(urlsplit(webhook).query):
+        if len(value) < 8:
+            continue
+        for form in {value, quote(value, safe=""), quote_plus(value), quote(quote(value, safe=""), safe="")}:
+            text = text.replace(form, "***")
+    return _KEY_PARAMETER.sub(lambda m: f"{m[1]}{m[2]}***", text)
+
+
 def _masked(subscription: Any) -> Any:
     if isinstance(subscription, dict) and isinstance(subscription.get("webhook"), dict):
         webhook = dict(subscription["webhook"])
@@ -507,9 +523,9 @@ def _o365_subscribe(args: argparse.Namespace) -> int:
                 return await api.start(CONTENT_TYPE, webhook)
             except ServiceError as error:
                 # The service echoes the address back, function key and all: keep the key out of the terminal.
-                raise ServiceRefused(error.service, re.sub(r"code=[^&\s)]+", "code=***", error.message)) from None
+                raise ServiceRefused(error.service, without_key(error.message, args.webhook)) from None
 
-    print(json.dumps(_masked(asyncio.run(run())), indent=2, sort_keys=True))
+    print(without_key(json.dumps(_masked(asyncio.run(run())), indent=2, sort_keys=True), args.webhook))
     return 0
 
 
@@ -769,7 +785,7 @@ def simulated_settings(sim: Simulator) -> Settings:
         tenant_id=sim.tenant_id,
         graph_base_url=sim.graph_url,
         exchange_base_url=sim.url,
-        ticket_webhook_url=sim.tickets_url,
+        ticket_webhook_url=Secret(sim.tickets_url),
         servicenow_instance_url=itsm["SERVICENOW_INSTANCE_URL"],
         servicenow_username=itsm["SERVICENOW_USERNAME"],
         servicenow_password=Secret(itsm["SERVICENOW_PASSWORD"]),

@@ -378,7 +378,9 @@ def ticket_system(
 
     if not settings.ticket_webhook_url:
         return MissingTickets("webhook", ["TICKET_WEBHOOK_URL"])
-    return WebhookTickets(http, url=settings.ticket_webhook_url, secret=settings.ticket_webhook_secret, retry=retry)
+    return WebhookTickets(
+        http, url=settings.ticket_webhook_url.reveal(), secret=settings.ticket_webhook_secret, retry=retry
+    )
 
 
 def _unset(settings: dict[str, object]) -> list[str]:

@@ -134,7 +134,10 @@ async def verify_message(text: str, verifier: Verifier, *, attempt: int = 1) -> 
 
 
 ROLE_UNBLOCK = "Sender.Unblock"  # the app role an operator needs to unblock by hand
+ROLE_FORCE = "Sender.Unblock.Force"  # and to override a guard, the deny list or a budget ("force": true)
 ROLE_READ = "Sender.Read"
+_UNBLOCKERS = (ROLE_UNBLOCK, ROLE_FORCE)
+_READERS = (ROLE_READ, ROLE_UNBLOCK, ROLE_FORCE)
 DOCTOR_EVERY = timedelta(days=1)  # enough to read status and the restricted list (Sender.Unblock also reads)
 
 
@@ -308,21 +311,23 @@ class Runtime:
     async def unblock(self, upn: str, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
         async def run(bundle: ProcessorBundle, operator: Operator) -> dict[str, Any]:
             request = parse_unblock_request(body)
+            if request.force and ROLE_FORCE not in operator.roles:
+                raise Forbidden(f"\"force\": true needs the '{ROLE_FORCE}' app role; nothing was done")
             return unblock_answer(await bundle.admin.unblock(upn, request, operator))
 
-        return await self._admin(headers, (ROLE_UNBLOCK,), run)
+        return await self._admin(headers, _UNBLOCKERS, run)
 
     async def user_status(self, upn: str, headers: Mapping[str, str]) -> HttpAnswer:
         async def run(bundle: ProcessorBundle, operator: Operator) -> dict[str, Any]:
             return await bundle.admin.status(upn)
 
-        return await self._admin(headers, (ROLE_READ, ROLE_UNBLOCK), run)
+        return await self._admin(headers, _READERS, run)
 
     async def restricted(self, headers: Mapping[str, str]) -> HttpAnswer:
         async def run(bundle: ProcessorBundle, operator: Operator) -> dict[str, Any]:
             return await bundle.admin.restricted()
 
-        return await self._admin(headers, (ROLE_READ, ROLE_UNBLOCK), run)
+        return await self._admin(headers, _READERS, run)
 
     async def run_doctor(self) -> Report:
         """Every doctor probe, with the app's own identity and fresh clients (closed after)."""
@@ -347,7 +352,7 @@ class Runtime:
         async def run(operator: Operator) -> dict[str, Any]:
             return (await self.run_doctor()).to_dict()
 
-        return await admin_call(run, headers, validator, (ROLE_READ, ROLE_UNBLOCK))
+        return await admin_call(run, headers, validator, _READERS)
 
     async def doctor_tick(self, now: datetime) -> Report | None:
         """The doctor timer: once soon after this process starts, then daily; one structured log line per run."""

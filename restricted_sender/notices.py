@@ -3,6 +3,9 @@
 The user's notice says what happened and when mail flows again, never why in detail: the evidence (inbox
 rules, risk, forwarding) is for the helpdesk, and the mailbox may be read by whoever took the account over.
 The user gets no notice on ``ticket`` decisions for the same reason; the helpdesk contacts them.
+
+Every value from the record (rule names in reasons, an operator's justification, alert ids, addresses) is
+cleaned with ``untrusted.one_line``: none can start a line and forge a section ("What was done: ...").
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .model import Mail, Outcome
+from .untrusted import one_line as _v
 
 _FOOTER = "This message was sent automatically by Restricted Sender Responder on behalf of your IT team."
 
@@ -22,9 +26,10 @@ def _when(instant: datetime) -> str:
 
 def user_notice(outcome: Outcome, address: str, *, at: datetime, release_at: datetime | None = None) -> Mail | None:
     """The user's notice for an ``unblock`` or ``wait`` decision; ``None`` for anything else."""
+    shown = _v(address)
     if outcome is Outcome.UNBLOCK:
         body = (
-            f"Microsoft 365 had blocked {address} from sending email, so mail you sent recently may have bounced.\n\n"
+            f"Microsoft 365 had blocked {shown} from sending email, so mail you sent recently may have bounced.\n\n"
             f"Your IT team removed the block at {_when(at)}. Mail should flow again within an hour, "
             f"at the latest within 24 hours (by {_when(at + timedelta(hours=24))}).\n\n"
             "Messages that bounced while you were blocked were not delivered: please send them again once you "
@@ -34,7 +39,7 @@ def user_notice(outcome: Outcome, address: str, *, at: datetime, release_at: dat
     if outcome is Outcome.WAIT:
         lifts = f"at {_when(release_at)}" if release_at else "within 24 hours"
         body = (
-            f"Microsoft 365 has blocked {address} from sending email for a limited time, so mail you send now "
+            f"Microsoft 365 has blocked {shown} from sending email for a limited time, so mail you send now "
             f"bounces.\n\nThe block lifts by itself {lifts}; after that, mail flows again. Messages that bounced "
             "were not delivered: please send them again then. If you did not send unusual mail, tell your "
             "helpdesk.\n\n" + _FOOTER
@@ -45,26 +50,26 @@ def user_notice(outcome: Outcome, address: str, *, at: datetime, release_at: dat
 
 def recipients_notice(recipients: Sequence[str], record: Mapping[str, Any], *, ticket: str | None = None) -> Mail:
     """A short summary of one decision for the helpdesk / SOC mailboxes."""
-    decision = str(record.get("decision"))
-    user = str(record.get("user"))
+    decision = _v(record.get("decision"))
+    user = _v(record.get("user"))
     lines = [
-        f"Decision: {decision} for {user} ({record.get('mode')}, policy {record.get('policy_version')})",
-        f"Alert: {record.get('source')} {record.get('alert_id')} at {record.get('at')}",
+        f"Decision: {decision} for {user} ({_v(record.get('mode'))}, policy {_v(record.get('policy_version'))})",
+        f"Alert: {_v(record.get('source'))} {_v(record.get('alert_id'))} at {_v(record.get('at'))}",
         "",
         "Why:",
-        *(f"  - {r['code']}: {r['text']}" for r in record.get("reasons", [])),
+        *(f"  - {_v(r['code'])}: {_v(r['text'])}" for r in record.get("reasons", [])),
         "",
         "What was done:",
-        *(f"  - {a['kind']}: {a['status']} - {a['detail']}" for a in record.get("actions", [])),
+        *(f"  - {_v(a['kind'])}: {_v(a['status'])} - {_v(a['detail'])}" for a in record.get("actions", [])),
     ]
     if not record.get("actions"):
         lines.append("  - nothing")
     notes = [n if isinstance(n, Mapping) else {"code": "note", "text": n} for n in record.get("notes") or ()]
     if notes:
         # Decided without these: the SOC reads what was not checked in the notice itself, not only in the ticket.
-        lines += ["", "Not checked:", *(f"  - {n.get('code')}: {n.get('text')}" for n in notes)]
+        lines += ["", "Not checked:", *(f"  - {_v(n.get('code'))}: {_v(n.get('text'))}" for n in notes)]
     if ticket:
-        lines += ["", f"Ticket: {ticket}"]
-    lines += ["", f"Event id: {record.get('event_id')}", "", _FOOTER]
+        lines += ["", f"Ticket: {_v(ticket)}"]
+    lines += ["", f"Event id: {_v(record.get('event_id'))}", "", _FOOTER]
     importance = "high" if decision == Outcome.TICKET.value else "normal"
     return Mail(tuple(recipients), f"Restricted sender {decision}: {user}", "\n".join(lines), importance=importance)

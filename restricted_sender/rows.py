@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("restricted_sender")
 
 # PowerShell's bookkeeping fields come along in some answers: expected, never reported.
 _BOOKKEEPING = frozenset({"identity", "isvalid", "objectstate", "runspaceid", "pscomputername", "psshowcomputername"})

@@ -61,7 +61,7 @@ class Settings:
     graph_base_url: str = GRAPH_BASE_URL  # GRAPH_BASE_URL
     exchange_base_url: str = EXCHANGE_BASE_URL  # EXCHANGE_BASE_URL
     alerts_shared_secret: Secret | None = None  # ALERTS_SHARED_SECRET
-    ticket_webhook_url: str | None = None  # TICKET_WEBHOOK_URL
+    ticket_webhook_url: Secret | None = None  # TICKET_WEBHOOK_URL (Logic App / Power Automate URLs carry sig=)
     ticket_webhook_secret: Secret | None = None  # TICKET_WEBHOOK_SECRET
     table_prefix: str = "rsr"  # TABLE_PREFIX
     http_timeout_seconds: float = 30.0  # HTTP_TIMEOUT_SECONDS
@@ -141,7 +141,7 @@ class Settings:
             graph_base_url=text("GRAPH_BASE_URL") or GRAPH_BASE_URL,
             exchange_base_url=text("EXCHANGE_BASE_URL") or EXCHANGE_BASE_URL,
             alerts_shared_secret=secret("ALERTS_SHARED_SECRET"),
-            ticket_webhook_url=text("TICKET_WEBHOOK_URL"),
+            ticket_webhook_url=secret("TICKET_WEBHOOK_URL"),
             ticket_webhook_secret=secret("TICKET_WEBHOOK_SECRET"),
             table_prefix=prefix,
             http_timeout_seconds=number("HTTP_TIMEOUT_SECONDS", 30.0, "seconds", 600),

@@ -5,8 +5,9 @@ Everything a person reads about an escalated restriction comes from :func:`rende
 Microsoft's compromise-response checklist ("Responding to a compromised email account") with the steps the
 responder already took ticked. ``text`` is plain text (headings, indented lists, no tables) for ServiceNow, Jira
 and webhooks; ``html`` is the same content for mail, every value escaped: inbox rule names, display names and
-even alert fields are chosen by whoever controls the account or sends the alert. Control characters are
-replaced in every value, so no value can start a line of its own (a forged "[x] done" step, say).
+even alert fields are chosen by whoever controls the account or sends the alert. Every value is cleaned with
+``untrusted.one_line`` (the one rule for tickets, mail and logs), so no value can start a line of its own (a forged
+"[x] done" step, say), and only links to the Microsoft portals become links: any other is shown defanged.
 
 Both bodies stay under ``MAX_BODY_CHARS`` (Jira's description holds about 32 kB): long lists end with
 "and N more", long values are shortened, and when that is not enough the lists and values shrink further.
@@ -17,17 +18,16 @@ from __future__ import annotations
 
 import html
 import json
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .model import TicketContent
+from .untrusted import defanged, linkable, one_line
 
 MAX_BODY_CHARS = 30_000
 MAX_TITLE_CHARS = 200
 MAX_UPDATE_CHARS = 1_000
-MAX_URL_CHARS = 2_000  # a longer link is shown as text, shortened, and never linked
 
 RESPONDING_URL = "https://learn.microsoft.com/defender-office-365/responding-to-a-compromised-email-account"
 RESTORE_URL = "https://learn.microsoft.com/defender-office-365/outbound-spam-restore-restricted-users"
@@ -54,7 +54,6 @@ _REASON_KEYS = {
     "exceedinglimittype": "which limit was exceeded",
     "emailsendinglimitexceeded": "a sending limit was exceeded",
 }
-_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,16 +544,19 @@ def _render_text(title: str, summary: Sequence[_Part], blocks: Sequence[_Block],
 def _text_parts(parts: Iterable[_Part]) -> str:
     rendered = []
     for part in parts:
-        if isinstance(part, str) or not _linkable(part.url):
-            rendered.append(part if isinstance(part, str) else part.label)
+        if isinstance(part, str):
+            rendered.append(part)
+        elif not linkable(part.url):
+            rendered.append(_unlinked(part))
         else:
             rendered.append(part.url if part.label == part.url else f"{part.label} <{part.url}>")
     return "".join(rendered)
 
 
-def _linkable(url: str) -> bool:
-    """Only web links, of a sane length: ``javascript:``, ``data:`` and the like stay text."""
-    return len(url) <= MAX_URL_CHARS and url.lower().startswith(("https://", "http://")) and " " not in url
+def _unlinked(link: _Link) -> str:
+    """A link that may not be one (not to a Microsoft portal, ``javascript:``, too long): shown defanged, so no
+    ticket system or mail client turns it back into a link."""
+    return defanged(link.label)
 
 
 def _render_html(title: str, summary: Sequence[_Part], blocks: Sequence[_Block], footer: str) -> str:
@@ -581,10 +583,10 @@ def _html_parts(parts: Iterable[_Part]) -> str:
     for part in parts:
         if isinstance(part, str):
             rendered.append(_e(part))
-        elif _linkable(part.url):
+        elif linkable(part.url):
             rendered.append(f'<a href="{_e(part.url)}">{_e(part.label)}</a>')
         else:
-            rendered.append(_e(part.label))
+            rendered.append(_e(_unlinked(part)))
     return "".join(rendered)
 
 
@@ -603,14 +605,7 @@ def _list(value: object) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
 
 
-def _clean(value: object) -> str:
-    """A value as one line of text: ``None`` is empty; control and direction-changing characters become spaces."""
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else str(value)
-    if text.isprintable():
-        return text
-    return "".join(" " if unicodedata.category(c) == "Cc" or c in _BIDI else c for c in text)
+_clean = one_line
 
 
 def _shorten(text: str, limit: int) -> str:

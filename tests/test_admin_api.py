@@ -17,6 +17,7 @@ from simulator.azurite import Azurite
 from tests.conftest import app_settings, audit_rows, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
+FORCE = "Sender.Unblock.Force"
 
 POLICY = """
 mode: report-only
@@ -157,7 +158,7 @@ def test_a_reader_can_read_but_not_unblock(
 def test_a_deny_listed_user_needs_force_and_force_is_recorded(
     handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator, azurite: Azurite, table_prefix: str
 ) -> None:
-    token = sim.mint_token()
+    token = sim.mint_token(roles=(FORCE,))
     status, answer = unblock(handlers, "carol@contoso.com", token)
     assert status == 409
     assert answer["error"]["code"] == "force-required"
@@ -235,7 +236,7 @@ def test_an_address_no_directory_user_owns_is_never_unblocked_by_hand(
     force: bool,
 ) -> None:
     sim.add_blocked_sender(blocked("ghost@contoso.com"))
-    status, answer = unblock(handlers, "ghost@contoso.com", sim.mint_token(), force=force)
+    status, answer = unblock(handlers, "ghost@contoso.com", sim.mint_token(roles=(FORCE,)), force=force)
     assert (status, answer["error"]["code"]) == (409, "identity-unbound")
     assert removals(sim) == 0
     [row] = audit_rows(azurite, table_prefix)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from restricted_sender.auth import KID_REFETCH_INTERVAL, TokenValidator
+from restricted_sender.auth import FAILURE_HOLD, KID_REFETCH_INTERVAL, TokenValidator
 from restricted_sender.errors import ConfigurationError, Forbidden, TransientServiceError, Unauthorized
 from restricted_sender.model import Operator
 from simulator import Simulator
@@ -341,11 +341,14 @@ def test_concurrent_validations_share_one_fetch(sim: Simulator) -> None:
         pytest.param("entra.metadata", {"status": 200, "body": {"issuer": "x"}}, id="metadata-without-jwks-uri"),
     ],
 )
-def test_an_identity_failure_is_transient_and_not_cached(sim: Simulator, route: str, fault: dict[str, Any]) -> None:
+def test_an_identity_failure_is_transient_and_held_only_briefly(
+    sim: Simulator, route: str, fault: dict[str, Any]
+) -> None:
     token = sim.mint_token()
     sim.inject_fault(route, **fault)
+    clock = Clock()
 
-    async def twice(validator: TokenValidator) -> Operator:
+    async def thrice(validator: TokenValidator) -> Operator:
         with pytest.raises(TransientServiceError) as caught:
             await validator.authenticate(bearer(token), role=ROLE)
         assert caught.value.service == "identity"
@@ -353,9 +356,16 @@ def test_an_identity_failure_is_transient_and_not_cached(sim: Simulator, route: 
         if fault.get("retry_after"):
             assert caught.value.retry_after == fault["retry_after"]
         assert_token_hidden(token, str(caught.value))
+        fetched = len(sim.requests)
+        with pytest.raises(TransientServiceError) as held:  # within the hold: answered from memory
+            await validator.authenticate(bearer(token), role=ROLE)
+        assert (len(sim.requests), held.value.message) == (fetched, caught.value.message)
+        assert held.value.retry_after is not None
+        assert 1 <= held.value.retry_after <= max(FAILURE_HOLD, 7)
+        clock.offset = FAILURE_HOLD
         return await validator.authenticate(bearer(token), role=ROLE)
 
-    assert with_validator(sim, twice).name == "admin@contoso.com"
+    assert with_validator(sim, thrice, clock=clock).name == "admin@contoso.com"
 
 
 def test_an_unreachable_authority_is_transient(sim: Simulator) -> None:

@@ -258,9 +258,10 @@ def test_an_unblock_schedules_its_first_check_after_verify_after() -> None:
 
 def test_a_manual_unblock_records_the_operator_and_justification_and_returns_guard_warnings() -> None:
     world = World(ENFORCE + NOTIFY, rules=True)
-    record = asyncio.run(world.admin().unblock("Alice@contoso.com", UnblockRequest("user called helpdesk"), OPERATOR))
+    forced = UnblockRequest("user called helpdesk", force=True)  # a failed guard needs force
+    record = asyncio.run(world.admin().unblock("Alice@contoso.com", forced, OPERATOR))
     assert world.exchange.removed == ["alice@contoso.com"]
-    assert record.decision.codes[:2] == ("manual", "guard:inbox-rule")
+    assert record.decision.codes[:3] == ("manual", "manual:forced", "guard:inbox-rule")
     assert kinds(record)[:2] == [("unblock", "done"), ("verify", "done")]
     [audit] = world.store.audit_rows
     assert audit["evidence"]["operator"]["object_id"] == "op-oid"

@@ -173,7 +173,14 @@ def test_secure_parameters_never_reach_an_output_and_no_key_is_read() -> None:
 
 def test_the_secrets_are_secure_parameters_with_no_default() -> None:
     params = bicep_params(MAIN.read_text(encoding="utf-8"))
-    expected = {"ticketWebhookSecret", "servicenowPassword", "servicenowToken", "jiraApiToken", "alertsSharedSecret"}
+    expected = {
+        "ticketWebhookUrl",
+        "ticketWebhookSecret",
+        "servicenowPassword",
+        "servicenowToken",
+        "jiraApiToken",
+        "alertsSharedSecret",
+    }
     expected |= {"o365WebhookAuthId"}
     assert {name for name, is_secure in params.items() if is_secure} == expected
     for name in expected:

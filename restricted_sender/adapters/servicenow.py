@@ -1,4 +1,9 @@
-"""ServiceNow tickets through the Table API (``/api/now/table/{table}``): one record per correlation id."""
+"""ServiceNow tickets through the Table API (``/api/now/table/{table}``): one record per correlation id.
+
+Every text we write (short description, description, work notes) goes through ``untrusted.no_codetag``: with the
+instance property ``glide.ui.security.allow_codetag`` on, ``[code]...[/code]`` in a journal field renders as HTML,
+and rule names, display names and alert fields are chosen by outsiders.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from ..errors import ConfigurationError, ServiceRefused, TransientServiceError
 from ..model import TicketContent, TicketRef
 from ..retry import RetryPolicy, with_retries
 from ..settings import Secret
+from ..untrusted import no_codetag
 from .http import check_correlation_id, create_once, cut, send
 
 SERVICE = "tickets"
@@ -79,12 +85,13 @@ class ServiceNowTickets:
     async def create(self, content: TicketContent) -> TicketRef:
         check_correlation_id("ServiceNow", content.correlation_id)
         impact = 1 if content.severity == "high" else 2
+        record = json.dumps(content.record, indent=2, sort_keys=True)
         body: dict[str, Any] = {
-            "short_description": cut(" ".join(content.title.split()), SHORT_DESCRIPTION_MAX),
-            "description": cut(content.text, DESCRIPTION_MAX),
+            "short_description": no_codetag(cut(" ".join(content.title.split()), SHORT_DESCRIPTION_MAX)),
+            "description": no_codetag(cut(content.text, DESCRIPTION_MAX)),
             "correlation_id": content.correlation_id,
             "correlation_display": CORRELATION_DISPLAY,
-            "work_notes": "Decision record (JSON):\n" + json.dumps(content.record, indent=2, sort_keys=True),
+            "work_notes": no_codetag(f"Decision record (JSON):\n{record}"),
             "impact": impact,
             "urgency": impact,
             **self._fields,
@@ -95,7 +102,7 @@ class ServiceNowTickets:
         if not _SYS_ID.fullmatch(ticket.id):
             raise ServiceRefused(SERVICE, f"ServiceNow: {ticket.id!r} is not a sys_id")
         url = f"{self._table_url}/{ticket.id}"
-        note = content.update.strip() or content.title
+        note = no_codetag(content.update.strip() or content.title)
         await with_retries(partial(self._call, "update", "PATCH", url, json={"work_notes": note}), self._retry)
 
     # -- calls ----------------------------------------------------------------------------------------------
