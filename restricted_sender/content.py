@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .alerts import parse_json
 from .defender import (
     AlertInfo,
     DefenderBatch,
@@ -102,11 +103,11 @@ class ContentExpander:
         evidence: list[UserEvidence] = []
         for body in bodies:
             try:
-                payload = json.loads(body.decode("utf-8-sig"))
+                payload = parse_json(body, "message")
                 if not is_defender_batch(payload):
                     raise MalformedPayload("not a {'records': [...]} streaming message")
                 batch = parse_records(payload)
-            except (ValueError, MalformedPayload) as error:
+            except MalformedPayload as error:
                 log.error("Defender streaming message skipped: %s", error)
                 continue
             infos.extend(batch.infos)

@@ -12,7 +12,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .alerts import first_text, loose_json_object, merge_users, user_ref
+from .alerts import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TIME_CHARS,
+    MAX_TITLE_CHARS,
+    field_text,
+    first_text,
+    loose_json_object,
+    merge_users,
+    user_ref,
+)
 from .errors import MalformedPayload
 from .model import SOURCE_DEFENDER, AlertReport, UserRef, object_id_or_error
 
@@ -132,13 +142,17 @@ def parse_records(payload: object) -> DefenderBatch:
         props = record.get("properties")
         if not isinstance(props, dict):
             raise MalformedPayload(f"{where}.properties: expected an object")
-        alert_id = first_text(props, "AlertId")
+        place = f"{where}.properties"
+        alert_id = field_text(props, "AlertId", where=place, limit=MAX_ID_CHARS)
         if not alert_id:
             raise MalformedPayload(f"{where}.properties.AlertId: expected a non-empty string")
-        timestamp = first_text(props, "Timestamp") or first_text(record, "time")
-        title = first_text(props, "Title")
+        timestamp = field_text(props, "Timestamp", where=place, limit=MAX_TIME_CHARS) or field_text(
+            record, "time", where=where, limit=MAX_TIME_CHARS
+        )
+        title = field_text(props, "Title", where=place, limit=MAX_TITLE_CHARS)
         if category == CATEGORY_INFO:
-            infos.append(AlertInfo(alert_id, title or "", timestamp, first_text(props, "ServiceSource")))
+            source = field_text(props, "ServiceSource", where=place, limit=MAX_NAME_CHARS)
+            infos.append(AlertInfo(alert_id, title or "", timestamp, source))
         elif (ref := _evidence_user(props, f"{where}.properties")) is not None:
             evidence.append(UserEvidence(alert_id, title, ref.address, ref.object_id, timestamp))
     return DefenderBatch(tuple(infos), tuple(evidence))
@@ -199,7 +213,7 @@ def compact(batch: DefenderBatch, is_target: Callable[[str], bool]) -> DefenderB
 
 
 def _evidence_user(props: Mapping[str, Any], where: str) -> UserRef | None:
-    extra = loose_json_object(props.get("AdditionalFields"))
+    extra = loose_json_object(props.get("AdditionalFields"), f"{where}.AdditionalFields")
     entity = str(props.get("EntityType") or "").lower()
     if entity == "user":
         name, suffix = first_text(extra, "Name"), first_text(extra, "UPNSuffix")

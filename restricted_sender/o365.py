@@ -13,8 +13,20 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .alerts import first_text, loose_json_object, merge_users, user_ref
-from .errors import MalformedPayload, UnsafeContentUri
+from .alerts import (
+    MAX_EVENTS_PER_REQUEST,
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TIME_CHARS,
+    MAX_URL_CHARS,
+    bounded,
+    field_text,
+    first_text,
+    loose_json_object,
+    merge_users,
+    user_ref,
+)
+from .errors import MalformedPayload, PayloadTooLarge, UnsafeContentUri
 from .model import SOURCE_O365, AlertReport
 from .timeutil import parse_instant
 
@@ -77,17 +89,22 @@ def parse_notifications(payload: object, *, tenant_id: str, api_root: str) -> tu
     """The pointers of a notification body, each content id once. One bad item refuses the whole body."""
     if not isinstance(payload, list):
         raise MalformedPayload("body: expected a JSON array of content notifications")
+    if len(payload) > MAX_EVENTS_PER_REQUEST:
+        raise PayloadTooLarge(
+            f"body: {len(payload)} notifications; the limit is {MAX_EVENTS_PER_REQUEST} content pointers per request"
+        )
     pointers: dict[str, ContentPointer] = {}
     for index, item in enumerate(payload):
         where = f"body[{index}]"
         if not isinstance(item, dict):
             raise MalformedPayload(f"{where}: expected a notification object")
-        content_id = first_text(item, "contentId")
+        content_id = field_text(item, "contentId", where=where, limit=MAX_ID_CHARS)
         if not content_id:
             raise MalformedPayload(f"{where}.contentId: expected a non-empty string")
         uri = item.get("contentUri")
         if not isinstance(uri, str):
             raise MalformedPayload(f"{where}.contentUri: expected a string")
+        bounded(uri, f"{where}.contentUri", MAX_URL_CHARS)
         tenant = item.get("tenantId")
         if not isinstance(tenant, str) or tenant.strip().lower() != tenant_id.lower():
             raise MalformedPayload(f"{where}.tenantId: {tenant!r} is not this tenant")
@@ -100,9 +117,9 @@ def parse_notifications(payload: object, *, tenant_id: str, api_root: str) -> tu
             ContentPointer(
                 content_id,
                 uri,
-                first_text(item, "contentType"),
-                first_text(item, "contentCreated"),
-                first_text(item, "contentExpiration"),
+                field_text(item, "contentType", where=where, limit=MAX_NAME_CHARS),
+                field_text(item, "contentCreated", where=where, limit=MAX_TIME_CHARS),
+                field_text(item, "contentExpiration", where=where, limit=MAX_TIME_CHARS),
             ),
         )
     return tuple(pointers.values())
@@ -118,7 +135,13 @@ def check_content_uri(uri: str, *, api_root: str, tenant_id: str) -> str:
     # urlsplit silently drops tabs and newlines, and a backslash is a separator to some clients: refuse them.
     if not uri or any(c.isspace() or not c.isprintable() or c == "\\" for c in uri):
         raise refuse("is empty or has whitespace, control characters or backslashes")
-    parts, root = urlsplit(uri), urlsplit(api_root)
+    root = urlsplit(api_root)
+    try:
+        # urlsplit refuses some text outright (an unclosed IPv6 bracket, characters that NFKC-normalize into a
+        # separator, such as a fullwidth number sign): a URI it cannot parse is one we do not fetch.
+        parts = urlsplit(uri)
+    except ValueError as error:
+        raise refuse(f"cannot be parsed as a URL ({error})") from error
     if parts.scheme.lower() != root.scheme.lower():
         raise refuse(f"does not use {root.scheme or 'the root'}'s scheme")
     if "@" in parts.netloc:
@@ -184,7 +207,7 @@ def _alert_report(record: Mapping[str, Any], where: str, is_target: Callable[[st
     alert_id = first_text(record, "AlertId")
     if not alert_id:
         raise MalformedPayload(f"{where}.AlertId: a target alert record needs a non-empty string")
-    data = loose_json_object(record.get("Data"))
+    data = loose_json_object(record.get("Data"), f"{where}.Data")
     address: str | None = None
     if operation == "alerttriggered":
         address = first_text(data, "f3u")
