@@ -26,7 +26,7 @@ from .defender import (
     join,
     parse_records,
 )
-from .errors import ConfigurationError, ContentExpired, MalformedPayload, UnsafeContentUri
+from .errors import ConfigurationError, ContentExpired, InputError, MalformedPayload, UnsafeContentUri
 from .model import SOURCE_O365, Source
 from .o365 import ContentPointer, parse_content
 from .pipeline import Intake, IntakeResult, delisted_key
@@ -107,7 +107,7 @@ class ContentExpander:
                 if not is_defender_batch(payload):
                     raise MalformedPayload("not a {'records': [...]} streaming message")
                 batch = parse_records(payload)
-            except MalformedPayload as error:
+            except InputError as error:  # malformed, or a field over its bound
                 log.error("Defender streaming message skipped: %s", error)
                 continue
             infos.extend(batch.infos)
