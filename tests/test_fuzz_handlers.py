@@ -17,7 +17,6 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +33,16 @@ from restricted_sender.errors import MalformedPayload
 from restricted_sender.fakes import MemoryQueue, MemoryStore
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.pipeline import Intake
-from restricted_sender.policy import load_policy_text
 from restricted_sender.relay import MAX_MESSAGE_CHARS
 from restricted_sender.timeutil import FixedClock
 from tests.conftest import TENANT_ID
+from tests.test_hostile_inputs import NOW, ROOT
+from tests.test_hostile_inputs import intake as fresh_intake
 
 # A failing body can be 1 MiB: Hypothesis warns that printing it is costly; the failure is what matters then.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 SAMPLES = Path(__file__).parents[1] / "samples" / "alerts"
-NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
-POLICY = load_policy_text("mode: enforce\nallow: [{name: staff, domains: [contoso.com]}]\n")
 AUTH_ID = "o365-auth-id-fuzz"
-ROOT = "https://manage.office.com"
 FUZZ = settings(
     derandomize=True,
     database=None,
@@ -172,17 +169,6 @@ def mutated(draw: st.DrawFn, documents: list[Any]) -> bytes:
     if draw(st.integers(0, 9)) == 0:
         raw = raw[: draw(st.integers(0, max(len(raw) - 1, 0)))]
     return raw
-
-
-def fresh_intake() -> Intake:
-    return Intake(
-        queue=MemoryQueue(),
-        clock=FixedClock(NOW),
-        policy=POLICY,
-        content_queue=MemoryQueue(),
-        tenant_id=TENANT_ID,
-        o365_api_root=ROOT,
-    )
 
 
 @pytest.fixture
