@@ -155,6 +155,11 @@ def parse_records(payload: object) -> DefenderBatch:
             infos.append(AlertInfo(alert_id, title or "", timestamp, source))
         elif (ref := _evidence_user(props, f"{where}.properties")) is not None:
             evidence.append(UserEvidence(alert_id, title, ref.address, ref.object_id, timestamp))
+    by_alert: dict[str, list[UserRef]] = {}
+    for row in evidence:
+        by_alert.setdefault(row.alert_id, []).append(row.user)
+    for alert_id, users in by_alert.items():
+        merge_users(users, where=f"records (AlertId {alert_id[:80]!r})")  # the cap holds here, before the join
     return DefenderBatch(tuple(infos), tuple(evidence))
 
 
@@ -190,7 +195,8 @@ def join(
             # target Title are reported now instead, and not again when the AlertInfo comes.
             keep_evidence.extend(alert_rows)
             continue
-        users = merge_users(r.user for r in (*pending_evidence.get(alert_id, ()), *alert_rows))
+        # Each message was held to the cap when it came in: the join of several never fails for their sum.
+        users = merge_users((r.user for r in (*pending_evidence.get(alert_id, ()), *alert_rows)), limit=None)
         if users:
             created = info.timestamp if info else next((r.timestamp for r in alert_rows if r.timestamp), None)
             reports.append(AlertReport(SOURCE_DEFENDER, alert_id, title, users, created=created))

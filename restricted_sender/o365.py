@@ -195,7 +195,8 @@ def parse_content(records: object, *, is_target: Callable[[str], bool]) -> O365C
         if report is not None:
             key = (report.alert_id, report.direct)
             known = reports.get(key)
-            reports[key] = report if known is None else replace(known, users=merge_users(known.users + report.users))
+            users = report.users if known is None else merge_users(known.users + report.users, limit=None)
+            reports[key] = replace(report if known is None else known, users=users)
     return O365Content(tuple(reports.values()), tuple(delisted), tuple(problems))
 
 

@@ -263,6 +263,19 @@ def test_more_users_in_one_alert_than_the_cap_is_a_413_that_queues_nothing() -> 
     assert queued(target) == []
 
 
+def test_defender_rows_naming_more_users_for_one_alert_than_the_cap_are_a_413_that_relays_nothing() -> None:
+    target = intake()
+    body = sample("09-defender-records.json")
+    evidence = next(r for r in body["records"] if r["category"] == "AdvancedHunting-AlertEvidence")
+    for i in range(MAX_USERS_PER_ALERT + 1):
+        row = json.loads(json.dumps(evidence))
+        row["properties"].update(AccountUpn=f"user{i}@contoso.com", AccountObjectId=None, AdditionalFields="{}")
+        body["records"].append(row)
+    answer = post(target, body)
+    assert (answer.status, answer.body["error"]["code"]) == (413, "payload-too-large")
+    assert queued(target) == []
+
+
 def test_as_many_users_as_the_cap_are_all_queued() -> None:
     target = intake()
     answer = post(target, alert_v2(*[f"user{i}@contoso.com" for i in range(MAX_USERS_PER_ALERT)]))
