@@ -18,6 +18,7 @@ from .alerts import (
     MAX_ID_CHARS,
     MAX_NAME_CHARS,
     MAX_TIME_CHARS,
+    MAX_TITLE_CHARS,
     MAX_URL_CHARS,
     bounded,
     field_text,
@@ -26,7 +27,7 @@ from .alerts import (
     merge_users,
     user_ref,
 )
-from .errors import MalformedPayload, PayloadTooLarge, UnsafeContentUri
+from .errors import InputError, MalformedPayload, PayloadTooLarge, UnsafeContentUri
 from .model import SOURCE_O365, AlertReport
 from .timeutil import parse_instant
 
@@ -189,7 +190,7 @@ def parse_content(records: object, *, is_target: Callable[[str], bool]) -> O365C
                 delisted.extend([delisting] if delisting else [])
             else:
                 continue
-        except MalformedPayload as problem:
+        except InputError as problem:  # malformed, or a field over its bound: one record never sinks the blob
             problems.append(problem.message)
             continue
         if report is not None:
@@ -202,10 +203,10 @@ def parse_content(records: object, *, is_target: Callable[[str], bool]) -> O365C
 
 def _alert_report(record: Mapping[str, Any], where: str, is_target: Callable[[str], bool]) -> AlertReport | None:
     operation = str(record.get("Operation") or "").lower()
-    name = first_text(record, "Name")  # the alert policy's name
+    name = field_text(record, "Name", where=where, limit=MAX_TITLE_CHARS)  # the alert policy's name
     if operation not in ("alerttriggered", "alertentitygenerated") or not name or not is_target(name):
         return None  # AlertUpdated (status, comments) adds nobody
-    alert_id = first_text(record, "AlertId")
+    alert_id = field_text(record, "AlertId", where=where, limit=MAX_ID_CHARS)
     if not alert_id:
         raise MalformedPayload(f"{where}.AlertId: a target alert record needs a non-empty string")
     data = loose_json_object(record.get("Data"), f"{where}.Data")
@@ -214,13 +215,13 @@ def _alert_report(record: Mapping[str, Any], where: str, is_target: Callable[[st
         address = first_text(data, "f3u")
     elif (first_text(record, "EntityType") or first_text(data, "etype") or "").lower() == "user":
         address = first_text(data, "eid") or first_text(record, "AlertEntityId")
-    ref = user_ref(address, None)
+    ref = user_ref(address, None, f"{where}.Data")
     return AlertReport(
         source=SOURCE_O365,
         alert_id=alert_id,
         title=name,
         users=(ref,) if ref else (),
-        created=first_text(record, "CreationTime"),
+        created=field_text(record, "CreationTime", where=where, limit=MAX_TIME_CHARS),
     )
 
 
@@ -228,8 +229,8 @@ def _hygiene(
     record: Mapping[str, Any], where: str, record_id: str | None
 ) -> tuple[AlertReport | None, Delisting | None]:
     event = str(record.get("Event") or "").lower()
-    ref = user_ref(first_text(record, "EventValue"), None)  # "the user who was impacted"
-    created = first_text(record, "CreationTime")
+    ref = user_ref(first_text(record, "EventValue"), None, f"{where}.EventValue")  # "the user who was impacted"
+    created = field_text(record, "CreationTime", where=where, limit=MAX_TIME_CHARS)
     if event == "listed":
         if not record_id:
             raise MalformedPayload(f"{where}.Id: a HygieneEvent Listed record needs a non-empty string")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,10 @@ from restricted_sender.alerts import MAX_EVENTS_PER_REQUEST, MAX_JSON_DEPTH, MAX
 from restricted_sender.content import ContentExpander
 from restricted_sender.edge import HttpAnswer, receive_alerts, receive_o365
 from restricted_sender.errors import MalformedPayload
-from restricted_sender.fakes import MemoryQueue, MemoryStore
+from restricted_sender.fakes import FakeAlertFeed, MemoryQueue, MemoryStore
 from restricted_sender.model import UserRef
+from restricted_sender.nets import AlertPoller
+from restricted_sender.o365 import parse_content
 from restricted_sender.pipeline import Intake
 from restricted_sender.policy import load_policy_text
 from restricted_sender.settings import Secret
@@ -33,7 +35,8 @@ NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 POLICY = load_policy_text("mode: enforce\nallow: [{name: staff, domains: [contoso.com]}]\n")
 AUTH_ID = Secret("o365-auth-id-4711")
 ROOT = "https://manage.office.com"
-DEEP = 100_000  # far past the interpreter's recursion limit
+DEEP = 100_000
+MDO = "microsoftDefenderForOffice365"  # far past the interpreter's recursion limit
 
 
 def sample(name: str) -> Any:
@@ -338,3 +341,36 @@ def test_an_object_id_that_is_not_a_guid_never_reaches_a_graph_url(object_id: st
     assert (answer.status, answer.body["error"]["code"]) == (400, "malformed-payload")
     assert "GUID" in answer.body["error"]["message"]
     assert queued(target) == []
+
+
+def test_a_management_activity_record_over_a_bound_is_skipped_as_a_problem_and_the_others_still_count() -> None:
+    """Before: the oversized record became an event no queue message could carry, failing the whole blob."""
+    good = {
+        "Id": "r1",
+        "RecordType": 40,
+        "Operation": "AlertTriggered",
+        "Name": "User restricted from sending email",
+        "AlertId": "alert-r1",
+        "CreationTime": "2026-11-27T08:05:00",
+        "Data": json.dumps({"f3u": "a@contoso.com"}),
+    }
+    content = parse_content(
+        [good, {**good, "Id": "r2", "AlertId": HUGE}, {**good, "Id": "r3", "AlertId": "r3", "CreationTime": HUGE}],
+        is_target=POLICY.is_target_alert,
+    )
+    assert [r.alert_id for r in content.reports] == ["alert-r1"]
+    assert [p.split(":")[0] for p in content.problems] == ["content[1].AlertId", "content[2].CreationTime"]
+
+
+def test_the_poller_skips_an_alert_with_a_field_over_its_bound_and_queues_the_others() -> None:
+    """Before: PayloadTooLarge (or the queue's refusal) failed every poll run from then on."""
+    feed = FakeAlertFeed(
+        [{**alert_v2("a@contoso.com", alert_id="a1"), "createdDateTime": HUGE, "serviceSource": MDO,
+          "lastUpdateDateTime": "2026-11-27T08:57:00Z"},
+         {**alert_v2("b@contoso.com", alert_id="a2"), "serviceSource": MDO,
+          "lastUpdateDateTime": "2026-11-27T08:57:00Z"}]
+    )  # fmt: skip
+    target = intake()
+    run = asyncio.run(AlertPoller(feed, target, MemoryStore(), FixedClock(NOW), every=timedelta(minutes=5)).run())
+    assert (run.ran, run.queued) == (True, 1)
+    assert [json.loads(m)["alert_id"] for m in queued(target)] == ["a2"]
