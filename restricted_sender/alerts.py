@@ -244,8 +244,8 @@ def user_ref(address: str | None, object_id: str | None, where: str = "") -> Use
         address = None  # an accountName without a domain cannot name a mailbox
     if not address and not object_id:
         return None
-    if address:
-        bounded(address, f"{where or 'body'} (the user's address)", MAX_ADDRESS_CHARS)
+    if address:  # ``where`` names the object id's field: the address is its sibling
+        bounded(address, f"{where.rpartition('.')[0] or where or 'body'} (the user's address)", MAX_ADDRESS_CHARS)
     try:
         return UserRef(address=address.lower() if address else None, object_id=_object_id(object_id))
     except ValueError as error:

@@ -205,10 +205,11 @@ def _aad_user_id() -> dict[str, Any]:
         (_three_users_with("alertWebUrl"), "alertWebUrl"),
         (_three_users_with("title"), "title"),
         (_aad_user_id(), "aadUserId"),
+        (alert_v2("alice@contoso.com", HUGE + "@contoso.com"), "evidence[1].userAccount (the user's address)"),
         (_defender_with("Timestamp"), "Timestamp"),
         (_defender_with("AlertId"), "AlertId"),
     ],
-    ids=["createdDateTime", "alertWebUrl", "title", "AadUserId", "defender-Timestamp", "defender-AlertId"],
+    ids=["createdDateTime", "alertWebUrl", "title", "AadUserId", "address", "defender-Timestamp", "defender-AlertId"],
 )
 def test_a_field_longer_than_its_bound_is_a_4xx_naming_it_and_nothing_is_queued(body: Any, field: str) -> None:
     """Before: 503 "retry" (a retry that can never succeed) after the first events of the body were queued."""
