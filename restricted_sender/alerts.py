@@ -23,7 +23,7 @@ MAX_BODY_BYTES = 1024 * 1024
 # while staying far below the interpreter's recursion limit, which a deeper body would otherwise hit.
 MAX_JSON_DEPTH = 64
 # A "User restricted from sending email" alert names the one user Microsoft restricted; an aggregated alert a few.
-# 50 is also what the Defender join keeps per pending alert (relay.MAX_PENDING_ROWS): more is a forged body, or a
+# 50 is also what the Defender join keeps per pending alert (content.MAX_PENDING_ROWS): more is a forged body, or a
 # tenant-wide incident a person must look at, not 50 x (Exchange + Graph) calls racing the real unblocks.
 MAX_USERS_PER_ALERT = 50
 # One request's events are checked and queued before the answer: 200 sends stay within a few seconds, well inside
