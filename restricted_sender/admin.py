@@ -13,7 +13,6 @@ unblock.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 
 from . import decide as rules
 from .actions import Actor
+from .alerts import parse_json
 from .errors import Conflict, MalformedPayload, NotFound, PolicyError, ServiceRefused
 from .facts import FactSources, gather_facts
 from .model import (
@@ -79,10 +79,7 @@ def parse_address(upn: str) -> str:
 
 
 def parse_unblock_request(body: bytes) -> UnblockRequest:
-    try:
-        data = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError) as error:
-        raise MalformedPayload(f"the body is not JSON: {error}") from error
+    data = parse_json(body or b"{}")
     if not isinstance(data, dict):
         raise MalformedPayload('the body must be a JSON object: {"justification": "...", "force": false}')
     unknown = sorted(set(data) - {"justification", "force"})

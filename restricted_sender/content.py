@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .alerts import parse_json
 from .defender import (
     AlertInfo,
     DefenderBatch,
@@ -25,7 +26,7 @@ from .defender import (
     join,
     parse_records,
 )
-from .errors import ConfigurationError, ContentExpired, MalformedPayload, UnsafeContentUri
+from .errors import ConfigurationError, ContentExpired, InputError, MalformedPayload, UnsafeContentUri
 from .model import SOURCE_O365, Source
 from .o365 import ContentPointer, parse_content
 from .pipeline import Intake, IntakeResult, delisted_key
@@ -102,11 +103,11 @@ class ContentExpander:
         evidence: list[UserEvidence] = []
         for body in bodies:
             try:
-                payload = json.loads(body.decode("utf-8-sig"))
+                payload = parse_json(body, "message")
                 if not is_defender_batch(payload):
                     raise MalformedPayload("not a {'records': [...]} streaming message")
                 batch = parse_records(payload)
-            except (ValueError, MalformedPayload) as error:
+            except InputError as error:  # malformed, or a field over its bound
                 log.error("Defender streaming message skipped: %s", error)
                 continue
             infos.extend(batch.infos)

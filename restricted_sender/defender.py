@@ -12,7 +12,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .alerts import first_text, loose_json_object, merge_users, user_ref
+from .alerts import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TIME_CHARS,
+    MAX_TITLE_CHARS,
+    field_text,
+    first_text,
+    loose_json_object,
+    merge_users,
+    user_ref,
+)
 from .errors import MalformedPayload
 from .model import SOURCE_DEFENDER, AlertReport, UserRef, object_id_or_error
 
@@ -132,15 +142,24 @@ def parse_records(payload: object) -> DefenderBatch:
         props = record.get("properties")
         if not isinstance(props, dict):
             raise MalformedPayload(f"{where}.properties: expected an object")
-        alert_id = first_text(props, "AlertId")
+        place = f"{where}.properties"
+        alert_id = field_text(props, "AlertId", where=place, limit=MAX_ID_CHARS)
         if not alert_id:
             raise MalformedPayload(f"{where}.properties.AlertId: expected a non-empty string")
-        timestamp = first_text(props, "Timestamp") or first_text(record, "time")
-        title = first_text(props, "Title")
+        timestamp = field_text(props, "Timestamp", where=place, limit=MAX_TIME_CHARS) or field_text(
+            record, "time", where=where, limit=MAX_TIME_CHARS
+        )
+        title = field_text(props, "Title", where=place, limit=MAX_TITLE_CHARS)
         if category == CATEGORY_INFO:
-            infos.append(AlertInfo(alert_id, title or "", timestamp, first_text(props, "ServiceSource")))
+            source = field_text(props, "ServiceSource", where=place, limit=MAX_NAME_CHARS)
+            infos.append(AlertInfo(alert_id, title or "", timestamp, source))
         elif (ref := _evidence_user(props, f"{where}.properties")) is not None:
             evidence.append(UserEvidence(alert_id, title, ref.address, ref.object_id, timestamp))
+    by_alert: dict[str, list[UserRef]] = {}
+    for row in evidence:
+        by_alert.setdefault(row.alert_id, []).append(row.user)
+    for alert_id, users in by_alert.items():
+        merge_users(users, where=f"records (AlertId {alert_id[:80]!r})")  # the cap holds here, before the join
     return DefenderBatch(tuple(infos), tuple(evidence))
 
 
@@ -176,7 +195,8 @@ def join(
             # target Title are reported now instead, and not again when the AlertInfo comes.
             keep_evidence.extend(alert_rows)
             continue
-        users = merge_users(r.user for r in (*pending_evidence.get(alert_id, ()), *alert_rows))
+        # Each message was held to the cap when it came in: the join of several never fails for their sum.
+        users = merge_users((r.user for r in (*pending_evidence.get(alert_id, ()), *alert_rows)), limit=None)
         if users:
             created = info.timestamp if info else next((r.timestamp for r in alert_rows if r.timestamp), None)
             reports.append(AlertReport(SOURCE_DEFENDER, alert_id, title, users, created=created))
@@ -199,7 +219,7 @@ def compact(batch: DefenderBatch, is_target: Callable[[str], bool]) -> DefenderB
 
 
 def _evidence_user(props: Mapping[str, Any], where: str) -> UserRef | None:
-    extra = loose_json_object(props.get("AdditionalFields"))
+    extra = loose_json_object(props.get("AdditionalFields"), f"{where}.AdditionalFields")
     entity = str(props.get("EntityType") or "").lower()
     if entity == "user":
         name, suffix = first_text(extra, "Name"), first_text(extra, "UPNSuffix")

@@ -211,6 +211,10 @@ class Runtime:
             self._policy = load_policy(self.settings)
         return self._policy
 
+    def use_intake(self, intake: Intake) -> None:
+        """Queue the webhooks' events through ``intake`` (in-memory queues in the handler fuzz tests) until reset."""
+        self._intake = intake
+
     def intake(self) -> Intake:
         if self._intake is None:
             from .compose import build_intake

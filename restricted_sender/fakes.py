@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
@@ -41,6 +42,11 @@ if TYPE_CHECKING:
 
 
 class MemoryQueue:
+    """Refuses what the Storage queue refuses: a message over 64 KiB once base64-encoded (the adapter's encoding),
+    https://learn.microsoft.com/rest/api/storageservices/put-message"""
+
+    MAX_ENCODED_BYTES = 64 * 1024
+
     def __init__(self) -> None:
         self.messages: list[str] = []
         self.available = True
@@ -48,6 +54,8 @@ class MemoryQueue:
     def send(self, message: str) -> None:
         if not self.available:
             raise QueueUnavailable("queue", "queue is unavailable")
+        if len(base64.b64encode(message.encode("utf-8"))) > self.MAX_ENCODED_BYTES:
+            raise QueueUnavailable("queue", "could not queue the event: the request body is too large")
         self.messages.append(message)
 
     def drain(self) -> list[str]:

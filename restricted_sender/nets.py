@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .alerts import parse_alert_payload
-from .errors import FilterRefused, MalformedPayload, ServiceRefused
+from .errors import FilterRefused, InputError, ServiceRefused
 from .facts import anchored
 from .model import SOURCE_POLL, SOURCE_SWEEP, AlertReport, RestrictionEvent, UserRef
 from .pipeline import Intake, current_restriction_claim, restriction_needs_event
@@ -174,8 +174,8 @@ class AlertPoller:
                 continue
             try:
                 reports.extend(parse_alert_payload(alert, source=SOURCE_POLL))
-            except MalformedPayload as error:
-                log.warning("alerts_v2 alert %s skipped: %s", alert.get("id"), error.message)
+            except InputError as error:  # malformed, or a field over its bound: the other alerts still count
+                log.warning("alerts_v2 alert %s skipped: %s", str(alert.get("id"))[:80], error.message)
         return reports
 
     async def _known(self, report: AlertReport) -> bool:

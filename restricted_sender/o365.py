@@ -13,8 +13,21 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .alerts import first_text, loose_json_object, merge_users, user_ref
-from .errors import MalformedPayload, UnsafeContentUri
+from .alerts import (
+    MAX_EVENTS_PER_REQUEST,
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TIME_CHARS,
+    MAX_TITLE_CHARS,
+    MAX_URL_CHARS,
+    bounded,
+    field_text,
+    first_text,
+    loose_json_object,
+    merge_users,
+    user_ref,
+)
+from .errors import InputError, MalformedPayload, PayloadTooLarge, UnsafeContentUri
 from .model import SOURCE_O365, AlertReport
 from .timeutil import parse_instant
 
@@ -77,17 +90,22 @@ def parse_notifications(payload: object, *, tenant_id: str, api_root: str) -> tu
     """The pointers of a notification body, each content id once. One bad item refuses the whole body."""
     if not isinstance(payload, list):
         raise MalformedPayload("body: expected a JSON array of content notifications")
+    if len(payload) > MAX_EVENTS_PER_REQUEST:
+        raise PayloadTooLarge(
+            f"body: {len(payload)} notifications; the limit is {MAX_EVENTS_PER_REQUEST} content pointers per request"
+        )
     pointers: dict[str, ContentPointer] = {}
     for index, item in enumerate(payload):
         where = f"body[{index}]"
         if not isinstance(item, dict):
             raise MalformedPayload(f"{where}: expected a notification object")
-        content_id = first_text(item, "contentId")
+        content_id = field_text(item, "contentId", where=where, limit=MAX_ID_CHARS)
         if not content_id:
             raise MalformedPayload(f"{where}.contentId: expected a non-empty string")
         uri = item.get("contentUri")
         if not isinstance(uri, str):
             raise MalformedPayload(f"{where}.contentUri: expected a string")
+        bounded(uri, f"{where}.contentUri", MAX_URL_CHARS)
         tenant = item.get("tenantId")
         if not isinstance(tenant, str) or tenant.strip().lower() != tenant_id.lower():
             raise MalformedPayload(f"{where}.tenantId: {tenant!r} is not this tenant")
@@ -100,9 +118,9 @@ def parse_notifications(payload: object, *, tenant_id: str, api_root: str) -> tu
             ContentPointer(
                 content_id,
                 uri,
-                first_text(item, "contentType"),
-                first_text(item, "contentCreated"),
-                first_text(item, "contentExpiration"),
+                field_text(item, "contentType", where=where, limit=MAX_NAME_CHARS),
+                field_text(item, "contentCreated", where=where, limit=MAX_TIME_CHARS),
+                field_text(item, "contentExpiration", where=where, limit=MAX_TIME_CHARS),
             ),
         )
     return tuple(pointers.values())
@@ -118,7 +136,13 @@ def check_content_uri(uri: str, *, api_root: str, tenant_id: str) -> str:
     # urlsplit silently drops tabs and newlines, and a backslash is a separator to some clients: refuse them.
     if not uri or any(c.isspace() or not c.isprintable() or c == "\\" for c in uri):
         raise refuse("is empty or has whitespace, control characters or backslashes")
-    parts, root = urlsplit(uri), urlsplit(api_root)
+    root = urlsplit(api_root)
+    try:
+        # urlsplit refuses some text outright (an unclosed IPv6 bracket, characters that NFKC-normalize into a
+        # separator, such as a fullwidth number sign): a URI it cannot parse is one we do not fetch.
+        parts = urlsplit(uri)
+    except ValueError as error:
+        raise refuse(f"cannot be parsed as a URL ({error})") from error
     if parts.scheme.lower() != root.scheme.lower():
         raise refuse(f"does not use {root.scheme or 'the root'}'s scheme")
     if "@" in parts.netloc:
@@ -166,37 +190,38 @@ def parse_content(records: object, *, is_target: Callable[[str], bool]) -> O365C
                 delisted.extend([delisting] if delisting else [])
             else:
                 continue
-        except MalformedPayload as problem:
+        except InputError as problem:  # malformed, or a field over its bound: one record never sinks the blob
             problems.append(problem.message)
             continue
         if report is not None:
             key = (report.alert_id, report.direct)
             known = reports.get(key)
-            reports[key] = report if known is None else replace(known, users=merge_users(known.users + report.users))
+            users = report.users if known is None else merge_users(known.users + report.users, limit=None)
+            reports[key] = replace(report if known is None else known, users=users)
     return O365Content(tuple(reports.values()), tuple(delisted), tuple(problems))
 
 
 def _alert_report(record: Mapping[str, Any], where: str, is_target: Callable[[str], bool]) -> AlertReport | None:
     operation = str(record.get("Operation") or "").lower()
-    name = first_text(record, "Name")  # the alert policy's name
+    name = field_text(record, "Name", where=where, limit=MAX_TITLE_CHARS)  # the alert policy's name
     if operation not in ("alerttriggered", "alertentitygenerated") or not name or not is_target(name):
         return None  # AlertUpdated (status, comments) adds nobody
-    alert_id = first_text(record, "AlertId")
+    alert_id = field_text(record, "AlertId", where=where, limit=MAX_ID_CHARS)
     if not alert_id:
         raise MalformedPayload(f"{where}.AlertId: a target alert record needs a non-empty string")
-    data = loose_json_object(record.get("Data"))
+    data = loose_json_object(record.get("Data"), f"{where}.Data")
     address: str | None = None
     if operation == "alerttriggered":
         address = first_text(data, "f3u")
     elif (first_text(record, "EntityType") or first_text(data, "etype") or "").lower() == "user":
         address = first_text(data, "eid") or first_text(record, "AlertEntityId")
-    ref = user_ref(address, None)
+    ref = user_ref(address, None, f"{where}.Data")
     return AlertReport(
         source=SOURCE_O365,
         alert_id=alert_id,
         title=name,
         users=(ref,) if ref else (),
-        created=first_text(record, "CreationTime"),
+        created=field_text(record, "CreationTime", where=where, limit=MAX_TIME_CHARS),
     )
 
 
@@ -204,8 +229,8 @@ def _hygiene(
     record: Mapping[str, Any], where: str, record_id: str | None
 ) -> tuple[AlertReport | None, Delisting | None]:
     event = str(record.get("Event") or "").lower()
-    ref = user_ref(first_text(record, "EventValue"), None)  # "the user who was impacted"
-    created = first_text(record, "CreationTime")
+    ref = user_ref(first_text(record, "EventValue"), None, f"{where}.EventValue")  # "the user who was impacted"
+    created = field_text(record, "CreationTime", where=where, limit=MAX_TIME_CHARS)
     if event == "listed":
         if not record_id:
             raise MalformedPayload(f"{where}.Id: a HygieneEvent Listed record needs a non-empty string")

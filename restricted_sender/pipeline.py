@@ -16,7 +16,7 @@ from typing import Any
 
 from . import decide as rules
 from .actions import RESTRICTED_ENTITIES_URL, Actor, correlation_id, evidence, ticket_failed
-from .alerts import MAX_BODY_BYTES, parse_alert_payload, parse_json
+from .alerts import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, parse_alert_payload, parse_json
 from .defender import DefenderBatch, compact, is_defender_batch, parse_records
 from .errors import ConfigurationError, PayloadTooLarge, PolicyError, TransientServiceError
 from .facts import FactSources, gather_facts
@@ -35,7 +35,7 @@ from .model import (
 from .o365 import parse_notifications
 from .policy import Policy, default_policy
 from .ports import CLAIM_LEASE, ClaimResult, ClaimState, Clock, EventQueue, Exchange, Store
-from .relay import defender_messages, o365_message
+from .relay import MAX_MESSAGE_CHARS, defender_messages, o365_message
 from .restriction import BlockedSender
 from .settings import O365_API_ROOT
 from .timeutil import iso
@@ -73,7 +73,13 @@ class IntakeResult:
 
 @dataclass
 class Intake:
-    """Parses a POSTed body, queues one event per (target alert, user), and only then says what it did."""
+    """Parses a POSTed body, queues one event per (target alert, user), and only then says what it did.
+
+    One request queues all of its events or, for any fault of the body (shape, a field's bound, a cap), none:
+    every message is built and measured before the first is sent. Only the queue itself can fail midway: the
+    answer is then 503, what was sent stays queued, and the sender's retry sends every event again under the same
+    event ids, which the processor claims once each.
+    """
 
     queue: EventQueue
     clock: Clock
@@ -88,7 +94,7 @@ class Intake:
         if is_defender_batch(payload):
             return self._relay_defender(payload)
         reports = parse_alert_payload(payload, is_target=self.target_policy.is_target_alert)
-        return self.queue_reports(reports)
+        return self.queue_reports(reports, limit=MAX_EVENTS_PER_REQUEST)
 
     def _relay_defender(self, payload: object) -> IntakeResult:
         """Defender rows are joined with rows of earlier batches, which needs the store: checked here, joined
@@ -98,16 +104,14 @@ class Intake:
         return IntakeResult(accepted=(), ignored=(), deferred=len(batch.infos) + len(batch.evidence))
 
     def relay_defender(self, batch: DefenderBatch) -> None:
-        for message in defender_messages(batch):
-            self._content_queue().send(message)
+        _send_all(self._content_queue(), defender_messages(batch), "a Defender relay message")
 
     def accept_o365(self, body: bytes) -> int:
         """A Management Activity API notification: every content pointer queued (or none, on any bad item)."""
         if not self.tenant_id:
             raise ConfigurationError("TENANT_ID is not set: notifications cannot be checked against the tenant")
         pointers = parse_notifications(_parse_body(body), tenant_id=self.tenant_id, api_root=self.o365_api_root)
-        for pointer in pointers:
-            self._content_queue().send(o365_message(pointer))
+        _send_all(self._content_queue(), [o365_message(p) for p in pointers], "a content pointer")
         return len(pointers)
 
     def close(self) -> None:
@@ -127,8 +131,9 @@ class Intake:
         # An unloadable policy still names the default alert: a restricted user is never dropped.
         return self.policy if isinstance(self.policy, Policy) else default_policy()
 
-    def queue_reports(self, reports: Iterable[AlertReport]) -> IntakeResult:
-        """One event per (target report, user), all queued before this returns; the rest recorded as ignored."""
+    def queue_reports(self, reports: Iterable[AlertReport], *, limit: int | None = None) -> IntakeResult:
+        """One event per (target report, user), all queued before this returns; the rest recorded as ignored.
+        More than ``limit`` events is :class:`PayloadTooLarge`, before anything is queued."""
         now = self.clock.now()
         policy = self.target_policy
         delivery_id = self.new_delivery_id()
@@ -150,8 +155,9 @@ class Intake:
                 for user in report.users:
                     event = RestrictionEvent.for_alert(report, user, delivery_id=delivery_id, received_at=now)
                     events.setdefault(event.event_id, event)
-        for event in events.values():
-            self.queue.send(event.to_message())
+        if limit is not None and len(events) > limit:
+            raise PayloadTooLarge(f"the body names {len(events)} events; the limit is {limit} events per request")
+        _send_all(self.queue, [event.to_message() for event in events.values()], "an event")
         for record in ignored:
             log_decision(record)
         return IntakeResult(accepted=tuple(events.values()), ignored=tuple(ignored))
@@ -170,6 +176,18 @@ class Intake:
             policy_version=version,
             at=now,
         )
+
+
+def _send_all(queue: EventQueue, messages: list[str], what: str) -> None:
+    """Every message, once all of them are known to fit a queue message: a body is never queued in part for
+    something the body itself holds. (The parsers bound every field, so this only holds if one was missed.)"""
+    for message in messages:
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise PayloadTooLarge(
+                f"{what} would be {len(message)} characters; a queue message holds {MAX_MESSAGE_CHARS}"
+            )
+    for message in messages:
+        queue.send(message)
 
 
 def _parse_body(body: bytes) -> Any:

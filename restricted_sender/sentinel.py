@@ -11,11 +11,21 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .alerts import at, first_text, merge_users, user_ref
+from .alerts import (
+    MAX_ID_CHARS,
+    MAX_TIME_CHARS,
+    MAX_TITLE_CHARS,
+    MAX_URL_CHARS,
+    at,
+    field_text,
+    first_text,
+    merge_users,
+    parse_json_text,
+    user_ref,
+)
 from .errors import MalformedPayload
 from .model import SOURCE_SENTINEL, AlertReport, UserRef
 
@@ -56,7 +66,7 @@ def parse_incident(
         alert_props = alert.get("properties")
         if not isinstance(alert_props, dict):
             raise MalformedPayload(f"{place}.properties: expected an object")
-        name = first_text(alert_props, "alertDisplayName")
+        name = field_text(alert_props, "alertDisplayName", where=f"{place}.properties", limit=MAX_TITLE_CHARS)
         if name:
             named.append((place, name, alert, alert_props))
     if not named:
@@ -64,7 +74,9 @@ def parse_incident(
     place, title, alert, alert_props = next(
         (item for item in named if is_target is not None and is_target(item[1])), named[0]
     )
-    alert_id = first_text(alert_props, "systemAlertId") or first_text(alert, "name", "id")
+    alert_id = field_text(alert_props, "systemAlertId", where=f"{place}.properties", limit=MAX_ID_CHARS) or field_text(
+        alert, "name", "id", where=place, limit=MAX_ID_CHARS
+    )
     if not alert_id:
         raise MalformedPayload(f"{place}: an alert needs properties.systemAlertId, name or id")
     if "relatedEntities" in props:
@@ -72,32 +84,33 @@ def parse_incident(
     else:
         # A playbook that passed the designer's Entities array (or Get Accounts' output) beside the incident.
         entities = _entity_list(body.get("Entities", []), at(where, "Entities"))
+    props_at = at(where, "object.properties")
     return AlertReport(
         source=SOURCE_SENTINEL,
         alert_id=alert_id,
         title=title,
-        users=merge_users(entities),
-        web_url=first_text(props, "incidentUrl"),
-        created=first_text(props, "createdTimeUtc"),
+        users=merge_users(entities, where=props_at),
+        web_url=field_text(props, "incidentUrl", where=props_at, limit=MAX_URL_CHARS),
+        created=field_text(props, "createdTimeUtc", where=props_at, limit=MAX_TIME_CHARS),
     )
 
 
 def parse_alert(body: Mapping[str, Any], where: str = "") -> AlertReport:
     """The flat alert trigger body (or a SecurityAlert row)."""
     place = where or "body"
-    alert_id = first_text(body, "SystemAlertId", "ProviderAlertId")
+    alert_id = field_text(body, "SystemAlertId", "ProviderAlertId", where=where, limit=MAX_ID_CHARS)
     if not alert_id:
         raise MalformedPayload(f"{place}: a Sentinel alert needs a string SystemAlertId or ProviderAlertId")
-    title = first_text(body, "AlertDisplayName", "AlertName")
+    title = field_text(body, "AlertDisplayName", "AlertName", where=where, limit=MAX_TITLE_CHARS)
     if not title:
         raise MalformedPayload(f"{place}: a Sentinel alert needs a string AlertDisplayName")
     return AlertReport(
         source=SOURCE_SENTINEL,
         alert_id=alert_id,
         title=title,
-        users=merge_users(_entity_list(body.get("Entities", []), at(where, "Entities"))),
-        web_url=first_text(body, "AlertLink"),
-        created=first_text(body, "TimeGenerated", "StartTimeUtc"),
+        users=merge_users(_entity_list(body.get("Entities", []), at(where, "Entities")), where=place),
+        web_url=field_text(body, "AlertLink", where=where, limit=MAX_URL_CHARS),
+        created=field_text(body, "TimeGenerated", "StartTimeUtc", where=where, limit=MAX_TIME_CHARS),
     )
 
 
@@ -106,10 +119,7 @@ def _entity_list(value: object, where: str) -> tuple[UserRef, ...]:
         return ()  # a null list: no entities (the incident's alerts may still name its users elsewhere)
     if isinstance(value, str):
         # The SecurityAlert table's Entities column is JSON text, and playbooks pass it on as such.
-        try:
-            value = json.loads(value) if value.strip() else []
-        except json.JSONDecodeError as exc:
-            raise MalformedPayload(f"{where}: not valid JSON ({exc.msg})") from exc
+        value = parse_json_text(value, where) if value.strip() else []
     if not isinstance(value, list):
         raise MalformedPayload(f"{where}: expected a list of entities")
     return tuple(_entity_users(value, where))
