@@ -1,6 +1,6 @@
 """The policy file's published JSON Schema, generated from the policy model in ``policy.py``.
 
-``python -m restricted_sender policy schema`` prints it; ``make schema`` writes ``policy.schema.json`` (a test checks
+``python -m restricted_sender policy schema`` prints it; ``make generate`` writes ``policy.schema.json`` (a test checks
 the committed file is exactly this). Editors validate policy files with it; the loader is the same model, so the two
 agree by construction.
 """

@@ -30,9 +30,6 @@ from typing import Any
 from simulator.tenant import Json, Tenant
 from simulator.wire import NotJson, Request, Response, json_response, utc_now
 
-Endpoint = Callable[[], Response]
-UNKNOWN_ROUTE = "unknown"  # the server's name for paths no route serves
-
 SERVICENOW_DEFAULTS: Json = {
     "username": "rsr-integration",
     "password": "sim-servicenow-password",
@@ -409,33 +406,6 @@ def _sn_string(value: Any) -> str:
     if isinstance(value, dict):  # a reference given as {"value": sys_id} or {"sys_id": ...}
         return str(value.get("value") or value.get("sys_id") or "")
     return str(value)
-
-
-# -- routing ----------------------------------------------------------------------------------------------------
-
-
-def route(request: Request, state: ItsmState) -> tuple[str, Endpoint] | None:
-    """The route name and endpoint for a ServiceNow or Jira path; ``None`` when the path is neither."""
-    parts = request.segments
-    folded = [p.casefold() for p in parts]
-    if folded[:3] == ["api", "now", "table"]:
-        if len(parts) == 4:
-            return "servicenow.table", lambda: servicenow_table(request, state, parts[3])
-        if len(parts) == 5:
-            return "servicenow.record", lambda: servicenow_record(request, state, parts[3], parts[4])
-        return UNKNOWN_ROUTE, lambda: servicenow_error(400, "Requested URI does not represent any resource", None)
-    if folded[:2] == ["api", "now"]:
-        return UNKNOWN_ROUTE, lambda: servicenow_error(400, "Requested URI does not represent any resource", None)
-    if folded[:3] == ["rest", "api", "3"]:
-        rest = folded[3:]
-        if rest == ["search", "jql"]:
-            return "jira.search", lambda: jira_search(request, state)
-        if rest == ["issue"]:
-            return "jira.issue", lambda: jira_create_issue(request, state)
-        if len(rest) == 3 and rest[0] == "issue" and rest[2] == "comment":
-            return "jira.comment", lambda: jira_add_comment(request, state, parts[4])
-        return UNKNOWN_ROUTE, lambda: jira_error(404, ["null for uri: " + request.path])
-    return None
 
 
 # -- ServiceNow endpoints ---------------------------------------------------------------------------------------
