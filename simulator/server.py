@@ -211,7 +211,7 @@ class Simulator:
         """Tickets the webhook sink received, one per distinct Idempotency-Key (copies)."""
         return self._state.tickets()
 
-    # -- ServiceNow and Jira (simulator/itsm.py) ---------------------------------------------------------
+    # -- ServiceNow and Jira (simulator/itsm/) -----------------------------------------------------------
 
     def servicenow_records(self) -> list[Json]:
         """Records created through the Table API, oldest first (copies): the wire fields, plus ``x-table`` and the
