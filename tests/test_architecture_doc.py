@@ -16,10 +16,8 @@ MODULES = {p.stem for p in PACKAGE.glob("*.py")}
 
 
 def _dotted_names() -> list[str]:
-    """``module.name[.attr]`` in backticks whose first part is a module of the package."""
-    found = re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)`", DOC) + re.findall(
-        r"([a-z_]+\.[A-Za-z_]+(?:\.[A-Za-z_]+)*)", DOC
-    )
+    """Every ``module.name[.attr]`` the map mentions whose first part is a module of the package."""
+    found = re.findall(r"([a-z_]+\.[A-Za-z_]+(?:\.[A-Za-z_]+)*)", DOC)
     return sorted({n for n in found if n.split(".")[0] in MODULES and not n.endswith(".py")})
 
 
