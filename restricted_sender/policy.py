@@ -177,7 +177,8 @@ def parse_policy(data: object, *, source: str = "policy") -> Policy:
 # The file's shape is declared once below. Each node reads its part of the YAML (collecting located problems such as
 # ``allow[0].domains[1]: ...``, falling back to its default) and describes itself as JSON Schema; the published
 # ``policy.schema.json`` is generated from the same nodes (``python -m restricted_sender policy schema``). Defaults
-# come from the frozen dataclasses above, so each is written once.
+# come from the frozen dataclasses above, so each is written once. The nodes are plain dataclasses, built once at
+# import: frozen ones (generated __eq__, __hash__, __setattr__...) would cost the webhook's cold start ~5 ms more.
 
 Problems = list[str]
 Schema = dict[str, Any]
@@ -203,7 +204,7 @@ class Node:
         return {**self.own_schema(), **described}
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class Flag(Node):
     default: bool
     description: str | None = None
@@ -220,7 +221,7 @@ class Flag(Node):
         return {"type": "boolean", "default": self.default}
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class OneOf(Node):
     choices: tuple[str, ...]
     default: str
@@ -238,7 +239,7 @@ class OneOf(Node):
         return {"enum": list(self.choices), "default": self.default}
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class Number(Node):
     default: float
     maximum: float
@@ -256,7 +257,7 @@ class Number(Node):
         return {"type": "number", "minimum": 0, "maximum": self.maximum, "default": self.default}
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class Text(Node):
     """One string matching ``pattern`` (``None`` when absent unless there is a default)."""
 
@@ -278,7 +279,7 @@ class Text(Node):
         return {"type": "string", "pattern": f"^{self.pattern}$", **default}
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class Strings(Node):
     """A list of non-empty strings (stripped); ``item`` (a :class:`Text`) checks each one at ``where[i]``."""
 
@@ -302,7 +303,7 @@ class Strings(Node):
         return {"type": "array", "items": items}
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class StringMap(Node):
     """A mapping of any names to strings."""
 
@@ -323,7 +324,7 @@ class StringMap(Node):
         return {"type": "object", "additionalProperties": {"type": "string"}}
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class Window(Node):
     """A budget: ``{count, <unit>}``, read as a :class:`Budget` counted in hours."""
 
@@ -374,7 +375,7 @@ class Rule:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class RequiredWhenSet(Rule):
     """``required`` must be given when any of ``triggers`` is set (true, or a non-empty list)."""
 
@@ -394,7 +395,7 @@ class RequiredWhenSet(Rule):
         return {"if": {"anyOf": [is_set(t) for t in self.triggers]}, "then": {"required": [self.required]}}
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class RequiredForChoice(Rule):
     """When ``switch`` is ``choice``, the ``choice`` sub-section must give ``keys``."""
 
@@ -435,7 +436,7 @@ def _mapping(value: object, where: str, allowed: tuple[str, ...], problems: Prob
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class Section(Node):
     """A mapping with known keys, read into a dict of values (every key present, defaults filled in)."""
 
@@ -481,7 +482,7 @@ _SELECTOR: dict[str, Node] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class AllowRules(Node):
     """``allow``: named rules, each naming users, domains or groups."""
 
@@ -517,7 +518,7 @@ class AllowRules(Node):
         return {"type": "array", "items": item}
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class AlertNames(Node):
     default: tuple[str, ...]
     description: str | None = None
