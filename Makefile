@@ -12,7 +12,7 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV := $(TOOLS)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
-.PHONY: setup demo test lint typecheck iac unit bench clean
+.PHONY: setup demo test lint typecheck iac unit bench generate clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -73,6 +73,12 @@ bench: setup
 	$(BIN)/python bench/import_cost.py
 	$(BIN)/python bench/alert_to_unblock.py
 	$(BIN)/python bench/burst.py
+
+# Files generated from the code, each checked by a test: policy.schema.json from the policy model
+# (restricted_sender/policy.py), the route table in simulator/README.md from simulator/routes.py.
+generate: setup
+	$(BIN)/python -m restricted_sender policy schema > policy.schema.json
+	$(BIN)/python -c 'from simulator.routes import main; main(["--write"])'
 
 clean:
 	rm -rf $(VENV) $(TOOLS) node_modules .mypy_cache .ruff_cache .pytest_cache

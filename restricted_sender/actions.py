@@ -46,13 +46,13 @@ from .notices import recipients_notice, user_notice
 from .policy import Budget, Containment, Notify
 from .ports import ClaimResult, Clock, DelayedQueue, Directory, Exchange, Store, TicketSystem
 from .restriction import BlockedSender, BlockReason
+from .ticket_body import RESTRICTED_ENTITIES_URL as RESTRICTED_ENTITIES_URL  # re-exported: pipeline imports it here
 from .ticket_body import render_ticket
 from .timeutil import iso
 from .verify import DEFAULT_VERIFY_AFTER, VerifyTask, check_at
 
 log = logging.getLogger("restricted_sender")
 
-RESTRICTED_ENTITIES_URL = "https://security.microsoft.com/restrictedentities"
 MAX_RULES = 50  # the evidence stays bounded; the total says how many there were
 NOTICE_OWNER = "notice"  # the owner of every notice claim: a second try of the same mail finds it RESUMED
 UNBLOCK_EXPECTATION = "mail should flow again within an hour, at the latest within 24 hours"

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from .errors import PolicyError
 from .model import Decision, Facts, Outcome, Reason, RestrictionEvent, UnblockEntry, UnblockStatus
-from .policy import Budget, Policy, Selector
+from .policy import RISK_LEVELS, Budget, Policy, Selector
 from .restriction import BlockedSender, BlockKind
 from .timeutil import iso
 
@@ -28,7 +28,6 @@ GUARD_TENANT_BUDGET = "guard:tenant-budget"
 GUARD_RISK = "guard:risk"
 GUARD_INBOX_RULE = "guard:inbox-rule"
 GUARD_FORWARDING = "guard:forwarding"
-RISK_LEVELS = ("none", "low", "medium", "high")
 LIMIT_BLOCK = "limit-block"
 AUTO_RELEASE_SOON = "auto-release-soon"
 UNBLOCK_FAILED = "unblock-failed"

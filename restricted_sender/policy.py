@@ -1,4 +1,4 @@
-"""The admin's policy file (design §5): load, validate with located messages, normalize, version.
+"""The admin's policy file (README "The policy file"): load, validate with located messages, normalize, version.
 
 A policy that fails to load never leads to an unblock: callers get a :class:`PolicyError` and the
 processor turns every event into a ``ticket`` with ``policy-invalid``.
@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -25,12 +25,6 @@ DEFAULT_ALERT_NAMES = ("User restricted from sending email",)
 MODES = ("report-only", "enforce")
 RISK_LEVELS = ("none", "low", "medium", "high")
 TICKET_SYSTEMS = ("webhook", "servicenow", "jira", "email")
-
-# Budget windows beyond ten years are a mistake (and overflow date arithmetic); a day block lifts within 24 h.
-# The tenant window ("hours") stops at 30 days: the Table store keeps the tenant's entries that long.
-_MAX_WINDOW = {"days": 3650.0, "hours": 720.0}
-_JIRA_PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{1,9}$")
-_MAILBOX = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,314 +165,530 @@ def load_policy_text(text: str, *, source: str = "policy") -> Policy:
 
 def parse_policy(data: object, *, source: str = "policy") -> Policy:
     problems: list[str] = []
-    checker = _Checker(problems)
-    policy = checker.policy(data)
+    raw = {} if data is None else data
+    values = POLICY_MODEL.read(raw, "", problems)
     if problems:
         mode = data.get("mode") if isinstance(data, dict) else None
         raise PolicyError(problems, source=source, mode=mode if mode in MODES else "report-only")
-    assert policy is not None
-    return policy
+    return _build(values)
+
+
+# -- the model ---------------------------------------------------------------------------------------------------
+# The file's shape is declared once below. Each node reads its part of the YAML (collecting located problems such as
+# ``allow[0].domains[1]: ...``, falling back to its default) and describes itself as JSON Schema; the published
+# ``policy.schema.json`` is generated from the same nodes (``python -m restricted_sender policy schema``). Defaults
+# come from the frozen dataclasses above, so each is written once. The nodes are plain dataclasses, built once at
+# import: frozen ones (generated __eq__, __hash__, __setattr__...) would cost the webhook's cold start ~5 ms more.
+
+Problems = list[str]
+Schema = dict[str, Any]
+
+
+def _fail(problems: Problems, where: str, message: str) -> None:
+    problems.append(f"{where}: {message}" if where else message)
+
+
+class Node:
+    """One value of the policy file: how it reads (with located problems) and how the schema describes it."""
+
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> Any:
+        raise NotImplementedError
+
+    def own_schema(self) -> Schema:
+        raise NotImplementedError
+
+    def schema(self) -> Schema:
+        described = {"description": self.description} if self.description else {}
+        return {**self.own_schema(), **described}
+
+
+@dataclass(eq=False, repr=False)
+class Flag(Node):
+    default: bool
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> bool:
+        if value is None:
+            return self.default
+        if not isinstance(value, bool):
+            _fail(problems, where, f"expected true or false, got {value!r}")
+            return self.default
+        return value
+
+    def own_schema(self) -> Schema:
+        return {"type": "boolean", "default": self.default}
+
+
+@dataclass(eq=False, repr=False)
+class OneOf(Node):
+    choices: tuple[str, ...]
+    default: str
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> str:
+        if value is None:
+            return self.default
+        if not isinstance(value, str) or value not in self.choices:
+            _fail(problems, where, f"{value!r} is not one of {', '.join(self.choices)}")
+            return self.default
+        return value
+
+    def own_schema(self) -> Schema:
+        return {"enum": list(self.choices), "default": self.default}
+
+
+@dataclass(eq=False, repr=False)
+class Number(Node):
+    default: float
+    maximum: float
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> float:
+        if value is None:
+            return self.default
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= self.maximum:
+            _fail(problems, where, f"expected a number from 0 to {self.maximum:g}, got {value!r}")
+            return self.default
+        return float(value)
+
+    def own_schema(self) -> Schema:
+        return {"type": "number", "minimum": 0, "maximum": self.maximum, "default": self.default}
+
+
+@dataclass(eq=False, repr=False)
+class Text(Node):
+    """One string matching ``pattern`` (``None`` when absent unless there is a default)."""
+
+    pattern: str
+    message: str  # formatted with the value's repr
+    default: str | None = None
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> str | None:
+        if value is None:
+            return self.default
+        if not isinstance(value, str) or not re.fullmatch(self.pattern, value.strip()):
+            _fail(problems, where, self.message.format(repr(value)))
+            return self.default
+        return value.strip()
+
+    def own_schema(self) -> Schema:
+        default = {} if self.default is None else {"default": self.default}
+        return {"type": "string", "pattern": f"^{self.pattern}$", **default}
+
+
+@dataclass(eq=False, repr=False)
+class Strings(Node):
+    """A list of non-empty strings (stripped); ``item`` (a :class:`Text`) checks each one at ``where[i]``."""
+
+    item: Text | None = None
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            _fail(problems, where, "expected a list of non-empty strings")
+            return []
+        found = [v.strip() for v in value]
+        if self.item is not None:
+            for index, text in enumerate(found):
+                self.item.read(text, f"{where}[{index}]", problems)
+        return found
+
+    def own_schema(self) -> Schema:
+        items = {"type": "string", "minLength": 1} if self.item is None else self.item.own_schema()
+        return {"type": "array", "items": items}
+
+
+@dataclass(eq=False, repr=False)
+class StringMap(Node):
+    """A mapping of any names to strings."""
+
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            _fail(problems, where, f"expected a mapping, got {type(value).__name__}")
+            return {}
+        for name, text in value.items():
+            if not isinstance(text, str):
+                _fail(problems, f"{where}.{name}", f"expected a string, got {text!r}")
+        return {str(k): v for k, v in value.items() if isinstance(v, str)}
+
+    def own_schema(self) -> Schema:
+        return {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+@dataclass(eq=False, repr=False)
+class Window(Node):
+    """A budget: ``{count, <unit>}``, read as a :class:`Budget` counted in hours."""
+
+    unit: str  # "days" or "hours"
+    maximum: float
+    default: Budget | None
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> Budget | None:
+        if value is None:
+            return self.default
+        raw = _mapping(value, where, ("count", self.unit), problems)
+        count = raw.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            _fail(problems, f"{where}.count", f"expected a whole number >= 0, got {count!r}")
+            count = 0
+        span = Number(0, self.maximum).read(raw.get(self.unit), f"{where}.{self.unit}", problems)
+        if raw.get(self.unit) is None:
+            _fail(problems, f"{where}.{self.unit}", "is required")
+        elif span <= 0:
+            _fail(problems, f"{where}.{self.unit}", "must be greater than 0")
+        return Budget(count=count, window_hours=span * 24 if self.unit == "days" else span)
+
+    def own_schema(self) -> Schema:
+        default: Schema = {}
+        if self.default is not None:
+            span = self.default.window_hours / 24 if self.unit == "days" else self.default.window_hours
+            default = {"default": {"count": self.default.count, self.unit: span}}
+        return {
+            **default,
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["count", self.unit],
+            "properties": {
+                "count": {"type": "integer", "minimum": 0},
+                self.unit: {"type": "number", "exclusiveMinimum": 0, "maximum": self.maximum},
+            },
+        }
+
+
+class Rule:
+    """A condition across a section's keys: checked on the values read, and stated in the schema too."""
+
+    def check(self, raw: Mapping[str, Any], values: Mapping[str, Any], where: str, problems: Problems) -> None:
+        raise NotImplementedError
+
+    def schema(self, fields: Mapping[str, Node]) -> Schema:
+        raise NotImplementedError
+
+
+@dataclass(eq=False, repr=False)
+class RequiredWhenSet(Rule):
+    """``required`` must be given when any of ``triggers`` is set (true, or a non-empty list)."""
+
+    required: str
+    triggers: tuple[str, ...]
+    why: str
+
+    def check(self, raw: Mapping[str, Any], values: Mapping[str, Any], where: str, problems: Problems) -> None:
+        if any(values[t] for t in self.triggers) and values[self.required] is None:
+            _fail(problems, f"{where}.{self.required}", f"is required when {self.why}")
+
+    def schema(self, fields: Mapping[str, Node]) -> Schema:
+        def is_set(key: str) -> Schema:
+            value: Schema = {"const": True} if isinstance(fields[key], Flag) else {"minItems": 1}
+            return {"required": [key], "properties": {key: value}}
+
+        return {"if": {"anyOf": [is_set(t) for t in self.triggers]}, "then": {"required": [self.required]}}
+
+
+@dataclass(eq=False, repr=False)
+class RequiredForChoice(Rule):
+    """When ``switch`` is ``choice``, the ``choice`` sub-section must give ``keys``."""
+
+    switch: str
+    choice: str
+    keys: tuple[str, ...]
+
+    def check(self, raw: Mapping[str, Any], values: Mapping[str, Any], where: str, problems: Problems) -> None:
+        if values[self.switch] != self.choice:
+            return
+        given = raw.get(self.choice)
+        given = given if isinstance(given, dict) else {}
+        for key in self.keys:
+            # A key given but refused already has its own problem.
+            if key not in given and not values[self.choice][key]:
+                _fail(
+                    problems, f"{where}.{self.choice}.{key}", f"is required when {where}.{self.switch} is {self.choice}"
+                )
+
+    def schema(self, fields: Mapping[str, Node]) -> Schema:
+        return {
+            "if": {"required": [self.switch], "properties": {self.switch: {"const": self.choice}}},
+            "then": {"required": [self.choice], "properties": {self.choice: {"required": list(self.keys)}}},
+        }
+
+
+def _mapping(value: object, where: str, allowed: tuple[str, ...], problems: Problems) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _fail(problems, where, f"expected a mapping, got {type(value).__name__}")
+        return {}
+    for key in value:
+        if key not in allowed:
+            _fail(
+                problems, f"{where}.{key}" if where else str(key), f"unknown key (expected one of {', '.join(allowed)})"
+            )
+    return value
+
+
+@dataclass(eq=False, repr=False)
+class Section(Node):
+    """A mapping with known keys, read into a dict of values (every key present, defaults filled in)."""
+
+    fields: Mapping[str, Node]
+    rules: tuple[Rule, ...] = ()
+    description: str | None = None
+    required: tuple[str, ...] = ()
+
+    def read(self, value: object, where: str, problems: Problems) -> dict[str, Any]:
+        raw = _mapping(value, where, tuple(self.fields), problems)
+        values = {
+            key: node.read(raw.get(key), f"{where}.{key}" if where else key, problems)
+            for key, node in self.fields.items()
+        }
+        for rule in self.rules:
+            rule.check(raw, values, where, problems)
+        return values
+
+    def own_schema(self) -> Schema:
+        schema: Schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {key: node.schema() for key, node in self.fields.items()},
+        }
+        if self.required:
+            schema["required"] = list(self.required)
+        conditions = [rule.schema(self.fields) for rule in self.rules]
+        if len(conditions) == 1:
+            schema.update(conditions[0])
+        elif conditions:
+            schema["allOf"] = conditions
+        return schema
+
+
+_MAILBOX = Text(r"[^@\s]+@[^@\s]+\.[^@\s]+", "expected a mailbox address, got {}")
+_DOMAIN = Text(r"(\*\.)?[^@*\s]+\.[^@*\s]+", "{} is not a domain or *.domain")
+_SELECTOR: dict[str, Node] = {
+    "users": Strings(),
+    "domains": Strings(
+        _DOMAIN, 'Domains of the address: "contoso.com" exactly, "*.contoso.com" for its subdomains only.'
+    ),
+    "groups": Strings(description="Group object ids (transitive membership)."),
+}
+
+
+@dataclass(eq=False, repr=False)
+class AllowRules(Node):
+    """``allow``: named rules, each naming users, domains or groups."""
+
+    rule: Section
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> list[AllowRule]:
+        if value is not None and not isinstance(value, list):
+            _fail(problems, where, "expected a list of rules")
+            return []
+        rules: list[AllowRule] = []
+        seen: set[str] = set()
+        for index, raw in enumerate(value or []):
+            at = f"{where}[{index}]"
+            name = raw.get("name") if isinstance(raw, dict) else None
+            if not isinstance(name, str) or not name.strip():
+                _mapping(raw, at, tuple(self.rule.fields), problems)
+                _fail(problems, f"{at}.name", "is required")
+                continue
+            values = self.rule.read(raw, at, problems)
+            if name in seen:
+                _fail(problems, f"{at}.name", f"duplicate rule name {name!r}")
+            seen.add(name)
+            selector = _selector(values)
+            if selector.empty:
+                _fail(problems, at, f"rule {name!r} names no users, domains or groups")
+            rules.append(AllowRule(name=name, selector=selector))
+        return rules
+
+    def own_schema(self) -> Schema:
+        item = self.rule.own_schema()
+        item["anyOf"] = [{"required": [key]} for key in _SELECTOR]
+        return {"type": "array", "items": item}
+
+
+@dataclass(eq=False, repr=False)
+class AlertNames(Node):
+    default: tuple[str, ...]
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> tuple[str, ...]:
+        names = tuple(Strings().read(value, where, problems)) or self.default
+        if any("tenant restricted" in name.casefold() for name in names):
+            _fail(problems, where, "tenant-level alerts need Microsoft Support, never a user unblock")
+        return names
+
+    def own_schema(self) -> Schema:
+        return {**Strings().own_schema(), "default": list(self.default)}
+
+
+_POLICY, _GUARDS, _CONTAINMENT, _TICKET, _NOTIFY = Policy(), Guards(), Containment(), TicketOptions(), Notify()
+
+POLICY_MODEL = Section(
+    {
+        "mode": OneOf(MODES, _POLICY.mode, "report-only decides and records but never acts."),
+        "alert_names": AlertNames(
+            DEFAULT_ALERT_NAMES, "Alert titles to act on, matched exactly and case-insensitively."
+        ),
+        "allow": AllowRules(
+            Section(
+                {"name": Text(r".*\S.*", "expected a rule name, got {}", description="Unique rule name."), **_SELECTOR},
+                required=("name",),
+            ),
+            "A user is eligible for an automatic unblock when ANY rule matches.",
+        ),
+        "deny": Section(_SELECTOR, description="Never unblock automatically, whatever allow says."),
+        "guards": Section(
+            {
+                # A window beyond ten years is a mistake (and overflows date arithmetic).
+                "max_unblocks_per_user": Window(
+                    "days", 3650, _GUARDS.max_unblocks_per_user, "Our own unblocks of one user in the window."
+                ),
+                # The Table store keeps the tenant's entries 30 days: a longer window would count too few.
+                "max_unblocks_per_tenant": Window(
+                    "hours",
+                    720,
+                    _GUARDS.max_unblocks_per_tenant,
+                    "Circuit breaker for a mass-compromise wave (at most 30 days).",
+                ),
+                "max_risk_level": OneOf(RISK_LEVELS, str(_GUARDS.max_risk_level)),
+                "suspicious_inbox_rules": Flag(_GUARDS.suspicious_inbox_rules),
+                "external_forwarding": Flag(_GUARDS.external_forwarding),
+                "account_enabled": Flag(_GUARDS.account_enabled),
+                # A day block lifts within 24 h: waiting longer than that is never needed.
+                "min_hours_to_auto_release": Number(_GUARDS.min_hours_to_auto_release, 24),
+            }
+        ),
+        "containment": Section({f.name: Flag(getattr(_CONTAINMENT, f.name)) for f in fields(Containment)}),
+        "notify": Section(
+            {
+                "user": Flag(_NOTIFY.user, "Tell the user what happened and when mail flows again."),
+                "recipients": Strings(_MAILBOX, "Helpdesk / SOC mailboxes told of every decision."),
+                "sender": _MAILBOX,
+            },
+            rules=(
+                RequiredWhenSet(
+                    "sender",
+                    ("user", "recipients"),
+                    "notify.user or notify.recipients is set (the mailbox to send from)",
+                ),
+            ),
+            description="Mail through Graph sendMail from the sender mailbox (never evidence in the user's mail).",
+        ),
+        "ticket": Section(
+            {
+                "system": OneOf(TICKET_SYSTEMS, _TICKET.system),
+                "webhook": Section({}),
+                "servicenow": Section(
+                    {
+                        "table": Text(
+                            "[a-z][a-z0-9_]*",
+                            "expected a table name such as incident, got {}",
+                            _TICKET.servicenow_table,
+                        ),
+                        "fields": StringMap("Extra fields set on every record, e.g. assignment_group."),
+                    }
+                ),
+                "jira": Section(
+                    {
+                        "project": Text("[A-Z][A-Z0-9_]{1,9}", "expected a Jira project key such as SEC, got {}"),
+                        "issue_type": Text(r".*\S.*", "expected an issue type name, got {}", _TICKET.jira_issue_type),
+                        "labels": Strings(Text(r"\S+", "Jira labels cannot contain spaces: {}")),
+                    }
+                ),
+                "email": Section({"sender": _MAILBOX, "to": Strings(_MAILBOX)}),
+            },
+            rules=(
+                RequiredForChoice("system", "jira", ("project",)),
+                RequiredForChoice("system", "email", ("sender", "to")),
+            ),
+            description="Endpoints and credentials are app settings, never this file.",
+        ),
+    }
+)
+
+
+def _selector(values: Mapping[str, list[str]]) -> Selector:
+    return Selector(
+        users=frozenset(u.lower() for u in values["users"]),
+        domains=tuple(d.lower() for d in values["domains"]),
+        groups=frozenset(g.lower() for g in values["groups"]),
+    )
+
+
+def _build(values: Mapping[str, Any]) -> Policy:
+    guards = Guards(**values["guards"])
+    notify_values, ticket_values = values["notify"], values["ticket"]
+    notify = Notify(
+        user=notify_values["user"],
+        recipients=tuple(sorted({r.lower() for r in notify_values["recipients"]})),
+        sender=None if notify_values["sender"] is None else notify_values["sender"].lower(),
+    )
+    email = ticket_values["email"]
+    ticket = TicketOptions(
+        system=ticket_values["system"],
+        servicenow_table=ticket_values["servicenow"]["table"],
+        servicenow_fields=ticket_values["servicenow"]["fields"],
+        jira_project=ticket_values["jira"]["project"],
+        jira_issue_type=ticket_values["jira"]["issue_type"],
+        jira_labels=tuple(ticket_values["jira"]["labels"]),
+        email_sender=None if email["sender"] is None else email["sender"].lower(),
+        email_to=tuple(sorted({t.lower() for t in email["to"]})),
+    )
+    policy = Policy(
+        mode=values["mode"],
+        alert_names=values["alert_names"],
+        allow=tuple(values["allow"]),
+        deny=_selector(values["deny"]),
+        guards=guards,
+        containment=Containment(**values["containment"]),
+        notify=notify,
+        ticket=ticket,
+    )
+    return replace(policy, version=_version(_normalized(policy)))
+
+
+def _normalized(policy: Policy) -> dict[str, Any]:
+    """The policy's canonical content: what its version hashes (formatting, order and case do not count)."""
+
+    def selector(s: Selector) -> dict[str, list[str]]:
+        return {"users": sorted(s.users), "domains": sorted(s.domains), "groups": sorted(s.groups)}
+
+    def budget(b: Budget | None) -> dict[str, float] | None:
+        # float: a default written out (``days: 7``) must hash as the built-in default does.
+        return None if b is None else {"count": b.count, "hours": float(b.window_hours)}
+
+    guards = asdict(policy.guards)
+    guards.update(
+        max_unblocks_per_user=budget(policy.guards.max_unblocks_per_user),
+        max_unblocks_per_tenant=budget(policy.guards.max_unblocks_per_tenant),
+    )
+    return {
+        "mode": policy.mode,
+        "alert_names": sorted(n.casefold() for n in policy.alert_names),
+        "allow": [{"name": r.name, **selector(r.selector)} for r in policy.allow],
+        "deny": selector(policy.deny),
+        "guards": guards,
+        "containment": _jsonable(asdict(policy.containment)),
+        "notify": _jsonable(asdict(policy.notify)),
+        "ticket": _jsonable(asdict(policy.ticket)),
+    }
 
 
 def _version(normalized: Mapping[str, Any]) -> str:
     canonical = json.dumps(normalized, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
-
-
-class _Checker:
-    """Walks the raw YAML once, collecting every problem with its location."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-
-    def fail(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}" if where else message)
-
-    def mapping(self, value: object, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(where, f"expected a mapping, got {type(value).__name__}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                self.fail(
-                    f"{where}.{key}" if where else str(key),
-                    f"unknown key (expected one of {', '.join(allowed)})",
-                )
-        return value
-
-    def strings(self, value: object, where: str) -> list[str]:
-        if value is None:
-            return []
-        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            self.fail(where, "expected a list of non-empty strings")
-            return []
-        return [v.strip() for v in value]
-
-    def boolean(self, value: object, where: str, default: bool) -> bool:
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(where, f"expected true or false, got {value!r}")
-            return default
-        return value
-
-    def number(self, value: object, where: str, default: float, *, minimum: float = 0, maximum: float) -> float:
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or not minimum <= value <= maximum:
-            self.fail(where, f"expected a number from {minimum:g} to {maximum:g}, got {value!r}")
-            return default
-        return float(value)
-
-    def choice(self, value: object, where: str, choices: tuple[str, ...], default: str) -> str:
-        if value is None:
-            return default
-        if not isinstance(value, str) or value not in choices:
-            self.fail(where, f"{value!r} is not one of {', '.join(choices)}")
-            return default
-        return value
-
-    def selector(self, value: Mapping[str, Any], where: str) -> Selector:
-        users = self.strings(value.get("users"), f"{where}.users")
-        domains = self.strings(value.get("domains"), f"{where}.domains")
-        groups = self.strings(value.get("groups"), f"{where}.groups")
-        for index, domain in enumerate(domains):
-            bare = domain[2:] if domain.startswith("*.") else domain
-            if "@" in domain or "*" in bare or "." not in bare:
-                self.fail(f"{where}.domains[{index}]", f"{domain!r} is not a domain or *.domain")
-        return Selector(
-            users=frozenset(u.lower() for u in users),
-            domains=tuple(d.lower() for d in domains),
-            groups=frozenset(g.lower() for g in groups),
-        )
-
-    def budget(self, value: object, where: str, unit: str, default: Budget | None) -> Budget | None:
-        if value is None:
-            return default
-        raw = self.mapping(value, where, ("count", unit))
-        count = raw.get("count")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            self.fail(f"{where}.count", f"expected a whole number >= 0, got {count!r}")
-            count = 0
-        span = self.number(raw.get(unit), f"{where}.{unit}", 0, minimum=0, maximum=_MAX_WINDOW[unit])
-        if span <= 0 and raw.get(unit) is not None:
-            self.fail(f"{where}.{unit}", "must be greater than 0")
-        if raw.get(unit) is None:
-            self.fail(f"{where}.{unit}", "is required")
-        hours = span * 24 if unit == "days" else span
-        return Budget(count=count, window_hours=hours)
-
-    def policy(self, data: object) -> Policy | None:
-        if data is None:
-            data = {}
-        top = self.mapping(
-            data, "", ("mode", "alert_names", "allow", "deny", "guards", "containment", "notify", "ticket")
-        )
-        mode = self.choice(top.get("mode"), "mode", MODES, "report-only")
-        alert_names = tuple(self.strings(top.get("alert_names"), "alert_names")) or DEFAULT_ALERT_NAMES
-        if any("tenant restricted" in name.casefold() for name in alert_names):
-            self.fail("alert_names", "tenant-level alerts need Microsoft Support, never a user unblock")
-
-        allow: list[AllowRule] = []
-        raw_allow = top.get("allow")
-        if raw_allow is not None and not isinstance(raw_allow, list):
-            self.fail("allow", "expected a list of rules")
-            raw_allow = []
-        seen: set[str] = set()
-        for index, raw_rule in enumerate(raw_allow or []):
-            where = f"allow[{index}]"
-            rule = self.mapping(raw_rule, where, ("name", "users", "domains", "groups"))
-            name = rule.get("name")
-            if not isinstance(name, str) or not name.strip():
-                self.fail(f"{where}.name", "is required")
-                continue
-            if name in seen:
-                self.fail(f"{where}.name", f"duplicate rule name {name!r}")
-            seen.add(name)
-            selector = self.selector(rule, where)
-            if selector.empty:
-                self.fail(where, f"rule {name!r} names no users, domains or groups")
-            allow.append(AllowRule(name=name, selector=selector))
-
-        deny = self.selector(self.mapping(top.get("deny"), "deny", ("users", "domains", "groups")), "deny")
-
-        raw_guards = self.mapping(
-            top.get("guards"),
-            "guards",
-            (
-                "max_unblocks_per_user",
-                "max_unblocks_per_tenant",
-                "max_risk_level",
-                "suspicious_inbox_rules",
-                "external_forwarding",
-                "account_enabled",
-                "min_hours_to_auto_release",
-            ),
-        )
-        base = Guards()
-        guards = Guards(
-            max_unblocks_per_user=self.budget(
-                raw_guards.get("max_unblocks_per_user"),
-                "guards.max_unblocks_per_user",
-                "days",
-                base.max_unblocks_per_user,
-            ),
-            max_unblocks_per_tenant=self.budget(
-                raw_guards.get("max_unblocks_per_tenant"),
-                "guards.max_unblocks_per_tenant",
-                "hours",
-                base.max_unblocks_per_tenant,
-            ),
-            max_risk_level=self.choice(raw_guards.get("max_risk_level"), "guards.max_risk_level", RISK_LEVELS, "low"),
-            suspicious_inbox_rules=self.boolean(
-                raw_guards.get("suspicious_inbox_rules"), "guards.suspicious_inbox_rules", True
-            ),
-            external_forwarding=self.boolean(raw_guards.get("external_forwarding"), "guards.external_forwarding", True),
-            account_enabled=self.boolean(raw_guards.get("account_enabled"), "guards.account_enabled", True),
-            min_hours_to_auto_release=self.number(
-                raw_guards.get("min_hours_to_auto_release"), "guards.min_hours_to_auto_release", 2.0, maximum=24
-            ),
-        )
-
-        raw_containment = self.mapping(
-            top.get("containment"),
-            "containment",
-            ("revoke_sessions", "confirm_compromised", "disable_account"),
-        )
-        containment = Containment(
-            **{
-                key: self.boolean(raw_containment.get(key), f"containment.{key}", False)
-                for key in ("revoke_sessions", "confirm_compromised", "disable_account")
-            }
-        )
-        raw_notify = self.mapping(top.get("notify"), "notify", ("user", "recipients", "sender"))
-        notify = Notify(
-            user=self.boolean(raw_notify.get("user"), "notify.user", False),
-            recipients=tuple(
-                sorted({r.lower() for r in self.mailboxes(raw_notify.get("recipients"), "notify.recipients")})
-            ),
-            sender=self.mailbox(raw_notify.get("sender"), "notify.sender"),
-        )
-        if (notify.user or notify.recipients) and notify.sender is None:
-            self.fail(
-                "notify.sender", "is required when notify.user or notify.recipients is set (the mailbox to send from)"
-            )
-        ticket = self.ticket_options(top.get("ticket"))
-
-        normalized = {
-            "mode": mode,
-            "alert_names": sorted(n.casefold() for n in alert_names),
-            "allow": [
-                {
-                    "name": r.name,
-                    "users": sorted(r.selector.users),
-                    "domains": sorted(r.selector.domains),
-                    "groups": sorted(r.selector.groups),
-                }
-                for r in allow
-            ],
-            "deny": {
-                "users": sorted(deny.users),
-                "domains": sorted(deny.domains),
-                "groups": sorted(deny.groups),
-            },
-            "guards": _guards_dict(guards),
-            "containment": _jsonable(asdict(containment)),
-            "notify": _jsonable(asdict(notify)),
-            "ticket": _jsonable(asdict(ticket)),
-        }
-        if self.problems:
-            return None
-        return Policy(
-            mode=mode,
-            alert_names=alert_names,
-            allow=tuple(allow),
-            deny=deny,
-            guards=guards,
-            containment=containment,
-            notify=notify,
-            ticket=ticket,
-            version=_version(normalized),
-        )
-
-    def mailbox(self, value: object, where: str) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not _MAILBOX.match(value.strip()):
-            self.fail(where, f"expected a mailbox address, got {value!r}")
-            return None
-        return value.strip().lower()
-
-    def mailboxes(self, value: object, where: str) -> list[str]:
-        found = self.strings(value, where)
-        for index, address in enumerate(found):
-            if not _MAILBOX.match(address):
-                self.fail(f"{where}[{index}]", f"expected a mailbox address, got {address!r}")
-        return found
-
-    def ticket_options(self, value: object) -> TicketOptions:
-        raw = self.mapping(value, "ticket", ("system", "webhook", "servicenow", "jira", "email"))
-        system = self.choice(raw.get("system"), "ticket.system", TICKET_SYSTEMS, "webhook")
-        self.mapping(raw.get("webhook"), "ticket.webhook", ())
-        now = self.mapping(raw.get("servicenow"), "ticket.servicenow", ("table", "fields"))
-        table = now.get("table", "incident")
-        if not isinstance(table, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", table):
-            self.fail("ticket.servicenow.table", f"expected a table name such as incident, got {table!r}")
-            table = "incident"
-        fields = self.mapping(now.get("fields"), "ticket.servicenow.fields", tuple(now.get("fields") or ()))
-        for name, field_value in fields.items():
-            if not isinstance(field_value, str):
-                self.fail(f"ticket.servicenow.fields.{name}", f"expected a string, got {field_value!r}")
-        jira = self.mapping(raw.get("jira"), "ticket.jira", ("project", "issue_type", "labels"))
-        project = jira.get("project")
-        if project is not None and (not isinstance(project, str) or not _JIRA_PROJECT_KEY.match(project)):
-            self.fail("ticket.jira.project", f"expected a Jira project key such as SEC, got {project!r}")
-            project = None
-        if system == "jira" and project is None and "project" not in jira:
-            self.fail("ticket.jira.project", "is required when ticket.system is jira")
-        issue_type = jira.get("issue_type", "Task")
-        if not isinstance(issue_type, str) or not issue_type.strip():
-            self.fail("ticket.jira.issue_type", f"expected an issue type name, got {issue_type!r}")
-            issue_type = "Task"
-        labels = self.strings(jira.get("labels"), "ticket.jira.labels")
-        for index, label in enumerate(labels):
-            if any(c.isspace() for c in label):
-                self.fail(f"ticket.jira.labels[{index}]", f"Jira labels cannot contain spaces: {label!r}")
-        email = self.mapping(raw.get("email"), "ticket.email", ("sender", "to"))
-        sender = self.mailbox(email.get("sender"), "ticket.email.sender")
-        to = self.mailboxes(email.get("to"), "ticket.email.to")
-        if system == "email":
-            if sender is None and "sender" not in email:
-                self.fail("ticket.email.sender", "is required when ticket.system is email")
-            if not to and "to" not in email:
-                self.fail("ticket.email.to", "is required when ticket.system is email")
-        return TicketOptions(
-            system=system,
-            servicenow_table=table,
-            servicenow_fields={k: v for k, v in fields.items() if isinstance(v, str)},
-            jira_project=project if isinstance(project, str) else None,
-            jira_issue_type=issue_type.strip(),
-            jira_labels=tuple(labels),
-            email_sender=sender,
-            email_to=tuple(sorted({t.lower() for t in to})),
-        )
-
-
-def _guards_dict(guards: Guards) -> dict[str, Any]:
-    def budget(b: Budget | None) -> dict[str, float] | None:
-        return None if b is None else {"count": b.count, "hours": b.window_hours}
-
-    return {
-        "max_unblocks_per_user": budget(guards.max_unblocks_per_user),
-        "max_unblocks_per_tenant": budget(guards.max_unblocks_per_tenant),
-        "max_risk_level": guards.max_risk_level,
-        "suspicious_inbox_rules": guards.suspicious_inbox_rules,
-        "external_forwarding": guards.external_forwarding,
-        "account_enabled": guards.account_enabled,
-        "min_hours_to_auto_release": guards.min_hours_to_auto_release,
-    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -30,7 +30,6 @@ from simulator.wire import NotJson, Request, Response, json_response, utc_now
 
 # Not imported from simulator.tenant, which imports this module to validate x-auditContent.
 Json = dict[str, Any]
-Endpoint = Callable[[], Response]
 
 MANAGE_RESOURCE = "https://manage.office.com"
 CONTENT_TYPES = ("Audit.AzureActiveDirectory", "Audit.Exchange", "Audit.SharePoint", "Audit.General", "DLP.All")
@@ -42,7 +41,6 @@ VALIDATION_TIMEOUT_SECONDS = 5.0
 # and it must never reach out to the internet.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
 CONTENT_KEYS = frozenset({"contentId", "contentType", "contentCreated", "records"})
-UNKNOWN_ROUTE = "unknown"
 
 _BY_FOLDED = {name.casefold(): name for name in CONTENT_TYPES}
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -243,38 +241,7 @@ class ActivityFeed:
         return items
 
 
-# -- routing and endpoints ---------------------------------------------------------------------------------------
-
-
-def route(request: Request, feed: ActivityFeed, tokens: TokenIssuer) -> tuple[str, Endpoint] | None:
-    """The route name and endpoint for ``/api/v1.0/{tenant}/activity/feed/...``; ``None`` for any other path."""
-    parts = request.segments
-    folded = [p.casefold() for p in parts]
-    if len(parts) < 5 or folded[:2] != ["api", "v1.0"] or folded[3:5] != ["activity", "feed"]:
-        return None
-    tenant, rest = parts[2], folded[5:]
-    table: dict[tuple[str, ...], tuple[str, str, Callable[[], Response]]] = {
-        ("subscriptions", "start"): ("o365.start", "POST", lambda: start(request, feed)),
-        ("subscriptions", "stop"): ("o365.stop", "POST", lambda: stop(request, feed)),
-        ("subscriptions", "list"): ("o365.list", "GET", lambda: list_subscriptions(feed)),
-        ("subscriptions", "content"): ("o365.content", "GET", lambda: list_content(request, feed)),
-    }
-    found = table.get(tuple(rest))
-    if found is None and len(rest) == 2 and rest[0] == "audit":
-        content_id = parts[6]
-        found = ("o365.blob", "GET", lambda: get_blob(request, feed, content_id))
-    if found is None:
-        return UNKNOWN_ROUTE, lambda: error(404, "NotFound", f"No resource at '{request.path}'.")
-    name, allowed, endpoint = found
-
-    def guarded() -> Response:
-        if request.method != allowed:
-            response = error(405, "MethodNotAllowed", f"{request.method} is not allowed here; use {allowed}.")
-            response.headers["Allow"] = allowed
-            return response
-        return _authorize(request, tokens, feed.tenant_id, tenant) or endpoint()
-
-    return name, guarded
+# -- endpoints (simulator/routes.py routes to them) -------------------------------------------------------------------
 
 
 def error(status: int, code: str, message: str) -> Response:
@@ -288,7 +255,7 @@ def injected_error(status: int, request: Request) -> Response:
     return error(status, code, message.format(method=request.method, publisher=publisher))
 
 
-def _authorize(request: Request, tokens: TokenIssuer, tenant_id: str, tenant_in_path: str) -> Response | None:
+def authorize(request: Request, tokens: TokenIssuer, tenant_id: str, tenant_in_path: str) -> Response | None:
     if tokens.check(request.header("Authorization"), MANAGE_RESOURCE) is not None:
         # One answer for every bad token (none, expired, another resource's): the service reports the missing
         # ActivityFeed.Read permission, with the token's (here empty) permission set.

@@ -1,4 +1,4 @@
-"""The HTTP server: routing, the request log, faults and latency, and the ``/_sim`` control endpoints."""
+"""The HTTP server: the request log, faults and latency, and the ``/_sim`` control endpoints (routes: routes.py)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from simulator import entra, exchange, graph, identity, itsm, o365, tickets
+from simulator import entra, exchange, graph, itsm, o365, routes
 from simulator.faults import CONTROL_ROUTE, Fault, FaultBook, FaultKind
 from simulator.permissions import Withheld
+from simulator.routes import Endpoint
+from simulator.routes import plain_error as _plain_error
 from simulator.state import RequestLog, TenantState
 from simulator.tenant import Json, Tenant, TenantSource, load_tenant
-from simulator.tokens import EXCHANGE_RESOURCE, GRAPH_RESOURCE, TokenClock, TokenIssuer
+from simulator.tokens import EXCHANGE_RESOURCE, TokenClock, TokenIssuer
 from simulator.wire import (
     JSON_CONTENT_TYPE,
     ODATA_CONTENT_TYPE,
@@ -35,12 +37,9 @@ from simulator.wire import (
     json_response,
 )
 
-UNKNOWN_ROUTE = "unknown"
 MALFORMED_BODY = b'{"value":[{"id":"truncated'
 _MAX_BODY = 16 * 1024 * 1024
 _DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
-
-Endpoint = Callable[[], Response]
 
 
 class Simulator:
@@ -212,7 +211,7 @@ class Simulator:
         """Tickets the webhook sink received, one per distinct Idempotency-Key (copies)."""
         return self._state.tickets()
 
-    # -- ServiceNow and Jira (simulator/itsm.py) ---------------------------------------------------------
+    # -- ServiceNow and Jira (simulator/itsm/) -----------------------------------------------------------
 
     def servicenow_records(self) -> list[Json]:
         """Records created through the Table API, oldest first (copies): the wire fields, plus ``x-table`` and the
@@ -428,110 +427,7 @@ class Simulator:
         self._stopping.wait(seconds)
 
     def _route(self, request: Request) -> tuple[str, Endpoint]:
-        method = request.method
-        parts = request.segments
-        folded = [p.casefold() for p in parts]
-        state = self._state
-
-        def only(allowed: str, route: str, endpoint: Endpoint) -> tuple[str, Endpoint]:
-            if method != allowed:
-                return route, lambda: _method_not_allowed(request, route, allowed)
-            return route, endpoint
-
-        if folded[:1] == ["_sim"]:
-            return CONTROL_ROUTE, lambda: self._control(request)
-        if folded == ["msi", "token"]:
-            return only(
-                "GET", "identity.token", lambda: identity.get_token(request, self._tokens, self.identity_header)
-            )
-        if folded[:1] == ["v1.0"]:
-            return self._route_graph(request, parts[1:], folded[1:], only)
-        if len(folded) == 4 and folded[:2] == ["adminapi", "beta"] and folded[3] == "invokecommand":
-            name = exchange.cmdlet_name(request) if method == "POST" else None
-            route = f"exchange.{name or 'InvokeCommand'}"
-            return only("POST", route, lambda: self._exchange(request, parts[2]))
-        if folded == ["tickets", "webhook"]:
-            return only("POST", "tickets.webhook", lambda: tickets.webhook(request, state))
-        if len(folded) == 4 and folded[1:] == ["v2.0", ".well-known", "openid-configuration"]:
-            return only("GET", "entra.metadata", lambda: self._entra.metadata(request, parts[0]))
-        if len(folded) == 4 and folded[1:] == ["discovery", "v2.0", "keys"]:
-            return only("GET", "entra.keys", lambda: self._entra.keys(request, parts[0]))
-        routed = itsm.route(request, self._itsm) or o365.route(request, self._feed, self._tokens)
-        if routed is not None:
-            return routed
-        if folded[:1] == ["adminapi"]:
-            return UNKNOWN_ROUTE, lambda: exchange.error(404, "NotFound", f"No resource at '{request.path}'.")
-        return UNKNOWN_ROUTE, lambda: _plain_error(404, "NotFound", f"No route for {method} {request.path}")
-
-    def _route_graph(
-        self,
-        request: Request,
-        parts: list[str],
-        folded: list[str],
-        only: Callable[[str, str, Endpoint], tuple[str, Endpoint]],
-    ) -> tuple[str, Endpoint]:
-        state = self._state
-
-        def authorized(endpoint: Endpoint) -> Endpoint:
-            def run() -> Response:
-                problem = self._tokens.check(request.header("Authorization"), GRAPH_RESOURCE)
-                return graph.unauthorized(request, problem) if problem else endpoint()
-
-            return run
-
-        if folded == ["users"]:
-            return only("GET", "graph.users", authorized(lambda: graph.list_users(request, state)))
-        writes = self._graph_writes
-        if len(folded) == 2 and folded[0] == "users" and request.method == "PATCH":
-            return only(
-                "PATCH", "graph.updateUser", authorized(lambda: graph.update_user(request, state, writes, parts[1]))
-            )
-        if len(folded) == 3 and folded[0] == "users" and folded[2] in _REVOKE_SIGN_IN_SESSIONS:
-            return only(
-                "POST",
-                "graph.revokeSignInSessions",
-                authorized(lambda: graph.revoke_sign_in_sessions(request, state, writes, parts[1])),
-            )
-        if len(folded) == 3 and folded[0] == "users" and folded[2] in _SEND_MAIL:
-            return only("POST", "graph.sendMail", authorized(lambda: graph.send_mail(request, state, writes, parts[1])))
-        if len(folded) == 3 and folded[:2] == ["identityprotection", "riskyusers"] and folded[2] in _CONFIRM:
-            return only(
-                "POST",
-                "graph.confirmCompromised",
-                authorized(lambda: graph.confirm_compromised(request, state, writes)),
-            )
-        if len(folded) == 2 and folded[0] == "users":
-            return only("GET", "graph.user", authorized(lambda: graph.get_user(request, state, parts[1])))
-        if len(folded) == 3 and folded[0] == "users" and folded[2] in _CHECK_MEMBER_GROUPS:
-            return only(
-                "POST",
-                "graph.checkMemberGroups",
-                authorized(lambda: graph.check_member_groups(request, state, parts[1])),
-            )
-        if len(folded) == 4 and folded[0] == "users" and folded[2] == "mailfolders":
-            return only(
-                "GET",
-                "graph.mailFolder",
-                authorized(lambda: graph.get_mail_folder(request, state, parts[1], parts[3])),
-            )
-        if len(folded) == 5 and folded[0] == "users" and folded[2] == "mailfolders" and folded[4] == "messagerules":
-            return only(
-                "GET",
-                "graph.messageRules",
-                authorized(lambda: graph.list_message_rules(request, state, parts[1], parts[3])),
-            )
-        if len(folded) == 3 and folded[:2] == ["identityprotection", "riskyusers"]:
-            return only("GET", "graph.riskyUser", authorized(lambda: graph.get_risky_user(request, state, parts[2])))
-        if folded == ["domains"]:
-            return only("GET", "graph.domains", authorized(lambda: graph.list_domains(request, state)))
-        if folded == ["security", "alerts_v2"]:
-            return only("GET", "graph.alerts", authorized(lambda: graph.list_alerts(request, state)))
-        if len(folded) == 3 and folded[:2] == ["security", "alerts_v2"]:
-            return only("GET", "graph.alert", authorized(lambda: graph.get_alert(request, state, parts[2])))
-        segment = parts[-1] if parts else "v1.0"
-        return UNKNOWN_ROUTE, lambda: graph.error(
-            request, 404, "NotFound", f"Resource not found for the segment '{segment}'."
-        )
+        return routes.dispatch(self, request)
 
     def _exchange(self, request: Request, tenant_in_path: str) -> Response:
         if tenant_in_path.casefold() != self.tenant_id.casefold():
@@ -636,10 +532,6 @@ class Simulator:
         }
 
 
-_CHECK_MEMBER_GROUPS = frozenset({"checkmembergroups", "microsoft.graph.checkmembergroups"})
-_REVOKE_SIGN_IN_SESSIONS = frozenset({"revokesigninsessions", "microsoft.graph.revokesigninsessions"})
-_SEND_MAIL = frozenset({"sendmail", "microsoft.graph.sendmail"})
-_CONFIRM = frozenset({"confirmcompromised", "microsoft.graph.confirmcompromised"})
 _GRAPH_FAULT_CODES = {
     429: ("TooManyRequests", "Too many requests are being made. Retry after the time in Retry-After."),
     500: ("generalException", "An unspecified error has occurred."),
@@ -680,22 +572,6 @@ def _custom_body(status: int, body: Any) -> Response:
     if isinstance(body, str):
         return Response(status, body.encode("utf-8"), {"Content-Type": "text/plain; charset=utf-8"})
     return json_response(status, body)
-
-
-def _plain_error(status: int, code: str, message: str) -> Response:
-    return json_response(status, {"error": {"code": code, "message": message}})
-
-
-def _method_not_allowed(request: Request, route: str, allowed: str) -> Response:
-    message = f"{request.method} is not allowed here; use {allowed}."
-    if route.startswith("graph."):
-        response = graph.error(request, 405, "Request_BadRequest", message)
-    elif route.startswith("exchange."):
-        response = exchange.error(405, "MethodNotAllowed", message)
-    else:
-        response = _plain_error(405, "MethodNotAllowed", message)
-    response.headers["Allow"] = allowed
-    return response
 
 
 class _Server(ThreadingHTTPServer):

@@ -123,3 +123,20 @@ def test_numbers_beyond_any_sensible_range_are_refused_by_both(guards: dict[str,
     assert list(VALIDATOR.iter_errors({"guards": guards})) != []
     with pytest.raises(PolicyError, match="expected a number from 0 to"):
         parse_policy({"guards": guards})
+
+
+def _defaults(schema: dict[str, Any]) -> dict[str, Any]:
+    """A policy that writes out every default the schema states, section by section."""
+    found: dict[str, Any] = {}
+    for key, prop in schema.get("properties", {}).items():
+        if "default" in prop:
+            found[key] = prop["default"]
+        elif prop.get("type") == "object" and (inner := _defaults(prop)):
+            found[key] = inner
+    return found
+
+
+def test_writing_out_every_default_the_schema_states_loads_the_empty_policy() -> None:
+    written = _defaults(POLICY_SCHEMA)
+    assert {"mode", "alert_names", "guards", "containment", "notify", "ticket"} <= set(written)
+    assert parse_policy(written) == parse_policy({})
