@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from itertools import accumulate
 from typing import Any
 
 from .errors import MalformedPayload, PayloadTooLarge
-from .model import SOURCE_ALERTS_V2, AlertReport, UserRef, object_id_or_error
+from .model import AlertReport, UserRef, object_id_or_error
 
 MAX_BODY_BYTES = 1024 * 1024
 # The real bodies nest 8 levels at most (a Sentinel incident's related entities); 64 leaves room for wrappers
@@ -48,7 +48,7 @@ _ALERT_TYPE = "#microsoft.graph.security.alert"
 _USER_EVIDENCE = "#microsoft.graph.security.userevidence"
 _MAILBOX_EVIDENCE = "#microsoft.graph.security.mailboxevidence"
 # Keys only an alerts_v2 object has among the shapes we accept: a dict with none of them is no known shape.
-_ALERTS_V2_KEYS = ("id", "title", "@odata.type", "evidence")
+ALERTS_V2_KEYS = ("id", "title", "@odata.type", "evidence")
 ACCEPTED_SHAPES = (
     'expected a Graph alerts_v2 alert object, {"value": [alert, ...]}, a Sentinel incident trigger body '
     '(objectSchemaType "Incident", object.properties.alerts), a Sentinel alert trigger body (AlertDisplayName, '
@@ -100,49 +100,12 @@ class _NotJson(MalformedPayload):
     """Text that does not parse as JSON at all (as opposed to JSON refused by the rule)."""
 
 
-def parse_alert_payload(
-    payload: object,
-    *,
-    source: str = SOURCE_ALERTS_V2,
-    is_target: Callable[[str], bool] | None = None,
-) -> tuple[AlertReport, ...]:
-    """Every alert in the payload, in order. Raises :class:`MalformedPayload` for an unknown shape.
-
-    ``source`` is the kind given to alerts_v2 reports (the poller passes ``SOURCE_POLL``); Sentinel reports are
-    always ``SOURCE_SENTINEL``. ``is_target`` picks an incident's title among its alerts' names (see
-    :func:`restricted_sender.sentinel.parse_incident`).
-    """
-    from . import sentinel  # here, not at the top: sentinel builds on this module's helpers
-
-    where = ""
-    if isinstance(payload, dict) and "Body" in payload:
-        # A Logic App that posts {"Body": triggerBody(), ...options} (the STAT-Function convention).
-        payload, where = payload["Body"], "Body"
-        if not isinstance(payload, dict):
-            raise MalformedPayload(f"Body: expected an object, got {type(payload).__name__}")
-    if not isinstance(payload, dict):
-        raise MalformedPayload(f"unknown payload shape: {ACCEPTED_SHAPES}")
-    if sentinel.is_incident(payload):
-        return (sentinel.parse_incident(payload, where, is_target=is_target),)
-    if sentinel.is_alert(payload):
-        return (sentinel.parse_alert(payload, where),)
-    if "value" in payload and "title" not in payload:
-        items = payload["value"]
-        if not isinstance(items, list):
-            prefix = f"{where}: " if where else ""
-            raise MalformedPayload(f"{prefix}'value' must be a list of alerts_v2 alert objects")
-        return tuple(_parse_alert(item, at(where, f"value[{i}]"), source) for i, item in enumerate(items))
-    if not any(key in payload for key in _ALERTS_V2_KEYS):
-        raise MalformedPayload(f"unknown payload shape{' in Body' if where else ''}: {ACCEPTED_SHAPES}")
-    return (_parse_alert(payload, where or "body", source),)
-
-
 def at(where: str, place: str) -> str:
     """``place`` inside ``where`` (empty at the top of the body), as error messages name it."""
     return f"{where}.{place}" if where else place
 
 
-def _parse_alert(item: object, where: str, source: str) -> AlertReport:
+def parse_alert_v2(item: object, where: str, source: str) -> AlertReport:
     if not isinstance(item, dict):
         raise MalformedPayload(f"{where}: expected an alerts_v2 alert object")
     odata_type = item.get("@odata.type")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
-from .alerts import parse_alert_payload, parse_json
+from .alerts import parse_json
 from .defender import is_defender_batch, parse_records
 from .errors import (
     ConfigurationError,
@@ -32,6 +32,7 @@ from .errors import (
     ServiceRefused,
 )
 from .model import DecisionRecord, UnblockEntry, UnblockKind
+from .payloads import parse_alert_payload
 from .policy import Policy, load_policy_file
 from .timeutil import FixedClock, SystemClock, parse_instant
 

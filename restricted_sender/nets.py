@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .alerts import parse_alert_payload
 from .errors import FilterRefused, InputError, ServiceRefused
 from .facts import anchored
 from .model import SOURCE_POLL, SOURCE_SWEEP, AlertReport, RestrictionEvent, UserRef
+from .payloads import parse_alert_payload
 from .pipeline import Intake, current_restriction_claim, restriction_needs_event
 from .ports import CLAIM_LEASE, AlertFeed, AlertsPage, Clock, Cursor, Exchange, Store
 from .restriction import BlockedSender

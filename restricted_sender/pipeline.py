@@ -16,7 +16,7 @@ from typing import Any
 
 from . import decide as rules
 from .actions import RESTRICTED_ENTITIES_URL, Actor, correlation_id, evidence, ticket_failed
-from .alerts import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, parse_alert_payload, parse_json
+from .alerts import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, parse_json
 from .defender import DefenderBatch, compact, is_defender_batch, parse_records
 from .errors import ConfigurationError, PayloadTooLarge, PolicyError, TransientServiceError
 from .facts import FactSources, gather_facts
@@ -33,6 +33,7 @@ from .model import (
     stable_id,
 )
 from .o365 import parse_notifications
+from .payloads import parse_alert_payload
 from .policy import Policy, default_policy
 from .ports import CLAIM_LEASE, ClaimResult, ClaimState, Clock, EventQueue, Exchange, Store
 from .relay import MAX_MESSAGE_CHARS, defender_messages, o365_message

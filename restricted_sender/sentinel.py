@@ -6,7 +6,7 @@
 - The flat **alert** trigger body (the SecurityAlert schema, PascalCase): ``AlertDisplayName``,
   ``SystemAlertId``, ``Entities[]`` (``Type`` + PascalCase fields; a JSON string in the SecurityAlert table).
 
-:func:`restricted_sender.alerts.parse_alert_payload` detects these (and the ``{"Body": ...}`` wrapper).
+:func:`restricted_sender.payloads.parse_alert_payload` detects these (and the ``{"Body": ...}`` wrapper).
 """
 
 from __future__ import annotations

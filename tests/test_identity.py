@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.alerts import parse_alert_payload, user_ref
+from restricted_sender.alerts import user_ref
 from restricted_sender.cli import _print_records
 from restricted_sender.decide import decide
 from restricted_sender.errors import MalformedPayload
@@ -26,6 +26,7 @@ from restricted_sender.model import (
     UserRef,
 )
 from restricted_sender.notices import recipients_notice
+from restricted_sender.payloads import parse_alert_payload
 from restricted_sender.pipeline import decision_record
 from restricted_sender.policy import Policy, parse_policy
 from tests.conftest import alert_v2, blocked

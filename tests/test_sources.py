@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.alerts import parse_alert_payload
 from restricted_sender.defender import (
     AlertInfo,
     DefenderBatch,
@@ -39,6 +38,7 @@ from restricted_sender.o365 import (
     parse_content,
     parse_notifications,
 )
+from restricted_sender.payloads import parse_alert_payload
 from tests.conftest import ROOT, TENANT_ID, alert_v2, shared_file
 
 TARGET = "User restricted from sending email"
