@@ -289,10 +289,11 @@ class Processor:
         return record
 
     async def _recorded(self, event: RestrictionEvent, user: str) -> DecisionRecord | None:
-        """The complete record this event already wrote under ``user`` (a failed ticket is not complete: it is to be
-        retried)."""
+        """The complete record this delivery already wrote under ``user`` (a failed ticket is not complete: it is to
+        be retried). A record belongs to the delivery that wrote it: a re-post of the alert shares the event id, and
+        its "duplicate" record must not end the first delivery's retry undecided."""
         for row in reversed(await self.store.audit(user)):
-            if row.get("event_id") == event.event_id:
+            if row.get("event_id") == event.event_id and row.get("delivery_id") == event.delivery_id:
                 record = DecisionRecord.from_dict(row)
                 return None if ticket_failed(record) else record
         return None
