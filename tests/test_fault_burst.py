@@ -2,8 +2,7 @@
 
 Azurite holds the events queue and the tables; the simulator serves Exchange, Graph, the identity endpoint and the
 ticket webhook, and about a quarter of their answers are faults (throttling, server errors, dropped connections,
-malformed bodies, timeouts,
-writes whose answer is lost). A small host receives batches of 16 with a visibility timeout, runs the queue handler
+malformed bodies, timeouts, writes whose answer is lost). A small host receives batches of 16 with a visibility timeout, runs the queue handler
 with the message's dequeue count, deletes a message that succeeded, leaves a failed one invisible for a batch or
 more before it shows again, and moves it to the poison list at its fifth failure. Alerts are re-posted while their
 first delivery is being retried, and some are posted twice at once; the instance restarts now and then (a cold
