@@ -2,14 +2,15 @@
 
 Azurite holds the events queue and the tables; the simulator serves Exchange, Graph, the identity endpoint and the
 ticket webhook, and about a quarter of their answers are faults (throttling, server errors, dropped connections,
-malformed bodies, timeouts, writes whose answer is lost). A small host receives batches of 16 with a visibility timeout, runs the queue handler
-with the message's dequeue count, deletes a message that succeeded, leaves a failed one invisible for a batch or
-more before it shows again, and moves it to the poison list at its fifth failure. Alerts are re-posted while their
-first delivery is being retried, and some are posted twice at once; the instance restarts now and then (a cold
-token cache, and the identity endpoint faulted too).
+malformed bodies, timeouts, writes whose answer is lost). A small host receives batches of 16 with a visibility
+timeout, runs the queue handler with the message's dequeue count, deletes a message that succeeded, leaves a failed
+one invisible for a batch or more before it shows again, and moves it to the poison list at its fifth failure.
+Alerts are re-posted while their first delivery is being retried, some are posted twice at once, a second alert
+reports some restrictions again, and the instance restarts now and then (a cold token cache, the identity endpoint
+faulted too).
 
-After the burst: every delivery ends recorded or poisoned, every restriction whose event was not poisoned is
-decided, at most one Remove reaches Exchange per restriction, and at most one ticket is opened per restriction.
+After the burst: every delivery ends recorded or poisoned, every restriction is decided unless every event naming
+it was poisoned, at most one Remove reaches Exchange per restriction, and at most one ticket is opened per one.
 The run is seeded: the faults, re-posts and retry delays are the same every time (the interleaving of a batch's
 concurrent deliveries is the event loop's).
 """
