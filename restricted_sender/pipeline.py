@@ -227,6 +227,13 @@ class TicketNotFiled(TransientServiceError):
     code = "ticket-not-filed"
 
 
+class StillDeciding(TransientServiceError):
+    """Another event is still deciding this restriction: this report fails, unrecorded, so the queue retries it once
+    the decision exists (a report completed as "in progress" would leave nothing to act if that event is poisoned)."""
+
+    code = "restriction-still-deciding"
+
+
 @dataclass
 class Processor:
     """Handles one queued event end to end. Safe to run again for the same event (a queue retry)."""
@@ -236,7 +243,7 @@ class Processor:
     store: Store
     clock: Clock
     policy: Policy | PolicyError
-    decided_wait: float = 20.0  # for the event deciding the same restriction right now; then recorded as it stands
+    decided_wait: float = 20.0  # for the event deciding the same restriction right now; then the queue retries
     decided_poll: float = 0.2
 
     async def process(self, event: RestrictionEvent, *, attempt: int = 1) -> DecisionRecord:
@@ -296,6 +303,10 @@ class Processor:
         """A restriction another event claimed: recorded with every source so far, and added to its ticket."""
         assert facts.restriction is not None
         state = await self._decided(key)
+        if state.state != "done":
+            raise StillDeciding(
+                "store", f"event {state.owner} is still deciding the restriction of {facts.restriction.address}"
+            )
         now = self.clock.now()
         decision = rules.already_decided(event, facts.restriction, state.owner, state.outcome)
         record = decision_record(event, facts, decision, self.policy, now)
@@ -308,16 +319,17 @@ class Processor:
         return record
 
     async def _recorded(self, event: RestrictionEvent, user: str) -> DecisionRecord | None:
-        """The complete record this event already wrote under ``user`` (a failed ticket is not complete: it is to be
-        retried)."""
+        """The complete record this delivery already wrote under ``user`` (a failed ticket is not complete: it is to
+        be retried). A record belongs to the delivery that wrote it: a re-post of the alert shares the event id, and
+        its "duplicate" record must not end the first delivery's retry undecided."""
         for row in reversed(await self.store.audit(user)):
-            if row.get("event_id") == event.event_id:
+            if row.get("event_id") == event.event_id and row.get("delivery_id") == event.delivery_id:
                 record = DecisionRecord.from_dict(row)
                 return None if ticket_failed(record) else record
         return None
 
     async def _decided(self, key: str) -> ClaimState:
-        """The restriction's claim once its decider completed; after ``decided_wait`` as it stands then."""
+        """The restriction's claim once its decider completed; after ``decided_wait``, as it stands then."""
         give_up = time.monotonic() + self.decided_wait
         while True:
             state = await self.store.claim_state(key)

@@ -577,6 +577,9 @@ def _custom_body(status: int, body: Any) -> Response:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a batch of processors opening connections at once overflows it, and each
+    # dropped SYN costs the client a 1 s (then 3 s) retransmit, which looked like a slow service.
+    request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], simulator: Simulator) -> None:
         self.simulator = simulator

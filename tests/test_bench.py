@@ -85,3 +85,7 @@ def test_a_throttled_burst_loses_nothing_and_does_nothing_twice() -> None:
     assert re.search(r"^tickets: 51 for 51 correlation ids .*; missing: 0$", done.stdout, re.M), report
     assert re.search(r"^429s served: [1-9]\d* of ", done.stdout, re.M), report
     assert "bar zero lost events and zero duplicate actions: holds" in done.stdout, report
+    # The simulator runs in its own process: the ratio to the design's limit and the processor's peak RSS are
+    # measured (their figures are for `make bench`'s 1,000 alerts; 100 here only shows they are reported).
+    assert re.search(r"^burst ratio \(events/s / limit\): \d+%$", done.stdout, re.M), report
+    assert re.search(r"^peak RSS of the processor process: \d+ MB$", done.stdout, re.M), report

@@ -20,7 +20,7 @@ from restricted_sender.model import (
     RestrictionEvent,
     UserRef,
 )
-from restricted_sender.pipeline import restriction_claim_key
+from restricted_sender.pipeline import StillDeciding, restriction_claim_key
 from restricted_sender.policy import load_policy_text
 from restricted_sender.restriction import BlockedSender
 from tests.conftest import blocked
@@ -109,15 +109,21 @@ def test_a_direct_report_needs_no_alert_name_but_an_alert_does(direct: bool) -> 
     assert record.decision.outcome.value == ("unblock" if direct else "ignore")
 
 
-def test_a_report_while_another_event_still_decides_is_recorded_as_in_progress_after_the_wait() -> None:
+def test_a_report_while_another_event_still_decides_fails_unrecorded_and_its_retry_records_the_decision() -> None:
     world = World([ROW], [ALICE])
     world.processor.decided_wait = 0.05
     key = restriction_claim_key(BlockedSender.from_row(ROW), "enforce")
     asyncio.run(world.store.claim(key, "evt-elsewhere", NOW))
-    [record] = run_together(world, event(SOURCE_DEFENDER))
-    assert "still in progress" in record.decision.reasons[0].text
-    assert "evt-elsewhere" in record.decision.reasons[0].text
-    assert world.exchange.removed == []
+    report = event(SOURCE_DEFENDER)
+    with pytest.raises(StillDeciding, match="evt-elsewhere"):
+        run_together(world, report)
+    # Nothing recorded: had it completed "in progress", nothing would act if evt-elsewhere were then poisoned.
+    assert (world.store.audit_rows, world.exchange.removed) == ([], [])
+    assert "defender" in stored_sources(world)  # the decider's record and ticket still name this report
+    asyncio.run(world.store.complete(key, "evt-elsewhere", "unblock", NOW))
+    record = asyncio.run(world.processor.process(report, attempt=2))
+    assert record.decision.codes == ("duplicate",)
+    assert "by event evt-elsewhere (unblock)" in record.decision.reasons[0].text
     assert world.store.audit_rows[-1]["event_id"] == record.event_id
 
 

@@ -22,6 +22,7 @@ param appSettings object
 param maximumInstanceCount int
 
 @allowed([
+  512
   2048
   4096
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..errors import TransientServiceError
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+_KEEP_MARGIN = 300.0  # seconds: a kept token this close to its expiry is fetched again (azure-identity's own margin)
 EXCHANGE_SCOPE = "https://outlook.office365.com/.default"
 
 
@@ -43,10 +45,22 @@ class OneFetchPerScope:
     def __init__(self, inner: AsyncTokenCredential) -> None:
         self._inner = inner
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        self._tokens: dict[tuple[str, ...], AccessToken] = {}
 
     async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        # A valid token is handed out without the lock: every request asks for one, and queueing them all behind
+        # one lock (one hand-off per event-loop turn) made a batch of 16 events wait on each other (bench/burst.py).
+        fresh = kwargs.get("claims") is not None  # a claims challenge wants a new token, never the kept one
+        kept = self._tokens.get(scopes)
+        if kept is not None and not fresh and kept.expires_on - time.time() > _KEEP_MARGIN:
+            return kept
         async with self._locks.setdefault(scopes, asyncio.Lock()):
-            return await self._inner.get_token(*scopes, **kwargs)
+            kept = self._tokens.get(scopes)
+            if kept is not None and not fresh and kept.expires_on - time.time() > _KEEP_MARGIN:
+                return kept
+            token = await self._inner.get_token(*scopes, **kwargs)
+            self._tokens[scopes] = token
+            return token
 
     async def close(self) -> None:
         await self._inner.close()
