@@ -9,15 +9,15 @@ Functions host runs a queue trigger: a message whose processing raises goes back
 ``--max-deliveries`` deliveries it is poisoned. About 5% of the expected calls to Get-BlockedSenderAddress,
 Remove-BlockedSenderAddress, the Graph user and the ticket webhook are answered 429 with a short Retry-After.
 
-The bar (design §8): zero lost events (every accepted delivery has its terminal audit record, or is poisoned),
+The bar: zero lost events (every accepted delivery has its terminal audit record, or is poisoned),
 every effect exactly once (one successful Remove per unblocked address, one ticket per ticketed user, none for
 anyone else), and one audit record per processed delivery. Exit code 1 otherwise.
 
     .venv/bin/python bench/burst.py [--count 800] [--concurrency 16] [--faults spread|front]
 
-The default is 800 alerts, not the design's 1,000: the run is CPU-bound (about 50 ms of CPU per delivery, the
+The default is 800 alerts, not the 1,000 of the bar: the run is CPU-bound (about 50 ms of CPU per delivery, the
 simulator's included) and 1,000 alerts take 55-60 s alone on a 2-core machine, more while anything else runs.
-Pass ``--count 1000`` for the design's figure.
+Pass ``--count 1000`` for the bar's figure.
 """
 
 from __future__ import annotations

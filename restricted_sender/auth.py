@@ -1,4 +1,5 @@
-"""Entra ID bearer tokens for the admin endpoints (design §7; reference intake-deploy §5).
+"""Entra ID bearer tokens for the admin endpoints (README: The admin API; how Entra access tokens are validated:
+https://learn.microsoft.com/entra/identity-platform/access-tokens).
 
 :class:`TokenValidator` checks an ``Authorization: Bearer <access token>`` header the way Entra's tokens must be
 checked: RS256 only, the signing key picked by ``kid`` from the tenant's published key set, issuer, audience,

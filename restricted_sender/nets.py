@@ -1,4 +1,4 @@
-"""The safety nets: timers that find a restriction when no alert source said anything (design §3).
+"""The safety nets: timers that find a restriction when no alert source said anything (README: Where alerts come from).
 
 - :class:`AlertPoller` lists Graph ``alerts_v2`` changed since a watermark kept in the store. The title is
   matched here: it is not a documented ``$filter`` property. The combined filter falls back to a
