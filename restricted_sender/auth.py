@@ -15,7 +15,6 @@ not pay for them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import re
 import time
@@ -30,8 +29,9 @@ from jwt import exceptions as jwt_errors
 from .errors import ConfigurationError, Forbidden, TransientServiceError, Unauthorized
 from .model import Operator
 from .settings import ENTRA_AUTHORITY
+from .untrusted import guard_logger
 
-log = logging.getLogger("restricted_sender")
+log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 # Fixed, never taken from the token: with a list that mixes HS* and RS*, a public key becomes an HMAC secret.
 ALGORITHMS = ("RS256",)

@@ -1,4 +1,5 @@
-"""``python -m restricted_sender``: replay, check, unblock, demo, simulator, policy validate|schema.
+"""``python -m restricted_sender``: replay, check, unblock, demo, simulator, decisions, o365 subscribe|status,
+policy validate|schema, permissions, doctor (the README's "The command line" says what each does).
 
 ``replay`` runs alert files through the very intake and processor code the function app runs, with Graph,
 Exchange, the identity endpoint and the ticket webhook all served by the simulator.
