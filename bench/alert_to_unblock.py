@@ -8,7 +8,7 @@ the tokens; then every measured event is processed on its own and timed.
 
 The simulator's request log says which requests of an event overlapped: the critical path is the longest chain
 of requests each of which started after the previous one ended, and its expected time is the sum of their
-injected latencies. The bar (design §8): p50 wall <= 1.2 x expected, with at most 4 sequential round trips
+injected latencies. The bar: p50 wall <= 1.2 x expected, with at most 4 sequential round trips
 (exit code 1 otherwise, and when an event does not end in a done unblock).
 
     .venv/bin/python bench/alert_to_unblock.py [--count 50] [--latency 0.02]

@@ -1,5 +1,5 @@
-"""The admin side (design §7): a manual unblock by an authenticated operator, a user's status, the restricted list,
-and ``check`` (facts and the decision, no action).
+"""The admin side (README: The admin API): a manual unblock by an authenticated operator, a user's status, the
+restricted list, and ``check`` (facts and the decision, no action).
 
 A manual unblock evaluates the same policy as the automatic path. A failed compromise guard (risk, inbox rule,
 forwarding, disabled account), a deny match, a spent budget or an unloadable policy stop it unless the operator

@@ -1,6 +1,6 @@
 """Alert payloads -> :class:`AlertReport` values. Pure parsing: no I/O, no policy.
 
-Shapes understood (design §7): a Graph ``security/alerts_v2`` alert object, a ``{"value": [...]}``
+Shapes understood (README: Where alerts come from): a Graph ``security/alerts_v2`` alert object, a ``{"value": [...]}``
 collection of them (what ``GET /security/alerts_v2`` returns), and the Sentinel incident and alert trigger
 bodies a Logic App playbook posts (:mod:`restricted_sender.sentinel`), bare or wrapped as ``{"Body": ...}``.
 Defender streaming batches and Management Activity content have their own modules (``defender``, ``o365``):

@@ -1,4 +1,5 @@
-"""Entra ID bearer tokens for the admin endpoints (design §7; reference intake-deploy §5).
+"""Entra ID bearer tokens for the admin endpoints (README: The admin API; how Entra access tokens are validated:
+https://learn.microsoft.com/entra/identity-platform/access-tokens).
 
 :class:`TokenValidator` checks an ``Authorization: Bearer <access token>`` header the way Entra's tokens must be
 checked: RS256 only, the signing key picked by ``kid`` from the tenant's published key set, issuer, audience,
@@ -14,7 +15,6 @@ not pay for them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import re
 import time
@@ -29,8 +29,9 @@ from jwt import exceptions as jwt_errors
 from .errors import ConfigurationError, Forbidden, TransientServiceError, Unauthorized
 from .model import Operator
 from .settings import ENTRA_AUTHORITY
+from .untrusted import guard_logger
 
-log = logging.getLogger("restricted_sender")
+log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 # Fixed, never taken from the token: with a list that mixes HS* and RS*, a public key becomes an HMAC secret.
 ALGORITHMS = ("RS256",)

@@ -1,4 +1,5 @@
-"""``python -m restricted_sender``: replay, check, unblock, demo, simulator, policy validate|schema.
+"""``python -m restricted_sender``: replay, check, unblock, demo, simulator, decisions, o365 subscribe|status,
+policy validate|schema, permissions, doctor (the README's "The command line" says what each does).
 
 ``replay`` runs alert files through the very intake and processor code the function app runs, with Graph,
 Exchange, the identity endpoint and the ticket webhook all served by the simulator.
@@ -69,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="run alert files through intake and processing against the simulator")
     replay.add_argument("alerts", nargs="+", type=Path, metavar="ALERT_FILE", help="a body as POSTed to /api/alerts")
-    replay.add_argument("--tenant", required=True, type=Path, help="tenant file (design §4) to seed the simulator")
-    replay.add_argument("--policy", required=True, type=Path, help="policy file (design §5)")
+    replay.add_argument("--tenant", required=True, type=Path, help="tenant file (see the README) to seed the simulator")
+    replay.add_argument("--policy", required=True, type=Path, help="policy file (see the README)")
     replay.add_argument("--now", type=parse_instant, help="fix the clock (ISO 8601, e.g. 2026-11-27T09:00:00Z)")
     replay.add_argument("--json", action="store_true", help="print one decision record per line")
     replay.add_argument("--requests-log", type=Path, help="write every request the simulator received (JSON lines)")

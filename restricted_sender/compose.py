@@ -7,7 +7,6 @@ The webhook side (:func:`build_intake`) needs only the policy and a sync queue c
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from .ports import (
 from .retry import RetryPolicy
 from .settings import CONTENT_QUEUE, EVENTS_QUEUE, VERIFY_QUEUE, Settings
 from .timeutil import SystemClock
+from .untrusted import guard_logger
 
 if TYPE_CHECKING:
     import httpx
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .doctor import QueueReader, Targets
     from .permissions import IntakePaths
 
-log = logging.getLogger("restricted_sender")
+log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 
 APP_ROOT = Path(__file__).resolve().parent.parent  # where function_app.py and config/policy.yaml are deployed

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,8 +30,9 @@ from .model import SOURCE_O365, Source
 from .o365 import ContentPointer, parse_content
 from .pipeline import Intake, IntakeResult, delisted_key
 from .ports import ClaimResult, Clock, ManagementActivity, Store
+from .untrusted import guard_logger
 
-log = logging.getLogger("restricted_sender")
+log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 PENDING_INFOS = "defender-info"
 PENDING_EVIDENCE = "defender-evidence"

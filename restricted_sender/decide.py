@@ -1,4 +1,4 @@
-"""The pure decision (design §6): event + facts + policy + now -> Decision. No I/O, no clock, no logging.
+"""The pure decision (README: Decisions): event + facts + policy + now -> Decision. No I/O, no clock, no logging.
 
 Order: ignore (``not-target-alert``, ``duplicate``, ``not-restricted``) -> eligibility (``deny:*``, else
 ``identity-unbound`` when no directory user owns the restricted address, else ``allow:<rule>`` or
@@ -172,7 +172,7 @@ def _policy_invalid(event: RestrictionEvent, facts: Facts, error: PolicyError) -
 
 
 def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
-    """Every guard, in design order; each failing one is reported with the evidence that failed it."""
+    """Every guard, in the README's (Decisions) order; each failing one is reported with the evidence that failed it."""
     guards = policy.guards
     failed: list[Reason] = []
     budget = guards.max_unblocks_per_user

@@ -1,9 +1,10 @@
 """Defender XDR streaming records (Event Hub, or relayed over HTTP) -> :class:`AlertReport`. Pure.
 
-Each message is ``{"records": [{"time", "tenantId", "category": "AdvancedHunting-<Table>", "properties": {row}}]}``
-(reference/intake-deploy.md §2). An alert arrives as an ``AlertInfo`` row (its title) and ``AlertEvidence``
-rows (its entities), joined on ``AlertId``, possibly in different messages and in either order. So parsing is
-split from joining: :func:`join` takes what earlier messages left pending and says what to keep pending now.
+Each message is ``{"records": [{"time", "tenantId", "category": "AdvancedHunting-<Table>", "properties": {row}}]}`` (the
+Event Hub form of Defender XDR's streaming API; its AlertInfo and AlertEvidence tables are listed at
+https://learn.microsoft.com/defender-xdr/supported-event-types). An alert arrives as an ``AlertInfo`` row (its title)
+and ``AlertEvidence`` rows (its entities), joined on ``AlertId``, possibly in different messages and in either order. So
+parsing is split from joining: :func:`join` takes what earlier messages left pending and says what to keep pending now.
 """
 
 from __future__ import annotations

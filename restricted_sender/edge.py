@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,6 +28,7 @@ from .model import DecisionRecord, Operator, RestrictionEvent
 from .pipeline import Intake, Processor, Verifier
 from .policy import Policy
 from .settings import Secret, Settings
+from .untrusted import guard_logger
 from .verify import VerifyTask
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class Authenticator(Protocol):
     async def authenticate(self, authorization: str | None, *, role: str | tuple[str, ...]) -> Operator: ...
 
 
-log = logging.getLogger("restricted_sender")
+log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 SECRET_HEADER = "x-webhook-secret"  # noqa: S105  (a header name, not a secret)
 
 

@@ -345,7 +345,7 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
-    """The record of design §6: the audit row, the log line, the ticket body and ``--json`` all carry it."""
+    """A decision's record (README: Decisions): the audit row, the log line, the ticket and ``--json`` carry it."""
 
     event_id: str
     alert_id: str

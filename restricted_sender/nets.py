@@ -1,4 +1,4 @@
-"""The safety nets: timers that find a restriction when no alert source said anything (design §3).
+"""The safety nets: timers that find a restriction when no alert source said anything (README: Where alerts come from).
 
 - :class:`AlertPoller` lists Graph ``alerts_v2`` changed since a watermark kept in the store. The title is
   matched here: it is not a documented ``$filter`` property. The combined filter falls back to a
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,8 +27,9 @@ from .pipeline import Intake, current_restriction_claim, restriction_needs_event
 from .ports import CLAIM_LEASE, AlertFeed, AlertsPage, Clock, Cursor, Exchange, Store
 from .restriction import BlockedSender
 from .timeutil import iso, parse_instant
+from .untrusted import guard_logger
 
-log = logging.getLogger("restricted_sender")
+log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 MDO_SERVICE_SOURCE = "microsoftDefenderForOffice365"
 POLL_CURSOR = "poll-alerts_v2"

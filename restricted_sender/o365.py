@@ -1,5 +1,7 @@
 """Office 365 Management Activity API, the pure parts: webhook notifications -> content pointers, and the
-fetched content (audit records) -> :class:`AlertReport` values and delistings (reference/platform.md §2b).
+fetched content (audit records) -> :class:`AlertReport` values and delistings
+(https://learn.microsoft.com/office/office-365-management-api/office-365-management-activity-api-reference
+and -schema).
 
 A notification only points at content; fetching it sends our token to ``contentUri``, so
 :func:`check_content_uri` accepts nothing but this tenant's feed on the configured API root.

@@ -23,7 +23,9 @@ class BlockKind(StrEnum):
     UNKNOWN = "unknown"
 
 
-# Keys that only appear in recipient-rate-limit blocks (platform.md §1.2).
+# Keys that only appear in recipient-rate-limit blocks (an assumption: README, Unverified assumptions about the
+# services). The sending limits themselves, per day, are Exchange Online's "Sending limits":
+# https://learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits
 _LIMIT_MARKERS = ("emailsendinglimitexceeded", "exceedinglimittype")
 _SPAM_MARKERS = ("outboundspamlast24hours", "outboundspampercent", "outboundmaillast24hours")
 _PAIR = re.compile(r"^\s*([^=:]+?)\s*[=:]\s*(.*?)\s*$")
@@ -149,7 +151,8 @@ class BlockedSender:
         """When the block lifts by itself, or ``None`` when only an admin can lift it."""
         _, placed = self.anchor
         if self.kind is BlockKind.SENDING_LIMIT:
-            # Recipient-rate-limit blocks self-release within 24 hours (platform.md §1.2, anchors P10).
+            # Recipient-rate-limit blocks self-release within 24 hours, the limits being per day (README, Unverified
+            # assumptions about the services; the limits: the URL above _LIMIT_MARKERS).
             return (placed + timedelta(hours=24)) if placed else None
         if self.temporary and placed:
             # Day blocks (BlockUserForToday) lift at the next 00:00 UTC after they were placed.

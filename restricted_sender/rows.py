@@ -4,11 +4,12 @@ not expect reported once (names only) so the first real answer teaches us its fi
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
-log = logging.getLogger("restricted_sender")
+from .untrusted import guard_logger
+
+log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 # PowerShell's bookkeeping fields come along in some answers: expected, never reported.
 _BOOKKEEPING = frozenset({"identity", "isvalid", "objectstate", "runspaceid", "pscomputername", "psshowcomputername"})

@@ -34,7 +34,8 @@ RESTORE_URL = "https://learn.microsoft.com/defender-office-365/outbound-spam-res
 REVOKE_URL = "https://learn.microsoft.com/graph/api/user-revokesigninsessions"
 RESTRICTED_ENTITIES_URL = "https://security.microsoft.com/restrictedentities"
 
-# Reasons that are signs of a compromise (design §6; platform.md §5): the ticket is "high".
+# Reasons that are signs of a compromise (RESPONDING_URL lists risk, inbox rules and forwarding as such signs):
+# the ticket is "high".
 COMPROMISE_CODES = frozenset({"guard:risk", "guard:inbox-rule", "guard:forwarding", "not-lifted"})
 # What a person should read first: a failed guard, a deny match, a refused or ineffective unblock.
 _MAIN_CODES = frozenset({"unblock-failed", "not-lifted"})

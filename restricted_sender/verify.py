@@ -1,4 +1,4 @@
-"""Verification of an unblock (design §6 step 5): is the user really off Restricted entities?
+"""Verification of an unblock (README: Containment, verification ...): is the user really off Restricted entities?
 
 Microsoft says a removal takes effect within an hour, at the latest within 24 hours. Every unblock schedules a
 check ``VERIFY_AFTER`` minutes later (a queue message made visible then); a check that still finds the user

@@ -639,8 +639,9 @@ def _body(request: Request) -> Json | Response:
 
 
 def _param(body: Json, name: str) -> Any:
-    """An action parameter, its name matched regardless of case as Graph does (the v1.0 CSDL spells sendMail's
-    ``Message``/``SaveToSentItems``, the documentation ``message``/``saveToSentItems``; the SDK sends the first)."""
+    """An action parameter, its name matched regardless of case as Graph does (Graph's v1.0 metadata, and so the
+    msgraph-sdk's ``SendMailPostRequestBody``, spell sendMail's ``Message``/``SaveToSentItems``; the documentation
+    ``message``/``saveToSentItems``)."""
     folded = name.casefold()
     return next((value for key, value in body.items() if key.casefold() == folded), None)
 

@@ -18,10 +18,10 @@ from simulator.azurite import Azurite
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+WIRE_SAMPLES = ROOT / "samples" / "wire"
 TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
 BULK_GROUP = "3f1c9a7e-2b4d-4e8f-9a6b-7c5d1e2f3a4b"
-# The policy example of design §5, every key present.
+# The policy example of the README's "The policy file", every key present.
 DESIGN_POLICY_EXAMPLE = """
 mode: report-only
 alert_names: ["User restricted from sending email"]
@@ -40,14 +40,6 @@ containment: {revoke_sessions: false, confirm_compromised: false, disable_accoun
 notify: {user: false, recipients: []}
 ticket: {system: webhook}
 """
-
-
-def shared_file(*parts: str) -> Path:
-    """A file under ../shared/, or a skip that says why (the repo is usually cloned beside shared/)."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent: these checks need the shared/ folder beside the repository")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
-"""Properties of the pure decision (design §6) over random policies, facts, events and instants.
+"""Properties of the pure decision (README: Decisions) over random policies, facts, events and instants.
 
 The policies are built as the admin would write them (plain dicts through ``parse_policy``), and sometimes
 as a ``PolicyError``; the facts cover what Exchange, Graph and our own store may really return, including the
 odd parts (no directory user, no restriction, unknown or garbage reasons, missing or unparsable dates).
-The oracles below are written from design §5-§6, not from ``decide.py``.
+The oracles below are written from the README's "The policy file" and "Decisions", not from ``decide.py``.
 """
 
 from __future__ import annotations

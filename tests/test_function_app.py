@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -20,7 +19,7 @@ from restricted_sender.edge import runtime
 from restricted_sender.settings import EVENTS_QUEUE
 from simulator import Simulator
 from simulator.azurite import Azurite, free_port
-from tests.conftest import alert_v2, app_settings, audit_rows, blocked, shared_file, tenant, user
+from tests.conftest import WIRE_SAMPLES, alert_v2, app_settings, audit_rows, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -178,16 +177,16 @@ def test_an_unreachable_queue_answers_503_so_the_sender_retries(
 @pytest.mark.parametrize(
     ("sample", "status"),
     [
-        ("alerts_v2_mde_example_graph_docs.json", 202),
-        ("alerts_v2_mdo_other_alert_wazuh.json", 202),
+        ("alerts_v2_endpoint_alert.json", 202),
+        ("alerts_v2_office_alert.json", 202),
         ("graph_change_notification.json", 400),
-        ("mgmt_activity_webhook_notification.json", 400),
+        ("mgmt_activity_notification.json", 400),
     ],
 )
-def test_real_payloads_of_other_alerts_are_ignored_cleanly(
+def test_documented_payloads_of_other_alerts_and_feeds_are_ignored_cleanly(
     handlers: dict[str, Callable[..., Any]], configure: Any, queue: QueueClient, sample: str, status: int
 ) -> None:
-    got, answer = post(handlers, Path(shared_file("samples", sample)).read_bytes())
+    got, answer = post(handlers, (WIRE_SAMPLES / sample).read_bytes())
     assert got == status
     if status == 202:
         assert answer["accepted"] == []

@@ -17,7 +17,7 @@ from restricted_sender.restriction import BlockedSender, BlockKind, BlockReason
 from restricted_sender.retry import retry_after_seconds
 from restricted_sender.settings import Secret, Settings
 from restricted_sender.timeutil import parse_instant
-from tests.conftest import DESIGN_POLICY_EXAMPLE, alert_v2, shared_file
+from tests.conftest import DESIGN_POLICY_EXAMPLE, WIRE_SAMPLES, alert_v2
 
 
 def evidence(kind: str, **fields: Any) -> dict[str, Any]:
@@ -78,17 +78,17 @@ def test_unknown_shapes_are_refused_with_the_place_named(payload: Any, message: 
         parse_alert_payload(payload)
 
 
-def test_the_graph_docs_sample_alert_parses_as_another_alert_with_no_user() -> None:
-    body = shared_file("samples", "alerts_v2_mde_example_graph_docs.json").read_bytes()
+def test_an_endpoint_alert_parses_as_another_alert_with_no_user() -> None:
+    body = (WIRE_SAMPLES / "alerts_v2_endpoint_alert.json").read_bytes()
     [report] = parse_alert_payload(parse_json(body))
-    assert report.title == "Suspicious execution of hidden file"
+    assert report.title == "Suspicious PowerShell download cradle"
     assert report.users == ()  # a process's userAccount is not the restricted user
 
 
-def test_the_mdo_sample_alert_yields_its_mailbox() -> None:
-    body = shared_file("samples", "alerts_v2_mdo_other_alert_wazuh.json").read_bytes()
+def test_an_office_alert_yields_its_mailbox() -> None:
+    body = (WIRE_SAMPLES / "alerts_v2_office_alert.json").read_bytes()
     [report] = parse_alert_payload(parse_json(body))
-    assert report.users == (UserRef("xxxxxxxxxx@outlook.com"),)
+    assert report.users == (UserRef("lena.ortiz@fabrikam.example"),)
     assert not default_policy().is_target_alert(report.title)
 
 
@@ -178,6 +178,10 @@ def test_a_row_without_an_address_is_refused() -> None:
         ("2026-11-27T08:03:12.3300000Z", "2026-11-27T08:03:12.330000+00:00"),
         ("2026-11-27T08:03:12+02:00", "2026-11-27T06:03:12+00:00"),
         ("2026-11-27T08:03:12", "2026-11-27T08:03:12+00:00"),
+        ("2026-11-27T08:02:11.0000000Z", "2026-11-27T08:02:11+00:00"),
+        ("2026-11-27T08:02:11.1234567+01:00", "2026-11-27T07:02:11.123456+00:00"),
+        ("2026-11-27T08:02:11z", "2026-11-27T08:02:11+00:00"),
+        ("/Date(1795766531000)/", "2026-11-27T08:02:11+00:00"),
     ],
 )
 def test_instants_are_normalized_to_utc(text: str, expected: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from restricted_sender.timeutil import FixedClock
 from simulator import Simulator, load_tenant
-from tests.conftest import TENANT_ID, shared_file, tenant
+from tests.conftest import TENANT_ID, WIRE_SAMPLES, tenant
 
 MANAGE = "https://manage.office.com"
 FEED = f"/api/v1.0/{TENANT_ID}/activity/feed"
@@ -406,7 +406,7 @@ def test_the_notification_is_what_the_service_posts_for_the_subscribing_app(
     notification = sim.notification(["c1"])
     over_http = httpx.get(f"{sim.url}/_sim/o365/notification", params={"contentIds": "c1"}, verify=TLS).json()
 
-    sample = json.loads(shared_file("samples", "mgmt_activity_webhook_notification.json").read_text())
+    sample = json.loads((WIRE_SAMPLES / "mgmt_activity_notification.json").read_text())
     assert [set(item) for item in notification] == [set(sample[0])]
     assert notification == over_http
     assert notification == [{"tenantId": TENANT_ID, "clientId": "0c1a2b3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", **pointer}]

@@ -39,7 +39,7 @@ from restricted_sender.o365 import (
     parse_notifications,
 )
 from restricted_sender.payloads import parse_alert_payload
-from tests.conftest import ROOT, TENANT_ID, alert_v2, shared_file
+from tests.conftest import ROOT, TENANT_ID, WIRE_SAMPLES, alert_v2
 
 TARGET = "User restricted from sending email"
 OTHER = "Suspicious email sending patterns detected"
@@ -623,18 +623,15 @@ def notification(**fields: Any) -> dict[str, Any]:
     }
 
 
-def test_the_documented_notification_sample_becomes_a_content_pointer() -> None:
-    items = json.loads(shared_file("samples", "mgmt_activity_webhook_notification.json").read_text(encoding="utf-8"))
-    tenant = "f28ab78a-d401-4060-8012-736e373933eb"  # the tenant in the sample's contentUri
-    for item in items:
-        item["tenantId"] = tenant  # the doc leaves its "{GUID}" placeholder there
-    [pointer] = parse_notifications(items, tenant_id=tenant.upper(), api_root=API_ROOT)
+def test_a_notification_in_the_documented_format_becomes_a_content_pointer() -> None:
+    items = json.loads((WIRE_SAMPLES / "mgmt_activity_notification.json").read_text(encoding="utf-8"))
+    [pointer] = parse_notifications(items, tenant_id=TENANT_ID.upper(), api_root=API_ROOT)
     assert pointer == ContentPointer(
         content_id=items[0]["contentId"],
         content_uri=items[0]["contentUri"],
-        content_type="Audit.SharePoint",
-        created="2015-05-23T17:35:00.000Z",
-        expiration="2015-05-30T17:35:00.000Z",
+        content_type="Audit.General",
+        created="2026-11-26T16:25:00.456Z",
+        expiration="2026-12-03T16:25:00.456Z",
     )
     assert ContentPointer.from_dict(json.loads(json.dumps(pointer.to_dict()))) == pointer
 
@@ -735,27 +732,29 @@ def test_any_other_content_uri_is_refused_as_unsafe(uri: str, root: str) -> None
     assert isinstance(refused.value, MalformedPayload)
 
 
-def test_the_documented_alert_records_become_one_merged_report_per_target_alert() -> None:
-    records = json.loads(shared_file("samples", "mgmt_activity_alert_record.json").read_text(encoding="utf-8"))
-    elevation = "Elevation of Exchange admin privilege"
-    content = parse_content(records, is_target=lambda name: name == elevation)
-    # AlertTriggered's Data.f3u and AlertEntityGenerated's Data.eid name the same user: one report, one user.
+def test_alert_records_in_the_documented_format_become_one_merged_report_per_target_alert() -> None:
+    records = json.loads((WIRE_SAMPLES / "mgmt_activity_alert_records.json").read_text(encoding="utf-8"))
+    content = parse_content(records, is_target=is_target)
+    # AlertTriggered's Data.f3u and AlertEntityGenerated's Data.eid name the same user (in another case): one report,
+    # one user; AlertUpdated adds nobody.
     assert content == O365Content(
         reports=(
             AlertReport(
                 SOURCE_O365,
-                "5ba6e029-8b6e-13bd-b800-08d7b180173c",
-                elevation,
-                (UserRef("asr@testsiem.onmicrosoft.com"),),
-                created="2020-02-14T19:00:00",
+                "c4a8e2f6-1b3d-4c5e-9f7a-2d4b6c8e0a13",
+                TARGET,
+                (UserRef("dana.kim@contoso.com"),),
+                created="2026-11-26T16:40:00",
             ),
         )
     )
-    assert parse_content(records, is_target=is_target) == O365Content()
+    assert parse_content(records, is_target=lambda name: name == "Elevation of Exchange admin privilege") == (
+        O365Content()
+    )
 
 
 def test_records_of_other_types_are_ignored() -> None:
-    records = json.loads(shared_file("samples", "mgmt_activity_content_blob_aad_example.json").read_text("utf-8"))
+    records = json.loads((WIRE_SAMPLES / "mgmt_activity_aad_records.json").read_text("utf-8"))
     assert parse_content(records, is_target=lambda name: True) == O365Content()
 
 
