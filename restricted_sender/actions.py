@@ -8,7 +8,6 @@ be filed is recorded too, and then the event fails so the queue retries it (see 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -49,9 +48,10 @@ from .restriction import BlockedSender, BlockReason
 from .ticket_body import RESTRICTED_ENTITIES_URL as RESTRICTED_ENTITIES_URL  # re-exported: pipeline imports it here
 from .ticket_body import render_ticket
 from .timeutil import iso
+from .untrusted import guard_logger
 from .verify import DEFAULT_VERIFY_AFTER, VerifyTask, check_at
 
-log = logging.getLogger("restricted_sender")
+log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 MAX_RULES = 50  # the evidence stays bounded; the total says how many there were
 NOTICE_OWNER = "notice"  # the owner of every notice claim: a second try of the same mail finds it RESUMED

@@ -40,10 +40,11 @@ from .relay import MAX_MESSAGE_CHARS, defender_messages, o365_message
 from .restriction import BlockedSender
 from .settings import O365_API_ROOT
 from .timeutil import iso
+from .untrusted import guard_logger
 from .verify import NOT_LIFTED, PENDING, VERIFIED, Verdict, VerifyTask, judge
 
 decision_log = logging.getLogger("restricted_sender.decision")
-log = logging.getLogger("restricted_sender")
+log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 
 def log_decision(record: DecisionRecord) -> None:
