@@ -75,7 +75,7 @@ bench: setup
 	$(BIN)/python bench/burst.py
 
 # Files generated from the code, each checked by a test: policy.schema.json from the policy model
-# (restricted_sender/policy.py), the route table in simulator/README.md from simulator/routes.py.
+# (restricted_sender/core/policy.py), the route table in simulator/README.md from simulator/routes.py.
 generate: setup
 	$(BIN)/python -m restricted_sender policy schema > policy.schema.json
 	$(BIN)/python -c 'from simulator.routes import main; main(["--write"])'

@@ -7,7 +7,7 @@ from typing import List  # noqa: UP035  (see defender_stream)
 
 import azure.functions as func
 
-from restricted_sender.edge import HttpAnswer, runtime
+from restricted_sender.entrypoints.edge import HttpAnswer, runtime
 from restricted_sender.settings import CONTENT_QUEUE, DEFENDER_EVENTHUB, EVENTS_QUEUE, VERIFY_QUEUE
 
 EVERY_MINUTE = "0 * * * * *"  # the nets keep their own intervals (POLL_ALERTS_MINUTES, SWEEP_MINUTES)

@@ -88,11 +88,11 @@ class Measured:
 
 
 async def run(count: int, latency: float) -> Measured:
-    from restricted_sender.cli import bundle_on, simulated_settings
-    from restricted_sender.compose import build_intake
+    from restricted_sender.core.policy import load_policy_text
+    from restricted_sender.entrypoints.cli import bundle_on, simulated_settings
+    from restricted_sender.entrypoints.compose import build_intake
     from restricted_sender.fakes import MemoryQueue
     from restricted_sender.model import ActionStatus, Outcome, RestrictionEvent
-    from restricted_sender.policy import load_policy_text
     from restricted_sender.timeutil import SystemClock
     from simulator import Simulator
 

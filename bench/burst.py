@@ -227,7 +227,7 @@ async def drain(
 ) -> tuple[int, list[tuple[str, str]], Counter[str]]:
     """Process every message with at most ``concurrency`` at a time; a failed message goes back to the end of the
     queue until it has been delivered ``max_deliveries`` times, then it is poisoned."""
-    from restricted_sender.edge import process_message
+    from restricted_sender.entrypoints.edge import process_message
 
     pending: deque[tuple[str, int]] = deque((text, 1) for text in messages)
     gate = asyncio.Semaphore(concurrency)
@@ -280,9 +280,9 @@ def probe_index(j: int) -> int:
 async def critical_path_seconds(sim: SimulatorProcess, policy: Any, clock: Any, probes: int) -> float:
     """The median wall time of one event processed alone, tokens warm: the critical path the design's limit
     (batch size x instances / critical path) divides by. Its own processor and store: nothing of it is counted."""
-    from restricted_sender.cli import bundle_on, simulated_settings
-    from restricted_sender.compose import build_intake
-    from restricted_sender.edge import process_message
+    from restricted_sender.entrypoints.cli import bundle_on, simulated_settings
+    from restricted_sender.entrypoints.compose import build_intake
+    from restricted_sender.entrypoints.edge import process_message
     from restricted_sender.fakes import MemoryQueue
 
     queue = MemoryQueue()
@@ -303,10 +303,10 @@ async def critical_path_seconds(sim: SimulatorProcess, policy: Any, clock: Any, 
 
 
 async def run(args: argparse.Namespace) -> Outcome:
-    from restricted_sender.cli import bundle_on, simulated_settings
-    from restricted_sender.compose import build_intake
+    from restricted_sender.core.policy import load_policy_text
+    from restricted_sender.entrypoints.cli import bundle_on, simulated_settings
+    from restricted_sender.entrypoints.compose import build_intake
     from restricted_sender.fakes import MemoryQueue
-    from restricted_sender.policy import load_policy_text
     from restricted_sender.timeutil import SystemClock
 
     rng = random.Random(args.seed)

@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from restricted_sender.adapters.queue import StorageQueue
-    from restricted_sender.edge import runtime
+    from restricted_sender.entrypoints.edge import runtime
     from simulator import azurite as local_storage
 
     with local_storage.running(services=("queue",)) as azurite:

@@ -1,6 +1,6 @@
 import logging
 
-from .untrusted import QUERY_FILTER, guard_logger
+from restricted_sender.core.untrusted import QUERY_FILTER, guard_logger
 
 # Every logger of the package cleans its messages (untrusted.OneLineLogs): no logged value starts a line. A filter
 # on a parent logger does not see its children's records, so each module takes its own with

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from restricted_sender.entrypoints.cli import main
 
 sys.exit(main())

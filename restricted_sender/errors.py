@@ -1,7 +1,7 @@
 """The one error tree of the product.
 
 Everything the product raises on purpose derives from :class:`ResponderError`. Only the edge
-(`restricted_sender.edge`, the CLI) turns these into HTTP statuses or exit codes::
+(`restricted_sender.entrypoints.edge`, the CLI) turns these into HTTP statuses or exit codes::
 
     ResponderError
     ├── InputError                  the caller sent something we cannot use            -> 4xx, nothing changes

@@ -9,7 +9,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from restricted_sender.core.mailbox import Forwarding, InboxRule, Recipient, parse_rules
+from restricted_sender.core.restriction import BlockedSender
+from restricted_sender.errors import (
     ContentExpired,
     FilterRefused,
     QueueUnavailable,
@@ -18,9 +20,8 @@ from .errors import (
     ServiceRefused,
     UnblockLimitReached,
 )
-from .mailbox import Forwarding, InboxRule, Recipient, parse_rules
-from .model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
-from .ports import (
+from restricted_sender.model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
+from restricted_sender.ports import (
     MAX_REPORTS,
     PENDING_TTL,
     AlertsPage,
@@ -35,10 +36,9 @@ from .ports import (
     resolve_claim,
     resolve_ticket,
 )
-from .restriction import BlockedSender
 
 if TYPE_CHECKING:
-    from .policy import Budget
+    from restricted_sender.core.policy import Budget
 
 
 class MemoryQueue:

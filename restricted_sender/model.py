@@ -11,9 +11,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from .mailbox import Forwarding, InboxRule
-from .restriction import BlockedSender
-from .timeutil import iso, parse_instant
+from restricted_sender.core.mailbox import Forwarding, InboxRule
+from restricted_sender.core.restriction import BlockedSender
+from restricted_sender.timeutil import iso, parse_instant
 
 EVENT_SCHEMA = 1
 

@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from .mailbox import Forwarding, InboxRule, Recipient
-from .model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
-from .restriction import BlockedSender
+from restricted_sender.core.mailbox import Forwarding, InboxRule, Recipient
+from restricted_sender.core.restriction import BlockedSender
+from restricted_sender.model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
 
 if TYPE_CHECKING:
-    from .policy import Budget
+    from restricted_sender.core.policy import Budget
 
 BudgetRefusal = Literal["user", "tenant"]  # which budget ``Store.reserve_unblock`` found spent
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
-from .errors import TransientServiceError
+from restricted_sender.errors import TransientServiceError
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .errors import ConfigurationError
+from restricted_sender.errors import ConfigurationError
 
 EVENTS_QUEUE = "restriction-events"  # fixed: the queue trigger's binding names it too
 VERIFY_QUEUE = "restriction-verify"  # fixed too: the verification trigger's binding

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from restricted_sender.edge import runtime
+from restricted_sender.entrypoints.edge import runtime
 
 
 async def main(message: str, attempt: int) -> int:

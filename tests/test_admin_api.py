@@ -11,7 +11,7 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-from restricted_sender.edge import runtime
+from restricted_sender.entrypoints.edge import runtime
 from simulator import Simulator
 from simulator.azurite import Azurite
 from tests.conftest import app_settings, audit_rows, blocked, tenant, user

@@ -1,5 +1,5 @@
 """Entra ID bearer tokens for the admin endpoints: real RS256 tokens from the simulator, over real HTTP, checked
-by the real PyJWT-based validator (restricted_sender.auth)."""
+by the real PyJWT-based validator (restricted_sender.entrypoints.auth)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from restricted_sender.auth import FAILURE_HOLD, KID_REFETCH_INTERVAL, TokenValidator
+from restricted_sender.entrypoints.auth import FAILURE_HOLD, KID_REFETCH_INTERVAL, TokenValidator
 from restricted_sender.errors import ConfigurationError, Forbidden, TransientServiceError, Unauthorized
 from restricted_sender.model import Operator
 from simulator import Simulator
@@ -407,7 +407,7 @@ def test_the_validator_refuses_unusable_settings() -> None:
 
 
 def test_only_the_auth_module_imports_jwt_and_cryptography() -> None:
-    """The webhook path must not pay for them: the admin endpoints import restricted_sender.auth lazily."""
+    """The webhook path must not pay for them: the admin endpoints import restricted_sender.entrypoints.auth lazily."""
     sources = [ROOT / "function_app.py", *sorted((ROOT / "restricted_sender").rglob("*.py"))]
     importers = [
         path.relative_to(ROOT).as_posix()
@@ -416,7 +416,7 @@ def test_only_the_auth_module_imports_jwt_and_cryptography() -> None:
         if line.strip().startswith(("import jwt", "from jwt", "import cryptography", "from cryptography"))
     ]
     assert importers
-    assert set(importers) == {"restricted_sender/auth.py"}
+    assert set(importers) == {"restricted_sender/entrypoints/auth.py"}
 
 
 # -- the simulator's side: metadata, keys, the control endpoint, x-adminApi --------------------------------

@@ -19,8 +19,8 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 import function_app
-from restricted_sender.compose import build_processor, load_policy
-from restricted_sender.edge import runtime
+from restricted_sender.entrypoints.compose import build_processor, load_policy
+from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.settings import EVENTS_QUEUE, VERIFY_QUEUE, Settings
 from simulator import Simulator
@@ -81,7 +81,7 @@ def queue_client(azurite: Azurite, name: str) -> QueueClient:
 
 def events_for(*alerts: dict[str, Any]) -> list[str]:
     settings = Settings.from_env()
-    from restricted_sender.compose import build_intake
+    from restricted_sender.entrypoints.compose import build_intake
     from restricted_sender.fakes import MemoryQueue
 
     queue = MemoryQueue()

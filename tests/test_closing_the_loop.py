@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.actions import Actor, TicketDesk
-from restricted_sender.admin import Admin, UnblockRequest, parse_unblock_request
+from restricted_sender.core.policy import load_policy_text
+from restricted_sender.core.ticket_body import render_ticket
+from restricted_sender.core.verify import VerifyTask
 from restricted_sender.errors import Conflict, MalformedPayload, ServiceRefused, TransientServiceError
-from restricted_sender.facts import FactSources
 from restricted_sender.fakes import (
     FakeDirectory,
     FakeExchange,
@@ -24,11 +24,11 @@ from restricted_sender.fakes import (
     MemoryStore,
 )
 from restricted_sender.model import DirectoryUser, Operator, RestrictionEvent
-from restricted_sender.pipeline import Intake, Processor, TicketNotFiled
-from restricted_sender.policy import load_policy_text
-from restricted_sender.ticket_body import render_ticket
+from restricted_sender.processing.actions import Actor, TicketDesk
+from restricted_sender.processing.admin import Admin, UnblockRequest, parse_unblock_request
+from restricted_sender.processing.facts import FactSources
+from restricted_sender.processing.pipeline import Intake, Processor, TicketNotFiled
 from restricted_sender.timeutil import FixedClock
-from restricted_sender.verify import VerifyTask
 from tests.conftest import alert_v2, blocked
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -347,7 +347,7 @@ def test_a_ticket_system_without_its_settings_fails_each_ticket_naming_what_to_s
 ) -> None:
     import httpx
 
-    from restricted_sender.compose import ticket_system
+    from restricted_sender.entrypoints.compose import ticket_system
     from restricted_sender.errors import ConfigurationError
     from restricted_sender.settings import Settings
 

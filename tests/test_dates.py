@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from restricted_sender.cli import DEMO_NOW
+from restricted_sender.entrypoints.cli import DEMO_NOW
 from restricted_sender.timeutil import FixedClock, iso, parse_instant
 from simulator import Simulator
 from tests.conftest import ROOT, TENANT_ID, tenant, user

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.decide import decide, unblock_failed
+from restricted_sender.core.decide import decide, unblock_failed
+from restricted_sender.core.mailbox import Forwarding, Recipient, parse_rules
+from restricted_sender.core.policy import parse_policy
+from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.errors import PolicyError
-from restricted_sender.mailbox import Forwarding, Recipient, parse_rules
 from restricted_sender.model import (
     DirectoryUser,
     Facts,
@@ -20,8 +22,6 @@ from restricted_sender.model import (
     UnblockKind,
     UserRef,
 )
-from restricted_sender.policy import parse_policy
-from restricted_sender.restriction import BlockedSender
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 GROUP = "3f1c9a7e-2b4d-4e8f-9a6b-7c5d1e2f3a4b"

@@ -16,12 +16,12 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from restricted_sender.actions import Actor, TicketDesk
-from restricted_sender.decide import decide, unblock_failed
+from restricted_sender.core.decide import decide, unblock_failed
+from restricted_sender.core.mailbox import Forwarding, parse_rules
+from restricted_sender.core.policy import DEFAULT_ALERT_NAMES, Policy, parse_policy
+from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.errors import PolicyError
-from restricted_sender.facts import FactSources
 from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryDelayedQueue, MemoryStore
-from restricted_sender.mailbox import Forwarding, parse_rules
 from restricted_sender.model import (
     ActionStatus,
     Decision,
@@ -34,9 +34,9 @@ from restricted_sender.model import (
     UnblockKind,
     UserRef,
 )
-from restricted_sender.pipeline import Processor
-from restricted_sender.policy import DEFAULT_ALERT_NAMES, Policy, parse_policy
-from restricted_sender.restriction import BlockedSender
+from restricted_sender.processing.actions import Actor, TicketDesk
+from restricted_sender.processing.facts import FactSources
+from restricted_sender.processing.pipeline import Processor
 from restricted_sender.timeutil import FixedClock, iso
 
 # Fast enough for CI (the whole file runs in a few seconds on 2 cores) and the same examples on every run.

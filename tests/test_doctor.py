@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from restricted_sender.adapters.graph import NotLicensed
-from restricted_sender.cli import doctor_on, simulated_doctor
-from restricted_sender.doctor import Probe, Report, Verdict, classify, compare_fields
-from restricted_sender.edge import runtime
+from restricted_sender.core.policy import load_policy_text
+from restricted_sender.entrypoints.cli import doctor_on, simulated_doctor
+from restricted_sender.entrypoints.edge import runtime
+from restricted_sender.entrypoints.permissions import PERMISSIONS, grant_line
 from restricted_sender.errors import ConfigurationError, PolicyError, ServiceRefused, TransientServiceError
-from restricted_sender.permissions import PERMISSIONS, grant_line
-from restricted_sender.policy import load_policy_text
+from restricted_sender.processing.doctor import Probe, Report, Verdict, classify, compare_fields
 from simulator import Simulator
 from simulator.azurite import Azurite
 from tests.conftest import BULK_GROUP, ROOT, app_settings, blocked, tenant, user
@@ -431,7 +431,7 @@ def test_tickets_are_searched_never_created_and_the_mail_sender_is_read(policy: 
 def test_the_management_activity_subscription_is_read_when_that_intake_is_on(
     withheld: list[str], expected: list[str]
 ) -> None:
-    from restricted_sender.permissions import IntakePaths
+    from restricted_sender.entrypoints.permissions import IntakePaths
 
     state = world(**{"x-auditSubscriptions": ["Audit.General"], "x-withheldPermissions": withheld})
     with Simulator(state) as sim:

@@ -13,6 +13,7 @@ from azure.identity.aio import ManagedIdentityCredential
 
 from restricted_sender.adapters.exchange import ExchangeAdmin
 from restricted_sender.adapters.identity import EXCHANGE_SCOPE, bearer
+from restricted_sender.core.restriction import BlockedSender, BlockKind
 from restricted_sender.errors import (
     OutcomeUnknown,
     SenderNotBlocked,
@@ -20,7 +21,6 @@ from restricted_sender.errors import (
     TransientServiceError,
     UnblockLimitReached,
 )
-from restricted_sender.restriction import BlockedSender, BlockKind
 from restricted_sender.retry import RetryPolicy
 from simulator import Simulator
 from tests.conftest import TENANT_ID, blocked, tenant, user

@@ -29,7 +29,7 @@ import azure.functions as func
 import pytest
 from azure.storage.queue import QueueClient, QueueMessage
 
-from restricted_sender.edge import process_message, runtime
+from restricted_sender.entrypoints.edge import process_message, runtime
 from restricted_sender.model import RestrictionEvent
 from simulator import Simulator
 from simulator.azurite import Azurite
@@ -229,7 +229,7 @@ def burst(
 
 
 async def restart(bundle: list[Any], sim: Simulator, rng: random.Random) -> None:
-    from restricted_sender.compose import build_processor, load_policy
+    from restricted_sender.entrypoints.compose import build_processor, load_policy
     from restricted_sender.retry import RetryPolicy
     from restricted_sender.settings import Settings
 

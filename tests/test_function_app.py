@@ -15,7 +15,7 @@ import azure.functions as func
 import pytest
 from azure.storage.queue import QueueClient
 
-from restricted_sender.edge import runtime
+from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.settings import EVENTS_QUEUE
 from simulator import Simulator
 from simulator.azurite import Azurite, free_port

@@ -25,15 +25,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from restricted_sender.admin import UnblockRequest, parse_unblock_request
-from restricted_sender.content import ContentExpander
-from restricted_sender.defender import DefenderBatch
-from restricted_sender.edge import runtime
+from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.errors import MalformedPayload
 from restricted_sender.fakes import MemoryQueue, MemoryStore
+from restricted_sender.intake.content import ContentExpander
+from restricted_sender.intake.defender import DefenderBatch
+from restricted_sender.intake.relay import MAX_MESSAGE_CHARS
 from restricted_sender.model import RestrictionEvent
-from restricted_sender.pipeline import Intake
-from restricted_sender.relay import MAX_MESSAGE_CHARS
+from restricted_sender.processing.admin import UnblockRequest, parse_unblock_request
+from restricted_sender.processing.pipeline import Intake
 from restricted_sender.timeutil import FixedClock
 from tests.conftest import TENANT_ID
 from tests.test_hostile_inputs import NOW, ROOT

@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.admin import parse_unblock_request
-from restricted_sender.alerts import MAX_EVENTS_PER_REQUEST, MAX_JSON_DEPTH, MAX_USERS_PER_ALERT, merge_users
-from restricted_sender.content import ContentExpander
-from restricted_sender.edge import HttpAnswer, receive_alerts, receive_o365
+from restricted_sender.core.policy import load_policy_text
+from restricted_sender.entrypoints.edge import HttpAnswer, receive_alerts, receive_o365
 from restricted_sender.errors import MalformedPayload
 from restricted_sender.fakes import FakeAlertFeed, MemoryQueue, MemoryStore
+from restricted_sender.intake.alerts import MAX_EVENTS_PER_REQUEST, MAX_JSON_DEPTH, MAX_USERS_PER_ALERT, merge_users
+from restricted_sender.intake.content import ContentExpander
+from restricted_sender.intake.nets import AlertPoller
+from restricted_sender.intake.o365 import parse_content
 from restricted_sender.model import UserRef
-from restricted_sender.nets import AlertPoller
-from restricted_sender.o365 import parse_content
-from restricted_sender.pipeline import Intake
-from restricted_sender.policy import load_policy_text
+from restricted_sender.processing.admin import parse_unblock_request
+from restricted_sender.processing.pipeline import Intake
 from restricted_sender.settings import Secret
 from restricted_sender.timeutil import FixedClock
 from tests.conftest import TENANT_ID, alert_v2

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.alerts import user_ref
-from restricted_sender.cli import _print_records
-from restricted_sender.decide import decide
+from restricted_sender.core.decide import decide
+from restricted_sender.core.notices import recipients_notice
+from restricted_sender.core.policy import Policy, parse_policy
+from restricted_sender.entrypoints.cli import _print_records
 from restricted_sender.errors import MalformedPayload
-from restricted_sender.facts import FactSources, gather_facts
 from restricted_sender.fakes import FakeDirectory, FakeExchange, MemoryStore
+from restricted_sender.intake.alerts import user_ref
+from restricted_sender.intake.payloads import parse_alert_payload
 from restricted_sender.model import (
     DecisionRecord,
     DirectoryUser,
@@ -25,10 +27,8 @@ from restricted_sender.model import (
     UnblockKind,
     UserRef,
 )
-from restricted_sender.notices import recipients_notice
-from restricted_sender.payloads import parse_alert_payload
-from restricted_sender.pipeline import decision_record
-from restricted_sender.policy import Policy, parse_policy
+from restricted_sender.processing.facts import FactSources, gather_facts
+from restricted_sender.processing.pipeline import decision_record
 from tests.conftest import alert_v2, blocked
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)

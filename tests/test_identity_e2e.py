@@ -12,7 +12,7 @@ import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
 
-from restricted_sender.edge import runtime
+from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.settings import CONTENT_QUEUE
 from simulator import Simulator
 from simulator.azurite import Azurite

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from restricted_sender.policy import load_policy_file
+from restricted_sender.core.policy import load_policy_file
 from restricted_sender.settings import DEFENDER_EVENTHUB, Settings
 from tests.conftest import ROOT
 
@@ -264,8 +264,8 @@ def test_the_package_leaves_out(path: str) -> None:
 def test_the_shipped_policy_is_found_whatever_directory_the_worker_starts_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from restricted_sender.compose import load_policy
-    from restricted_sender.policy import Policy
+    from restricted_sender.core.policy import Policy
+    from restricted_sender.entrypoints.compose import load_policy
 
     monkeypatch.chdir(tmp_path)
     policy = load_policy(Settings(policy_file="config/policy.yaml"))

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.content import ContentExpander
-from restricted_sender.edge import receive_alerts, receive_o365
+from restricted_sender.entrypoints.edge import receive_alerts, receive_o365
 from restricted_sender.fakes import FakeManagementActivity, MemoryQueue
+from restricted_sender.intake.content import ContentExpander
 from restricted_sender.model import RestrictionEvent
-from restricted_sender.pipeline import delisted_key
+from restricted_sender.processing.pipeline import delisted_key
 from restricted_sender.settings import Secret
 from tests.conftest import TENANT_ID, blocked
 from tests.test_pipeline import ALICE, World
@@ -179,8 +179,8 @@ def test_a_listed_hygiene_record_is_a_direct_report_and_delisted_is_kept_for_ver
 def test_expired_or_unsafe_content_is_logged_and_dropped_not_retried(caplog: pytest.LogCaptureFixture) -> None:
     world, _ = world_with_content()
     expander = ContentExpander(world.intake, world.store, world.clock, FakeManagementActivity())
-    from restricted_sender.o365 import ContentPointer
-    from restricted_sender.relay import o365_message
+    from restricted_sender.intake.o365 import ContentPointer
+    from restricted_sender.intake.relay import o365_message
 
     gone = o365_message(ContentPointer("c9", f"{FEED}/audit/c9"))
     assert asyncio.run(expander.expand(gone)) is None

@@ -23,11 +23,11 @@ from restricted_sender.adapters.management_activity import (
     ManagementActivityApi,
     management_scope,
 )
+from restricted_sender.core.policy import default_policy
 from restricted_sender.errors import ContentExpired, UnsafeContentUri
 from restricted_sender.fakes import MemoryQueue, MemoryStore
-from restricted_sender.nets import AlertPoller
-from restricted_sender.pipeline import Intake
-from restricted_sender.policy import default_policy
+from restricted_sender.intake.nets import AlertPoller
+from restricted_sender.processing.pipeline import Intake
 from restricted_sender.retry import RetryPolicy
 from restricted_sender.timeutil import FixedClock, iso
 from simulator import Simulator

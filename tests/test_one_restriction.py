@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from restricted_sender.core.policy import load_policy_text
+from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.model import (
     SOURCE_DEFENDER,
     SOURCE_O365,
@@ -20,9 +22,7 @@ from restricted_sender.model import (
     RestrictionEvent,
     UserRef,
 )
-from restricted_sender.pipeline import StillDeciding, restriction_claim_key
-from restricted_sender.policy import load_policy_text
-from restricted_sender.restriction import BlockedSender
+from restricted_sender.processing.pipeline import StillDeciding, restriction_claim_key
 from tests.conftest import blocked
 from tests.test_pipeline import ALICE, NOW, World
 from tests.test_pipeline import POLICY as POLICY_ENFORCE

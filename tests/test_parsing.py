@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.alerts import parse_json
+from restricted_sender.core.policy import default_policy, load_policy_text
+from restricted_sender.core.restriction import BlockedSender, BlockKind, BlockReason
 from restricted_sender.errors import ConfigurationError, MalformedPayload, PolicyError
+from restricted_sender.intake.alerts import parse_json
+from restricted_sender.intake.payloads import parse_alert_payload
 from restricted_sender.model import RestrictionEvent, UserRef
-from restricted_sender.payloads import parse_alert_payload
-from restricted_sender.policy import default_policy, load_policy_text
-from restricted_sender.restriction import BlockedSender, BlockKind, BlockReason
 from restricted_sender.retry import retry_after_seconds
 from restricted_sender.settings import Secret, Settings
 from restricted_sender.timeutil import parse_instant

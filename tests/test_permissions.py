@@ -1,4 +1,4 @@
-"""The identity's permissions: one list (restricted_sender/permissions.py) behind the README table and
+"""The identity's permissions: one list (restricted_sender/entrypoints/permissions.py) behind the README table and
 scripts/grant-permissions, checked against the README, the script and the Graph calls the code makes."""
 
 from __future__ import annotations
@@ -15,15 +15,11 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.actions import Actor, TicketDesk
 from restricted_sender.adapters.email_tickets import EmailTickets
 from restricted_sender.adapters.graph import GraphDirectory
-from restricted_sender.cli import main
-from restricted_sender.errors import PolicyError
-from restricted_sender.facts import FactSources
-from restricted_sender.fakes import FakeDirectory, FakeExchange, MemoryDelayedQueue, MemoryQueue, MemoryStore
-from restricted_sender.model import DirectoryUser, RestrictionEvent
-from restricted_sender.permissions import (
+from restricted_sender.core.policy import Policy, default_policy, load_policy_text, parse_policy
+from restricted_sender.entrypoints.cli import main
+from restricted_sender.entrypoints.permissions import (
     ACTIVITY_FEED_READ_ID,
     EXCHANGE_ADMINISTRATOR_TEMPLATE_ID,
     EXCHANGE_APP_ID,
@@ -37,8 +33,12 @@ from restricted_sender.permissions import (
     plan_json,
     required,
 )
-from restricted_sender.pipeline import Intake, Processor
-from restricted_sender.policy import Policy, default_policy, load_policy_text, parse_policy
+from restricted_sender.errors import PolicyError
+from restricted_sender.fakes import FakeDirectory, FakeExchange, MemoryDelayedQueue, MemoryQueue, MemoryStore
+from restricted_sender.model import DirectoryUser, RestrictionEvent
+from restricted_sender.processing.actions import Actor, TicketDesk
+from restricted_sender.processing.facts import FactSources
+from restricted_sender.processing.pipeline import Intake, Processor
 from restricted_sender.timeutil import FixedClock
 from tests.conftest import ROOT, alert_v2, blocked
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.actions import Actor, TicketDesk
+from restricted_sender.core.policy import Policy, load_policy_text
 from restricted_sender.errors import MalformedPayload, PolicyError, QueueUnavailable
-from restricted_sender.facts import FactSources
 from restricted_sender.fakes import (
     FakeDirectory,
     FakeExchange,
@@ -23,8 +22,9 @@ from restricted_sender.fakes import (
     MemoryStore,
 )
 from restricted_sender.model import ActionStatus, DirectoryUser, RestrictionEvent, UnblockEntry, UnblockKind
-from restricted_sender.pipeline import Intake, Processor
-from restricted_sender.policy import Policy, load_policy_text
+from restricted_sender.processing.actions import Actor, TicketDesk
+from restricted_sender.processing.facts import FactSources
+from restricted_sender.processing.pipeline import Intake, Processor
 from restricted_sender.timeutil import FixedClock, iso
 from tests.conftest import alert_v2, blocked
 

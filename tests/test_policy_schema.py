@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 import yaml
 
+from restricted_sender.core.policy import parse_policy
+from restricted_sender.core.policy_schema import POLICY_SCHEMA
 from restricted_sender.errors import PolicyError
-from restricted_sender.policy import parse_policy
-from restricted_sender.policy_schema import POLICY_SCHEMA
 from tests.conftest import DESIGN_POLICY_EXAMPLE, ROOT
 
 VALIDATOR = jsonschema.Draft202012Validator(POLICY_SCHEMA)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from restricted_sender.fakes import FakeAlertFeed
+from restricted_sender.intake.nets import POLL_CURSOR, AlertPoller, RestrictedSweep, alerts_filter
 from restricted_sender.model import RestrictionEvent
-from restricted_sender.nets import POLL_CURSOR, AlertPoller, RestrictedSweep, alerts_filter
 from restricted_sender.timeutil import iso
 from tests.conftest import alert_v2, blocked
 from tests.test_pipeline import ALICE, NOW, World
@@ -159,9 +159,9 @@ def test_the_sweep_leaves_alone_a_restriction_an_alert_already_reported() -> Non
 
 
 def test_the_sweep_rescues_a_restriction_whose_decider_crashed_and_leaves_a_live_one_alone() -> None:
-    from restricted_sender.pipeline import restriction_claim_key
+    from restricted_sender.core.restriction import BlockedSender
     from restricted_sender.ports import CLAIM_LEASE
-    from restricted_sender.restriction import BlockedSender
+    from restricted_sender.processing.pipeline import restriction_claim_key
 
     world = World([blocked("alice@contoso.com"), blocked("bob@fabrikam.com")], [ALICE])
     mode = world.processor.policy.mode

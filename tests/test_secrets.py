@@ -120,7 +120,7 @@ def test_no_secret_setting_appears_in_anything_the_product_produces(
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("POLICY_FILE", raising=False)
-    from restricted_sender.edge import runtime
+    from restricted_sender.entrypoints.edge import runtime
 
     runtime.reset()
     produced: dict[str, str] = {"settings": repr(Settings.from_env()) + str(Settings.from_env())}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.policy import DEFAULT_ALERT_NAMES
+from restricted_sender.core.policy import DEFAULT_ALERT_NAMES
 from tests.conftest import ROOT
 
 TEMPLATE_PATH = ROOT / "infra" / "sentinel" / "playbook.json"

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.defender import (
+from restricted_sender.errors import MalformedPayload, UnsafeContentUri
+from restricted_sender.intake.defender import (
     AlertInfo,
     DefenderBatch,
     DefenderJoin,
@@ -21,7 +22,15 @@ from restricted_sender.defender import (
     join,
     parse_records,
 )
-from restricted_sender.errors import MalformedPayload, UnsafeContentUri
+from restricted_sender.intake.o365 import (
+    ContentPointer,
+    Delisting,
+    O365Content,
+    check_content_uri,
+    parse_content,
+    parse_notifications,
+)
+from restricted_sender.intake.payloads import parse_alert_payload
 from restricted_sender.model import (
     SOURCE_DEFENDER,
     SOURCE_O365,
@@ -30,15 +39,6 @@ from restricted_sender.model import (
     AlertReport,
     UserRef,
 )
-from restricted_sender.o365 import (
-    ContentPointer,
-    Delisting,
-    O365Content,
-    check_content_uri,
-    parse_content,
-    parse_notifications,
-)
-from restricted_sender.payloads import parse_alert_payload
 from tests.conftest import ROOT, TENANT_ID, WIRE_SAMPLES, alert_v2
 
 TARGET = "User restricted from sending email"

@@ -19,8 +19,8 @@ from azure.core.exceptions import ResourceExistsError
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-from restricted_sender.compose import build_processor, load_policy
-from restricted_sender.edge import runtime
+from restricted_sender.entrypoints.compose import build_processor, load_policy
+from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.settings import CONTENT_QUEUE, EVENTS_QUEUE, Settings
 from restricted_sender.timeutil import iso

@@ -26,10 +26,10 @@ from restricted_sender.adapters.tables import (
     pack_entries,
     unpack_entries,
 )
+from restricted_sender.core.policy import Budget
 from restricted_sender.errors import TransientServiceError
 from restricted_sender.fakes import MemoryStore
 from restricted_sender.model import Source, TicketRef, UnblockEntry, UnblockKind
-from restricted_sender.policy import Budget
 from restricted_sender.ports import (
     CLAIM_LEASE,
     MAX_PENDING_CHARS,

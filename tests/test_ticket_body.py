@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.ticket_body import (
+from restricted_sender.core.ticket_body import (
     MAX_BODY_CHARS,
     MAX_TITLE_CHARS,
     RESPONDING_URL,

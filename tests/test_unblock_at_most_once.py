@@ -56,7 +56,7 @@ class Story:
         self.env.pop("ALERTS_SHARED_SECRET", None)
         for key, value in self.env.items():
             os.environ[key] = value  # the webhook handler below reads the same settings
-        from restricted_sender.edge import runtime
+        from restricted_sender.entrypoints.edge import runtime
 
         runtime.reset()
         status, _ = post(handlers, alert_v2(ALICE))

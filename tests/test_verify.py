@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from restricted_sender.actions import Actor, TicketDesk
+from restricted_sender.core.policy import load_policy_text
+from restricted_sender.core.restriction import BlockedSender
+from restricted_sender.core.verify import VerifyTask, check_at, judge
 from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryDelayedQueue, MemoryStore
-from restricted_sender.pipeline import TicketNotFiled, Verifier
-from restricted_sender.policy import load_policy_text
-from restricted_sender.restriction import BlockedSender
+from restricted_sender.processing.actions import Actor, TicketDesk
+from restricted_sender.processing.pipeline import TicketNotFiled, Verifier
 from restricted_sender.timeutil import FixedClock, iso
-from restricted_sender.verify import VerifyTask, check_at, judge
 
 UNBLOCKED = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 CREATED = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -166,7 +166,7 @@ def test_report_only_records_the_verdict_but_opens_no_ticket() -> None:
 
 def test_a_delisted_audit_record_since_the_unblock_is_cited_by_the_verification() -> None:
     from restricted_sender.model import Source
-    from restricted_sender.pipeline import delisted_key
+    from restricted_sender.processing.pipeline import delisted_key
 
     world = VerifyWorld([], UNBLOCKED + HOUR)
     for record_id, at in (("before", UNBLOCKED - HOUR), ("after", UNBLOCKED + timedelta(minutes=20))):

@@ -6,8 +6,8 @@ restriction. The correlation id leads the subject so the SOC's mail rules and re
 
 from __future__ import annotations
 
-from ..model import Mail, TicketContent, TicketRef
-from ..ports import Directory
+from restricted_sender.model import Mail, TicketContent, TicketRef
+from restricted_sender.ports import Directory
 
 
 class EmailTickets:

@@ -30,7 +30,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import (
+from restricted_sender.adapters.identity import TokenProvider
+from restricted_sender.core.mailbox import Forwarding, Recipient
+from restricted_sender.core.restriction import BlockedSender
+from restricted_sender.errors import (
     ObjectNotFound,
     OutcomeUnknown,
     SenderNotBlocked,
@@ -39,10 +42,7 @@ from ..errors import (
     TransientServiceError,
     UnblockLimitReached,
 )
-from ..mailbox import Forwarding, Recipient
-from ..restriction import BlockedSender
-from ..retry import RetryPolicy, Sleep, backoff, retry_after_seconds
-from .identity import TokenProvider
+from restricted_sender.retry import RetryPolicy, Sleep, backoff, retry_after_seconds
 
 SYSTEM_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 MAX_PAGES = 500

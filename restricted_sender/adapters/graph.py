@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ..errors import FilterRefused, ServiceError, ServiceRefused, TransientServiceError
-from ..mailbox import InboxRule, parse_rules
-from ..model import DirectoryUser, Mail
-from ..ports import AlertsPage
-from .identity import GRAPH_SCOPE
+from restricted_sender.adapters.identity import GRAPH_SCOPE
+from restricted_sender.core.mailbox import InboxRule, parse_rules
+from restricted_sender.errors import FilterRefused, ServiceError, ServiceRefused, TransientServiceError
+from restricted_sender.model import DirectoryUser, Mail
+from restricted_sender.ports import AlertsPage
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential

@@ -8,8 +8,8 @@ from typing import TypeVar
 
 import httpx
 
-from ..errors import ServiceRefused, TransientServiceError
-from ..retry import RetryPolicy, retry_after_seconds, with_retries
+from restricted_sender.errors import ServiceRefused, TransientServiceError
+from restricted_sender.retry import RetryPolicy, retry_after_seconds, with_retries
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ..errors import TransientServiceError
+from restricted_sender.errors import TransientServiceError
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken

@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 
-from ..errors import ConfigurationError, ServiceRefused, TransientServiceError
-from ..model import TicketContent, TicketRef
-from ..retry import RetryPolicy, with_retries
-from ..settings import Secret
-from .http import check_correlation_id, create_once, cut, send
+from restricted_sender.adapters.http import check_correlation_id, create_once, cut, send
+from restricted_sender.errors import ConfigurationError, ServiceRefused, TransientServiceError
+from restricted_sender.model import TicketContent, TicketRef
+from restricted_sender.retry import RetryPolicy, with_retries
+from restricted_sender.settings import Secret
 
 SERVICE = "tickets"
 PRODUCT_LABEL = "restricted-sender-responder"

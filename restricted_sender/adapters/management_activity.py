@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 
-from ..errors import ContentExpired, ServiceRefused, TransientServiceError
-from ..o365 import check_content_uri
-from ..retry import RetryPolicy, with_retries
-from .http import send
-from .identity import TokenProvider
+from restricted_sender.adapters.http import send
+from restricted_sender.adapters.identity import TokenProvider
+from restricted_sender.errors import ContentExpired, ServiceRefused, TransientServiceError
+from restricted_sender.intake.o365 import check_content_uri
+from restricted_sender.retry import RetryPolicy, with_retries
 
 SERVICE = "o365"
 DEFAULT_SCOPE = "https://manage.office.com/.default"

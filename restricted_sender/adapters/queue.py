@@ -11,7 +11,7 @@ import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..errors import QueueUnavailable
+from restricted_sender.errors import QueueUnavailable
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient

@@ -16,12 +16,12 @@ from typing import Any
 
 import httpx
 
-from ..errors import ConfigurationError, ServiceRefused, TransientServiceError
-from ..model import TicketContent, TicketRef
-from ..retry import RetryPolicy, with_retries
-from ..settings import Secret
-from ..untrusted import no_codetag
-from .http import check_correlation_id, create_once, cut, send
+from restricted_sender.adapters.http import check_correlation_id, create_once, cut, send
+from restricted_sender.core.untrusted import no_codetag
+from restricted_sender.errors import ConfigurationError, ServiceRefused, TransientServiceError
+from restricted_sender.model import TicketContent, TicketRef
+from restricted_sender.retry import RetryPolicy, with_retries
+from restricted_sender.settings import Secret
 
 SERVICE = "tickets"
 CORRELATION_DISPLAY = "Restricted Sender Responder"

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..model import Source, TicketRef, UnblockEntry, UnblockKind
-from ..ports import (
+from restricted_sender.model import Source, TicketRef, UnblockEntry, UnblockKind
+from restricted_sender.ports import (
     MAX_REPORTS,
     PENDING_TTL,
     BudgetRefusal,
@@ -36,10 +36,10 @@ from ..ports import (
     resolve_claim,
     resolve_ticket,
 )
-from ..timeutil import iso, parse_instant
+from restricted_sender.timeutil import iso, parse_instant
 
 if TYPE_CHECKING:
-    from ..policy import Budget
+    from restricted_sender.core.policy import Budget
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (

@@ -40,9 +40,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ServiceError, TransientServiceError
-from ..model import MAX_UNBLOCK_DETAIL, Source, TicketRef, UnblockEntry, UnblockKind
-from ..ports import (
+from restricted_sender.errors import ServiceError, TransientServiceError
+from restricted_sender.model import MAX_UNBLOCK_DETAIL, Source, TicketRef, UnblockEntry, UnblockKind
+from restricted_sender.ports import (
     MAX_REPORTS,
     PENDING_TTL,
     TICKET_NOTED_KEEP,
@@ -57,13 +57,13 @@ from ..ports import (
     resolve_claim,
     resolve_ticket,
 )
-from ..timeutil import iso, parse_instant
+from restricted_sender.timeutil import iso, parse_instant
 
 if TYPE_CHECKING:
     from azure.data.tables import TableEntity
     from azure.data.tables.aio import TableClient, TableServiceClient
 
-    from ..policy import Budget
+    from restricted_sender.core.policy import Budget
 
 T = TypeVar("T")
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 
-from ..errors import ServiceRefused
-from ..model import TicketContent, TicketRef
-from ..retry import RetryPolicy, with_retries
-from ..settings import Secret
-from .http import send
+from restricted_sender.adapters.http import send
+from restricted_sender.errors import ServiceRefused
+from restricted_sender.model import TicketContent, TicketRef
+from restricted_sender.retry import RetryPolicy, with_retries
+from restricted_sender.settings import Secret
 
 
 def signature(secret: str, body: bytes) -> str:

@@ -6,7 +6,7 @@
 - The flat **alert** trigger body (the SecurityAlert schema, PascalCase): ``AlertDisplayName``,
   ``SystemAlertId``, ``Entities[]`` (``Type`` + PascalCase fields; a JSON string in the SecurityAlert table).
 
-:func:`restricted_sender.payloads.parse_alert_payload` detects these (and the ``{"Body": ...}`` wrapper).
+:func:`restricted_sender.intake.payloads.parse_alert_payload` detects these (and the ``{"Body": ...}`` wrapper).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .alerts import (
+from restricted_sender.errors import MalformedPayload
+from restricted_sender.intake.alerts import (
     MAX_ID_CHARS,
     MAX_TIME_CHARS,
     MAX_TITLE_CHARS,
@@ -26,8 +27,7 @@ from .alerts import (
     parse_json_text,
     user_ref,
 )
-from .errors import MalformedPayload
-from .model import SOURCE_SENTINEL, AlertReport, UserRef
+from restricted_sender.model import SOURCE_SENTINEL, AlertReport, UserRef
 
 
 def is_incident(body: Mapping[str, Any]) -> bool:

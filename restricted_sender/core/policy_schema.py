@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .policy import POLICY_MODEL
+from restricted_sender.core.policy import POLICY_MODEL
 
 SCHEMA_ID = "https://restricted-sender-responder.invalid/policy.schema.json"
 

@@ -14,16 +14,21 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .actions import Actor, TicketDesk
-from .admin import Admin
-from .content import ContentExpander
-from .errors import ConfigurationError, PolicyError
-from .facts import FactSources
-from .model import TicketContent, TicketRef
-from .nets import AlertPoller, RestrictedSweep
-from .pipeline import Intake, Processor, Verifier
-from .policy import Containment, Notify, Policy, TicketOptions, default_policy, load_policy_file, load_policy_text
-from .ports import (
+from restricted_sender.core.policy import (
+    Containment,
+    Notify,
+    Policy,
+    TicketOptions,
+    default_policy,
+    load_policy_file,
+    load_policy_text,
+)
+from restricted_sender.core.untrusted import guard_logger
+from restricted_sender.errors import ConfigurationError, PolicyError
+from restricted_sender.intake.content import ContentExpander
+from restricted_sender.intake.nets import AlertPoller, RestrictedSweep
+from restricted_sender.model import TicketContent, TicketRef
+from restricted_sender.ports import (
     AlertFeed,
     Clock,
     DelayedQueue,
@@ -34,25 +39,28 @@ from .ports import (
     Store,
     TicketSystem,
 )
-from .retry import RetryPolicy
-from .settings import CONTENT_QUEUE, EVENTS_QUEUE, VERIFY_QUEUE, Settings
-from .timeutil import SystemClock
-from .untrusted import guard_logger
+from restricted_sender.processing.actions import Actor, TicketDesk
+from restricted_sender.processing.admin import Admin
+from restricted_sender.processing.facts import FactSources
+from restricted_sender.processing.pipeline import Intake, Processor, Verifier
+from restricted_sender.retry import RetryPolicy
+from restricted_sender.settings import CONTENT_QUEUE, EVENTS_QUEUE, VERIFY_QUEUE, Settings
+from restricted_sender.timeutil import SystemClock
 
 if TYPE_CHECKING:
     import httpx
     from azure.core.credentials_async import AsyncTokenCredential
 
-    from .adapters.exchange import ExchangeAdmin
-    from .adapters.queue import DelayedStorageQueue
-    from .auth import TokenValidator
-    from .doctor import QueueReader, Targets
-    from .permissions import IntakePaths
+    from restricted_sender.adapters.exchange import ExchangeAdmin
+    from restricted_sender.adapters.queue import DelayedStorageQueue
+    from restricted_sender.entrypoints.auth import TokenValidator
+    from restricted_sender.entrypoints.permissions import IntakePaths
+    from restricted_sender.processing.doctor import QueueReader, Targets
 
 log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 
-APP_ROOT = Path(__file__).resolve().parent.parent  # where function_app.py and config/policy.yaml are deployed
+APP_ROOT = Path(__file__).resolve().parents[2]  # where function_app.py and config/policy.yaml are deployed
 
 
 def policy_path(setting: str) -> Path:
@@ -101,7 +109,7 @@ class LazyQueue:
 
 
 def storage_queue(settings: Settings, name: str = EVENTS_QUEUE) -> EventQueue:
-    from .adapters.queue import StorageQueue
+    from restricted_sender.adapters.queue import StorageQueue
 
     if settings.storage_connection:
         return StorageQueue.from_connection_string(settings.storage_connection.reveal(), name)
@@ -150,8 +158,8 @@ def exchange_admin(
     settings: Settings, http: httpx.AsyncClient, credential: AsyncTokenCredential, retry: RetryPolicy | None
 ) -> ExchangeAdmin:
     """The Exchange admin endpoint with the app's identity: the processor and the doctor talk to it alike."""
-    from .adapters.exchange import ExchangeAdmin
-    from .adapters.identity import EXCHANGE_SCOPE, bearer
+    from restricted_sender.adapters.exchange import ExchangeAdmin
+    from restricted_sender.adapters.identity import EXCHANGE_SCOPE, bearer
 
     return ExchangeAdmin(
         http,
@@ -185,7 +193,7 @@ async def build_processor(
     """Wire the processor from settings; any port passed in is used as is (tests, the CLI)."""
     import httpx
 
-    from .adapters.identity import bearer, managed_identity
+    from restricted_sender.adapters.identity import bearer, managed_identity
 
     closers: list[Callable[[], Awaitable[None]]] = []
     tenant_id = settings.require_tenant_id()
@@ -198,7 +206,7 @@ async def build_processor(
         assert credential is not None
         exchange = exchange_admin(settings, http, credential, retry)
     if directory is None:
-        from .adapters.graph import graph_directory
+        from restricted_sender.adapters.graph import graph_directory
 
         assert credential is not None
         graph = graph_directory(
@@ -233,8 +241,8 @@ async def build_processor(
     )
     sources = FactSources(exchange=exchange, directory=directory, store=store)
     if management is None:
-        from .adapters.identity import bearer
-        from .adapters.management_activity import ManagementActivityApi, management_scope
+        from restricted_sender.adapters.identity import bearer
+        from restricted_sender.adapters.management_activity import ManagementActivityApi, management_scope
 
         assert credential is not None
         management = ManagementActivityApi(
@@ -282,7 +290,7 @@ async def build_processor(
 
 
 def verification_queue(settings: Settings) -> DelayedStorageQueue:
-    from .adapters.queue import DelayedStorageQueue, StorageQueue
+    from restricted_sender.adapters.queue import DelayedStorageQueue, StorageQueue
 
     if settings.storage_connection:
         return DelayedStorageQueue(
@@ -296,14 +304,14 @@ def verification_queue(settings: Settings) -> DelayedStorageQueue:
 
 
 def table_store(settings: Settings) -> Store:
-    from .adapters.tables import TableStore
+    from restricted_sender.adapters.tables import TableStore
 
     if settings.storage_connection:
         return TableStore.from_connection_string(settings.storage_connection.reveal(), prefix=settings.table_prefix)
     if settings.table_service_uri:
         from azure.data.tables.aio import TableServiceClient
 
-        from .adapters.identity import managed_identity
+        from restricted_sender.adapters.identity import managed_identity
 
         credential = managed_identity(settings.storage_client_id)
         return TableStore(
@@ -329,7 +337,7 @@ def ticket_system(
     else:
         options = TicketOptions(system="servicenow")
     if options.system == "servicenow":
-        from .adapters.servicenow import ServiceNowTickets
+        from restricted_sender.adapters.servicenow import ServiceNowTickets
 
         url, username, password = (
             settings.servicenow_instance_url,
@@ -353,7 +361,7 @@ def ticket_system(
             retry=retry,
         )
     if options.system == "jira":
-        from .adapters.jira import JiraTickets
+        from restricted_sender.adapters.jira import JiraTickets
 
         site, email, token = settings.jira_site_url, settings.jira_email, settings.jira_api_token
         assert options.jira_project is not None, "the policy loader requires it"
@@ -370,11 +378,11 @@ def ticket_system(
             retry=retry,
         )
     if options.system == "email":
-        from .adapters.email_tickets import EmailTickets
+        from restricted_sender.adapters.email_tickets import EmailTickets
 
         assert options.email_sender is not None, "the policy loader requires it"
         return EmailTickets(directory, sender=options.email_sender, to=options.email_to)
-    from .adapters.tickets import WebhookTickets
+    from restricted_sender.adapters.tickets import WebhookTickets
 
     if not settings.ticket_webhook_url:
         return MissingTickets("webhook", ["TICKET_WEBHOOK_URL"])
@@ -410,7 +418,7 @@ def token_validator(settings: Settings) -> TokenValidator:
     """The admin API's Entra ID token validator; its own httpx client (closed by ``aclose``)."""
     import httpx
 
-    from .auth import TokenValidator
+    from restricted_sender.entrypoints.auth import TokenValidator
 
     if not settings.admin_api_audiences:
         raise ConfigurationError(
@@ -433,7 +441,7 @@ class _QueueProbe:
 
     async def exists(self) -> bool:
         def read() -> bool:
-            from .adapters.queue import StorageQueue
+            from restricted_sender.adapters.queue import StorageQueue
 
             queue = storage_queue(self._settings, self._name)
             assert isinstance(queue, StorageQueue)
@@ -460,11 +468,11 @@ async def doctor_targets(
     ``storage=False`` leaves the tables and queues out (the simulated run keeps them in memory)."""
     import httpx
 
-    from .adapters.graph import graph_directory
-    from .adapters.identity import EXCHANGE_SCOPE, GRAPH_SCOPE, bearer, managed_identity
-    from .adapters.management_activity import ManagementActivityApi, management_scope
-    from .doctor import Targets
-    from .retry import RetryPolicy
+    from restricted_sender.adapters.graph import graph_directory
+    from restricted_sender.adapters.identity import EXCHANGE_SCOPE, GRAPH_SCOPE, bearer, managed_identity
+    from restricted_sender.adapters.management_activity import ManagementActivityApi, management_scope
+    from restricted_sender.processing.doctor import Targets
+    from restricted_sender.retry import RetryPolicy
 
     tenant_id = settings.require_tenant_id()
     own_credential = credential is None

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from .errors import PolicyError
-from .model import UnblockEntry
+from restricted_sender.errors import PolicyError
+from restricted_sender.model import UnblockEntry
 
 DEFAULT_ALERT_NAMES = ("User restricted from sending email",)
 MODES = ("report-only", "enforce")

@@ -2,7 +2,7 @@
 
 Shapes understood (README: Where alerts come from): a Graph ``security/alerts_v2`` alert object, a ``{"value": [...]}``
 collection of them (what ``GET /security/alerts_v2`` returns), and the Sentinel incident and alert trigger
-bodies a Logic App playbook posts (:mod:`restricted_sender.sentinel`), bare or wrapped as ``{"Body": ...}``.
+bodies a Logic App playbook posts (:mod:`restricted_sender.intake.sentinel`), bare or wrapped as ``{"Body": ...}``.
 Defender streaming batches and Management Activity content have their own modules (``defender``, ``o365``):
 they need state or a fetch before they become reports.
 """
@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from itertools import accumulate
 from typing import Any
 
-from .errors import MalformedPayload, PayloadTooLarge
-from .model import AlertReport, UserRef, object_id_or_error
+from restricted_sender.errors import MalformedPayload, PayloadTooLarge
+from restricted_sender.model import AlertReport, UserRef, object_id_or_error
 
 MAX_BODY_BYTES = 1024 * 1024
 # The real bodies nest 8 levels at most (a Sentinel incident's related entities); 64 leaves room for wrappers

@@ -2,8 +2,9 @@
 
 Each probe is one read-only call through the product's own adapters (no unblock, no ticket, no mail) and ends in a
 :class:`Probe`: ok, a missing permission (which one, and the ``scripts/grant-permissions`` line that grants it,
-from :mod:`restricted_sender.permissions`), not licensed, unreachable, an unexpected shape (field names seen and
-expected, never values), misconfigured, or skipped (not needed by this policy, or not checkable without acting).
+from :mod:`restricted_sender.entrypoints.permissions`), not licensed, unreachable, an unexpected shape (field names
+seen and expected, never values), misconfigured, or skipped (not needed by this policy, or not checkable without
+acting).
 :func:`classify` and :func:`compare_fields` are pure; :func:`diagnose` runs the probes. Heavy clients are built
 by the caller (``compose.doctor_targets``): this module imports nothing heavy.
 """
@@ -18,10 +19,23 @@ from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from .errors import ConfigurationError, PolicyError, ResponderError, ServiceError, TransientServiceError
-from .permissions import GRAPH_CALLS, PERMISSIONS, IntakePaths, Permission, grant_line, required
-from .policy import Policy, default_policy
-from .ports import ManagementActivity, Store, TicketSystem
+from restricted_sender.core.policy import Policy, default_policy
+from restricted_sender.entrypoints.permissions import (
+    GRAPH_CALLS,
+    PERMISSIONS,
+    IntakePaths,
+    Permission,
+    grant_line,
+    required,
+)
+from restricted_sender.errors import (
+    ConfigurationError,
+    PolicyError,
+    ResponderError,
+    ServiceError,
+    TransientServiceError,
+)
+from restricted_sender.ports import ManagementActivity, Store, TicketSystem
 
 TokenProvider = Callable[[], Awaitable[str]]
 TICKET_PROBE_ID = "rsr-doctor-probe"  # a correlation id no ticket carries: the search reads, finds nothing

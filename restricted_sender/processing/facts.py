@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import TransientServiceError
-from .mailbox import Forwarding, InboxRule
-from .model import DirectoryUser, Facts, Note, NoteCode, RestrictionEvent, UnblockEntry
-from .policy import Policy
-from .ports import Directory, Exchange, Store
-from .restriction import Anchor, BlockedSender
-from .timeutil import iso, parse_instant
+from restricted_sender.core.mailbox import Forwarding, InboxRule
+from restricted_sender.core.policy import Policy
+from restricted_sender.core.restriction import Anchor, BlockedSender
+from restricted_sender.errors import TransientServiceError
+from restricted_sender.model import DirectoryUser, Facts, Note, NoteCode, RestrictionEvent, UnblockEntry
+from restricted_sender.ports import Directory, Exchange, Store
+from restricted_sender.timeutil import iso, parse_instant
 
 _NO_HISTORY_WINDOW = timedelta(days=30)
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .alerts import (
+from restricted_sender.errors import MalformedPayload
+from restricted_sender.intake.alerts import (
     MAX_ID_CHARS,
     MAX_NAME_CHARS,
     MAX_TIME_CHARS,
@@ -24,8 +25,7 @@ from .alerts import (
     merge_users,
     user_ref,
 )
-from .errors import MalformedPayload
-from .model import SOURCE_DEFENDER, AlertReport, UserRef, object_id_or_error
+from restricted_sender.model import SOURCE_DEFENDER, AlertReport, UserRef, object_id_or_error
 
 CATEGORY_INFO = "advancedhunting-alertinfo"
 CATEGORY_EVIDENCE = "advancedhunting-alertevidence"

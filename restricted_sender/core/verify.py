@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
-from .model import Reason
-from .restriction import BlockedSender
-from .timeutil import iso, parse_instant
+from restricted_sender.core.restriction import BlockedSender
+from restricted_sender.model import Reason
+from restricted_sender.timeutil import iso, parse_instant
 
 VERIFY_SCHEMA = 1
 VerdictKind = Literal["verified", "not-lifted", "verify-pending"]

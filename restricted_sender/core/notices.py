@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from .model import Mail, Outcome
-from .untrusted import one_line as _v
+from restricted_sender.core.untrusted import one_line as _v
+from restricted_sender.model import Mail, Outcome
 
 _FOOTER = "This message was sent automatically by Restricted Sender Responder on behalf of your IT team."
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from .errors import PolicyError
-from .model import Decision, Facts, Outcome, Reason, RestrictionEvent, UnblockEntry, UnblockStatus
-from .policy import RISK_LEVELS, Budget, Policy, Selector
-from .restriction import BlockedSender, BlockKind
-from .timeutil import iso
+from restricted_sender.core.policy import RISK_LEVELS, Budget, Policy, Selector
+from restricted_sender.core.restriction import BlockedSender, BlockKind
+from restricted_sender.errors import PolicyError
+from restricted_sender.model import Decision, Facts, Outcome, Reason, RestrictionEvent, UnblockEntry, UnblockStatus
+from restricted_sender.timeutil import iso
 
 NOT_TARGET_ALERT = "not-target-alert"
 NOT_RESTRICTED = "not-restricted"

@@ -1,11 +1,11 @@
-"""The ``alert-content`` queue's messages: what the webhooks hand to :mod:`restricted_sender.content`."""
+"""The ``alert-content`` queue's messages: what the webhooks hand to :mod:`restricted_sender.intake.content`."""
 
 from __future__ import annotations
 
 import json
 
-from .defender import AlertInfo, DefenderBatch, UserEvidence
-from .o365 import ContentPointer
+from restricted_sender.intake.defender import AlertInfo, DefenderBatch, UserEvidence
+from restricted_sender.intake.o365 import ContentPointer
 
 MAX_MESSAGE_CHARS = 40_000  # a queue message holds 64 KiB, base64 makes 48 KiB of that: leave headroom
 

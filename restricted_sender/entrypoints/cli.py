@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
-from .alerts import parse_json
-from .defender import is_defender_batch, parse_records
-from .errors import (
+from restricted_sender.core.policy import Policy, load_policy_file
+from restricted_sender.errors import (
     ConfigurationError,
     InputError,
     MalformedPayload,
@@ -32,24 +31,24 @@ from .errors import (
     ServiceError,
     ServiceRefused,
 )
-from .model import DecisionRecord, UnblockEntry, UnblockKind
-from .payloads import parse_alert_payload
-from .policy import Policy, load_policy_file
-from .timeutil import FixedClock, SystemClock, parse_instant
+from restricted_sender.intake.alerts import parse_json
+from restricted_sender.intake.defender import is_defender_batch, parse_records
+from restricted_sender.intake.payloads import parse_alert_payload
+from restricted_sender.model import DecisionRecord, UnblockEntry, UnblockKind
+from restricted_sender.timeutil import FixedClock, SystemClock, parse_instant
 
 if TYPE_CHECKING:
+    from restricted_sender.adapters.management_activity import ManagementActivityApi
+    from restricted_sender.entrypoints.compose import ProcessorBundle
+    from restricted_sender.entrypoints.permissions import IntakePaths
+    from restricted_sender.fakes import MemoryDelayedQueue, MemoryQueue
+    from restricted_sender.ports import Clock
+    from restricted_sender.processing.admin import Admin
+    from restricted_sender.processing.doctor import Report
+    from restricted_sender.settings import Settings
     from simulator import Simulator
 
-    from .adapters.management_activity import ManagementActivityApi
-    from .admin import Admin
-    from .compose import ProcessorBundle
-    from .doctor import Report
-    from .fakes import MemoryDelayedQueue, MemoryQueue
-    from .permissions import IntakePaths
-    from .ports import Clock
-    from .settings import Settings
-
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 DEMO_NOW = "2026-11-27T22:30:00Z"  # 90 minutes before the day blocks lift
 
 
@@ -261,10 +260,10 @@ async def bundle_on(
 ) -> AsyncIterator[tuple[ProcessorBundle, MemoryDelayedQueue]]:
     """The function app's processor bundle against a running simulator: the real clients, an embedded (SQLite)
     store seeded with ``history``, in-memory queues. The CLI and the benchmarks run on it."""
-    from .adapters.sqlite import SqliteStore
-    from .compose import build_processor
-    from .fakes import MemoryDelayedQueue, MemoryQueue
-    from .retry import RetryPolicy
+    from restricted_sender.adapters.sqlite import SqliteStore
+    from restricted_sender.entrypoints.compose import build_processor
+    from restricted_sender.fakes import MemoryDelayedQueue, MemoryQueue
+    from restricted_sender.retry import RetryPolicy
 
     store = SqliteStore(":memory:")
     await _seed_history(store, history)
@@ -295,8 +294,8 @@ async def replay(
     now: datetime | None = None,
 ) -> ReplayOutcome:
     """The replay engine: the simulator on a free loopback port, an embedded store, the real clients."""
-    from .edge import process_message
-    from .fakes import MemoryQueue
+    from restricted_sender.entrypoints.edge import process_message
+    from restricted_sender.fakes import MemoryQueue
 
     queue, content = MemoryQueue(), MemoryQueue()
     async with simulated_bundle(tenant, policy, now, events=queue, content=content) as (bundle, sim, verifications):
@@ -366,8 +365,8 @@ def _replay(args: argparse.Namespace) -> int:
 @asynccontextmanager
 async def _admin_for(args: argparse.Namespace) -> AsyncIterator[Admin]:
     """The admin side against the simulator (``--tenant``) or, without it, the tenant the app settings name."""
-    from .compose import build_processor, load_policy
-    from .settings import Settings
+    from restricted_sender.entrypoints.compose import build_processor, load_policy
+    from restricted_sender.settings import Settings
 
     if args.tenant is not None:
         policy = (
@@ -396,8 +395,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _unblock(args: argparse.Namespace) -> int:
-    from .admin import UnblockRequest, parse_unblock_request
-    from .model import Operator
+    from restricted_sender.model import Operator
+    from restricted_sender.processing.admin import UnblockRequest, parse_unblock_request
 
     request: UnblockRequest = parse_unblock_request(
         json.dumps({"justification": args.justification, "force": args.force}).encode()
@@ -463,9 +462,9 @@ async def _management_api() -> AsyncIterator[tuple[ManagementActivityApi, Settin
     import httpx
     from azure.identity.aio import DefaultAzureCredential
 
-    from .adapters.identity import bearer
-    from .adapters.management_activity import ManagementActivityApi, management_scope
-    from .settings import Settings
+    from restricted_sender.adapters.identity import bearer
+    from restricted_sender.adapters.management_activity import ManagementActivityApi, management_scope
+    from restricted_sender.settings import Settings
 
     settings = Settings.from_env()
     async with (
@@ -511,7 +510,7 @@ def _masked(subscription: Any) -> Any:
 
 
 def _o365_subscribe(args: argparse.Namespace) -> int:
-    from .adapters.management_activity import CONTENT_TYPE
+    from restricted_sender.adapters.management_activity import CONTENT_TYPE
 
     if not args.webhook.startswith("https://") and not args.webhook.startswith("http://127.0.0.1"):
         raise InputError("the webhook must be an https:// address (the API refuses anything else)")
@@ -574,9 +573,9 @@ def summarize(records: Sequence[DecisionRecord]) -> str:
 
 
 def _decisions(args: argparse.Namespace) -> int:
-    from .adapters.tables import TableStore
-    from .compose import table_store
-    from .settings import Settings
+    from restricted_sender.adapters.tables import TableStore
+    from restricted_sender.entrypoints.compose import table_store
+    from restricted_sender.settings import Settings
 
     window = since_delta(args.since)
 
@@ -634,7 +633,7 @@ def _policy_validate(args: argparse.Namespace) -> int:
 
 
 def _policy_schema(args: argparse.Namespace) -> int:
-    from .policy_schema import POLICY_SCHEMA
+    from restricted_sender.core.policy_schema import POLICY_SCHEMA
 
     print(json.dumps(POLICY_SCHEMA, indent=2))
     return 0
@@ -643,9 +642,9 @@ def _policy_schema(args: argparse.Namespace) -> int:
 def _permissions(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .permissions import IntakePaths, markdown_table, plan_json, required
-    from .policy import default_policy, load_policy_text
-    from .settings import Settings
+    from restricted_sender.core.policy import default_policy, load_policy_text
+    from restricted_sender.entrypoints.permissions import IntakePaths, markdown_table, plan_json, required
+    from restricted_sender.settings import Settings
 
     if args.markdown:
         print(markdown_table(), end="")
@@ -693,9 +692,9 @@ async def simulated_doctor(tenant: Path | dict[str, Any], policy: Policy | Polic
 async def doctor_on(sim: Simulator, policy: Policy | PolicyError, intake: IntakePaths | None = None) -> Report:
     """The doctor's probes against a running simulator (tables and queues are in memory there: skipped); the
     intake paths default to the alerts_v2 poller on and the Management Activity API off."""
-    from .compose import doctor_targets
-    from .doctor import diagnose
-    from .permissions import IntakePaths
+    from restricted_sender.entrypoints.compose import doctor_targets
+    from restricted_sender.entrypoints.permissions import IntakePaths
+    from restricted_sender.processing.doctor import diagnose
 
     # The credential reads the identity endpoint from the environment when it is created (on entering).
     with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
@@ -708,7 +707,7 @@ async def remote_doctor(app: str, audience: str, function_key: str | None) -> Re
     import httpx
     from azure.identity.aio import AzureCliCredential
 
-    from .doctor import Report
+    from restricted_sender.processing.doctor import Report
 
     scope = audience if audience.endswith("/.default") else f"{audience.rstrip('/')}/.default"
     async with AzureCliCredential() as credential:
@@ -780,7 +779,7 @@ def environment(**values: str) -> Iterator[None]:
 
 def simulated_settings(sim: Simulator) -> Settings:
     """Settings that point Graph, Exchange, the identity endpoint and every ticket system at the simulator."""
-    from .settings import Secret, Settings
+    from restricted_sender.settings import Secret, Settings
 
     itsm = sim.itsm_credentials
     return Settings(

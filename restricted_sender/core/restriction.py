@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from .rows import field, note_shape
-from .timeutil import iso, parse_instant
+from restricted_sender.core.rows import field, note_shape
+from restricted_sender.timeutil import iso, parse_instant
 
 # The fields community clients see in Get-BlockedSenderAddress rows (the cmdlet's documentation lists none): CIPP's
 # Invoke-ListRestrictedUsers.ps1 reads these.

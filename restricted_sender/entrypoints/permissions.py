@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import PolicyError
-from .policy import Policy, default_policy
-from .settings import DEFENDER_EVENTHUB, Settings
+from restricted_sender.core.policy import Policy, default_policy
+from restricted_sender.errors import PolicyError
+from restricted_sender.settings import DEFENDER_EVENTHUB, Settings
 
 Kind = Literal["application", "directory role", "Azure RBAC"]
 

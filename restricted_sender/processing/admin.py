@@ -20,12 +20,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import decide as rules
-from .actions import Actor
-from .alerts import parse_json
-from .errors import Conflict, MalformedPayload, NotFound, PolicyError, ServiceRefused
-from .facts import FactSources, gather_facts
-from .model import (
+from restricted_sender.core import decide as rules
+from restricted_sender.core.policy import Policy, default_policy
+from restricted_sender.errors import Conflict, MalformedPayload, NotFound, PolicyError, ServiceRefused
+from restricted_sender.intake.alerts import parse_json
+from restricted_sender.model import (
     Action,
     ActionStatus,
     Decision,
@@ -42,9 +41,10 @@ from .model import (
     UserRef,
     stable_id,
 )
-from .pipeline import decision_record, log_decision
-from .policy import Policy, default_policy
-from .ports import Clock, Store
+from restricted_sender.ports import Clock, Store
+from restricted_sender.processing.actions import Actor
+from restricted_sender.processing.facts import FactSources, gather_facts
+from restricted_sender.processing.pipeline import decision_record, log_decision
 
 MANUAL = "manual"
 FORCED = "manual:forced"

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .alerts import parse_json
-from .defender import (
+from restricted_sender.core.untrusted import guard_logger
+from restricted_sender.errors import ConfigurationError, ContentExpired, InputError, MalformedPayload, UnsafeContentUri
+from restricted_sender.intake.alerts import parse_json
+from restricted_sender.intake.defender import (
     AlertInfo,
     DefenderBatch,
     DefenderJoin,
@@ -25,12 +27,10 @@ from .defender import (
     join,
     parse_records,
 )
-from .errors import ConfigurationError, ContentExpired, InputError, MalformedPayload, UnsafeContentUri
-from .model import SOURCE_O365, Source
-from .o365 import ContentPointer, parse_content
-from .pipeline import Intake, IntakeResult, delisted_key
-from .ports import ClaimResult, Clock, ManagementActivity, Store
-from .untrusted import guard_logger
+from restricted_sender.intake.o365 import ContentPointer, parse_content
+from restricted_sender.model import SOURCE_O365, Source
+from restricted_sender.ports import ClaimResult, Clock, ManagementActivity, Store
+from restricted_sender.processing.pipeline import Intake, IntakeResult, delisted_key
 
 log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 

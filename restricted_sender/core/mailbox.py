@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .rows import field, note_shape
+from restricted_sender.core.rows import field, note_shape
 
 # Where attackers hide replies and bounces (Microsoft's compromised-account guidance); by display name.
 HIDING_FOLDERS = frozenset({"rss feeds", "rss subscriptions", "archive", "deleted items", "junk email",

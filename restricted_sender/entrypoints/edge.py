@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .admin import parse_unblock_request, warnings_of
-from .errors import (
+from restricted_sender.core.policy import Policy
+from restricted_sender.core.untrusted import guard_logger
+from restricted_sender.core.verify import VerifyTask
+from restricted_sender.errors import (
     ConfigurationError,
     Forbidden,
     InputError,
@@ -24,21 +26,19 @@ from .errors import (
     TransientServiceError,
     Unauthorized,
 )
-from .model import DecisionRecord, Operator, RestrictionEvent
-from .pipeline import Intake, Processor, Verifier
-from .policy import Policy
-from .settings import Secret, Settings
-from .untrusted import guard_logger
-from .verify import VerifyTask
+from restricted_sender.model import DecisionRecord, Operator, RestrictionEvent
+from restricted_sender.processing.admin import parse_unblock_request, warnings_of
+from restricted_sender.processing.pipeline import Intake, Processor, Verifier
+from restricted_sender.settings import Secret, Settings
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from .auth import TokenValidator
-    from .compose import ProcessorBundle
-    from .doctor import Report
-    from .errors import PolicyError
-    from .nets import NetRun
+    from restricted_sender.entrypoints.auth import TokenValidator
+    from restricted_sender.entrypoints.compose import ProcessorBundle
+    from restricted_sender.errors import PolicyError
+    from restricted_sender.intake.nets import NetRun
+    from restricted_sender.processing.doctor import Report
 
 
 class Authenticator(Protocol):
@@ -206,7 +206,7 @@ class Runtime:
     @property
     def policy(self) -> Policy | PolicyError:
         if self._policy is None:
-            from .compose import load_policy
+            from restricted_sender.entrypoints.compose import load_policy
 
             self._policy = load_policy(self.settings)
         return self._policy
@@ -217,7 +217,7 @@ class Runtime:
 
     def intake(self) -> Intake:
         if self._intake is None:
-            from .compose import build_intake
+            from restricted_sender.entrypoints.compose import build_intake
 
             self._intake = build_intake(self.settings, self.policy)
         return self._intake
@@ -243,7 +243,7 @@ class Runtime:
         # The host runs a batch of messages at once: exactly one of them builds the clients.
         async with building:
             if self._processor is None:
-                from .compose import build_processor
+                from restricted_sender.entrypoints.compose import build_processor
 
                 self._processor = await build_processor(self.settings, self.policy)
         return self._processor
@@ -291,7 +291,7 @@ class Runtime:
     def validator(self) -> TokenValidator:
         self._on_this_loop()
         if self._validator is None:
-            from .compose import token_validator
+            from restricted_sender.entrypoints.compose import token_validator
 
             self._validator = token_validator(self.settings)
         return self._validator
@@ -335,9 +335,9 @@ class Runtime:
 
     async def run_doctor(self) -> Report:
         """Every doctor probe, with the app's own identity and fresh clients (closed after)."""
-        from .compose import doctor_targets
-        from .doctor import Probe, Report, Verdict, diagnose
-        from .permissions import IntakePaths
+        from restricted_sender.entrypoints.compose import doctor_targets
+        from restricted_sender.entrypoints.permissions import IntakePaths
+        from restricted_sender.processing.doctor import Probe, Report, Verdict, diagnose
 
         try:
             async with doctor_targets(self.settings, self.policy, IntakePaths.from_env()) as targets:

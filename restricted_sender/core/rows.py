@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .untrusted import guard_logger
+from restricted_sender.core.untrusted import guard_logger
 
 log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 

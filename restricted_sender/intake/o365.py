@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .alerts import (
+from restricted_sender.errors import InputError, MalformedPayload, PayloadTooLarge, UnsafeContentUri
+from restricted_sender.intake.alerts import (
     MAX_EVENTS_PER_REQUEST,
     MAX_ID_CHARS,
     MAX_NAME_CHARS,
@@ -29,9 +30,8 @@ from .alerts import (
     merge_users,
     user_ref,
 )
-from .errors import InputError, MalformedPayload, PayloadTooLarge, UnsafeContentUri
-from .model import SOURCE_O365, AlertReport
-from .timeutil import parse_instant
+from restricted_sender.model import SOURCE_O365, AlertReport
+from restricted_sender.timeutil import parse_instant
 
 RECORD_ALERT = "40"  # SecurityComplianceAlerts
 RECORD_HYGIENE = "51"  # HygieneEvent: outbound spam protection listing and delisting users

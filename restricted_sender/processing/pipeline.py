@@ -14,13 +14,18 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import decide as rules
-from .actions import RESTRICTED_ENTITIES_URL, Actor, correlation_id, evidence, ticket_failed
-from .alerts import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, parse_json
-from .defender import DefenderBatch, compact, is_defender_batch, parse_records
-from .errors import ConfigurationError, PayloadTooLarge, PolicyError, TransientServiceError
-from .facts import FactSources, gather_facts
-from .model import (
+from restricted_sender.core import decide as rules
+from restricted_sender.core.policy import Policy, default_policy
+from restricted_sender.core.restriction import BlockedSender
+from restricted_sender.core.untrusted import guard_logger
+from restricted_sender.core.verify import NOT_LIFTED, PENDING, VERIFIED, Verdict, VerifyTask, judge
+from restricted_sender.errors import ConfigurationError, PayloadTooLarge, PolicyError, TransientServiceError
+from restricted_sender.intake.alerts import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, parse_json
+from restricted_sender.intake.defender import DefenderBatch, compact, is_defender_batch, parse_records
+from restricted_sender.intake.o365 import parse_notifications
+from restricted_sender.intake.payloads import parse_alert_payload
+from restricted_sender.intake.relay import MAX_MESSAGE_CHARS, defender_messages, o365_message
+from restricted_sender.model import (
     Action,
     ActionStatus,
     AlertReport,
@@ -32,16 +37,11 @@ from .model import (
     Source,
     stable_id,
 )
-from .o365 import parse_notifications
-from .payloads import parse_alert_payload
-from .policy import Policy, default_policy
-from .ports import CLAIM_LEASE, ClaimResult, ClaimState, Clock, EventQueue, Exchange, Store
-from .relay import MAX_MESSAGE_CHARS, defender_messages, o365_message
-from .restriction import BlockedSender
-from .settings import O365_API_ROOT
-from .timeutil import iso
-from .untrusted import guard_logger
-from .verify import NOT_LIFTED, PENDING, VERIFIED, Verdict, VerifyTask, judge
+from restricted_sender.ports import CLAIM_LEASE, ClaimResult, ClaimState, Clock, EventQueue, Exchange, Store
+from restricted_sender.processing.actions import RESTRICTED_ENTITIES_URL, Actor, correlation_id, evidence, ticket_failed
+from restricted_sender.processing.facts import FactSources, gather_facts
+from restricted_sender.settings import O365_API_ROOT
+from restricted_sender.timeutil import iso
 
 decision_log = logging.getLogger("restricted_sender.decision")
 log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
@@ -409,7 +409,7 @@ def _with_retry_note(record: DecisionRecord, attempt: int) -> DecisionRecord:
 
 @dataclass
 class Verifier:
-    """Runs one scheduled check of an unblock (a verification queue message); see :mod:`restricted_sender.verify`."""
+    """Runs one scheduled check of an unblock (a verification queue message): :mod:`restricted_sender.core.verify`."""
 
     exchange: Exchange
     actor: Actor

@@ -13,8 +13,17 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
 
-from .decide import GUARD_TENANT_BUDGET, GUARD_USER_BUDGET, unblock_failed, unblock_uncertain
-from .errors import (
+from restricted_sender.core.decide import GUARD_TENANT_BUDGET, GUARD_USER_BUDGET, unblock_failed, unblock_uncertain
+from restricted_sender.core.notices import recipients_notice, user_notice
+from restricted_sender.core.policy import Budget, Containment, Notify
+from restricted_sender.core.restriction import BlockedSender, BlockReason
+from restricted_sender.core.ticket_body import (
+    RESTRICTED_ENTITIES_URL as RESTRICTED_ENTITIES_URL,  # re-exported: pipeline imports it here
+)
+from restricted_sender.core.ticket_body import render_ticket
+from restricted_sender.core.untrusted import guard_logger
+from restricted_sender.core.verify import DEFAULT_VERIFY_AFTER, VerifyTask, check_at
+from restricted_sender.errors import (
     ConfigurationError,
     OutcomeUnknown,
     SenderNotBlocked,
@@ -23,8 +32,7 @@ from .errors import (
     TransientServiceError,
     UnblockLimitReached,
 )
-from .facts import clear_first_seen
-from .model import (
+from restricted_sender.model import (
     MAX_UNBLOCK_DETAIL,
     Action,
     ActionStatus,
@@ -41,15 +49,9 @@ from .model import (
     UnblockStatus,
     stable_id,
 )
-from .notices import recipients_notice, user_notice
-from .policy import Budget, Containment, Notify
-from .ports import ClaimResult, Clock, DelayedQueue, Directory, Exchange, Store, TicketSystem
-from .restriction import BlockedSender, BlockReason
-from .ticket_body import RESTRICTED_ENTITIES_URL as RESTRICTED_ENTITIES_URL  # re-exported: pipeline imports it here
-from .ticket_body import render_ticket
-from .timeutil import iso
-from .untrusted import guard_logger
-from .verify import DEFAULT_VERIFY_AFTER, VerifyTask, check_at
+from restricted_sender.ports import ClaimResult, Clock, DelayedQueue, Directory, Exchange, Store, TicketSystem
+from restricted_sender.processing.facts import clear_first_seen
+from restricted_sender.timeutil import iso
 
 log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 

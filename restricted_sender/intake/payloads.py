@@ -1,18 +1,18 @@
 """Which shape a posted body is, and its alerts: Graph alerts_v2 (one, or a ``{"value": [...]}`` list) or the
 Sentinel incident and alert bodies a Logic App playbook posts, bare or wrapped as ``{"Body": ...}``.
 
-Above both parsers, so neither imports the other: :mod:`restricted_sender.sentinel` builds on the field helpers of
-:mod:`restricted_sender.alerts`.
+Above both parsers, so neither imports the other: :mod:`restricted_sender.intake.sentinel` builds on the field
+helpers of :mod:`restricted_sender.intake.alerts`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import sentinel
-from .alerts import ACCEPTED_SHAPES, ALERTS_V2_KEYS, at, parse_alert_v2
-from .errors import MalformedPayload
-from .model import SOURCE_ALERTS_V2, AlertReport
+from restricted_sender.errors import MalformedPayload
+from restricted_sender.intake import sentinel
+from restricted_sender.intake.alerts import ACCEPTED_SHAPES, ALERTS_V2_KEYS, at, parse_alert_v2
+from restricted_sender.model import SOURCE_ALERTS_V2, AlertReport
 
 
 def parse_alert_payload(
@@ -25,7 +25,7 @@ def parse_alert_payload(
 
     ``source`` is the kind given to alerts_v2 reports (the poller passes ``SOURCE_POLL``); Sentinel reports are
     always ``SOURCE_SENTINEL``. ``is_target`` picks an incident's title among its alerts' names (see
-    :func:`restricted_sender.sentinel.parse_incident`).
+    :func:`restricted_sender.intake.sentinel.parse_incident`).
     """
     where = ""
     if isinstance(payload, dict) and "Body" in payload:

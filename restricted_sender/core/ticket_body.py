@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .model import TicketContent
-from .untrusted import defanged, linkable, one_line
+from restricted_sender.core.untrusted import defanged, linkable, one_line
+from restricted_sender.model import TicketContent
 
 MAX_BODY_CHARS = 30_000
 MAX_TITLE_CHARS = 200

@@ -26,10 +26,10 @@ import httpx
 import jwt
 from jwt import exceptions as jwt_errors
 
-from .errors import ConfigurationError, Forbidden, TransientServiceError, Unauthorized
-from .model import Operator
-from .settings import ENTRA_AUTHORITY
-from .untrusted import guard_logger
+from restricted_sender.core.untrusted import guard_logger
+from restricted_sender.errors import ConfigurationError, Forbidden, TransientServiceError, Unauthorized
+from restricted_sender.model import Operator
+from restricted_sender.settings import ENTRA_AUTHORITY
 
 log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
