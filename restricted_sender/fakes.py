@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from restricted_sender.core.ledger import budget_refusal, noted_with, pending_text, resolve_claim, resolve_ticket
 from restricted_sender.core.mailbox import Forwarding, InboxRule, Recipient, parse_rules
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.errors import (
@@ -30,11 +31,6 @@ from restricted_sender.ports import (
     ClaimState,
     Cursor,
     TicketSlot,
-    budget_refusal,
-    noted_with,
-    pending_text,
-    resolve_claim,
-    resolve_ticket,
 )
 
 if TYPE_CHECKING:

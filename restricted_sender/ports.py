@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -161,51 +160,10 @@ class TicketSlot:
     ticket: TicketRef | None = None
 
 
-TICKET_LEASE = timedelta(minutes=2)
-TICKET_NOTED_KEEP = 200  # a ledger row remembers the last 200 events added to its ticket
-
-
-def resolve_ticket(
-    *,
-    owner: str,
-    started_at: datetime,
-    ticket: TicketRef | None,
-    noted: Collection[str],
-    event_id: str,
-    now: datetime,
-) -> TicketSlot:
-    """What an existing ticket-ledger row means for ``event_id``; one rule shared by every store backend.
-
-    A recorded ticket: ``done`` when ``event_id`` is noted on it, else ``update``. No ticket yet: the owner's own
-    retry, or anyone once the owner's lease (``TICKET_LEASE`` from ``started_at``) ran out, gets ``create`` (the
-    store then writes itself in as owner, conditionally, so one of several takers wins); everyone else ``wait``.
-    """
-    if ticket is not None:
-        return TicketSlot("done" if event_id in noted else "update", ticket)
-    if owner == event_id or now - started_at > TICKET_LEASE:
-        return TicketSlot("create")
-    return TicketSlot("wait")
-
-
-def noted_with(noted: Sequence[str], event_id: str) -> list[str]:
-    """``noted`` with ``event_id`` added once, keeping the newest ``TICKET_NOTED_KEEP`` ids (oldest first).
-
-    An event pushed out of a busy ticket's window would be added to it again if it were retried after that:
-    a repeated work note, never a second ticket.
-    """
-    kept = list(noted)
-    if event_id not in kept:
-        kept.append(event_id)
-    return kept[-TICKET_NOTED_KEEP:]
-
-
 class ClaimResult(StrEnum):
     NEW = "new"  # first delivery of this event: go on
     RESUMED = "resumed"  # this delivery claimed it before and failed, or the holder's lease ran out: go on
     DUPLICATE = "duplicate"  # handled, or being handled, by another delivery: stop
-
-
-CLAIM_LEASE = timedelta(minutes=15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,54 +186,6 @@ class Cursor:
 
 MAX_REPORTS = 50  # sources kept per restriction: the first 50 reports are the story, the rest is noise
 PENDING_TTL = timedelta(hours=24)  # Defender rows waiting for their other half are dropped after this
-MAX_PENDING_CHARS = 30_000  # of JSON: what fits in one Table Storage string property (64 KiB of UTF-16)
-
-
-def pending_text(group: str, key: str, data: Mapping[str, Any]) -> str:
-    """``data`` as ASCII JSON, refused with ``ValueError`` when it would not fit; one rule for every store."""
-    text = json.dumps(data, separators=(",", ":"))  # ASCII: one UTF-16 unit per character
-    if len(text) > MAX_PENDING_CHARS:
-        raise ValueError(
-            f"pending data for ({group!r}, {key!r}) is {len(text)} characters of JSON: at most {MAX_PENDING_CHARS}"
-        )
-    return text
-
-
-def resolve_claim(*, owner: str, state: str, claimed_at: datetime, delivery_id: str, now: datetime) -> ClaimResult:
-    """What an existing claim row means for ``delivery_id``; one rule shared by every store backend.
-
-    The owner's own redelivery resumes (its earlier attempt failed before completing; every action is
-    idempotent). Another delivery is a duplicate, unless the owner's lease ran out without completing:
-    then it takes over, so a crashed processor never strands an event.
-    """
-    if state == "done":
-        return ClaimResult.DUPLICATE
-    if owner == delivery_id or now - claimed_at > CLAIM_LEASE:
-        return ClaimResult.RESUMED
-    return ClaimResult.DUPLICATE
-
-
-def budget_refusal(
-    entry: UnblockEntry,
-    history: Iterable[UnblockEntry],
-    *,
-    user_budget: Budget | None,
-    tenant_budget: Budget | None,
-) -> BudgetRefusal | None:
-    """Which budget recording ``entry`` would exceed, given the tenant's ``history``; one rule for every store.
-
-    Counts with :meth:`Budget.spent_by`, leaving out entries of ``entry.event_id`` (a retry of the same event
-    never counts against itself): the user's own against ``user_budget``, checked first, then everyone's against
-    ``tenant_budget``. ``None`` is unlimited. ``history`` may hold more than needed: the rule filters.
-    """
-    user = entry.user.lower()
-    counted = [e for e in history if e.event_id != entry.event_id]
-
-    if user_budget is not None and user_budget.is_spent((e for e in counted if e.user.lower() == user), entry.at):
-        return "user"
-    if tenant_budget is not None and tenant_budget.is_spent(counted, entry.at):
-        return "tenant"
-    return None
 
 
 class Store(Protocol):

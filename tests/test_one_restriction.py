@@ -130,7 +130,7 @@ def test_a_report_while_another_event_still_decides_fails_unrecorded_and_its_ret
 def test_a_decider_that_crashed_is_taken_over_after_its_lease(monkeypatch: Any) -> None:
     world = World([ROW], [ALICE])
     key = restriction_claim_key(BlockedSender.from_row(ROW), "enforce")
-    from restricted_sender.ports import CLAIM_LEASE
+    from restricted_sender.core.ledger import CLAIM_LEASE
 
     asyncio.run(world.store.claim(key, "evt-crashed", NOW - CLAIM_LEASE * 2))
     [record] = run_together(world, event(SOURCE_SWEEP, direct=True))

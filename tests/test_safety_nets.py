@@ -159,8 +159,8 @@ def test_the_sweep_leaves_alone_a_restriction_an_alert_already_reported() -> Non
 
 
 def test_the_sweep_rescues_a_restriction_whose_decider_crashed_and_leaves_a_live_one_alone() -> None:
+    from restricted_sender.core.ledger import CLAIM_LEASE
     from restricted_sender.core.restriction import BlockedSender
-    from restricted_sender.ports import CLAIM_LEASE
     from restricted_sender.processing.pipeline import restriction_claim_key
 
     world = World([blocked("alice@contoso.com"), blocked("bob@fabrikam.com")], [ALICE])

@@ -26,25 +26,27 @@ from restricted_sender.adapters.tables import (
     pack_entries,
     unpack_entries,
 )
+from restricted_sender.core.ledger import (
+    CLAIM_LEASE,
+    MAX_PENDING_CHARS,
+    TICKET_LEASE,
+    TICKET_NOTED_KEEP,
+    noted_with,
+    resolve_ticket,
+)
 from restricted_sender.core.policy import Budget
 from restricted_sender.errors import TransientServiceError
 from restricted_sender.fakes import MemoryStore
 from restricted_sender.model import Source, TicketRef, UnblockEntry, UnblockKind
 from restricted_sender.ports import (
-    CLAIM_LEASE,
-    MAX_PENDING_CHARS,
     MAX_REPORTS,
     PENDING_TTL,
-    TICKET_LEASE,
-    TICKET_NOTED_KEEP,
     BudgetRefusal,
     ClaimResult,
     ClaimState,
     Cursor,
     Store,
     TicketSlot,
-    noted_with,
-    resolve_ticket,
 )
 from simulator.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, free_port
 

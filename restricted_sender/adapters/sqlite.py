@@ -21,21 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from restricted_sender.core.ledger import budget_refusal, noted_with, pending_text, resolve_claim, resolve_ticket
 from restricted_sender.model import Source, TicketRef, UnblockEntry, UnblockKind
-from restricted_sender.ports import (
-    MAX_REPORTS,
-    PENDING_TTL,
-    BudgetRefusal,
-    ClaimResult,
-    ClaimState,
-    Cursor,
-    TicketSlot,
-    budget_refusal,
-    noted_with,
-    pending_text,
-    resolve_claim,
-    resolve_ticket,
-)
+from restricted_sender.ports import MAX_REPORTS, PENDING_TTL, BudgetRefusal, ClaimResult, ClaimState, Cursor, TicketSlot
 from restricted_sender.timeutil import iso, parse_instant
 
 if TYPE_CHECKING:

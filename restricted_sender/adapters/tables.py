@@ -40,23 +40,17 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from restricted_sender.errors import ServiceError, TransientServiceError
-from restricted_sender.model import MAX_UNBLOCK_DETAIL, Source, TicketRef, UnblockEntry, UnblockKind
-from restricted_sender.ports import (
-    MAX_REPORTS,
-    PENDING_TTL,
+from restricted_sender.core.ledger import (
     TICKET_NOTED_KEEP,
-    BudgetRefusal,
-    ClaimResult,
-    ClaimState,
-    Cursor,
-    TicketSlot,
     budget_refusal,
     noted_with,
     pending_text,
     resolve_claim,
     resolve_ticket,
 )
+from restricted_sender.errors import ServiceError, TransientServiceError
+from restricted_sender.model import MAX_UNBLOCK_DETAIL, Source, TicketRef, UnblockEntry, UnblockKind
+from restricted_sender.ports import MAX_REPORTS, PENDING_TTL, BudgetRefusal, ClaimResult, ClaimState, Cursor, TicketSlot
 from restricted_sender.timeutil import iso, parse_instant
 
 if TYPE_CHECKING:

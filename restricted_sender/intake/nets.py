@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from restricted_sender.core.ledger import CLAIM_LEASE
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.core.untrusted import guard_logger
 from restricted_sender.errors import FilterRefused, InputError, ServiceRefused
 from restricted_sender.intake.payloads import parse_alert_payload
 from restricted_sender.model import SOURCE_POLL, SOURCE_SWEEP, AlertReport, RestrictionEvent, UserRef
-from restricted_sender.ports import CLAIM_LEASE, AlertFeed, AlertsPage, Clock, Cursor, Exchange, Store
+from restricted_sender.ports import AlertFeed, AlertsPage, Clock, Cursor, Exchange, Store
 from restricted_sender.processing.facts import anchored
 from restricted_sender.processing.pipeline import Intake, current_restriction_claim, restriction_needs_event
 from restricted_sender.timeutil import iso, parse_instant

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from restricted_sender.core import decide as rules
+from restricted_sender.core.ledger import CLAIM_LEASE
 from restricted_sender.core.policy import Policy, default_policy
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.core.untrusted import guard_logger
@@ -37,7 +38,7 @@ from restricted_sender.model import (
     Source,
     stable_id,
 )
-from restricted_sender.ports import CLAIM_LEASE, ClaimResult, ClaimState, Clock, EventQueue, Exchange, Store
+from restricted_sender.ports import ClaimResult, ClaimState, Clock, EventQueue, Exchange, Store
 from restricted_sender.processing.actions import RESTRICTED_ENTITIES_URL, Actor, correlation_id, evidence, ticket_failed
 from restricted_sender.processing.facts import FactSources, gather_facts
 from restricted_sender.settings import O365_API_ROOT
