@@ -188,12 +188,57 @@ MAX_REPORTS = 50  # sources kept per restriction: the first 50 reports are the s
 PENDING_TTL = timedelta(hours=24)  # Defender rows waiting for their other half are dropped after this
 
 
-class Store(Protocol):
-    """Claims (exactly-once effects), our own unblock history, and the append-only audit trail."""
+class Claims(Protocol):
+    """Each event, restriction and notice is acted on once: a conditional insert, a lease for a crashed holder."""
 
     async def claim(self, key: str, delivery_id: str, now: datetime) -> ClaimResult: ...
 
     async def complete(self, key: str, delivery_id: str, outcome: str, now: datetime) -> None: ...
+
+    async def claim_state(self, key: str) -> ClaimState | None:
+        """The claim row of ``key`` as :meth:`claim` and :meth:`complete` left it; ``None`` when never claimed."""
+        ...
+
+
+class Reports(Protocol):
+    """The sources that reported each restriction."""
+
+    async def add_report(self, key: str, source: Source) -> None:
+        """Remember that ``source`` reported the restriction ``key``. Idempotent per ``(source.kind, source.id)``:
+        a repeated report keeps its first ``at``. Beyond ``MAX_REPORTS`` per key, new reports are dropped."""
+        ...
+
+    async def reports(self, key: str) -> tuple[Source, ...]:
+        """Every report of ``key``, oldest first (ties by kind, then id); empty when none."""
+        ...
+
+
+class Cursors(Protocol):
+    """Named positions written with optimistic concurrency (the poller's watermark, first-seen times)."""
+
+    async def read_cursor(self, name: str) -> Cursor | None: ...
+
+    async def write_cursor(self, name: str, value: str, version: str | None) -> bool:
+        """Write ``value`` if the cursor is still at ``version`` (``None``: only if it does not exist yet).
+        ``False`` when another writer moved it first; nothing is written then."""
+        ...
+
+
+class PendingRows(Protocol):
+    """Rows kept for a while (Defender halves waiting for each other)."""
+
+    async def keep_pending(self, group: str, key: str, data: Mapping[str, Any], now: datetime) -> None:
+        """Keep ``data`` (a JSON object) under ``(group, key)`` until :meth:`pending` stops returning it
+        (``PENDING_TTL`` after ``now``). Writing the same ``(group, key)`` again replaces it."""
+        ...
+
+    async def pending(self, group: str, keys: Collection[str], now: datetime) -> dict[str, Mapping[str, Any]]:
+        """The kept data of those ``keys`` in ``group`` that have not expired at ``now``."""
+        ...
+
+
+class UnblockLedger(Protocol):
+    """Our own unblocks: the budgets' history, and the intent record written before each Remove."""
 
     async def record_unblock(self, entry: UnblockEntry) -> None:
         """Insert or replace the entry for (user, event_id): retries never count twice."""
@@ -218,6 +263,10 @@ class Store(Protocol):
         """
         ...
 
+
+class TicketLedger(Protocol):
+    """One ticket per restriction: who opens it and which events were added to it."""
+
     async def begin_ticket(self, correlation_id: str, event_id: str, now: datetime) -> TicketSlot:
         """Claim the right to open, or learn the ticket to update, for ``correlation_id`` (see :class:`TicketSlot`).
 
@@ -235,39 +284,17 @@ class Store(Protocol):
         """Record that ``event_id`` was added to the ticket (so a retry does not add it twice)."""
         ...
 
-    # -- intake bookkeeping (issue 5) ------------------------------------------------------------------------
 
-    async def claim_state(self, key: str) -> ClaimState | None:
-        """The claim row of ``key`` as :meth:`claim` and :meth:`complete` left it; ``None`` when never claimed."""
-        ...
-
-    async def add_report(self, key: str, source: Source) -> None:
-        """Remember that ``source`` reported the restriction ``key``. Idempotent per ``(source.kind, source.id)``:
-        a repeated report keeps its first ``at``. Beyond ``MAX_REPORTS`` per key, new reports are dropped."""
-        ...
-
-    async def reports(self, key: str) -> tuple[Source, ...]:
-        """Every report of ``key``, oldest first (ties by kind, then id); empty when none."""
-        ...
-
-    async def read_cursor(self, name: str) -> Cursor | None: ...
-
-    async def write_cursor(self, name: str, value: str, version: str | None) -> bool:
-        """Write ``value`` if the cursor is still at ``version`` (``None``: only if it does not exist yet).
-        ``False`` when another writer moved it first; nothing is written then."""
-        ...
-
-    async def keep_pending(self, group: str, key: str, data: Mapping[str, Any], now: datetime) -> None:
-        """Keep ``data`` (a JSON object) under ``(group, key)`` until :meth:`pending` stops returning it
-        (``PENDING_TTL`` after ``now``). Writing the same ``(group, key)`` again replaces it."""
-        ...
-
-    async def pending(self, group: str, keys: Collection[str], now: datetime) -> dict[str, Mapping[str, Any]]:
-        """The kept data of those ``keys`` in ``group`` that have not expired at ``now``."""
-        ...
+class AuditLog(Protocol):
+    """The append-only record of every decision."""
 
     async def append_audit(self, record: Mapping[str, Any]) -> None: ...
 
     async def audit(self, user: str | None = None) -> Sequence[Mapping[str, Any]]: ...
+
+
+class Store(Claims, Reports, Cursors, PendingRows, UnblockLedger, TicketLedger, AuditLog, Protocol):
+    """Everything the product keeps, by job; each store backend (memory, Table Storage) implements them all, and a
+    component that needs one job can ask for that interface alone."""
 
     async def close(self) -> None: ...
