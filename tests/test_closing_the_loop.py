@@ -14,7 +14,7 @@ import pytest
 from restricted_sender.core.policy import load_policy_text
 from restricted_sender.core.ticket_body import render_ticket
 from restricted_sender.core.verify import VerifyTask
-from restricted_sender.errors import Conflict, MalformedPayload, ServiceRefused, TransientServiceError
+from restricted_sender.errors import Conflict, MalformedPayload, ServiceRefused, TicketNotFiled, TransientServiceError
 from restricted_sender.fakes import (
     FakeDirectory,
     FakeExchange,
@@ -27,7 +27,7 @@ from restricted_sender.model import DirectoryUser, Operator, RestrictionEvent
 from restricted_sender.processing.actions import Actor, TicketDesk
 from restricted_sender.processing.admin import Admin, UnblockRequest, parse_unblock_request
 from restricted_sender.processing.facts import FactSources
-from restricted_sender.processing.pipeline import Intake, Processor, TicketNotFiled
+from restricted_sender.processing.pipeline import Intake, Processor
 from restricted_sender.timeutil import FixedClock
 from tests.conftest import alert_v2, blocked
 

@@ -19,7 +19,13 @@ from restricted_sender.core.policy import Policy, default_policy
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.core.untrusted import guard_logger
 from restricted_sender.core.verify import NOT_LIFTED, PENDING, VERIFIED, Verdict, VerifyTask, judge
-from restricted_sender.errors import ConfigurationError, PayloadTooLarge, PolicyError, TransientServiceError
+from restricted_sender.errors import (
+    ConfigurationError,
+    PayloadTooLarge,
+    PolicyError,
+    StillDeciding,
+    TicketNotFiled,
+)
 from restricted_sender.intake.alerts import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, parse_json
 from restricted_sender.intake.defender import DefenderBatch, compact, is_defender_batch, parse_records
 from restricted_sender.intake.o365 import parse_notifications
@@ -220,19 +226,6 @@ def decision_record(
 
 MIDNIGHT = datetime.min.time()
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount: after this try the host poisons the message
-
-
-class TicketNotFiled(TransientServiceError):
-    """The decision is recorded but its ticket is not: the event fails so the queue retries it."""
-
-    code = "ticket-not-filed"
-
-
-class StillDeciding(TransientServiceError):
-    """Another event is still deciding this restriction: this report fails, unrecorded, so the queue retries it once
-    the decision exists (a report completed as "in progress" would leave nothing to act if that event is poisoned)."""
-
-    code = "restriction-still-deciding"
 
 
 @dataclass
