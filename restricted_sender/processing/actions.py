@@ -396,7 +396,7 @@ class Actor:
             return record.with_actions(
                 Action("ticket", ActionStatus.SKIPPED, f"report-only: would open a ticket ({correlation})")
             ), None
-        content = render_ticket(correlation, record.to_dict(), dict(record.evidence))
+        content = render_ticket(correlation, record, record.evidence)
         try:
             ticket, filed = await self.desk.file(content, ledger_id or record.event_id)
         except (ServiceError, ConfigurationError) as error:
@@ -437,7 +437,7 @@ class Actor:
                 mails.append(("user", mail))
         if notify.recipients:
             reference = str(ticket) if ticket else None
-            mails.append(("recipients", recipients_notice(notify.recipients, record.to_dict(), ticket=reference)))
+            mails.append(("recipients", recipients_notice(notify.recipients, record, ticket=reference)))
         if not enforce:
             return record.with_actions(
                 *(Action("notify", ActionStatus.SKIPPED, f"report-only: would mail the {who}") for who, _ in mails)
