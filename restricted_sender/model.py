@@ -303,7 +303,7 @@ class Reason:
     text: str
 
     def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "text": self.text}
+        return {"code": str(self.code), "text": self.text}
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from restricted_sender.core.decide import ReasonCode, ReasonPrefix
 from restricted_sender.core.untrusted import defanged, linkable, one_line
 from restricted_sender.model import ActionStatus, DecisionRecord, Outcome, TicketContent
 from restricted_sender.timeutil import iso
@@ -37,10 +38,12 @@ RESTRICTED_ENTITIES_URL = "https://security.microsoft.com/restrictedentities"
 
 # Reasons that are signs of a compromise (RESPONDING_URL lists risk, inbox rules and forwarding as such signs):
 # the ticket is "high".
-COMPROMISE_CODES = frozenset({"guard:risk", "guard:inbox-rule", "guard:forwarding", "not-lifted"})
+COMPROMISE_CODES = frozenset(
+    {ReasonCode.GUARD_RISK, ReasonCode.GUARD_INBOX_RULE, ReasonCode.GUARD_FORWARDING, ReasonCode.NOT_LIFTED}
+)
 # What a person should read first: a failed guard, a deny match, a refused or ineffective unblock.
-_MAIN_CODES = frozenset({"unblock-failed", "not-lifted"})
-_VERIFICATION_CODES = frozenset({"verified", "not-lifted"})
+_MAIN_CODES = frozenset({ReasonCode.UNBLOCK_FAILED, ReasonCode.NOT_LIFTED})
+_VERIFICATION_CODES = frozenset({ReasonCode.VERIFIED, ReasonCode.NOT_LIFTED})
 
 _KINDS = {
     "spam": "outbound spam (usually a sign of a compromised account)",
@@ -129,7 +132,7 @@ def _is_high(codes: Sequence[str], evidence: Mapping[str, Any]) -> bool:
     """A compromise sign among the reasons (a failed risk, inbox-rule or forwarding guard, a deny match, a block
     that came back after our unblock), or in the evidence even where the policy did not guard on it: a
     suspicious inbox rule, or Identity Protection rating the user's risk high."""
-    if any(code in COMPROMISE_CODES or code.startswith("deny:") for code in codes):
+    if any(code in COMPROMISE_CODES or code.startswith(ReasonPrefix.DENY) for code in codes):
         return True
     if any(_list(_map(rule).get("suspicious")) for rule in _list(evidence.get("inbox_rules"))):
         return True
@@ -140,10 +143,10 @@ def _main_reason(reasons: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
     """The first failed guard, deny match, refused or ineffective unblock; else the first reason that is not an
     ``allow:`` match (``no-allow-rule``, ``policy-invalid``); else the first."""
     for code, text in reasons:
-        if code.startswith(("guard:", "deny:")) or code in _MAIN_CODES:
+        if code.startswith((ReasonPrefix.GUARD, ReasonPrefix.DENY)) or code in _MAIN_CODES:
             return code, text
     for code, text in reasons:
-        if not code.startswith("allow:"):
+        if not code.startswith(ReasonPrefix.ALLOW):
             return code, text
     return reasons[0] if reasons else None
 
@@ -154,7 +157,7 @@ def _update_note(record: DecisionRecord, reasons: Sequence[tuple[str, str]], use
     if checked:
         code, text = checked[-1]
         note = f"Verification of the unblock of {user} at {at}: {code} ({text})."
-        if code == "not-lifted":
+        if code == ReasonCode.NOT_LIFTED:
             note += " The block did not lift or came back: treat the account as compromised."
         return _shorten(note, MAX_UPDATE_CHARS)
     codes = ", ".join(code for code, _ in reasons) or "no reasons"
@@ -216,7 +219,7 @@ class _View:
         what = f"Microsoft 365 restricted {self.v(self.user)} from sending email{when}"
         what += f": {kind}." if kind else "."
         decision = self.record.decision.outcome
-        more = len([r for r in self.reasons if not r[0].startswith("allow:")]) - 1
+        more = len([r for r in self.reasons if not r[0].startswith(ReasonPrefix.ALLOW)]) - 1
         why = self.v(self.main[1] or self.main[0]) if self.main else "no reason was recorded"
         also = f" ({more} more reason{'s' if more != 1 else ''} below)" if more > 0 else ""
         if decision is Outcome.TICKET:
@@ -433,7 +436,7 @@ class _View:
             return f" Done by the responder: {self.v(done[kind]) or 'done'}." if kind in done else ""
 
         disabled = user.get("account_enabled") is False
-        unblock_refused = "unblock-failed" in codes
+        unblock_refused = ReasonCode.UNBLOCK_FAILED in codes
         steps = [
             _Item(
                 (

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from restricted_sender.core.decide import ReasonCode
 from restricted_sender.core.policy import Policy
 from restricted_sender.core.untrusted import guard_logger
 from restricted_sender.core.verify import VerifyTask
@@ -174,7 +175,7 @@ def unblock_answer(record: DecisionRecord) -> dict[str, Any]:
     return {
         "user": record.user,
         "decision": record.decision.outcome.value,
-        "warnings": [r.to_dict() for r in warnings_of(record.decision) if r.code != "manual"],
+        "warnings": [r.to_dict() for r in warnings_of(record.decision) if r.code != ReasonCode.MANUAL],
         "actions": [a.to_dict() for a in record.actions],
         "record": record.to_dict(),
     }

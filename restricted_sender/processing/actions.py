@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
 
-from restricted_sender.core.decide import GUARD_TENANT_BUDGET, GUARD_USER_BUDGET, unblock_failed, unblock_uncertain
+from restricted_sender.core.decide import ReasonCode, unblock_failed, unblock_uncertain
 from restricted_sender.core.notices import recipients_notice, user_notice
 from restricted_sender.core.policy import Budget, Containment, Notify
 from restricted_sender.core.restriction import BlockedSender, BlockReason
@@ -206,7 +206,9 @@ class Actor:
         full = await self.store.reserve_unblock(entry, user_budget=user_budget, tenant_budget=tenant_budget)
         if full is not None:
             code, scope = (
-                (GUARD_USER_BUDGET, "this user's") if full == "user" else (GUARD_TENANT_BUDGET, "the tenant's")
+                (ReasonCode.GUARD_USER_BUDGET, "this user's")
+                if full == "user"
+                else (ReasonCode.GUARD_TENANT_BUDGET, "the tenant's")
             )
             spent = Reason(code, f"another unblock spent the last of {scope} budget just before this one")
             return record.with_decision(Decision(Outcome.TICKET, (*record.decision.reasons, spent))).with_actions(

@@ -46,22 +46,20 @@ from restricted_sender.processing.actions import Actor
 from restricted_sender.processing.facts import FactSources, gather_facts
 from restricted_sender.processing.pipeline import decision_record, log_decision
 
-MANUAL = "manual"
-FORCED = "manual:forced"
-FORCE_REQUIRED = "manual:force-required"
+MANUAL_SOURCE = "manual"  # the source of a manual unblock's event
 MAX_JUSTIFICATION = 1000
 MAX_HISTORY = 50
 _ADDRESS = re.compile(r"^[^@\s/\\]{1,64}@[^@\s/\\]{1,255}\.[^@\s/\\]+$")
 # Reasons a manual unblock only overrides on purpose: the signs of a compromise, the admin's own deny list, the
 # budgets, no usable policy.
 _NEEDS_FORCE = (
-    rules.GUARD_RISK,
-    rules.GUARD_INBOX_RULE,
-    rules.GUARD_FORWARDING,
-    rules.GUARD_ACCOUNT_DISABLED,
-    rules.GUARD_USER_BUDGET,
-    rules.GUARD_TENANT_BUDGET,
-    rules.POLICY_INVALID,
+    rules.ReasonCode.GUARD_RISK,
+    rules.ReasonCode.GUARD_INBOX_RULE,
+    rules.ReasonCode.GUARD_FORWARDING,
+    rules.ReasonCode.GUARD_ACCOUNT_DISABLED,
+    rules.ReasonCode.GUARD_USER_BUDGET,
+    rules.ReasonCode.GUARD_TENANT_BUDGET,
+    rules.ReasonCode.POLICY_INVALID,
 )
 
 
@@ -98,11 +96,11 @@ def parse_unblock_request(body: bytes) -> UnblockRequest:
 
 def warnings_of(decision: Decision) -> tuple[Reason, ...]:
     """What the policy says against unblocking: everything but the allow rule that matched."""
-    return tuple(r for r in decision.reasons if not r.code.startswith("allow:"))
+    return tuple(r for r in decision.reasons if not r.code.startswith(rules.ReasonPrefix.ALLOW))
 
 
 def needs_force(reason: Reason) -> bool:
-    return reason.code.startswith("deny:") or reason.code in _NEEDS_FORCE
+    return reason.code.startswith(rules.ReasonPrefix.DENY) or reason.code in _NEEDS_FORCE
 
 
 @dataclass
@@ -139,12 +137,12 @@ class Admin:
 
     async def unblock(self, upn: str, request: UnblockRequest, operator: Operator) -> DecisionRecord:
         now = self.clock.now()
-        event = self._event(parse_address(upn), now, MANUAL)
+        event = self._event(parse_address(upn), now, MANUAL_SOURCE)
         facts = await self._facts(event, now)
         if facts.restriction is None:
             raise Conflict(f"{event.user.key} is not on the restricted list", code="not-restricted")
         warnings = warnings_of(rules.decide(event, facts, self.policy, now))
-        unbound = [w for w in warnings if w.code == rules.IDENTITY_UNBOUND]
+        unbound = [w for w in warnings if w.code == rules.ReasonCode.IDENTITY_UNBOUND]
         if unbound:
             # Not even force: whose account this is is unknown, so nobody may be unblocked on these facts.
             refused = self._operator_record(
@@ -153,15 +151,15 @@ class Admin:
             await self._record_and_log(refused)
             raise Conflict(
                 f"{unbound[0].text}; unblock it in the Defender portal after checking whose it is",
-                code=rules.IDENTITY_UNBOUND,
+                code=rules.ReasonCode.IDENTITY_UNBOUND,
                 details={"warnings": [w.to_dict() for w in warnings]},
             )
         blocking = [w for w in warnings if needs_force(w)]
-        who = Reason(MANUAL, f"unblocked by hand by {operator.name}: {request.justification}")
+        who = Reason(rules.ReasonCode.MANUAL, f"unblocked by hand by {operator.name}: {request.justification}")
         if blocking and not request.force:
+            required = Reason(rules.ReasonCode.MANUAL_FORCE_REQUIRED, _codes(blocking))
             refused = self._operator_record(
-                event, facts, Decision(Outcome.IGNORE, (Reason(FORCE_REQUIRED, _codes(blocking)), *warnings)), now,
-                operator, request,
+                event, facts, Decision(Outcome.IGNORE, (required, *warnings)), now, operator, request,
             ).with_actions(Action("unblock", ActionStatus.SKIPPED, "refused: force is required"))  # fmt: skip
             await self._record_and_log(refused)
             raise Conflict(
@@ -170,7 +168,7 @@ class Admin:
                 code="force-required",
                 details={"warnings": [w.to_dict() for w in warnings]},
             )
-        forced = (Reason(FORCED, f"forced past {_codes(blocking)}"),) if blocking else ()
+        forced = (Reason(rules.ReasonCode.MANUAL_FORCED, f"forced past {_codes(blocking)}"),) if blocking else ()
         record = self._operator_record(
             event, facts, Decision(Outcome.UNBLOCK, (who, *forced, *warnings)), now, operator, request
         )

@@ -18,7 +18,7 @@ from restricted_sender.core import decide as rules
 from restricted_sender.core.policy import Policy, default_policy
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.core.untrusted import guard_logger
-from restricted_sender.core.verify import NOT_LIFTED, PENDING, VERIFIED, Verdict, VerifyTask, judge
+from restricted_sender.core.verify import Verdict, VerifyTask, judge
 from restricted_sender.errors import (
     ConfigurationError,
     PayloadTooLarge,
@@ -155,7 +155,7 @@ class Intake:
                 ignored.append(
                     self._ignored(
                         report,
-                        rules.ignore(rules.NO_USER_EVIDENCE, "the alert names no user or mailbox evidence"),
+                        rules.ignore(rules.ReasonCode.NO_USER_EVIDENCE, "the alert names no user or mailbox evidence"),
                         now,
                     )
                 )
@@ -418,7 +418,7 @@ class Verifier:
             return None
         rows = await self.exchange.blocked_senders(task.address)
         verdict = judge(task, rows, now, self.actor.verify_after)
-        outcome = Outcome.TICKET if verdict.kind == NOT_LIFTED else Outcome.UNBLOCK
+        outcome = Outcome.TICKET if verdict.kind == rules.ReasonCode.NOT_LIFTED else Outcome.UNBLOCK
         record = DecisionRecord(
             event_id=task.event_id,
             alert_id=task.alert_id,
@@ -454,9 +454,9 @@ class Verifier:
         )
         enforce = self.policy.mode == "enforce"
         facts = Facts(restriction=verdict.restriction)
-        if verdict.kind == PENDING:
+        if verdict.kind == rules.ReasonCode.VERIFY_PENDING:
             record = await self._next_check(record, task, verdict)
-        elif verdict.kind == VERIFIED:
+        elif verdict.kind == rules.ReasonCode.VERIFIED:
             confirmed = f"; the audit log's Delisted record at {iso(delisted[0].at)} agrees" if delisted else ""
             record = record.with_actions(Action("verify", ActionStatus.DONE, verdict.reason.text + confirmed))
         else:
