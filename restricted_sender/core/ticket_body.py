@@ -24,7 +24,7 @@ from typing import Any
 
 from restricted_sender.core.decide import ReasonCode, ReasonPrefix
 from restricted_sender.core.untrusted import defanged, linkable, one_line
-from restricted_sender.model import ActionStatus, DecisionRecord, Outcome, TicketContent
+from restricted_sender.model import ActionKind, ActionStatus, DecisionRecord, Outcome, TicketContent
 from restricted_sender.timeutil import iso
 
 MAX_BODY_CHARS = 30_000
@@ -449,11 +449,11 @@ class _View:
             _Item(
                 (
                     "Revoke the user's sign-in sessions (refresh tokens), so a stolen session stops working."
-                    + by_us("revoke_sessions")
+                    + by_us(ActionKind.REVOKE_SESSIONS)
                     + " ",
                     _Link("revokeSignInSessions", REVOKE_URL),
                 ),
-                done="revoke_sessions" in done,
+                done=ActionKind.REVOKE_SESSIONS in done,
             ),
             _Item(
                 (
@@ -472,16 +472,17 @@ class _View:
             _Item(
                 (
                     "Optionally block sign-in while you investigate."
-                    + (by_us("disable_account") or (" The account is already disabled." if disabled else "")),
+                    + (by_us(ActionKind.DISABLE_ACCOUNT) or (" The account is already disabled." if disabled else "")),
                 ),
-                done="disable_account" in done or disabled,
+                done=ActionKind.DISABLE_ACCOUNT in done or disabled,
             ),
             _Item(
                 (
                     "Review the Entra ID sign-in logs and the unified audit log for the attacker's activity"
                     + (
-                        "; Identity Protection was told the user is compromised." + by_us("confirm_compromised")
-                        if "confirm_compromised" in done
+                        "; Identity Protection was told the user is compromised."
+                        + by_us(ActionKind.CONFIRM_COMPROMISED)
+                        if ActionKind.CONFIRM_COMPROMISED in done
                         else "."
                     ),
                 ),
@@ -505,12 +506,12 @@ class _View:
                         " (the unblock was refused: Microsoft's unblock limit may be reached, and then only "
                         "Microsoft Support can lift it)."
                         if unblock_refused
-                        else "." + by_us("unblock")
+                        else "." + by_us(ActionKind.UNBLOCK)
                     )
                     + " How: ",
                     _Link("Remove blocked users from the Restricted entities page", RESTORE_URL),
                 ),
-                done="unblock" in done,
+                done=ActionKind.UNBLOCK in done,
             ),
         ]
         intro = (

@@ -35,6 +35,7 @@ from restricted_sender.errors import (
 from restricted_sender.model import (
     MAX_UNBLOCK_DETAIL,
     Action,
+    ActionKind,
     ActionStatus,
     Decision,
     DecisionRecord,
@@ -194,7 +195,9 @@ class Actor:
         address = (restriction.address if restriction else own.user if own else "").lower()
         assert address, "only a restricted user is unblocked"
         if not enforce:
-            return record.with_actions(Action("unblock", ActionStatus.SKIPPED, f"report-only: would remove {address}"))
+            return record.with_actions(
+                Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, f"report-only: would remove {address}")
+            )
         if own is not None:
             return await self._resume(record, facts, own)
         assert restriction is not None
@@ -212,14 +215,16 @@ class Actor:
             )
             spent = Reason(code, f"another unblock spent the last of {scope} budget just before this one")
             return record.with_decision(Decision(Outcome.TICKET, (*record.decision.reasons, spent))).with_actions(
-                Action("unblock", ActionStatus.SKIPPED, f"budget spent: {full}")
+                Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, f"budget spent: {full}")
             )
         try:
             warnings = await self.exchange.remove_blocked_sender(restriction.address)
         except SenderNotBlocked:
             # Lifted between our look-up and the unblock (it expired, or an admin was quicker): nothing spent.
             await self.store.record_unblock(replace(entry, status=UnblockStatus.NOT_NEEDED))
-            return record.with_actions(Action("unblock", ActionStatus.SKIPPED, f"{address} was no longer restricted"))
+            return record.with_actions(
+                Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, f"{address} was no longer restricted")
+            )
         except UnblockLimitReached as refused:
             return await self._refused(record, entry, refused)
         except TransientServiceError:
@@ -251,14 +256,16 @@ class Actor:
             else f"Exchange refused the unblock: {refused.message}"
         )
         return record.with_decision(unblock_failed(record.decision, why)).with_actions(
-            Action("unblock", ActionStatus.FAILED, refused.message)
+            Action(ActionKind.UNBLOCK, ActionStatus.FAILED, refused.message)
         )
 
     async def _resume(self, record: DecisionRecord, facts: Facts, own: UnblockEntry) -> DecisionRecord:
         """A later try of an event whose unblock was started: record what happened, never send Remove again."""
         if own.status == UnblockStatus.NOT_NEEDED:
             return record.with_actions(
-                Action("unblock", ActionStatus.SKIPPED, f"{own.user} was no longer restricted (an earlier try)")
+                Action(
+                    ActionKind.UNBLOCK, ActionStatus.SKIPPED, f"{own.user} was no longer restricted (an earlier try)"
+                )
             )
         # Lifted since the earlier try: the block is known only by its address (its row is gone).
         restriction = facts.restriction or BlockedSender(own.user, BlockReason.parse(None), False, None, None, {})
@@ -298,7 +305,7 @@ class Actor:
         )
         await self.store.record_unblock(replace(entry, status=UnblockStatus.UNCERTAIN, detail=_cut(cause)))
         record = record.with_decision(unblock_uncertain(record.decision, why)).with_actions(
-            Action("unblock", ActionStatus.FAILED, f"outcome unknown: {cause}")
+            Action(ActionKind.UNBLOCK, ActionStatus.FAILED, f"outcome unknown: {cause}")
         )
         # The check still runs: when the block lifts, the ticket hears of it.
         return await self.schedule_verification(record, restriction)
@@ -307,7 +314,7 @@ class Actor:
         await clear_first_seen(self.store, restriction)
         record = record.with_actions(
             Action(
-                "unblock",
+                ActionKind.UNBLOCK,
                 ActionStatus.DONE,
                 f"removed {restriction.address} from Restricted entities ({learned}); {UNBLOCK_EXPECTATION}",
             )
@@ -316,7 +323,9 @@ class Actor:
 
     async def schedule_verification(self, record: DecisionRecord, restriction: BlockedSender) -> DecisionRecord:
         if self.verifications is None:
-            return record.with_actions(Action("verify", ActionStatus.SKIPPED, "no verification queue configured"))
+            return record.with_actions(
+                Action(ActionKind.VERIFY, ActionStatus.SKIPPED, "no verification queue configured")
+            )
         task = VerifyTask(
             event_id=record.event_id,
             address=restriction.address,
@@ -334,8 +343,12 @@ class Actor:
         except ServiceError as error:
             # The unblock happened; losing its check is logged loudly rather than undoing or repeating the unblock.
             log.error("could not schedule the verification of %s: %s", restriction.address, error)
-            return record.with_actions(Action("verify", ActionStatus.FAILED, f"not scheduled: {error.message}"))
-        return record.with_actions(Action("verify", ActionStatus.DONE, f"first check scheduled for {iso(first)}"))
+            return record.with_actions(
+                Action(ActionKind.VERIFY, ActionStatus.FAILED, f"not scheduled: {error.message}")
+            )
+        return record.with_actions(
+            Action(ActionKind.VERIFY, ActionStatus.DONE, f"first check scheduled for {iso(first)}")
+        )
 
     # -- containment -----------------------------------------------------------------------------------------
 
@@ -343,9 +356,9 @@ class Actor:
         steps = [
             (name, on)
             for name, on in (
-                ("revoke_sessions", self.containment.revoke_sessions),
-                ("confirm_compromised", self.containment.confirm_compromised),
-                ("disable_account", self.containment.disable_account),
+                (ActionKind.REVOKE_SESSIONS, self.containment.revoke_sessions),
+                (ActionKind.CONFIRM_COMPROMISED, self.containment.confirm_compromised),
+                (ActionKind.DISABLE_ACCOUNT, self.containment.disable_account),
             )
             if on
         ]
@@ -362,12 +375,12 @@ class Actor:
         actions = [await self._contain_step(name, user.id) for name, _ in steps]
         return record.with_actions(*actions)
 
-    async def _contain_step(self, name: str, object_id: str) -> Action:
+    async def _contain_step(self, name: ActionKind, object_id: str) -> Action:
         try:
-            if name == "revoke_sessions":
+            if name is ActionKind.REVOKE_SESSIONS:
                 await self.directory.revoke_sessions(object_id)
                 return Action(name, ActionStatus.DONE, "sign-in sessions and refresh tokens revoked")
-            if name == "confirm_compromised":
+            if name is ActionKind.CONFIRM_COMPROMISED:
                 if await self.directory.confirm_compromised(object_id):
                     return Action(name, ActionStatus.DONE, "confirmed compromised in Identity Protection (risk high)")
                 return Action(name, ActionStatus.SKIPPED, "Identity Protection needs Entra ID P2; not confirmed")
@@ -396,17 +409,21 @@ class Actor:
             correlation = correlation_id(self.tenant_id, restriction)
         if not enforce:
             return record.with_actions(
-                Action("ticket", ActionStatus.SKIPPED, f"report-only: would open a ticket ({correlation})")
+                Action(ActionKind.TICKET, ActionStatus.SKIPPED, f"report-only: would open a ticket ({correlation})")
             ), None
         content = render_ticket(correlation, record, record.evidence)
         try:
             ticket, filed = await self.desk.file(content, ledger_id or record.event_id)
         except (ServiceError, ConfigurationError) as error:
             return record.with_actions(
-                Action("ticket", ActionStatus.FAILED, f"{self.desk.system.name}: {error.message} ({correlation})")
+                Action(
+                    ActionKind.TICKET, ActionStatus.FAILED, f"{self.desk.system.name}: {error.message} ({correlation})"
+                )
             ), None
         return record.with_actions(
-            Action("ticket", ActionStatus.DONE, f"{filed} {self.desk.system.name} ticket {ticket} ({correlation})")
+            Action(
+                ActionKind.TICKET, ActionStatus.DONE, f"{filed} {self.desk.system.name} ticket {ticket} ({correlation})"
+            )
         ), ticket
 
     # -- notifications ---------------------------------------------------------------------------------------
@@ -428,7 +445,7 @@ class Actor:
             return record
         mails: list[tuple[str, Mail]] = []
         # The user hears of a wait, or of an unblock that happened (or would have, in report-only).
-        lifted = outcome is Outcome.WAIT or record.status_of("unblock") is ActionStatus.DONE or not enforce
+        lifted = outcome is Outcome.WAIT or record.status_of(ActionKind.UNBLOCK) is ActionStatus.DONE or not enforce
         restricted = facts.restriction.address if facts.restriction else None
         if facts.unblock_started is not None:
             restricted = restricted or facts.unblock_started.user  # lifted since an earlier try sent the unblock
@@ -442,7 +459,10 @@ class Actor:
             mails.append(("recipients", recipients_notice(notify.recipients, record, ticket=reference)))
         if not enforce:
             return record.with_actions(
-                *(Action("notify", ActionStatus.SKIPPED, f"report-only: would mail the {who}") for who, _ in mails)
+                *(
+                    Action(ActionKind.NOTIFY, ActionStatus.SKIPPED, f"report-only: would mail the {who}")
+                    for who, _ in mails
+                )
             )
         actions = [
             await self._mail_once(f"notice|{ledger_id or record.event_id}|{who}", who, mail) for who, mail in mails
@@ -455,12 +475,14 @@ class Actor:
         now = self.desk.clock.now()
         claim = await self.store.claim(key, NOTICE_OWNER, now)
         if claim is ClaimResult.RESUMED:
-            return Action("notify", ActionStatus.SKIPPED, f"{who}: an earlier try may have mailed them; not sent again")
+            return Action(
+                ActionKind.NOTIFY, ActionStatus.SKIPPED, f"{who}: an earlier try may have mailed them; not sent again"
+            )
         if claim is ClaimResult.DUPLICATE:
             state = await self.store.claim_state(key)
             sent = state is not None and state.outcome == "sent"
             return Action(
-                "notify",
+                ActionKind.NOTIFY,
                 ActionStatus.DONE if sent else ActionStatus.FAILED,
                 f"{who}: {'mailed' if sent else 'mailing failed'} in an earlier try; not sent again",
             )
@@ -469,9 +491,9 @@ class Actor:
         except ServiceError as error:
             log.warning("notifying the %s failed: %s", who, error)
             await self.store.complete(key, NOTICE_OWNER, "failed", now)
-            return Action("notify", ActionStatus.FAILED, f"{who}: {error.message}")
+            return Action(ActionKind.NOTIFY, ActionStatus.FAILED, f"{who}: {error.message}")
         await self.store.complete(key, NOTICE_OWNER, "sent", now)
-        return Action("notify", ActionStatus.DONE, f"mailed the {who}: {', '.join(mail.to)}")
+        return Action(ActionKind.NOTIFY, ActionStatus.DONE, f"mailed the {who}: {', '.join(mail.to)}")
 
 
 def _cut(text: str) -> str:
@@ -479,4 +501,4 @@ def _cut(text: str) -> str:
 
 
 def ticket_failed(record: DecisionRecord) -> bool:
-    return record.status_of("ticket") is ActionStatus.FAILED
+    return record.status_of(ActionKind.TICKET) is ActionStatus.FAILED

@@ -26,6 +26,7 @@ from restricted_sender.errors import Conflict, MalformedPayload, NotFound, Polic
 from restricted_sender.intake.alerts import parse_json
 from restricted_sender.model import (
     Action,
+    ActionKind,
     ActionStatus,
     Decision,
     DecisionRecord,
@@ -147,7 +148,9 @@ class Admin:
             # Not even force: whose account this is is unknown, so nobody may be unblocked on these facts.
             refused = self._operator_record(
                 event, facts, Decision(Outcome.IGNORE, tuple(warnings)), now, operator, request
-            ).with_actions(Action("unblock", ActionStatus.SKIPPED, "refused: no directory user owns the address"))
+            ).with_actions(
+                Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, "refused: no directory user owns the address")
+            )
             await self._record_and_log(refused)
             raise Conflict(
                 f"{unbound[0].text}; unblock it in the Defender portal after checking whose it is",
@@ -160,7 +163,7 @@ class Admin:
             required = Reason(rules.ReasonCode.MANUAL_FORCE_REQUIRED, _codes(blocking))
             refused = self._operator_record(
                 event, facts, Decision(Outcome.IGNORE, (required, *warnings)), now, operator, request,
-            ).with_actions(Action("unblock", ActionStatus.SKIPPED, "refused: force is required"))  # fmt: skip
+            ).with_actions(Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, "refused: force is required"))  # fmt: skip
             await self._record_and_log(refused)
             raise Conflict(
                 f"the policy says not to unblock {event.user.key} ({_codes(blocking)}); "
@@ -182,11 +185,11 @@ class Admin:
             user_budget=None if request.force or guards is None else guards.max_unblocks_per_user,
             tenant_budget=None if request.force or guards is None else guards.max_unblocks_per_tenant,
         )
-        done = record.status_of("unblock") is ActionStatus.DONE
+        done = record.status_of(ActionKind.UNBLOCK) is ActionStatus.DONE
         if done:
             record = await self.actor.send_notices(record, facts, enforce=True)
         await self._record_and_log(record)
-        unblock = next(a for a in record.actions if a.kind == "unblock")
+        unblock = next(a for a in record.actions if a.kind == ActionKind.UNBLOCK)
         if unblock.status is ActionStatus.FAILED:
             raise ServiceRefused("exchange", unblock.detail)
         if not done and record.decision.outcome is Outcome.TICKET:

@@ -33,6 +33,7 @@ from restricted_sender.intake.payloads import parse_alert_payload
 from restricted_sender.intake.relay import MAX_MESSAGE_CHARS, defender_messages, o365_message
 from restricted_sender.model import (
     Action,
+    ActionKind,
     ActionStatus,
     AlertReport,
     Decision,
@@ -394,7 +395,9 @@ def _with_retry_note(record: DecisionRecord, attempt: int) -> DecisionRecord:
     else:
         note = f"try {attempt} of {MAX_DEQUEUE_COUNT}: the queue retries the event"
     actions = tuple(
-        replace(a, detail=f"{a.detail}; {note}") if a.kind == "ticket" and a.status is ActionStatus.FAILED else a
+        replace(a, detail=f"{a.detail}; {note}")
+        if a.kind == ActionKind.TICKET and a.status is ActionStatus.FAILED
+        else a
         for a in record.actions
     )
     return replace(record, actions=actions)
@@ -458,9 +461,9 @@ class Verifier:
             record = await self._next_check(record, task, verdict)
         elif verdict.kind == rules.ReasonCode.VERIFIED:
             confirmed = f"; the audit log's Delisted record at {iso(delisted[0].at)} agrees" if delisted else ""
-            record = record.with_actions(Action("verify", ActionStatus.DONE, verdict.reason.text + confirmed))
+            record = record.with_actions(Action(ActionKind.VERIFY, ActionStatus.DONE, verdict.reason.text + confirmed))
         else:
-            record = record.with_actions(Action("verify", ActionStatus.FAILED, verdict.reason.text))
+            record = record.with_actions(Action(ActionKind.VERIFY, ActionStatus.FAILED, verdict.reason.text))
             # Restricted again: a new restriction, so the ticket its own alert would open is the same one.
             again = verdict.restriction is not None and verdict.restriction.created != task.restriction_created
             cid = correlation_id(self.actor.tenant_id, verdict.restriction) if again and verdict.restriction else None
@@ -484,8 +487,10 @@ class Verifier:
         assert verdict.next_check is not None
         queue = self.actor.verifications
         if queue is None:
-            return record.with_actions(Action("verify", ActionStatus.SKIPPED, "no verification queue configured"))
+            return record.with_actions(
+                Action(ActionKind.VERIFY, ActionStatus.SKIPPED, "no verification queue configured")
+            )
         following = replace(task, attempt=task.attempt + 1)
         delay = max(verdict.next_check - record.at, timedelta(0))
         await queue.send_later(following.to_message(), delay)  # a failure fails the check: the queue retries it
-        return record.with_actions(Action("verify", ActionStatus.SKIPPED, verdict.reason.text))
+        return record.with_actions(Action(ActionKind.VERIFY, ActionStatus.SKIPPED, verdict.reason.text))
