@@ -55,13 +55,20 @@ class UserRef:
         return (self.address or self.object_id or "").lower()
 
 
+class Net(StrEnum):
+    """The safety nets: timers that find a restriction no alert source reported. Each names its events' source."""
+
+    POLL = "poll"  # the alerts_v2 poller
+    SWEEP = "sweep"  # the restricted-list sweep: no alert at all
+
+
 # Every way a restriction reaches the product (the decision record's ``sources[].kind``).
 SOURCE_SENTINEL = "sentinel"  # a Sentinel incident or alert posted by a Logic App playbook
 SOURCE_O365 = "o365"  # the Office 365 Management Activity API (alert audit records, HygieneEvent Listed)
 SOURCE_DEFENDER = "defender"  # Defender XDR streaming (AlertInfo + AlertEvidence), Event Hub or HTTP
 SOURCE_ALERTS_V2 = "alerts_v2"  # a Graph alerts_v2 object posted to the webhook
-SOURCE_POLL = "poll"  # the alerts_v2 poller (a timer)
-SOURCE_SWEEP = "sweep"  # the restricted-list sweep (a timer): no alert at all
+SOURCE_POLL = Net.POLL.value  # the alerts_v2 poller (a timer)
+SOURCE_SWEEP = Net.SWEEP.value  # the restricted-list sweep (a timer): no alert at all
 SOURCE_KINDS = (SOURCE_SENTINEL, SOURCE_O365, SOURCE_DEFENDER, SOURCE_ALERTS_V2, SOURCE_POLL, SOURCE_SWEEP)
 
 

@@ -27,7 +27,7 @@ from restricted_sender.errors import (
     TransientServiceError,
     Unauthorized,
 )
-from restricted_sender.model import DecisionRecord, Operator, RestrictionEvent
+from restricted_sender.model import DecisionRecord, Net, Operator, RestrictionEvent
 from restricted_sender.processing.admin import parse_unblock_request, warnings_of
 from restricted_sender.processing.pipeline import Intake, Processor, Verifier
 from restricted_sender.settings import Secret, Settings
@@ -268,13 +268,13 @@ class Runtime:
         """One Event Hub batch of Defender streaming messages (each ``{"records": [...]}``)."""
         await (await self.bundle()).expander.defender_bodies(bodies)
 
-    async def run_net(self, name: str) -> NetRun | None:
+    async def run_net(self, name: Net) -> NetRun | None:
         """One timer tick of a safety net; ``None`` when its setting turns it off (nothing is built then)."""
-        minutes = self.settings.poll_alerts_minutes if name == "poll" else self.settings.sweep_minutes
+        minutes = self.settings.poll_alerts_minutes if name is Net.POLL else self.settings.sweep_minutes
         if not minutes:
             return None
         bundle = await self.bundle()
-        net = bundle.poller if name == "poll" else bundle.sweep
+        net = bundle.poller if name is Net.POLL else bundle.sweep
         if net is None:
             log.warning("the %s safety net is not available in this configuration", name)
             return None
