@@ -104,7 +104,11 @@ class ConfigurationError(ResponderError):
 
 
 class PolicyError(ConfigurationError):
+    """A policy that did not load. Like a loaded ``Policy`` it answers ``.mode``, ``.version`` and ``.valid``."""
+
     code = "policy-invalid"
+    version = "invalid"  # what records name as the policy version while the file is broken
+    valid = False
 
     def __init__(self, problems: list[str], source: str = "policy", *, mode: str = "report-only") -> None:
         self.problems = list(problems)

@@ -503,3 +503,10 @@ def test_decide_is_pure_the_same_inputs_give_the_same_decision() -> None:
 def test_every_reason_code_is_documented_in_the_readme_as_written_in_audit_rows(code: str) -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     assert f"`{code}" in readme
+
+
+def test_a_loaded_policy_answers_mode_version_and_valid_whether_it_loaded_or_not() -> None:
+    loaded = parse_policy({"mode": "enforce"})
+    broken = PolicyError(["mode: must be report-only or enforce"], mode="enforce")
+    assert (loaded.mode, bool(loaded.version), loaded.valid) == ("enforce", True, True)
+    assert (broken.mode, broken.version, broken.valid) == ("enforce", "invalid", False)

@@ -172,7 +172,7 @@ class Intake:
         return IntakeResult(accepted=tuple(events.values()), ignored=tuple(ignored))
 
     def _ignored(self, report: AlertReport, decision: Decision, now: datetime) -> DecisionRecord:
-        version = self.policy.version if isinstance(self.policy, Policy) else "invalid"
+        version = self.policy.version
         return DecisionRecord(
             event_id=stable_id(report.source, report.alert_id),
             alert_id=report.alert_id,
@@ -218,7 +218,7 @@ def decision_record(
         decision=decision,
         actions=(),
         mode=policy.mode,
-        policy_version=policy.version if isinstance(policy, Policy) else "invalid",
+        policy_version=policy.version,
         at=now,
         notes=facts.notes,
     )
@@ -431,7 +431,7 @@ class Verifier:
             decision=Decision(outcome, (verdict.reason,)),
             actions=(),
             mode=self.policy.mode,
-            policy_version=self.policy.version if isinstance(self.policy, Policy) else "invalid",
+            policy_version=self.policy.version,
             at=now,
         )
         # The Management Activity API's HygieneEvent "Delisted" records since the unblock confirm it independently.
