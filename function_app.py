@@ -8,6 +8,7 @@ from typing import List  # noqa: UP035  (see defender_stream)
 import azure.functions as func
 
 from restricted_sender.entrypoints.edge import HttpAnswer, runtime
+from restricted_sender.model import Net
 from restricted_sender.settings import CONTENT_QUEUE, DEFENDER_EVENTHUB, EVENTS_QUEUE, VERIFY_QUEUE
 
 EVERY_MINUTE = "0 * * * * *"  # the nets keep their own intervals (POLL_ALERTS_MINUTES, SWEEP_MINUTES)
@@ -41,7 +42,7 @@ async def expand_content(msg: func.QueueMessage) -> None:
 @app.function_name("poll_alerts")
 @app.timer_trigger(arg_name="timer", schedule=EVERY_MINUTE, run_on_startup=False, use_monitor=False)
 async def poll_alerts(timer: func.TimerRequest) -> None:
-    await runtime.run_net("poll")
+    await runtime.run_net(Net.POLL)
 
 
 @app.function_name("doctor_daily")
@@ -59,7 +60,7 @@ async def doctor(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("sweep_restricted")
 @app.timer_trigger(arg_name="timer", schedule=EVERY_MINUTE, run_on_startup=False, use_monitor=False)
 async def sweep_restricted(timer: func.TimerRequest) -> None:
-    await runtime.run_net("sweep")
+    await runtime.run_net(Net.SWEEP)
 
 
 # Registered only when configured: an Event Hub trigger without its connection would fail to start.

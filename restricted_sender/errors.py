@@ -16,7 +16,9 @@ Everything the product raises on purpose derives from :class:`ResponderError`. O
     │   └── PolicyError             the policy file failed to load or validate
     └── ServiceError                a dependency (Exchange, Graph, store, queue, tickets) failed
         ├── TransientServiceError   retrying later may help (429, 5xx, timeouts)        -> 503 / queue retry
-        │   └── QueueUnavailable    the event could not be queued                        -> 503
+        │   ├── QueueUnavailable    the event could not be queued                        -> 503
+        │   ├── TicketNotFiled      the decision is recorded, its ticket is not          -> queue retry
+        │   └── StillDeciding       another event is still deciding this restriction     -> queue retry
         ├── OutcomeUnknown          a write may or may not have happened (timeout, 5xx): read the world, never resend
         └── ServiceRefused          the service answered "no"; retrying cannot help
             ├── UnblockLimitReached Microsoft's unblock limit: only Microsoft Support can help; never retried
@@ -102,7 +104,11 @@ class ConfigurationError(ResponderError):
 
 
 class PolicyError(ConfigurationError):
+    """A policy that did not load. Like a loaded ``Policy`` it answers ``.mode``, ``.version`` and ``.valid``."""
+
     code = "policy-invalid"
+    version = "invalid"  # what records name as the policy version while the file is broken
+    valid = False
 
     def __init__(self, problems: list[str], source: str = "policy", *, mode: str = "report-only") -> None:
         self.problems = list(problems)
@@ -141,6 +147,19 @@ class TransientServiceError(ServiceError):
 
 class QueueUnavailable(TransientServiceError):
     code = "queue-unavailable"
+
+
+class TicketNotFiled(TransientServiceError):
+    """The decision is recorded but its ticket is not: the event fails so the queue retries it."""
+
+    code = "ticket-not-filed"
+
+
+class StillDeciding(TransientServiceError):
+    """Another event is still deciding this restriction: this report fails, unrecorded, so the queue retries it once
+    the decision exists (a report completed as "in progress" would leave nothing to act if that event is poisoned)."""
+
+    code = "restriction-still-deciding"
 
 
 class OutcomeUnknown(ServiceError):

@@ -55,13 +55,20 @@ class UserRef:
         return (self.address or self.object_id or "").lower()
 
 
+class Net(StrEnum):
+    """The safety nets: timers that find a restriction no alert source reported. Each names its events' source."""
+
+    POLL = "poll"  # the alerts_v2 poller
+    SWEEP = "sweep"  # the restricted-list sweep: no alert at all
+
+
 # Every way a restriction reaches the product (the decision record's ``sources[].kind``).
 SOURCE_SENTINEL = "sentinel"  # a Sentinel incident or alert posted by a Logic App playbook
 SOURCE_O365 = "o365"  # the Office 365 Management Activity API (alert audit records, HygieneEvent Listed)
 SOURCE_DEFENDER = "defender"  # Defender XDR streaming (AlertInfo + AlertEvidence), Event Hub or HTTP
 SOURCE_ALERTS_V2 = "alerts_v2"  # a Graph alerts_v2 object posted to the webhook
-SOURCE_POLL = "poll"  # the alerts_v2 poller (a timer)
-SOURCE_SWEEP = "sweep"  # the restricted-list sweep (a timer): no alert at all
+SOURCE_POLL = Net.POLL.value  # the alerts_v2 poller (a timer)
+SOURCE_SWEEP = Net.SWEEP.value  # the restricted-list sweep (a timer): no alert at all
 SOURCE_KINDS = (SOURCE_SENTINEL, SOURCE_O365, SOURCE_DEFENDER, SOURCE_ALERTS_V2, SOURCE_POLL, SOURCE_SWEEP)
 
 
@@ -303,7 +310,7 @@ class Reason:
     text: str
 
     def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "text": self.text}
+        return {"code": str(self.code), "text": self.text}
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,14 +330,33 @@ class ActionStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+class ActionKind(StrEnum):
+    """What the responder did (or would have done) about one decision: the record's ``actions[].kind``."""
+
+    UNBLOCK = "unblock"
+    VERIFY = "verify"
+    TICKET = "ticket"
+    NOTIFY = "notify"
+    # Containment steps, in the order they run (the policy's ``containment`` switches have the same names).
+    REVOKE_SESSIONS = "revoke_sessions"
+    CONFIRM_COMPROMISED = "confirm_compromised"
+    DISABLE_ACCOUNT = "disable_account"
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
-    kind: str
+    kind: ActionKind | str  # a str only when read back from a record a later version wrote
     status: ActionStatus
     detail: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "status": self.status.value, "detail": self.detail}
+        return {"kind": str(self.kind), "status": self.status.value, "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any]) -> Action:
+        kind = str(row["kind"])
+        known = {k.value: k for k in ActionKind}
+        return cls(known.get(kind, kind), ActionStatus(row["status"]), row["detail"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +389,7 @@ class DecisionRecord:
     def with_actions(self, *actions: Action) -> DecisionRecord:
         return replace(self, actions=self.actions + actions)
 
-    def status_of(self, kind: str) -> ActionStatus | None:
+    def status_of(self, kind: ActionKind) -> ActionStatus | None:
         """How the (last) action of ``kind`` went; ``None`` when there was none."""
         return next((a.status for a in reversed(self.actions) if a.kind == kind), None)
 
@@ -380,7 +406,7 @@ class DecisionRecord:
             sources=tuple(Source(s["kind"], s["id"], parse_instant(s["at"])) for s in row["sources"]),
             user=row["user"],
             decision=Decision(Outcome(row["decision"]), tuple(Reason(r["code"], r["text"]) for r in row["reasons"])),
-            actions=tuple(Action(a["kind"], ActionStatus(a["status"]), a["detail"]) for a in row["actions"]),
+            actions=tuple(Action.from_dict(a) for a in row["actions"]),
             mode=row["mode"],
             policy_version=row["policy_version"],
             at=parse_instant(row["at"]),

@@ -128,15 +128,15 @@ def test_no_value_starts_a_line_of_the_ticket(separator: str) -> None:
 @pytest.mark.parametrize("separator", LINE_STARTERS)
 def test_a_justification_or_rule_name_cannot_forge_a_section_of_the_soc_notice(separator: str) -> None:
     forged = f"ok{separator}{separator}{FORGED}{separator}  - unblock: skipped - nothing to do"
-    row = {
-        "decision": "unblock",
-        "user": f"judy@contoso.com{separator}Decision: ignore",
-        "alert_id": f"a-1{separator}Alert: none",
-        "reasons": [{"code": "manual", "text": f"unblocked by hand by admin: {forged}"}],
-        "actions": [{"kind": "unblock", "status": "done", "detail": forged}],
-        "notes": [forged],
-        "event_id": "e",
-    }
+    row = record(
+        {"code": "manual", "text": f"unblocked by hand by admin: {forged}"},
+        actions=[{"kind": "unblock", "status": "done", "detail": forged}],
+        decision="unblock",
+        user=f"judy@contoso.com{separator}Decision: ignore",
+        alert_id=f"a-1{separator}Alert: none",
+        notes=[forged],
+        event_id="e",
+    )
     notice = recipients_notice(["soc@contoso.com"], row)
     lines = physical_lines(notice.body)
     assert lines.count(FORGED) == 1

@@ -14,7 +14,7 @@ import pytest
 from restricted_sender.core.policy import load_policy_text
 from restricted_sender.core.ticket_body import render_ticket
 from restricted_sender.core.verify import VerifyTask
-from restricted_sender.errors import Conflict, MalformedPayload, ServiceRefused, TransientServiceError
+from restricted_sender.errors import Conflict, MalformedPayload, ServiceRefused, TicketNotFiled, TransientServiceError
 from restricted_sender.fakes import (
     FakeDirectory,
     FakeExchange,
@@ -27,9 +27,10 @@ from restricted_sender.model import DirectoryUser, Operator, RestrictionEvent
 from restricted_sender.processing.actions import Actor, TicketDesk
 from restricted_sender.processing.admin import Admin, UnblockRequest, parse_unblock_request
 from restricted_sender.processing.facts import FactSources
-from restricted_sender.processing.pipeline import Intake, Processor, TicketNotFiled
+from restricted_sender.processing.pipeline import Intake, Processor
 from restricted_sender.timeutil import FixedClock
 from tests.conftest import alert_v2, blocked
+from tests.test_ticket_body import record as judys_record
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 ALICE = DirectoryUser(id="alice-id", user_principal_name="alice@contoso.com", mail="alice@contoso.com",
@@ -354,7 +355,7 @@ def test_a_ticket_system_without_its_settings_fails_each_ticket_naming_what_to_s
     async def attempt() -> None:
         async with httpx.AsyncClient() as http:
             system = ticket_system(Settings.from_env(settings), load_policy_text(policy), http, FakeDirectory())
-            await system.create(render_ticket("rsr-1", {}, {}))
+            await system.create(render_ticket("rsr-1", judys_record(), {}))
 
     with pytest.raises(ConfigurationError, match="is not configured: set " + re.escape(named)):
         asyncio.run(attempt())

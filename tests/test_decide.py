@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from restricted_sender.core.decide import decide, unblock_failed
+from restricted_sender.core.decide import ReasonCode, ReasonPrefix, decide, unblock_failed
 from restricted_sender.core.mailbox import Forwarding, Recipient, parse_rules
 from restricted_sender.core.policy import parse_policy
 from restricted_sender.core.restriction import BlockedSender
@@ -496,3 +497,16 @@ def test_an_invalid_policy_never_unblocks(case: Case, decision: str, codes: tupl
 def test_decide_is_pure_the_same_inputs_give_the_same_decision() -> None:
     case = Case(unblocks=((timedelta(days=1), "done"),), enabled=False)
     assert case.run() == replace(case).run()
+
+
+@pytest.mark.parametrize("code", [*ReasonCode, *(f"{prefix}" for prefix in ReasonPrefix)])
+def test_every_reason_code_is_documented_in_the_readme_as_written_in_audit_rows(code: str) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"`{code}" in readme
+
+
+def test_a_loaded_policy_answers_mode_version_and_valid_whether_it_loaded_or_not() -> None:
+    loaded = parse_policy({"mode": "enforce"})
+    broken = PolicyError(["mode: must be report-only or enforce"], mode="enforce")
+    assert (loaded.mode, bool(loaded.version), loaded.valid) == ("enforce", True, True)
+    assert (broken.mode, broken.version, broken.valid) == ("enforce", "invalid", False)

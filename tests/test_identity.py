@@ -180,7 +180,7 @@ def test_notes_travel_with_the_record_to_the_audit_row_the_notice_and_the_cli() 
     row = record.to_dict()
     assert DecisionRecord.from_dict(row).notes == record.notes
     assert "identity-mismatch" in [n["code"] for n in row["notes"]]
-    notice = recipients_notice(["soc@contoso.com"], row).body
+    notice = recipients_notice(["soc@contoso.com"], record).body
     assert "Not checked:\n  - identity-mismatch: the alert names clean@contoso.com" in notice
 
     class Out:

@@ -10,6 +10,7 @@ import pytest
 
 from restricted_sender.core.policy import load_policy_text
 from restricted_sender.core.restriction import BlockedSender
+from restricted_sender.errors import StillDeciding
 from restricted_sender.model import (
     SOURCE_DEFENDER,
     SOURCE_O365,
@@ -22,7 +23,7 @@ from restricted_sender.model import (
     RestrictionEvent,
     UserRef,
 )
-from restricted_sender.processing.pipeline import StillDeciding, restriction_claim_key
+from restricted_sender.processing.pipeline import restriction_claim_key
 from tests.conftest import blocked
 from tests.test_pipeline import ALICE, NOW, World
 from tests.test_pipeline import POLICY as POLICY_ENFORCE

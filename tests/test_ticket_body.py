@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 from typing import Any
 
@@ -19,6 +20,7 @@ from restricted_sender.core.ticket_body import (
     REVOKE_URL,
     render_ticket,
 )
+from restricted_sender.model import Decision, DecisionRecord, Outcome
 
 CORRELATION = "rsr-92e99a415ec3a4cb81c1933d530a93ee"
 ALLOW = {"code": "allow:contoso staff", "text": "allow rule 'contoso staff' matches domain contoso.com"}
@@ -29,22 +31,27 @@ INBOX_RULE = {
 ALERT_URL = "https://security.microsoft.com/alerts/fa8f2b1c?tid=8f0c2a52"
 
 
-def record(*reasons: dict[str, str], actions: list[dict[str, str]] | None = None, **extra: Any) -> dict[str, Any]:
-    return {
-        "event_id": "08cdcbcbb48cb8bb32e97df8999b6aff",
-        "alert_id": "fa8f2b1c-0d3e-4f5a-9b6c-7d8e9f0a1b31",
-        "source": "alerts_v2",
-        "sources": [{"kind": "alerts_v2", "id": "fa8f2b1c-0d3e-4f5a-9b6c-7d8e9f0a1b31", "at": "2026-11-27T08:11:09Z"}],
-        "user": "judy@contoso.com",
-        "decision": "ticket",
-        "reasons": list(reasons or (ALLOW, INBOX_RULE)),
-        "actions": actions or [],
-        "mode": "enforce",
-        "policy_version": "859c624474aa",
-        "at": "2026-11-27T08:11:09Z",
-        "notes": [{"code": "risk-unknown", "text": "Identity Protection gave no risk level (no Entra ID P2)"}],
-        **extra,
-    }
+def record(*reasons: dict[str, str], actions: list[dict[str, str]] | None = None, **extra: Any) -> DecisionRecord:
+    """The typed record of judy's escalated restriction, written as its audit row (``DecisionRecord.to_dict``)."""
+    return DecisionRecord.from_dict(
+        {
+            "event_id": "08cdcbcbb48cb8bb32e97df8999b6aff",
+            "alert_id": "fa8f2b1c-0d3e-4f5a-9b6c-7d8e9f0a1b31",
+            "source": "alerts_v2",
+            "sources": [
+                {"kind": "alerts_v2", "id": "fa8f2b1c-0d3e-4f5a-9b6c-7d8e9f0a1b31", "at": "2026-11-27T08:11:09Z"}
+            ],
+            "user": "judy@contoso.com",
+            "decision": "ticket",
+            "reasons": list(reasons or (ALLOW, INBOX_RULE)),
+            "actions": actions or [],
+            "mode": "enforce",
+            "policy_version": "859c624474aa",
+            "at": "2026-11-27T08:11:09Z",
+            "notes": [{"code": "risk-unknown", "text": "Identity Protection gave no risk level (no Entra ID P2)"}],
+            **extra,
+        }
+    )
 
 
 def rule(name: str, *suspicious: str, enabled: bool = True) -> dict[str, Any]:
@@ -432,13 +439,15 @@ def test_missing_or_malformed_evidence_is_shown_as_unknown_never_fatal() -> None
         "forwarding": None,
         "our_unblocks": {},
     }
-    content = render_ticket(CORRELATION, {"reasons": "x", "actions": None}, odd)
+    # A record is typed: the one it can hold of the least use has no user, no reasons and no actions.
+    bare = replace(record(), user="", decision=Decision(Outcome.TICKET, ()), actions=(), notes=())
+    content = render_ticket(CORRELATION, bare, odd)
     text = content.text
     assert "  - Not on the restricted list when checked, or not read." in lines(text)
     assert "  - Not found in the directory: account state and groups unknown." in lines(text)
     assert "  - Not read (no mailbox, or the rules could not be read)." in lines(text)
     assert "  - Not read (no mailbox, or not checked)." in lines(text)
-    assert content.title == "Restricted sender: ? — escalated"
+    assert content.title == "Restricted sender: ? — ticket"
     parsed(content.html)
 
 
@@ -448,15 +457,20 @@ def test_missing_or_malformed_evidence_is_shown_as_unknown_never_fatal() -> None
 def test_the_record_is_the_complete_correlation_record_and_evidence_detached_from_the_inputs() -> None:
     rec, ev = record(), evidence()
     content = render_ticket(CORRELATION, rec, ev)
-    expected = {"correlation_id": CORRELATION, "record": copy.deepcopy(rec), "evidence": copy.deepcopy(ev)}
-    rec["user"], rec["notes"], ev["links"] = "changed@contoso.com", [], {}
+    expected = {"correlation_id": CORRELATION, "record": rec.to_dict(), "evidence": copy.deepcopy(ev)}
+    ev["links"] = {}
     assert content.record == expected
     json.dumps(content.record)
 
 
 def test_the_update_note_names_the_later_report_and_its_decision() -> None:
-    later = record(ALLOW, {"code": "guard:user-budget", "text": "1 unblock"}, source="o365", alert_id="a-2")
-    later["at"] = "2026-11-27T09:00:00Z"
+    later = record(
+        ALLOW,
+        {"code": "guard:user-budget", "text": "1 unblock"},
+        source="o365",
+        alert_id="a-2",
+        at="2026-11-27T09:00:00Z",
+    )
     assert render_ticket(CORRELATION, later, evidence()).update == (
         "Another report of this restriction: o365 alert a-2 at 2026-11-27T09:00:00Z; "
         "decision ticket (allow:contoso staff, guard:user-budget)."

@@ -10,9 +10,10 @@ import pytest
 from restricted_sender.core.policy import load_policy_text
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.core.verify import VerifyTask, check_at, judge
+from restricted_sender.errors import TicketNotFiled
 from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryDelayedQueue, MemoryStore
 from restricted_sender.processing.actions import Actor, TicketDesk
-from restricted_sender.processing.pipeline import TicketNotFiled, Verifier
+from restricted_sender.processing.pipeline import Verifier
 from restricted_sender.timeutil import FixedClock, iso
 
 UNBLOCKED = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)

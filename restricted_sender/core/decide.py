@@ -9,6 +9,7 @@ eligible or any guard failed; otherwise ``wait`` (``limit-block``, ``auto-releas
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from restricted_sender.core.policy import RISK_LEVELS, Budget, Policy, Selector
 from restricted_sender.core.restriction import BlockedSender, BlockKind
@@ -16,25 +17,49 @@ from restricted_sender.errors import PolicyError
 from restricted_sender.model import Decision, Facts, Outcome, Reason, RestrictionEvent, UnblockEntry, UnblockStatus
 from restricted_sender.timeutil import iso
 
-NOT_TARGET_ALERT = "not-target-alert"
-NOT_RESTRICTED = "not-restricted"
-DUPLICATE = "duplicate"
-NO_ALLOW_RULE = "no-allow-rule"
-IDENTITY_UNBOUND = "identity-unbound"
-POLICY_INVALID = "policy-invalid"
-GUARD_USER_BUDGET = "guard:user-budget"
-GUARD_ACCOUNT_DISABLED = "guard:account-disabled"
-GUARD_TENANT_BUDGET = "guard:tenant-budget"
-GUARD_RISK = "guard:risk"
-GUARD_INBOX_RULE = "guard:inbox-rule"
-GUARD_FORWARDING = "guard:forwarding"
-LIMIT_BLOCK = "limit-block"
-AUTO_RELEASE_SOON = "auto-release-soon"
-UNBLOCK_FAILED = "unblock-failed"
-UNBLOCK_UNCERTAIN = "unblock-uncertain"
-UNBLOCK_RESUMED = "unblock-resumed"
-NO_USER_EVIDENCE = "no-user-evidence"
-RELEASE_OVERDUE = "release-overdue"
+
+class ReasonCode(StrEnum):
+    """The stable codes of a decision's reasons (README: Decisions): audit rows, replay output and queries match on
+    them. Two more codes are patterns, built from :class:`ReasonPrefix`: ``allow:<rule>`` and ``deny:<kind>``."""
+
+    NOT_TARGET_ALERT = "not-target-alert"
+    NOT_RESTRICTED = "not-restricted"
+    DUPLICATE = "duplicate"
+    NO_ALLOW_RULE = "no-allow-rule"
+    IDENTITY_UNBOUND = "identity-unbound"
+    POLICY_INVALID = "policy-invalid"
+    GUARD_USER_BUDGET = "guard:user-budget"
+    GUARD_ACCOUNT_DISABLED = "guard:account-disabled"
+    GUARD_TENANT_BUDGET = "guard:tenant-budget"
+    GUARD_RISK = "guard:risk"
+    GUARD_INBOX_RULE = "guard:inbox-rule"
+    GUARD_FORWARDING = "guard:forwarding"
+    LIMIT_BLOCK = "limit-block"
+    AUTO_RELEASE_SOON = "auto-release-soon"
+    UNBLOCK_FAILED = "unblock-failed"
+    UNBLOCK_UNCERTAIN = "unblock-uncertain"
+    UNBLOCK_RESUMED = "unblock-resumed"
+    NO_USER_EVIDENCE = "no-user-evidence"
+    RELEASE_OVERDUE = "release-overdue"
+    # A scheduled check of an unblock (core.verify): the verdict's kind is its reason's code.
+    VERIFIED = "verified"
+    NOT_LIFTED = "not-lifted"
+    VERIFY_PENDING = "verify-pending"
+    # A manual unblock (processing.admin).
+    MANUAL = "manual"
+    MANUAL_FORCED = "manual:forced"
+    MANUAL_FORCE_REQUIRED = "manual:force-required"
+
+
+class ReasonPrefix(StrEnum):
+    """How the codes of a family start: ``allow:<rule name>`` and ``deny:<user|domain|group>`` are patterns; every
+    guard's code starts with ``guard:``."""
+
+    ALLOW = "allow:"
+    DENY = "deny:"
+    GUARD = "guard:"
+
+
 RELEASE_GRACE = timedelta(hours=1)  # a block that lifts by itself is given this long past its expected release
 
 
@@ -44,7 +69,7 @@ def ignore(code: str, text: str) -> Decision:
 
 def not_target_alert(title: str, policy: Policy) -> Decision:
     names = ", ".join(repr(n) for n in policy.alert_names)
-    return ignore(NOT_TARGET_ALERT, f"alert {title!r} is not one of the policy's alert_names ({names})")
+    return ignore(ReasonCode.NOT_TARGET_ALERT, f"alert {title!r} is not one of the policy's alert_names ({names})")
 
 
 def decide(event: RestrictionEvent, facts: Facts, policy: Policy | PolicyError, now: datetime) -> Decision:
@@ -53,31 +78,33 @@ def decide(event: RestrictionEvent, facts: Facts, policy: Policy | PolicyError, 
     if not event.direct and not policy.is_target_alert(event.alert_name):
         return not_target_alert(event.alert_name, policy)
     if not facts.first_report:
-        return ignore(DUPLICATE, f"alert {event.alert_id} for {event.user.key} was already handled")
+        return ignore(ReasonCode.DUPLICATE, f"alert {event.alert_id} for {event.user.key} was already handled")
     if facts.unblock_started is not None:
         return _resumed(event, facts.unblock_started)
     restriction = facts.restriction
     if restriction is None:
-        return ignore(NOT_RESTRICTED, f"{event.user.key} is not on the restricted list now")
+        return ignore(ReasonCode.NOT_RESTRICTED, f"{event.user.key} is not on the restricted list now")
 
     identities = facts.identities()
     reasons: list[Reason] = []
     denied = _selector_matches(policy.deny, identities, facts.member_of)
     eligible = False
     if denied:
-        reasons.extend(Reason(f"deny:{kind}", f"deny list matches {kind} {value}") for kind, value in denied)
+        reasons.extend(
+            Reason(f"{ReasonPrefix.DENY}{kind}", f"deny list matches {kind} {value}") for kind, value in denied
+        )
     if facts.user is None or not facts.user.owns(restriction.address):
         # Whose groups, rules, risk and account state these facts are is unknown: nothing may be unblocked on them.
-        reasons.append(Reason(IDENTITY_UNBOUND, _unbound(restriction.address, facts)))
+        reasons.append(Reason(ReasonCode.IDENTITY_UNBOUND, _unbound(restriction.address, facts)))
     elif not denied:
         for rule in policy.allow:
             matched = _selector_matches(rule.selector, identities, facts.member_of)
             if matched:
                 eligible = True
                 why = ", ".join(f"{kind} {value}" for kind, value in matched)
-                reasons.append(Reason(f"allow:{rule.name}", f"allow rule {rule.name!r} matches {why}"))
+                reasons.append(Reason(f"{ReasonPrefix.ALLOW}{rule.name}", f"allow rule {rule.name!r} matches {why}"))
         if not eligible:
-            reasons.append(Reason(NO_ALLOW_RULE, f"no allow rule matches {', '.join(sorted(identities))}"))
+            reasons.append(Reason(ReasonCode.NO_ALLOW_RULE, f"no allow rule matches {', '.join(sorted(identities))}"))
 
     failed_guards = _guards(policy, facts, now)
     reasons.extend(failed_guards)
@@ -88,19 +115,24 @@ def decide(event: RestrictionEvent, facts: Facts, policy: Policy | PolicyError, 
     if restriction.kind is BlockKind.SENDING_LIMIT and release is not None and now >= release + RELEASE_GRACE:
         # It should have lifted by itself and has not; admins cannot lift this kind: a person has to look.
         reasons.append(
-            Reason(RELEASE_OVERDUE, f"sending-limit block should have lifted by {iso(release)} and is still listed")
+            Reason(
+                ReasonCode.RELEASE_OVERDUE,
+                f"sending-limit block should have lifted by {iso(release)} and is still listed",
+            )
         )
         return Decision(Outcome.TICKET, tuple(reasons))
     if restriction.kind is BlockKind.SENDING_LIMIT:
         when = f"; expected to lift by {iso(release)}" if release else ""
-        reasons.append(Reason(LIMIT_BLOCK, f"sending-limit block ({restriction.reason.raw}) lifts by itself{when}"))
+        reasons.append(
+            Reason(ReasonCode.LIMIT_BLOCK, f"sending-limit block ({restriction.reason.raw}) lifts by itself{when}")
+        )
         return Decision(Outcome.WAIT, tuple(reasons), release_at=release)
     horizon = timedelta(hours=policy.guards.min_hours_to_auto_release)
     if restriction.temporary and release is not None and now < release <= now + horizon:
         hours = (release - now).total_seconds() / 3600
         reasons.append(
             Reason(
-                AUTO_RELEASE_SOON,
+                ReasonCode.AUTO_RELEASE_SOON,
                 f"temporary block lifts by itself at {iso(release)} (in {hours:.1f} h, within "
                 f"min_hours_to_auto_release={policy.guards.min_hours_to_auto_release:g}): not spending an unblock",
             )
@@ -114,7 +146,7 @@ def already_decided(event: RestrictionEvent, restriction: BlockedSender, owner: 
     created = iso(restriction.created) if restriction.created else "an unknown time"
     how = f" ({outcome})" if outcome else " (still in progress)"
     return ignore(
-        DUPLICATE,
+        ReasonCode.DUPLICATE,
         f"the restriction of {restriction.address} created at {created} was already decided by event {owner}{how}; "
         f"this report ({event.source} {event.alert_id}) is added to its sources",
     )
@@ -126,13 +158,18 @@ def _resumed(event: RestrictionEvent, own: UnblockEntry) -> Decision:
     if own.status in (UnblockStatus.REFUSED, UnblockStatus.FAILED):
         return Decision(
             Outcome.TICKET,
-            (Reason(UNBLOCK_FAILED, f"Exchange refused the unblock at {iso(own.at)}: {own.detail or 'no message'}"),),
+            (
+                Reason(
+                    ReasonCode.UNBLOCK_FAILED,
+                    f"Exchange refused the unblock at {iso(own.at)}: {own.detail or 'no message'}",
+                ),
+            ),
         )
     return Decision(
         Outcome.UNBLOCK,
         (
             Reason(
-                UNBLOCK_RESUMED,
+                ReasonCode.UNBLOCK_RESUMED,
                 f"an earlier try of event {event.event_id} decided at {iso(own.at)} to unblock {own.user} "
                 f"(its unblock is {own.status}): what happened is recorded; the unblock is not sent again",
             ),
@@ -142,12 +179,12 @@ def _resumed(event: RestrictionEvent, own: UnblockEntry) -> Decision:
 
 def unblock_uncertain(decision: Decision, detail: str) -> Decision:
     """Whether the unblock took effect is unknown: a person looks, and Remove is not sent again."""
-    return Decision(Outcome.TICKET, (*decision.reasons, Reason(UNBLOCK_UNCERTAIN, detail)))
+    return Decision(Outcome.TICKET, (*decision.reasons, Reason(ReasonCode.UNBLOCK_UNCERTAIN, detail)))
 
 
 def unblock_failed(decision: Decision, detail: str) -> Decision:
     """The service refused the unblock (e.g. Microsoft's unblock limit): escalate, never retry."""
-    return Decision(Outcome.TICKET, (*decision.reasons, Reason(UNBLOCK_FAILED, detail)))
+    return Decision(Outcome.TICKET, (*decision.reasons, Reason(ReasonCode.UNBLOCK_FAILED, detail)))
 
 
 def _unbound(address: str, facts: Facts) -> str:
@@ -165,10 +202,12 @@ def _unbound(address: str, facts: Facts) -> str:
 def _policy_invalid(event: RestrictionEvent, facts: Facts, error: PolicyError) -> Decision:
     # Fail closed: without a valid policy nothing is unblocked, but a restricted user is never dropped.
     if not facts.first_report:
-        return ignore(DUPLICATE, f"alert {event.alert_id} for {event.user.key} was already handled")
+        return ignore(ReasonCode.DUPLICATE, f"alert {event.alert_id} for {event.user.key} was already handled")
     if facts.restriction is None:
-        return ignore(NOT_RESTRICTED, f"{event.user.key} is not on the restricted list now")
-    return Decision(Outcome.TICKET, (Reason(POLICY_INVALID, f"the policy could not be loaded: {error.message}"),))
+        return ignore(ReasonCode.NOT_RESTRICTED, f"{event.user.key} is not on the restricted list now")
+    return Decision(
+        Outcome.TICKET, (Reason(ReasonCode.POLICY_INVALID, f"the policy could not be loaded: {error.message}"),)
+    )
 
 
 def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
@@ -182,7 +221,7 @@ def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
             listing = ", ".join(f"{iso(u.at)} ({u.kind.value})" for u in spent) or "none"
             failed.append(
                 Reason(
-                    GUARD_USER_BUDGET,
+                    ReasonCode.GUARD_USER_BUDGET,
                     f"{len(spent)} unblock(s) of this user in the last {_window(budget)} "
                     f"(limit {budget.count}): {listing}",
                 )
@@ -194,7 +233,7 @@ def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
             users = ", ".join(sorted({u.user for u in spent})) or "none"
             failed.append(
                 Reason(
-                    GUARD_TENANT_BUDGET,
+                    ReasonCode.GUARD_TENANT_BUDGET,
                     f"circuit breaker: {len(spent)} unblock(s) in the tenant in the last {_window(tenant_budget)} "
                     f"(limit {tenant_budget.count}): {users}",
                 )
@@ -203,20 +242,23 @@ def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
     limit = guards.max_risk_level
     if limit is not None and level in RISK_LEVELS and RISK_LEVELS.index(level) > RISK_LEVELS.index(limit):
         failed.append(
-            Reason(GUARD_RISK, f"Identity Protection rates the user's risk {level!r}, above max_risk_level {limit!r}")
+            Reason(
+                ReasonCode.GUARD_RISK,
+                f"Identity Protection rates the user's risk {level!r}, above max_risk_level {limit!r}",
+            )
         )
     if guards.suspicious_inbox_rules and facts.inbox_rules:
         findings = [f for rule in facts.inbox_rules for f in rule.findings(facts.tenant_domains, facts.folder_names)]
         if findings:
-            failed.append(Reason(GUARD_INBOX_RULE, "; ".join(findings)))
+            failed.append(Reason(ReasonCode.GUARD_INBOX_RULE, "; ".join(findings)))
     if guards.external_forwarding and facts.forwarding is not None:
         findings = list(facts.forwarding.findings(facts.tenant_domains))
         if findings:
-            failed.append(Reason(GUARD_FORWARDING, "; ".join(findings)))
+            failed.append(Reason(ReasonCode.GUARD_FORWARDING, "; ".join(findings)))
     if policy.guards.account_enabled and facts.user is not None and facts.user.account_enabled is False:
         failed.append(
             Reason(
-                GUARD_ACCOUNT_DISABLED,
+                ReasonCode.GUARD_ACCOUNT_DISABLED,
                 f"account {facts.user.user_principal_name} is disabled: someone is already responding",
             )
         )

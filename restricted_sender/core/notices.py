@@ -10,12 +10,12 @@ cleaned with ``untrusted.one_line``: none can start a line and forge a section (
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from restricted_sender.core.untrusted import one_line as _v
-from restricted_sender.model import Mail, Outcome
+from restricted_sender.model import DecisionRecord, Mail, Outcome
+from restricted_sender.timeutil import iso
 
 _FOOTER = "This message was sent automatically by Restricted Sender Responder on behalf of your IT team."
 
@@ -48,28 +48,27 @@ def user_notice(outcome: Outcome, address: str, *, at: datetime, release_at: dat
     return None
 
 
-def recipients_notice(recipients: Sequence[str], record: Mapping[str, Any], *, ticket: str | None = None) -> Mail:
+def recipients_notice(recipients: Sequence[str], record: DecisionRecord, *, ticket: str | None = None) -> Mail:
     """A short summary of one decision for the helpdesk / SOC mailboxes."""
-    decision = _v(record.get("decision"))
-    user = _v(record.get("user"))
+    decision = record.decision.outcome.value
+    user = _v(record.user)
     lines = [
-        f"Decision: {decision} for {user} ({_v(record.get('mode'))}, policy {_v(record.get('policy_version'))})",
-        f"Alert: {_v(record.get('source'))} {_v(record.get('alert_id'))} at {_v(record.get('at'))}",
+        f"Decision: {decision} for {user} ({_v(record.mode)}, policy {_v(record.policy_version)})",
+        f"Alert: {_v(record.source)} {_v(record.alert_id)} at {iso(record.at)}",
         "",
         "Why:",
-        *(f"  - {_v(r['code'])}: {_v(r['text'])}" for r in record.get("reasons", [])),
+        *(f"  - {_v(r.code)}: {_v(r.text)}" for r in record.decision.reasons),
         "",
         "What was done:",
-        *(f"  - {_v(a['kind'])}: {_v(a['status'])} - {_v(a['detail'])}" for a in record.get("actions", [])),
+        *(f"  - {_v(a.kind)}: {a.status.value} - {_v(a.detail)}" for a in record.actions),
     ]
-    if not record.get("actions"):
+    if not record.actions:
         lines.append("  - nothing")
-    notes = [n if isinstance(n, Mapping) else {"code": "note", "text": n} for n in record.get("notes") or ()]
-    if notes:
+    if record.notes:
         # Decided without these: the SOC reads what was not checked in the notice itself, not only in the ticket.
-        lines += ["", "Not checked:", *(f"  - {_v(n.get('code'))}: {_v(n.get('text'))}" for n in notes)]
+        lines += ["", "Not checked:", *(f"  - {_v(str(n.code))}: {_v(n.text)}" for n in record.notes)]
     if ticket:
         lines += ["", f"Ticket: {_v(ticket)}"]
-    lines += ["", f"Event id: {_v(record.get('event_id'))}", "", _FOOTER]
-    importance = "high" if decision == Outcome.TICKET.value else "normal"
+    lines += ["", f"Event id: {_v(record.event_id)}", "", _FOOTER]
+    importance = "high" if record.decision.outcome is Outcome.TICKET else "normal"
     return Mail(tuple(recipients), f"Restricted sender {decision}: {user}", "\n".join(lines), importance=importance)

@@ -126,6 +126,11 @@ class Policy:
         return self.ticket.system
 
     @property
+    def valid(self) -> bool:
+        """A loaded policy answers ``.mode``, ``.version`` and ``.valid`` whether it loaded or not (``PolicyError``)."""
+        return True
+
+    @property
     def enforce(self) -> bool:
         return self.mode == "enforce"
 

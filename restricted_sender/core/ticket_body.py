@@ -11,7 +11,7 @@ even alert fields are chosen by whoever controls the account or sends the alert.
 
 Both bodies stay under ``MAX_BODY_CHARS`` (Jira's description holds about 32 kB): long lists end with
 "and N more", long values are shortened, and when that is not enough the lists and values shrink further.
-The complete, untruncated data travels in ``record``.
+The complete, untruncated data travels in ``record`` (the typed ``DecisionRecord`` as its audit row, and the evidence).
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from restricted_sender.core.decide import ReasonCode, ReasonPrefix
 from restricted_sender.core.untrusted import defanged, linkable, one_line
-from restricted_sender.model import TicketContent
+from restricted_sender.model import ActionKind, ActionStatus, DecisionRecord, Outcome, TicketContent
+from restricted_sender.timeutil import iso
 
 MAX_BODY_CHARS = 30_000
 MAX_TITLE_CHARS = 200
@@ -36,10 +38,12 @@ RESTRICTED_ENTITIES_URL = "https://security.microsoft.com/restrictedentities"
 
 # Reasons that are signs of a compromise (RESPONDING_URL lists risk, inbox rules and forwarding as such signs):
 # the ticket is "high".
-COMPROMISE_CODES = frozenset({"guard:risk", "guard:inbox-rule", "guard:forwarding", "not-lifted"})
+COMPROMISE_CODES = frozenset(
+    {ReasonCode.GUARD_RISK, ReasonCode.GUARD_INBOX_RULE, ReasonCode.GUARD_FORWARDING, ReasonCode.NOT_LIFTED}
+)
 # What a person should read first: a failed guard, a deny match, a refused or ineffective unblock.
-_MAIN_CODES = frozenset({"unblock-failed", "not-lifted"})
-_VERIFICATION_CODES = frozenset({"verified", "not-lifted"})
+_MAIN_CODES = frozenset({ReasonCode.UNBLOCK_FAILED, ReasonCode.NOT_LIFTED})
+_VERIFICATION_CODES = frozenset({ReasonCode.VERIFIED, ReasonCode.NOT_LIFTED})
 
 _KINDS = {
     "spam": "outbound spam (usually a sign of a compromised account)",
@@ -91,14 +95,14 @@ class _Block:
     intro: tuple[_Part, ...] = ()
 
 
-def render_ticket(correlation_id: str, record: Mapping[str, Any], evidence: Mapping[str, Any]) -> TicketContent:
-    """The ticket for one escalated restriction: ``record`` is ``DecisionRecord.to_dict()``, ``evidence`` what
-    ``actions.evidence`` gathered. Values of the wrong shape are shown as unknown, never fatal."""
+def render_ticket(correlation_id: str, record: DecisionRecord, evidence: Mapping[str, Any]) -> TicketContent:
+    """The ticket for one escalated restriction: ``evidence`` is what ``actions.evidence`` gathered (the record's
+    own, as a rule). Evidence values of the wrong shape are shown as unknown, never fatal."""
     reasons = _reasons(record)
     codes = [code for code, _ in reasons]
-    user = _clean(record.get("user")) or _clean(_map(evidence.get("restriction")).get("sender_address")) or "?"
+    user = _clean(record.user) or _clean(_map(evidence.get("restriction")).get("sender_address")) or "?"
     main = _main_reason(reasons)
-    headline = (main[1] or main[0]) if main else _clean(record.get("decision")) or "escalated"
+    headline = (main[1] or main[0]) if main else record.decision.outcome.value
     title = _shorten(f"Restricted sender: {user} — {headline}", MAX_TITLE_CHARS)
     high = _is_high(codes, evidence)
     text = html_body = ""
@@ -115,7 +119,9 @@ def render_ticket(correlation_id: str, record: Mapping[str, Any], evidence: Mapp
         text=text,
         html=html_body,
         record=json.loads(
-            json.dumps({"correlation_id": correlation_id, "record": record, "evidence": evidence}, default=str)
+            json.dumps(
+                {"correlation_id": correlation_id, "record": record.to_dict(), "evidence": evidence}, default=str
+            )
         ),
         update=_update_note(record, reasons, user),
         severity="high" if high else "medium",
@@ -126,7 +132,7 @@ def _is_high(codes: Sequence[str], evidence: Mapping[str, Any]) -> bool:
     """A compromise sign among the reasons (a failed risk, inbox-rule or forwarding guard, a deny match, a block
     that came back after our unblock), or in the evidence even where the policy did not guard on it: a
     suspicious inbox rule, or Identity Protection rating the user's risk high."""
-    if any(code in COMPROMISE_CODES or code.startswith("deny:") for code in codes):
+    if any(code in COMPROMISE_CODES or code.startswith(ReasonPrefix.DENY) for code in codes):
         return True
     if any(_list(_map(rule).get("suspicious")) for rule in _list(evidence.get("inbox_rules"))):
         return True
@@ -137,31 +143,31 @@ def _main_reason(reasons: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
     """The first failed guard, deny match, refused or ineffective unblock; else the first reason that is not an
     ``allow:`` match (``no-allow-rule``, ``policy-invalid``); else the first."""
     for code, text in reasons:
-        if code.startswith(("guard:", "deny:")) or code in _MAIN_CODES:
+        if code.startswith((ReasonPrefix.GUARD, ReasonPrefix.DENY)) or code in _MAIN_CODES:
             return code, text
     for code, text in reasons:
-        if not code.startswith("allow:"):
+        if not code.startswith(ReasonPrefix.ALLOW):
             return code, text
     return reasons[0] if reasons else None
 
 
-def _update_note(record: Mapping[str, Any], reasons: Sequence[tuple[str, str]], user: str) -> str:
-    at = _clean(record.get("at")) or "an unknown time"
+def _update_note(record: DecisionRecord, reasons: Sequence[tuple[str, str]], user: str) -> str:
+    at = iso(record.at)
     checked = [(code, text) for code, text in reasons if code in _VERIFICATION_CODES]
     if checked:
         code, text = checked[-1]
         note = f"Verification of the unblock of {user} at {at}: {code} ({text})."
-        if code == "not-lifted":
+        if code == ReasonCode.NOT_LIFTED:
             note += " The block did not lift or came back: treat the account as compromised."
         return _shorten(note, MAX_UPDATE_CHARS)
     codes = ", ".join(code for code, _ in reasons) or "no reasons"
-    source = _clean(record.get("source")) or "unknown source"
-    alert = _clean(record.get("alert_id")) or "?"
+    source = _clean(record.source) or "unknown source"
+    alert = _clean(record.alert_id) or "?"
     note = (
         f"Another report of this restriction: {source} alert {alert} at {at}; "
-        f"decision {_clean(record.get('decision')) or '?'} ({codes})."
+        f"decision {record.decision.outcome.value} ({codes})."
     )
-    done = [_clean(_map(a).get("kind")) for a in _list(record.get("actions")) if _map(a).get("status") == "done"]
+    done = [_clean(a.kind) for a in record.actions if a.status is ActionStatus.DONE]
     if done:
         note += f" Done this time: {', '.join(done)}."
     return _shorten(note, MAX_UPDATE_CHARS)
@@ -173,7 +179,7 @@ class _View:
     def __init__(
         self,
         correlation_id: str,
-        record: Mapping[str, Any],
+        record: DecisionRecord,
         evidence: Mapping[str, Any],
         reasons: Sequence[tuple[str, str]],
         user: str,
@@ -191,9 +197,7 @@ class _View:
         self.limits = limits
         self.restriction = _map(evidence.get("restriction"))
         self.done = {
-            _clean(_map(a).get("kind")).replace("-", "_"): _clean(_map(a).get("detail"))
-            for a in _list(record.get("actions"))
-            if _map(a).get("status") == "done"
+            _clean(a.kind).replace("-", "_"): _clean(a.detail) for a in record.actions if a.status is ActionStatus.DONE
         }
 
     def v(self, value: object) -> str:
@@ -214,11 +218,11 @@ class _View:
         kind = _KINDS.get(_clean(restriction.get("kind")))
         what = f"Microsoft 365 restricted {self.v(self.user)} from sending email{when}"
         what += f": {kind}." if kind else "."
-        decision = _clean(self.record.get("decision")) or "unknown"
-        more = len([r for r in self.reasons if not r[0].startswith("allow:")]) - 1
+        decision = self.record.decision.outcome
+        more = len([r for r in self.reasons if not r[0].startswith(ReasonPrefix.ALLOW)]) - 1
         why = self.v(self.main[1] or self.main[0]) if self.main else "no reason was recorded"
         also = f" ({more} more reason{'s' if more != 1 else ''} below)" if more > 0 else ""
-        if decision == "ticket":
+        if decision is Outcome.TICKET:
             decided = f"The responder did not unblock the user and opened this ticket because {why}{also}."
         else:
             decided = f"The responder decided {decision}: {why}{also}."
@@ -240,7 +244,7 @@ class _View:
     def blocks(self) -> list[_Block]:
         return [
             self.decision_block(),
-            *([self.notes_block()] if _list(self.record.get("notes")) else []),
+            *([self.notes_block()] if self.record.notes else []),
             _Block("Evidence", 2),
             self.restriction_block(),
             self.user_block(),
@@ -264,18 +268,18 @@ class _View:
         reasons = [_Item((f"[{self.v(code)}] {_shorten(_clean(text), 2 * self.limits.chars)}",))
                    for code, text in self.reasons]  # fmt: skip
         sources = [
-            _Item((f"Reported by {self.v(s.get('kind'))} alert {self.v(s.get('id'))} at {self.v(s.get('at'))}",))
-            for s in map(_map, _list(record.get("sources")))
+            _Item((f"Reported by {self.v(s.kind)} alert {self.v(s.id)} at {self.v(iso(s.at))}",))
+            for s in record.sources
         ]
         items = [
             _Item(
                 (
-                    f"Decision: {self.v(record.get('decision'))} (mode {self.v(record.get('mode'))}, "
-                    f"policy version {self.v(record.get('policy_version'))}, at {self.v(record.get('at'))})",
+                    f"Decision: {self.v(record.decision.outcome.value)} (mode {self.v(record.mode)}, "
+                    f"policy version {self.v(record.policy_version)}, at {self.v(iso(record.at))})",
                 )
             ),
             *(self.listed(reasons, at_least=_MIN_REASONS) or (_Item(("No reasons were recorded.",)),)),
-            _Item((f"Event: {self.v(record.get('event_id'))}",)),
+            _Item((f"Event: {self.v(record.event_id)}",)),
             *self.listed(sources),
         ]
         return _Block("Decision and reasons", 2, tuple(items))
@@ -390,10 +394,7 @@ class _View:
 
     def notes_block(self) -> _Block:
         """What could not be checked (or was not as the alert said): the decision was taken without it."""
-        entries = [
-            _Item((f"[{self.v(note.get('code'))}] {self.v(note.get('text'))}",))
-            for note in map(_note, _list(self.record.get("notes")))
-        ]
+        entries = [_Item((f"[{self.v(str(note.code))}] {self.v(note.text)}",)) for note in self.record.notes]
         intro = ("What the decision could not check, or found not as the alert said: check these by hand.",)
         return _Block("Not checked", 2, self.listed(entries, at_least=_MIN_REASONS), intro=intro)
 
@@ -408,9 +409,9 @@ class _View:
 
     def actions_block(self) -> _Block:
         entries = []
-        for action in map(_map, _list(self.record.get("actions"))):
-            detail = self.v(action.get("detail"))
-            line = f"{self.v(action.get('kind'))}: {self.v(action.get('status'))}" + (f" — {detail}" if detail else "")
+        for action in self.record.actions:
+            detail = self.v(action.detail)
+            line = f"{self.v(action.kind)}: {self.v(action.status.value)}" + (f" — {detail}" if detail else "")
             entries.append(_Item((line,)))
         return _Block("What was done", 2, self.listed(entries, at_least=_MIN_REASONS) or (_Item(("Nothing yet.",)),))
 
@@ -435,7 +436,7 @@ class _View:
             return f" Done by the responder: {self.v(done[kind]) or 'done'}." if kind in done else ""
 
         disabled = user.get("account_enabled") is False
-        unblock_refused = "unblock-failed" in codes
+        unblock_refused = ReasonCode.UNBLOCK_FAILED in codes
         steps = [
             _Item(
                 (
@@ -448,11 +449,11 @@ class _View:
             _Item(
                 (
                     "Revoke the user's sign-in sessions (refresh tokens), so a stolen session stops working."
-                    + by_us("revoke_sessions")
+                    + by_us(ActionKind.REVOKE_SESSIONS)
                     + " ",
                     _Link("revokeSignInSessions", REVOKE_URL),
                 ),
-                done="revoke_sessions" in done,
+                done=ActionKind.REVOKE_SESSIONS in done,
             ),
             _Item(
                 (
@@ -471,16 +472,17 @@ class _View:
             _Item(
                 (
                     "Optionally block sign-in while you investigate."
-                    + (by_us("disable_account") or (" The account is already disabled." if disabled else "")),
+                    + (by_us(ActionKind.DISABLE_ACCOUNT) or (" The account is already disabled." if disabled else "")),
                 ),
-                done="disable_account" in done or disabled,
+                done=ActionKind.DISABLE_ACCOUNT in done or disabled,
             ),
             _Item(
                 (
                     "Review the Entra ID sign-in logs and the unified audit log for the attacker's activity"
                     + (
-                        "; Identity Protection was told the user is compromised." + by_us("confirm_compromised")
-                        if "confirm_compromised" in done
+                        "; Identity Protection was told the user is compromised."
+                        + by_us(ActionKind.CONFIRM_COMPROMISED)
+                        if ActionKind.CONFIRM_COMPROMISED in done
                         else "."
                     ),
                 ),
@@ -504,12 +506,12 @@ class _View:
                         " (the unblock was refused: Microsoft's unblock limit may be reached, and then only "
                         "Microsoft Support can lift it)."
                         if unblock_refused
-                        else "." + by_us("unblock")
+                        else "." + by_us(ActionKind.UNBLOCK)
                     )
                     + " How: ",
                     _Link("Remove blocked users from the Restricted entities page", RESTORE_URL),
                 ),
-                done="unblock" in done,
+                done=ActionKind.UNBLOCK in done,
             ),
         ]
         intro = (
@@ -622,13 +624,8 @@ def _label(key: object) -> str:
     return f" ({label})" if label else ""
 
 
-def _note(value: object) -> Mapping[str, Any]:
-    """A note as the record carries it (``{"code", "text"}``); a bare string is a note without a code."""
-    return value if isinstance(value, Mapping) else {"code": "note", "text": value}
-
-
-def _reasons(record: Mapping[str, Any]) -> list[tuple[str, str]]:
-    return [(_clean(_map(r).get("code")), _clean(_map(r).get("text"))) for r in _list(record.get("reasons"))]
+def _reasons(record: DecisionRecord) -> list[tuple[str, str]]:
+    return [(_clean(r.code), _clean(r.text)) for r in record.decision.reasons]
 
 
 def _without_rule_name(finding: object, name: object) -> str:

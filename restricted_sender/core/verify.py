@@ -11,17 +11,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Literal
 
+from restricted_sender.core.decide import ReasonCode
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.model import Reason
 from restricted_sender.timeutil import iso, parse_instant
 
 VERIFY_SCHEMA = 1
-VerdictKind = Literal["verified", "not-lifted", "verify-pending"]
-VERIFIED: Final = "verified"
-NOT_LIFTED: Final = "not-lifted"
-PENDING: Final = "verify-pending"
+# A verdict's kind is the code of its reason.
+VerdictKind = Literal[ReasonCode.VERIFIED, ReasonCode.NOT_LIFTED, ReasonCode.VERIFY_PENDING]
 LIFT_DEADLINE = timedelta(hours=24)  # "the total wait should be no longer than 24 hours"
 DEFAULT_VERIFY_AFTER = timedelta(minutes=60)
 
@@ -105,9 +104,10 @@ def judge(task: VerifyTask, rows: Sequence[BlockedSender], now: datetime, verify
     waited = now - task.unblocked_at
     if row is None:
         return Verdict(
-            VERIFIED,
+            ReasonCode.VERIFIED,
             Reason(
-                VERIFIED, f"{task.address} is off Restricted entities, checked {_minutes(waited)} after the unblock"
+                ReasonCode.VERIFIED,
+                f"{task.address} is off Restricted entities, checked {_minutes(waited)} after the unblock",
             ),
         )
     created = row.created
@@ -117,16 +117,16 @@ def judge(task: VerifyTask, rows: Sequence[BlockedSender], now: datetime, verify
     )
     if again and created is not None:
         return Verdict(
-            NOT_LIFTED,
-            Reason(NOT_LIFTED, f"{task.address} was restricted again at {iso(created)}, after our unblock"),
+            ReasonCode.NOT_LIFTED,
+            Reason(ReasonCode.NOT_LIFTED, f"{task.address} was restricted again at {iso(created)}, after our unblock"),
             restriction=row,
         )
     following = check_at(task.unblocked_at, task.attempt + 1, verify_after)
     if waited >= LIFT_DEADLINE or following is None:
         return Verdict(
-            NOT_LIFTED,
+            ReasonCode.NOT_LIFTED,
             Reason(
-                NOT_LIFTED,
+                ReasonCode.NOT_LIFTED,
                 f"{task.address} is still on Restricted entities {_minutes(waited)} after the unblock "
                 "(Microsoft: at the latest within 24 hours)",
             ),
@@ -136,7 +136,9 @@ def judge(task: VerifyTask, rows: Sequence[BlockedSender], now: datetime, verify
         f"{task.address} is still on Restricted entities {_minutes(waited)} after the unblock; "
         f"next check {iso(following)}"
     )
-    return Verdict(PENDING, Reason(PENDING, still), next_check=following, restriction=row)
+    return Verdict(
+        ReasonCode.VERIFY_PENDING, Reason(ReasonCode.VERIFY_PENDING, still), next_check=following, restriction=row
+    )
 
 
 def _minutes(span: timedelta) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from restricted_sender.core.decide import ReasonCode
 from restricted_sender.core.policy import Policy
 from restricted_sender.core.untrusted import guard_logger
 from restricted_sender.core.verify import VerifyTask
@@ -26,7 +27,7 @@ from restricted_sender.errors import (
     TransientServiceError,
     Unauthorized,
 )
-from restricted_sender.model import DecisionRecord, Operator, RestrictionEvent
+from restricted_sender.model import DecisionRecord, Net, Operator, RestrictionEvent
 from restricted_sender.processing.admin import parse_unblock_request, warnings_of
 from restricted_sender.processing.pipeline import Intake, Processor, Verifier
 from restricted_sender.settings import Secret, Settings
@@ -174,7 +175,7 @@ def unblock_answer(record: DecisionRecord) -> dict[str, Any]:
     return {
         "user": record.user,
         "decision": record.decision.outcome.value,
-        "warnings": [r.to_dict() for r in warnings_of(record.decision) if r.code != "manual"],
+        "warnings": [r.to_dict() for r in warnings_of(record.decision) if r.code != ReasonCode.MANUAL],
         "actions": [a.to_dict() for a in record.actions],
         "record": record.to_dict(),
     }
@@ -267,13 +268,13 @@ class Runtime:
         """One Event Hub batch of Defender streaming messages (each ``{"records": [...]}``)."""
         await (await self.bundle()).expander.defender_bodies(bodies)
 
-    async def run_net(self, name: str) -> NetRun | None:
+    async def run_net(self, name: Net) -> NetRun | None:
         """One timer tick of a safety net; ``None`` when its setting turns it off (nothing is built then)."""
-        minutes = self.settings.poll_alerts_minutes if name == "poll" else self.settings.sweep_minutes
+        minutes = self.settings.poll_alerts_minutes if name is Net.POLL else self.settings.sweep_minutes
         if not minutes:
             return None
         bundle = await self.bundle()
-        net = bundle.poller if name == "poll" else bundle.sweep
+        net = bundle.poller if name is Net.POLL else bundle.sweep
         if net is None:
             log.warning("the %s safety net is not available in this configuration", name)
             return None

@@ -24,7 +24,7 @@ from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.core.untrusted import guard_logger
 from restricted_sender.errors import FilterRefused, InputError, ServiceRefused
 from restricted_sender.intake.payloads import parse_alert_payload
-from restricted_sender.model import SOURCE_POLL, SOURCE_SWEEP, AlertReport, RestrictionEvent, UserRef
+from restricted_sender.model import SOURCE_POLL, SOURCE_SWEEP, AlertReport, Net, RestrictionEvent, UserRef
 from restricted_sender.ports import AlertFeed, AlertsPage, Clock, Cursor, Exchange, Store
 from restricted_sender.processing.facts import anchored
 from restricted_sender.processing.pipeline import Intake, current_restriction_claim, restriction_needs_event
@@ -42,7 +42,7 @@ SWEEP_TITLE = "Restricted entities"  # what a sweep report is called in records:
 class NetRun:
     """What one timer tick did (also the CLI's and the log's summary)."""
 
-    name: str
+    name: Net | str  # the net when it ran; its cursor's name when it did not (not due, or another instance's turn)
     ran: bool
     detail: str
     queued: int = 0
@@ -137,7 +137,7 @@ class AlertPoller:
         detail = f"{len(alerts)} MDO alerts since {iso(since)}, {len(reports)} target, {len(fresh)} new"
         if next_link is not None:
             detail += f"; stopped after {requests} pages, the next run goes on from there"
-        return NetRun("poll", True, detail, queued=len(result.accepted), requests=requests)
+        return NetRun(Net.POLL, True, detail, queued=len(result.accepted), requests=requests)
 
     async def _list(self, since: datetime, resume: str | None) -> tuple[list[dict[str, Any]], int, str | None]:
         """The alerts of one run, the requests it took, and where the next run goes on (``None``: at the end)."""
@@ -223,7 +223,7 @@ class RestrictedSweep:
             reports.append(report)
         result = await asyncio.to_thread(self.intake.queue_reports, reports)  # the sync queue client blocks
         detail = f"{len(rows)} restricted, {len(reports)} without an event yet"
-        return NetRun("sweep", True, detail, queued=len(result.accepted), requests=1)
+        return NetRun(Net.SWEEP, True, detail, queued=len(result.accepted), requests=1)
 
     @staticmethod
     def _report(row: BlockedSender, alert_id: str) -> AlertReport:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
 
-from restricted_sender.core.decide import GUARD_TENANT_BUDGET, GUARD_USER_BUDGET, unblock_failed, unblock_uncertain
+from restricted_sender.core.decide import ReasonCode, unblock_failed, unblock_uncertain
 from restricted_sender.core.notices import recipients_notice, user_notice
 from restricted_sender.core.policy import Budget, Containment, Notify
 from restricted_sender.core.restriction import BlockedSender, BlockReason
@@ -35,6 +35,7 @@ from restricted_sender.errors import (
 from restricted_sender.model import (
     MAX_UNBLOCK_DETAIL,
     Action,
+    ActionKind,
     ActionStatus,
     Decision,
     DecisionRecord,
@@ -194,7 +195,9 @@ class Actor:
         address = (restriction.address if restriction else own.user if own else "").lower()
         assert address, "only a restricted user is unblocked"
         if not enforce:
-            return record.with_actions(Action("unblock", ActionStatus.SKIPPED, f"report-only: would remove {address}"))
+            return record.with_actions(
+                Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, f"report-only: would remove {address}")
+            )
         if own is not None:
             return await self._resume(record, facts, own)
         assert restriction is not None
@@ -206,18 +209,22 @@ class Actor:
         full = await self.store.reserve_unblock(entry, user_budget=user_budget, tenant_budget=tenant_budget)
         if full is not None:
             code, scope = (
-                (GUARD_USER_BUDGET, "this user's") if full == "user" else (GUARD_TENANT_BUDGET, "the tenant's")
+                (ReasonCode.GUARD_USER_BUDGET, "this user's")
+                if full == "user"
+                else (ReasonCode.GUARD_TENANT_BUDGET, "the tenant's")
             )
             spent = Reason(code, f"another unblock spent the last of {scope} budget just before this one")
             return record.with_decision(Decision(Outcome.TICKET, (*record.decision.reasons, spent))).with_actions(
-                Action("unblock", ActionStatus.SKIPPED, f"budget spent: {full}")
+                Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, f"budget spent: {full}")
             )
         try:
             warnings = await self.exchange.remove_blocked_sender(restriction.address)
         except SenderNotBlocked:
             # Lifted between our look-up and the unblock (it expired, or an admin was quicker): nothing spent.
             await self.store.record_unblock(replace(entry, status=UnblockStatus.NOT_NEEDED))
-            return record.with_actions(Action("unblock", ActionStatus.SKIPPED, f"{address} was no longer restricted"))
+            return record.with_actions(
+                Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, f"{address} was no longer restricted")
+            )
         except UnblockLimitReached as refused:
             return await self._refused(record, entry, refused)
         except TransientServiceError:
@@ -249,14 +256,16 @@ class Actor:
             else f"Exchange refused the unblock: {refused.message}"
         )
         return record.with_decision(unblock_failed(record.decision, why)).with_actions(
-            Action("unblock", ActionStatus.FAILED, refused.message)
+            Action(ActionKind.UNBLOCK, ActionStatus.FAILED, refused.message)
         )
 
     async def _resume(self, record: DecisionRecord, facts: Facts, own: UnblockEntry) -> DecisionRecord:
         """A later try of an event whose unblock was started: record what happened, never send Remove again."""
         if own.status == UnblockStatus.NOT_NEEDED:
             return record.with_actions(
-                Action("unblock", ActionStatus.SKIPPED, f"{own.user} was no longer restricted (an earlier try)")
+                Action(
+                    ActionKind.UNBLOCK, ActionStatus.SKIPPED, f"{own.user} was no longer restricted (an earlier try)"
+                )
             )
         # Lifted since the earlier try: the block is known only by its address (its row is gone).
         restriction = facts.restriction or BlockedSender(own.user, BlockReason.parse(None), False, None, None, {})
@@ -296,7 +305,7 @@ class Actor:
         )
         await self.store.record_unblock(replace(entry, status=UnblockStatus.UNCERTAIN, detail=_cut(cause)))
         record = record.with_decision(unblock_uncertain(record.decision, why)).with_actions(
-            Action("unblock", ActionStatus.FAILED, f"outcome unknown: {cause}")
+            Action(ActionKind.UNBLOCK, ActionStatus.FAILED, f"outcome unknown: {cause}")
         )
         # The check still runs: when the block lifts, the ticket hears of it.
         return await self.schedule_verification(record, restriction)
@@ -305,7 +314,7 @@ class Actor:
         await clear_first_seen(self.store, restriction)
         record = record.with_actions(
             Action(
-                "unblock",
+                ActionKind.UNBLOCK,
                 ActionStatus.DONE,
                 f"removed {restriction.address} from Restricted entities ({learned}); {UNBLOCK_EXPECTATION}",
             )
@@ -314,7 +323,9 @@ class Actor:
 
     async def schedule_verification(self, record: DecisionRecord, restriction: BlockedSender) -> DecisionRecord:
         if self.verifications is None:
-            return record.with_actions(Action("verify", ActionStatus.SKIPPED, "no verification queue configured"))
+            return record.with_actions(
+                Action(ActionKind.VERIFY, ActionStatus.SKIPPED, "no verification queue configured")
+            )
         task = VerifyTask(
             event_id=record.event_id,
             address=restriction.address,
@@ -332,8 +343,12 @@ class Actor:
         except ServiceError as error:
             # The unblock happened; losing its check is logged loudly rather than undoing or repeating the unblock.
             log.error("could not schedule the verification of %s: %s", restriction.address, error)
-            return record.with_actions(Action("verify", ActionStatus.FAILED, f"not scheduled: {error.message}"))
-        return record.with_actions(Action("verify", ActionStatus.DONE, f"first check scheduled for {iso(first)}"))
+            return record.with_actions(
+                Action(ActionKind.VERIFY, ActionStatus.FAILED, f"not scheduled: {error.message}")
+            )
+        return record.with_actions(
+            Action(ActionKind.VERIFY, ActionStatus.DONE, f"first check scheduled for {iso(first)}")
+        )
 
     # -- containment -----------------------------------------------------------------------------------------
 
@@ -341,9 +356,9 @@ class Actor:
         steps = [
             (name, on)
             for name, on in (
-                ("revoke_sessions", self.containment.revoke_sessions),
-                ("confirm_compromised", self.containment.confirm_compromised),
-                ("disable_account", self.containment.disable_account),
+                (ActionKind.REVOKE_SESSIONS, self.containment.revoke_sessions),
+                (ActionKind.CONFIRM_COMPROMISED, self.containment.confirm_compromised),
+                (ActionKind.DISABLE_ACCOUNT, self.containment.disable_account),
             )
             if on
         ]
@@ -360,12 +375,12 @@ class Actor:
         actions = [await self._contain_step(name, user.id) for name, _ in steps]
         return record.with_actions(*actions)
 
-    async def _contain_step(self, name: str, object_id: str) -> Action:
+    async def _contain_step(self, name: ActionKind, object_id: str) -> Action:
         try:
-            if name == "revoke_sessions":
+            if name is ActionKind.REVOKE_SESSIONS:
                 await self.directory.revoke_sessions(object_id)
                 return Action(name, ActionStatus.DONE, "sign-in sessions and refresh tokens revoked")
-            if name == "confirm_compromised":
+            if name is ActionKind.CONFIRM_COMPROMISED:
                 if await self.directory.confirm_compromised(object_id):
                     return Action(name, ActionStatus.DONE, "confirmed compromised in Identity Protection (risk high)")
                 return Action(name, ActionStatus.SKIPPED, "Identity Protection needs Entra ID P2; not confirmed")
@@ -394,17 +409,21 @@ class Actor:
             correlation = correlation_id(self.tenant_id, restriction)
         if not enforce:
             return record.with_actions(
-                Action("ticket", ActionStatus.SKIPPED, f"report-only: would open a ticket ({correlation})")
+                Action(ActionKind.TICKET, ActionStatus.SKIPPED, f"report-only: would open a ticket ({correlation})")
             ), None
-        content = render_ticket(correlation, record.to_dict(), dict(record.evidence))
+        content = render_ticket(correlation, record, record.evidence)
         try:
             ticket, filed = await self.desk.file(content, ledger_id or record.event_id)
         except (ServiceError, ConfigurationError) as error:
             return record.with_actions(
-                Action("ticket", ActionStatus.FAILED, f"{self.desk.system.name}: {error.message} ({correlation})")
+                Action(
+                    ActionKind.TICKET, ActionStatus.FAILED, f"{self.desk.system.name}: {error.message} ({correlation})"
+                )
             ), None
         return record.with_actions(
-            Action("ticket", ActionStatus.DONE, f"{filed} {self.desk.system.name} ticket {ticket} ({correlation})")
+            Action(
+                ActionKind.TICKET, ActionStatus.DONE, f"{filed} {self.desk.system.name} ticket {ticket} ({correlation})"
+            )
         ), ticket
 
     # -- notifications ---------------------------------------------------------------------------------------
@@ -426,7 +445,7 @@ class Actor:
             return record
         mails: list[tuple[str, Mail]] = []
         # The user hears of a wait, or of an unblock that happened (or would have, in report-only).
-        lifted = outcome is Outcome.WAIT or record.status_of("unblock") is ActionStatus.DONE or not enforce
+        lifted = outcome is Outcome.WAIT or record.status_of(ActionKind.UNBLOCK) is ActionStatus.DONE or not enforce
         restricted = facts.restriction.address if facts.restriction else None
         if facts.unblock_started is not None:
             restricted = restricted or facts.unblock_started.user  # lifted since an earlier try sent the unblock
@@ -437,10 +456,13 @@ class Actor:
                 mails.append(("user", mail))
         if notify.recipients:
             reference = str(ticket) if ticket else None
-            mails.append(("recipients", recipients_notice(notify.recipients, record.to_dict(), ticket=reference)))
+            mails.append(("recipients", recipients_notice(notify.recipients, record, ticket=reference)))
         if not enforce:
             return record.with_actions(
-                *(Action("notify", ActionStatus.SKIPPED, f"report-only: would mail the {who}") for who, _ in mails)
+                *(
+                    Action(ActionKind.NOTIFY, ActionStatus.SKIPPED, f"report-only: would mail the {who}")
+                    for who, _ in mails
+                )
             )
         actions = [
             await self._mail_once(f"notice|{ledger_id or record.event_id}|{who}", who, mail) for who, mail in mails
@@ -453,12 +475,14 @@ class Actor:
         now = self.desk.clock.now()
         claim = await self.store.claim(key, NOTICE_OWNER, now)
         if claim is ClaimResult.RESUMED:
-            return Action("notify", ActionStatus.SKIPPED, f"{who}: an earlier try may have mailed them; not sent again")
+            return Action(
+                ActionKind.NOTIFY, ActionStatus.SKIPPED, f"{who}: an earlier try may have mailed them; not sent again"
+            )
         if claim is ClaimResult.DUPLICATE:
             state = await self.store.claim_state(key)
             sent = state is not None and state.outcome == "sent"
             return Action(
-                "notify",
+                ActionKind.NOTIFY,
                 ActionStatus.DONE if sent else ActionStatus.FAILED,
                 f"{who}: {'mailed' if sent else 'mailing failed'} in an earlier try; not sent again",
             )
@@ -467,9 +491,9 @@ class Actor:
         except ServiceError as error:
             log.warning("notifying the %s failed: %s", who, error)
             await self.store.complete(key, NOTICE_OWNER, "failed", now)
-            return Action("notify", ActionStatus.FAILED, f"{who}: {error.message}")
+            return Action(ActionKind.NOTIFY, ActionStatus.FAILED, f"{who}: {error.message}")
         await self.store.complete(key, NOTICE_OWNER, "sent", now)
-        return Action("notify", ActionStatus.DONE, f"mailed the {who}: {', '.join(mail.to)}")
+        return Action(ActionKind.NOTIFY, ActionStatus.DONE, f"mailed the {who}: {', '.join(mail.to)}")
 
 
 def _cut(text: str) -> str:
@@ -477,4 +501,4 @@ def _cut(text: str) -> str:
 
 
 def ticket_failed(record: DecisionRecord) -> bool:
-    return record.status_of("ticket") is ActionStatus.FAILED
+    return record.status_of(ActionKind.TICKET) is ActionStatus.FAILED

@@ -26,6 +26,7 @@ from restricted_sender.errors import Conflict, MalformedPayload, NotFound, Polic
 from restricted_sender.intake.alerts import parse_json
 from restricted_sender.model import (
     Action,
+    ActionKind,
     ActionStatus,
     Decision,
     DecisionRecord,
@@ -46,22 +47,20 @@ from restricted_sender.processing.actions import Actor
 from restricted_sender.processing.facts import FactSources, gather_facts
 from restricted_sender.processing.pipeline import decision_record, log_decision
 
-MANUAL = "manual"
-FORCED = "manual:forced"
-FORCE_REQUIRED = "manual:force-required"
+MANUAL_SOURCE = "manual"  # the source of a manual unblock's event
 MAX_JUSTIFICATION = 1000
 MAX_HISTORY = 50
 _ADDRESS = re.compile(r"^[^@\s/\\]{1,64}@[^@\s/\\]{1,255}\.[^@\s/\\]+$")
 # Reasons a manual unblock only overrides on purpose: the signs of a compromise, the admin's own deny list, the
 # budgets, no usable policy.
 _NEEDS_FORCE = (
-    rules.GUARD_RISK,
-    rules.GUARD_INBOX_RULE,
-    rules.GUARD_FORWARDING,
-    rules.GUARD_ACCOUNT_DISABLED,
-    rules.GUARD_USER_BUDGET,
-    rules.GUARD_TENANT_BUDGET,
-    rules.POLICY_INVALID,
+    rules.ReasonCode.GUARD_RISK,
+    rules.ReasonCode.GUARD_INBOX_RULE,
+    rules.ReasonCode.GUARD_FORWARDING,
+    rules.ReasonCode.GUARD_ACCOUNT_DISABLED,
+    rules.ReasonCode.GUARD_USER_BUDGET,
+    rules.ReasonCode.GUARD_TENANT_BUDGET,
+    rules.ReasonCode.POLICY_INVALID,
 )
 
 
@@ -98,11 +97,11 @@ def parse_unblock_request(body: bytes) -> UnblockRequest:
 
 def warnings_of(decision: Decision) -> tuple[Reason, ...]:
     """What the policy says against unblocking: everything but the allow rule that matched."""
-    return tuple(r for r in decision.reasons if not r.code.startswith("allow:"))
+    return tuple(r for r in decision.reasons if not r.code.startswith(rules.ReasonPrefix.ALLOW))
 
 
 def needs_force(reason: Reason) -> bool:
-    return reason.code.startswith("deny:") or reason.code in _NEEDS_FORCE
+    return reason.code.startswith(rules.ReasonPrefix.DENY) or reason.code in _NEEDS_FORCE
 
 
 @dataclass
@@ -139,30 +138,32 @@ class Admin:
 
     async def unblock(self, upn: str, request: UnblockRequest, operator: Operator) -> DecisionRecord:
         now = self.clock.now()
-        event = self._event(parse_address(upn), now, MANUAL)
+        event = self._event(parse_address(upn), now, MANUAL_SOURCE)
         facts = await self._facts(event, now)
         if facts.restriction is None:
             raise Conflict(f"{event.user.key} is not on the restricted list", code="not-restricted")
         warnings = warnings_of(rules.decide(event, facts, self.policy, now))
-        unbound = [w for w in warnings if w.code == rules.IDENTITY_UNBOUND]
+        unbound = [w for w in warnings if w.code == rules.ReasonCode.IDENTITY_UNBOUND]
         if unbound:
             # Not even force: whose account this is is unknown, so nobody may be unblocked on these facts.
             refused = self._operator_record(
                 event, facts, Decision(Outcome.IGNORE, tuple(warnings)), now, operator, request
-            ).with_actions(Action("unblock", ActionStatus.SKIPPED, "refused: no directory user owns the address"))
+            ).with_actions(
+                Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, "refused: no directory user owns the address")
+            )
             await self._record_and_log(refused)
             raise Conflict(
                 f"{unbound[0].text}; unblock it in the Defender portal after checking whose it is",
-                code=rules.IDENTITY_UNBOUND,
+                code=rules.ReasonCode.IDENTITY_UNBOUND,
                 details={"warnings": [w.to_dict() for w in warnings]},
             )
         blocking = [w for w in warnings if needs_force(w)]
-        who = Reason(MANUAL, f"unblocked by hand by {operator.name}: {request.justification}")
+        who = Reason(rules.ReasonCode.MANUAL, f"unblocked by hand by {operator.name}: {request.justification}")
         if blocking and not request.force:
+            required = Reason(rules.ReasonCode.MANUAL_FORCE_REQUIRED, _codes(blocking))
             refused = self._operator_record(
-                event, facts, Decision(Outcome.IGNORE, (Reason(FORCE_REQUIRED, _codes(blocking)), *warnings)), now,
-                operator, request,
-            ).with_actions(Action("unblock", ActionStatus.SKIPPED, "refused: force is required"))  # fmt: skip
+                event, facts, Decision(Outcome.IGNORE, (required, *warnings)), now, operator, request,
+            ).with_actions(Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, "refused: force is required"))  # fmt: skip
             await self._record_and_log(refused)
             raise Conflict(
                 f"the policy says not to unblock {event.user.key} ({_codes(blocking)}); "
@@ -170,7 +171,7 @@ class Admin:
                 code="force-required",
                 details={"warnings": [w.to_dict() for w in warnings]},
             )
-        forced = (Reason(FORCED, f"forced past {_codes(blocking)}"),) if blocking else ()
+        forced = (Reason(rules.ReasonCode.MANUAL_FORCED, f"forced past {_codes(blocking)}"),) if blocking else ()
         record = self._operator_record(
             event, facts, Decision(Outcome.UNBLOCK, (who, *forced, *warnings)), now, operator, request
         )
@@ -184,11 +185,11 @@ class Admin:
             user_budget=None if request.force or guards is None else guards.max_unblocks_per_user,
             tenant_budget=None if request.force or guards is None else guards.max_unblocks_per_tenant,
         )
-        done = record.status_of("unblock") is ActionStatus.DONE
+        done = record.status_of(ActionKind.UNBLOCK) is ActionStatus.DONE
         if done:
             record = await self.actor.send_notices(record, facts, enforce=True)
         await self._record_and_log(record)
-        unblock = next(a for a in record.actions if a.kind == "unblock")
+        unblock = next(a for a in record.actions if a.kind == ActionKind.UNBLOCK)
         if unblock.status is ActionStatus.FAILED:
             raise ServiceRefused("exchange", unblock.detail)
         if not done and record.decision.outcome is Outcome.TICKET:

@@ -19,8 +19,14 @@ from restricted_sender.core.ledger import CLAIM_LEASE
 from restricted_sender.core.policy import Policy, default_policy
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.core.untrusted import guard_logger
-from restricted_sender.core.verify import NOT_LIFTED, PENDING, VERIFIED, Verdict, VerifyTask, judge
-from restricted_sender.errors import ConfigurationError, PayloadTooLarge, PolicyError, TransientServiceError
+from restricted_sender.core.verify import Verdict, VerifyTask, judge
+from restricted_sender.errors import (
+    ConfigurationError,
+    PayloadTooLarge,
+    PolicyError,
+    StillDeciding,
+    TicketNotFiled,
+)
 from restricted_sender.intake.alerts import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, parse_json
 from restricted_sender.intake.defender import DefenderBatch, compact, is_defender_batch, parse_records
 from restricted_sender.intake.o365 import parse_notifications
@@ -28,6 +34,7 @@ from restricted_sender.intake.payloads import parse_alert_payload
 from restricted_sender.intake.relay import MAX_MESSAGE_CHARS, defender_messages, o365_message
 from restricted_sender.model import (
     Action,
+    ActionKind,
     ActionStatus,
     AlertReport,
     Decision,
@@ -150,7 +157,7 @@ class Intake:
                 ignored.append(
                     self._ignored(
                         report,
-                        rules.ignore(rules.NO_USER_EVIDENCE, "the alert names no user or mailbox evidence"),
+                        rules.ignore(rules.ReasonCode.NO_USER_EVIDENCE, "the alert names no user or mailbox evidence"),
                         now,
                     )
                 )
@@ -166,7 +173,7 @@ class Intake:
         return IntakeResult(accepted=tuple(events.values()), ignored=tuple(ignored))
 
     def _ignored(self, report: AlertReport, decision: Decision, now: datetime) -> DecisionRecord:
-        version = self.policy.version if isinstance(self.policy, Policy) else "invalid"
+        version = self.policy.version
         return DecisionRecord(
             event_id=stable_id(report.source, report.alert_id),
             alert_id=report.alert_id,
@@ -212,7 +219,7 @@ def decision_record(
         decision=decision,
         actions=(),
         mode=policy.mode,
-        policy_version=policy.version if isinstance(policy, Policy) else "invalid",
+        policy_version=policy.version,
         at=now,
         notes=facts.notes,
     )
@@ -221,19 +228,6 @@ def decision_record(
 
 MIDNIGHT = datetime.min.time()
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount: after this try the host poisons the message
-
-
-class TicketNotFiled(TransientServiceError):
-    """The decision is recorded but its ticket is not: the event fails so the queue retries it."""
-
-    code = "ticket-not-filed"
-
-
-class StillDeciding(TransientServiceError):
-    """Another event is still deciding this restriction: this report fails, unrecorded, so the queue retries it once
-    the decision exists (a report completed as "in progress" would leave nothing to act if that event is poisoned)."""
-
-    code = "restriction-still-deciding"
 
 
 @dataclass
@@ -402,7 +396,9 @@ def _with_retry_note(record: DecisionRecord, attempt: int) -> DecisionRecord:
     else:
         note = f"try {attempt} of {MAX_DEQUEUE_COUNT}: the queue retries the event"
     actions = tuple(
-        replace(a, detail=f"{a.detail}; {note}") if a.kind == "ticket" and a.status is ActionStatus.FAILED else a
+        replace(a, detail=f"{a.detail}; {note}")
+        if a.kind == ActionKind.TICKET and a.status is ActionStatus.FAILED
+        else a
         for a in record.actions
     )
     return replace(record, actions=actions)
@@ -426,7 +422,7 @@ class Verifier:
             return None
         rows = await self.exchange.blocked_senders(task.address)
         verdict = judge(task, rows, now, self.actor.verify_after)
-        outcome = Outcome.TICKET if verdict.kind == NOT_LIFTED else Outcome.UNBLOCK
+        outcome = Outcome.TICKET if verdict.kind == rules.ReasonCode.NOT_LIFTED else Outcome.UNBLOCK
         record = DecisionRecord(
             event_id=task.event_id,
             alert_id=task.alert_id,
@@ -436,7 +432,7 @@ class Verifier:
             decision=Decision(outcome, (verdict.reason,)),
             actions=(),
             mode=self.policy.mode,
-            policy_version=self.policy.version if isinstance(self.policy, Policy) else "invalid",
+            policy_version=self.policy.version,
             at=now,
         )
         # The Management Activity API's HygieneEvent "Delisted" records since the unblock confirm it independently.
@@ -462,13 +458,13 @@ class Verifier:
         )
         enforce = self.policy.mode == "enforce"
         facts = Facts(restriction=verdict.restriction)
-        if verdict.kind == PENDING:
+        if verdict.kind == rules.ReasonCode.VERIFY_PENDING:
             record = await self._next_check(record, task, verdict)
-        elif verdict.kind == VERIFIED:
+        elif verdict.kind == rules.ReasonCode.VERIFIED:
             confirmed = f"; the audit log's Delisted record at {iso(delisted[0].at)} agrees" if delisted else ""
-            record = record.with_actions(Action("verify", ActionStatus.DONE, verdict.reason.text + confirmed))
+            record = record.with_actions(Action(ActionKind.VERIFY, ActionStatus.DONE, verdict.reason.text + confirmed))
         else:
-            record = record.with_actions(Action("verify", ActionStatus.FAILED, verdict.reason.text))
+            record = record.with_actions(Action(ActionKind.VERIFY, ActionStatus.FAILED, verdict.reason.text))
             # Restricted again: a new restriction, so the ticket its own alert would open is the same one.
             again = verdict.restriction is not None and verdict.restriction.created != task.restriction_created
             cid = correlation_id(self.actor.tenant_id, verdict.restriction) if again and verdict.restriction else None
@@ -492,8 +488,10 @@ class Verifier:
         assert verdict.next_check is not None
         queue = self.actor.verifications
         if queue is None:
-            return record.with_actions(Action("verify", ActionStatus.SKIPPED, "no verification queue configured"))
+            return record.with_actions(
+                Action(ActionKind.VERIFY, ActionStatus.SKIPPED, "no verification queue configured")
+            )
         following = replace(task, attempt=task.attempt + 1)
         delay = max(verdict.next_check - record.at, timedelta(0))
         await queue.send_later(following.to_message(), delay)  # a failure fails the check: the queue retries it
-        return record.with_actions(Action("verify", ActionStatus.SKIPPED, verdict.reason.text))
+        return record.with_actions(Action(ActionKind.VERIFY, ActionStatus.SKIPPED, verdict.reason.text))
