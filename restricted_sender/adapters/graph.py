@@ -13,6 +13,7 @@ from ..errors import FilterRefused, ServiceError, ServiceRefused, TransientServi
 from ..mailbox import InboxRule, parse_rules
 from ..model import DirectoryUser, Mail
 from ..ports import AlertsPage
+from ..retry import retry_after_seconds
 from .identity import GRAPH_SCOPE
 
 if TYPE_CHECKING:
@@ -46,18 +47,35 @@ def graph_directory(
     from kiota_authentication_azure.azure_identity_authentication_provider import (
         AzureIdentityAuthenticationProvider,
     )
+    from kiota_http.kiota_client_factory import KiotaClientFactory
+    from kiota_http.middleware import RetryHandler
     from kiota_http.middleware.options import RetryHandlerOption
     from msgraph.graph_request_adapter import GraphRequestAdapter
     from msgraph.graph_service_client import GraphServiceClient
     from msgraph_core import GraphClientFactory  # type: ignore[import-untyped]
+    from msgraph_core.middleware import GraphTelemetryHandler  # type: ignore[import-untyped]
+
+    class SecondsRetryHandler(RetryHandler):  # type: ignore[misc]
+        """The SDK's retry handler, reading a fractional delta-seconds ``Retry-After`` (``0.5``) as sent: the SDK
+        reads only whole seconds and otherwise falls back to its backoff (``retry_delay`` + up to 1.75 s)."""
+
+        def _parse_retry_after(self, retry_after: str) -> float | None:
+            seconds = retry_after_seconds(retry_after)
+            return seconds if seconds is not None else super()._parse_retry_after(retry_after)  # type: ignore[no-any-return]
 
     root = base_url.rstrip("/")
     host = httpx.URL(root).host
     retry = RetryHandlerOption(delay=retry_delay, max_retries=max_retries)
+    # The SDK's default chain (msgraph-core's create_with_default_middleware), its retry handler swapped for ours.
+    middleware = [
+        SecondsRetryHandler(retry) if isinstance(handler, RetryHandler) else handler
+        for handler in KiotaClientFactory.get_default_middleware({retry.get_key(): retry})
+    ]
+    middleware.append(GraphTelemetryHandler())
     # Kept to close it ourselves: msgraph-core's transport wrapper does not pass aclose() on (sockets leak).
     transport = httpx.AsyncHTTPTransport()
-    http = GraphClientFactory.create_with_default_middleware(
-        client=httpx.AsyncClient(base_url=root, timeout=timeout, transport=transport), options={retry.get_key(): retry}
+    http = GraphClientFactory.create_with_custom_middleware(
+        middleware, client=httpx.AsyncClient(base_url=root, timeout=timeout, transport=transport)
     )
     auth = AzureIdentityAuthenticationProvider(credential, scopes=[GRAPH_SCOPE], allowed_hosts=[host])
     adapter = GraphRequestAdapter(auth, client=http)
