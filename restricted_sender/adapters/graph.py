@@ -61,7 +61,7 @@ def graph_directory(
 
         def _parse_retry_after(self, retry_after: str) -> float | None:
             seconds = retry_after_seconds(retry_after)
-            return seconds if seconds is not None else super()._parse_retry_after(retry_after)  # type: ignore[no-any-return]
+            return seconds if seconds is not None else super()._parse_retry_after(retry_after)
 
     root = base_url.rstrip("/")
     host = httpx.URL(root).host
