@@ -14,6 +14,7 @@ from ..mailbox import InboxRule, parse_rules
 from ..model import DirectoryUser, Mail
 from ..ports import AlertsPage
 from ..retry import retry_after_seconds
+from .http import pooled_transport
 from .identity import GRAPH_SCOPE
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def graph_directory(
     ]
     middleware.append(GraphTelemetryHandler())
     # Kept to close it ourselves: msgraph-core's transport wrapper does not pass aclose() on (sockets leak).
-    transport = httpx.AsyncHTTPTransport()
+    transport = pooled_transport()
     http = GraphClientFactory.create_with_custom_middleware(
         middleware, client=httpx.AsyncClient(base_url=root, timeout=timeout, transport=transport)
     )
