@@ -219,6 +219,9 @@ class GraphDirectory:
 
         adapter = self._client.request_adapter
         error_map: dict[str, Any] = {"XXX": ODataError}
+        # The SDK expands its URL template each time the URL is read (3 times per request): expanded once, here.
+        adapter.set_base_url_for_request_information(request)
+        request.url = request.url
         raw = await self._call(lambda: adapter.send_primitive_async(request, "bytes", error_map), permission=permission)
         if raw is None:
             return None
