@@ -63,3 +63,31 @@ def test_a_batch_of_concurrent_requests_takes_one_idle_connection_each_and_one_r
     assert answered == 4 * at_once
     assert opened == at_once  # the first batch opens them, the next three reuse them
     assert assignments == 2 * answered  # one when a request arrives, one when its answer is read
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    async def scenario() -> tuple[list[int], int]:
+        opened = 0
+        hung_up = asyncio.Event()
+
+        async def serve_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal opened
+            opened += 1
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(ANSWER)  # keep-alive offered, then the server hangs up anyway
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            hung_up.set()
+
+        server = await asyncio.start_server(serve_once, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, httpx.AsyncClient(transport=pooled_transport(), base_url=f"http://127.0.0.1:{port}") as c:
+            first = await c.get("/")
+            await hung_up.wait()
+            second = await c.get("/")  # within the pool's sweep interval: the chosen connection is checked itself
+        return [first.status_code, second.status_code], opened
+
+    statuses, opened = asyncio.run(scenario())
+    assert statuses == [200, 200]
+    assert opened == 2
