@@ -113,6 +113,19 @@ def test_the_sdk_retry_middleware_waits_out_throttling(run: Callable[..., Any]) 
     assert routes(sim, "graph.user") == 3
 
 
+def test_a_fractional_retry_after_is_waited_out_as_sent_not_the_sdk_backoff(run: Callable[..., Any]) -> None:
+    async def scenario(directory: GraphDirectory, sim: Simulator) -> Any:
+        sim.inject_fault("graph.user", status=429, retry_after=0.2, times=1)
+        return await directory.user("alice@contoso.com")
+
+    # The production base delay (3 s): the SDK alone would wait it out (and more) instead of the 0.2 s asked for.
+    found, sim = run(scenario, retry_delay=3.0)
+    attempts = [r for r in sim.requests if r["route"] == "graph.user"]
+    assert found is not None
+    assert [r["status"] for r in attempts] == [429, 200]
+    assert 0.15 <= attempts[1]["started"] - attempts[0]["ended"] < 1.0
+
+
 def test_a_lasting_outage_becomes_a_transient_error_after_bounded_retries(run: Callable[..., Any]) -> None:
     async def scenario(directory: GraphDirectory, sim: Simulator) -> None:
         sim.inject_fault("graph.user", status=503, times=None)

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from restricted_sender.adapters.http import pooled_transport
 from restricted_sender.adapters.identity import GRAPH_SCOPE
 from restricted_sender.core.mailbox import InboxRule, parse_rules
 from restricted_sender.errors import FilterRefused, ServiceError, ServiceRefused, TransientServiceError
 from restricted_sender.model import DirectoryUser, Mail
 from restricted_sender.ports import AlertsPage
+from restricted_sender.retry import retry_after_seconds
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -46,18 +48,35 @@ def graph_directory(
     from kiota_authentication_azure.azure_identity_authentication_provider import (
         AzureIdentityAuthenticationProvider,
     )
+    from kiota_http.kiota_client_factory import KiotaClientFactory
+    from kiota_http.middleware import RetryHandler
     from kiota_http.middleware.options import RetryHandlerOption
     from msgraph.graph_request_adapter import GraphRequestAdapter
     from msgraph.graph_service_client import GraphServiceClient
     from msgraph_core import GraphClientFactory  # type: ignore[import-untyped]
+    from msgraph_core.middleware import GraphTelemetryHandler  # type: ignore[import-untyped]
+
+    class SecondsRetryHandler(RetryHandler):  # type: ignore[misc]
+        """The SDK's retry handler, reading a fractional delta-seconds ``Retry-After`` (``0.5``) as sent: the SDK
+        reads only whole seconds and otherwise falls back to its backoff (``retry_delay`` + up to 1.75 s)."""
+
+        def _parse_retry_after(self, retry_after: str) -> float | None:
+            seconds = retry_after_seconds(retry_after)
+            return seconds if seconds is not None else super()._parse_retry_after(retry_after)
 
     root = base_url.rstrip("/")
     host = httpx.URL(root).host
     retry = RetryHandlerOption(delay=retry_delay, max_retries=max_retries)
+    # The SDK's default chain (msgraph-core's create_with_default_middleware), its retry handler swapped for ours.
+    middleware = [
+        SecondsRetryHandler(retry) if isinstance(handler, RetryHandler) else handler
+        for handler in KiotaClientFactory.get_default_middleware({retry.get_key(): retry})
+    ]
+    middleware.append(GraphTelemetryHandler())
     # Kept to close it ourselves: msgraph-core's transport wrapper does not pass aclose() on (sockets leak).
-    transport = httpx.AsyncHTTPTransport()
-    http = GraphClientFactory.create_with_default_middleware(
-        client=httpx.AsyncClient(base_url=root, timeout=timeout, transport=transport), options={retry.get_key(): retry}
+    transport = pooled_transport()
+    http = GraphClientFactory.create_with_custom_middleware(
+        middleware, client=httpx.AsyncClient(base_url=root, timeout=timeout, transport=transport)
     )
     auth = AzureIdentityAuthenticationProvider(credential, scopes=[GRAPH_SCOPE], allowed_hosts=[host])
     adapter = GraphRequestAdapter(auth, client=http)
@@ -200,6 +219,9 @@ class GraphDirectory:
 
         adapter = self._client.request_adapter
         error_map: dict[str, Any] = {"XXX": ODataError}
+        # The SDK expands its URL template each time the URL is read (3 times per request): expanded once, here.
+        adapter.set_base_url_for_request_information(request)
+        request.url = request.url
         raw = await self._call(lambda: adapter.send_primitive_async(request, "bytes", error_map), permission=permission)
         if raw is None:
             return None

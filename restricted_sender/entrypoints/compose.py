@@ -193,6 +193,7 @@ async def build_processor(
     """Wire the processor from settings; any port passed in is used as is (tests, the CLI)."""
     import httpx
 
+    from restricted_sender.adapters.http import pooled_transport
     from restricted_sender.adapters.identity import bearer, managed_identity
 
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -200,7 +201,7 @@ async def build_processor(
     if credential is None and (exchange is None or directory is None or management is None):
         credential = managed_identity(settings.managed_identity_client_id)
         closers.append(credential.close)
-    http = httpx.AsyncClient(timeout=settings.http_timeout_seconds)
+    http = httpx.AsyncClient(timeout=settings.http_timeout_seconds, transport=pooled_transport())
     closers.append(http.aclose)
     if exchange is None:
         assert credential is not None
