@@ -243,47 +243,86 @@ class Processor:
     decided_poll: float = 0.2
 
     async def process(self, event: RestrictionEvent, *, attempt: int = 1) -> DecisionRecord:
+        """claim -> (settled already?) -> facts -> claim the restriction (or record another report) -> decide and
+        act -> record and complete: each stage once, in this order."""
         now = self.clock.now()
-        policy = self.policy if isinstance(self.policy, Policy) else None
-        if policy is None:
+        if not self.policy.valid:
             log.error("policy is invalid, every restricted user is escalated: %s", self.policy)
         claim = await self.store.claim(event.claim_key, event.delivery_id, now)
-        if claim is ClaimResult.RESUMED and (earlier := await self._recorded(event, event.user.key)) is not None:
-            # Recorded in full, then the run crashed before completing the claim: finish it, change nothing.
-            await self.store.complete(event.claim_key, event.delivery_id, earlier.decision.outcome.value, now)
-            return earlier
-        targeted = policy is None or event.direct or policy.is_target_alert(event.alert_name)
+        if (settled := await self._settled(event, claim, event.user.key, now)) is not None:
+            return settled
+        facts = await self._facts(event, claim, now)
+        restriction = await self._claim_restriction(event, claim, facts, now, attempt)
+        if isinstance(restriction, DecisionRecord):
+            return restriction  # another event decides it, or this one did before a crash
+        record = await self._decide_and_act(event, facts, restriction, now)
+        return await self._finish(record, event, claim, restriction, now, attempt)
+
+    def _targeted(self, event: RestrictionEvent) -> bool:
+        policy = self.policy if isinstance(self.policy, Policy) else None
+        return policy is None or event.direct or policy.is_target_alert(event.alert_name)
+
+    async def _settled(
+        self, event: RestrictionEvent, claim: ClaimResult, user: str, now: datetime
+    ) -> DecisionRecord | None:
+        """Resume: this delivery recorded its decision in full and crashed before completing its claim. Finish it,
+        change nothing."""
+        if claim is not ClaimResult.RESUMED or (earlier := await self._recorded(event, user)) is None:
+            return None
+        await self.store.complete(event.claim_key, event.delivery_id, earlier.decision.outcome.value, now)
+        return earlier
+
+    async def _facts(self, event: RestrictionEvent, claim: ClaimResult, now: datetime) -> Facts:
         if claim is ClaimResult.DUPLICATE:
-            facts = Facts(first_report=False)
-        elif not targeted:
-            facts = Facts()  # queued under another policy; decide() ignores it, nothing to look up
-        else:
-            facts = await gather_facts(event, policy, self.sources, now)
-        key: str | None = None
-        if claim is not ClaimResult.DUPLICATE and targeted and facts.restriction is not None:
-            key, _ = await current_restriction_claim(self.store, facts.restriction, self.policy.mode, now)
-            # One restriction, decided once: every report is remembered, the first to claim it decides.
-            await self.store.add_report(key, Source(event.source, event.alert_id, event.received_at))
-            if await self.store.claim(key, event.event_id, now) is ClaimResult.DUPLICATE:
-                # This event itself may have decided it and crashed before completing its claim (its user was then
-                # an object id, so the check above could not find the record under the address).
-                if claim is ClaimResult.RESUMED and (earlier := await self._recorded(event, facts.restriction.address)):
-                    await self.store.complete(event.claim_key, event.delivery_id, earlier.decision.outcome.value, now)
-                    return earlier
-                return await self._another_report(event, facts, key, attempt)
+            return Facts(first_report=False)
+        if not self._targeted(event):
+            return Facts()  # queued under another policy; decide() ignores it, nothing to look up
+        return await gather_facts(event, self.policy if isinstance(self.policy, Policy) else None, self.sources, now)
+
+    async def _claim_restriction(
+        self, event: RestrictionEvent, claim: ClaimResult, facts: Facts, now: datetime, attempt: int
+    ) -> str | DecisionRecord | None:
+        """One restriction, decided once: every report is remembered, the first to claim it decides. The key of the
+        restriction this event decides (``None`` when there is none to claim), or the record of a report that does
+        not decide it."""
+        if claim is ClaimResult.DUPLICATE or not self._targeted(event) or facts.restriction is None:
+            return None
+        key, _ = await current_restriction_claim(self.store, facts.restriction, self.policy.mode, now)
+        await self.store.add_report(key, Source(event.source, event.alert_id, event.received_at))
+        if await self.store.claim(key, event.event_id, now) is not ClaimResult.DUPLICATE:
+            return key
+        # This event itself may have decided it and crashed before completing its claim (its user was then an object
+        # id, so the first look could not find the record under the address).
+        if (settled := await self._settled(event, claim, facts.restriction.address, now)) is not None:
+            return settled
+        return await self._another_report(event, facts, key, attempt)
+
+    async def _decide_and_act(
+        self, event: RestrictionEvent, facts: Facts, key: str | None, now: datetime
+    ) -> DecisionRecord:
         decision = rules.decide(event, facts, self.policy, now)
         record = decision_record(event, facts, decision, self.policy, now)
         if key is not None and decision.outcome is Outcome.TICKET:
             record = replace(record, sources=await self.store.reports(key))  # the ticket names every source
         # With an invalid policy decide() never unblocks; tickets still go out unless the file asked for report-only.
-        guards = policy.guards if policy else None
-        record = await self.actor.carry_out(
+        guards = self.policy.guards if isinstance(self.policy, Policy) else None
+        return await self.actor.carry_out(
             record,
             facts,
             enforce=self.policy.mode == "enforce",
             user_budget=guards.max_unblocks_per_user if guards else None,
             tenant_budget=guards.max_unblocks_per_tenant if guards else None,
         )
+
+    async def _finish(
+        self,
+        record: DecisionRecord,
+        event: RestrictionEvent,
+        claim: ClaimResult,
+        key: str | None,
+        now: datetime,
+        attempt: int,
+    ) -> DecisionRecord:
         if key is not None:
             record = replace(record, sources=await self.store.reports(key))  # reports that came in meanwhile
         record = await self._record(record, event, attempt)
