@@ -19,7 +19,7 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 import function_app
-from restricted_sender.entrypoints.compose import build_processor, load_policy
+from restricted_sender.entrypoints.compose import bootstrap, load_policy
 from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.settings import EVENTS_QUEUE, VERIFY_QUEUE, Settings
@@ -118,7 +118,7 @@ def test_two_processors_racing_on_two_alerts_about_one_restriction_make_one_tick
         settings = Settings.from_env()
         policy = load_policy(settings)
         # Two processors with their own clients (two function instances), sharing only Azurite and the tenant.
-        bundles = [await build_processor(settings, policy, graph_retry_delay=0.1) for _ in range(2)]
+        bundles = [bootstrap(settings, policy, graph_retry_delay=0.1) for _ in range(2)]
         try:
             events = [RestrictionEvent.from_message(m) for m in messages]
             return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))

@@ -16,9 +16,9 @@ import pytest
 
 from restricted_sender.adapters.graph import NotLicensed
 from restricted_sender.core.policy import load_policy_text
-from restricted_sender.entrypoints.cli import doctor_on, simulated_doctor
 from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.entrypoints.permissions import PERMISSIONS, grant_line
+from restricted_sender.entrypoints.simulated import doctor_on, simulated_doctor
 from restricted_sender.errors import ConfigurationError, PolicyError, ServiceRefused, TransientServiceError
 from restricted_sender.processing.doctor import Probe, Report, Verdict, classify, compare_fields
 from simulator import Simulator

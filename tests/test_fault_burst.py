@@ -229,7 +229,7 @@ def burst(
 
 
 async def restart(bundle: list[Any], sim: Simulator, rng: random.Random) -> None:
-    from restricted_sender.entrypoints.compose import build_processor, load_policy
+    from restricted_sender.entrypoints.compose import bootstrap, load_policy
     from restricted_sender.retry import RetryPolicy
     from restricted_sender.settings import Settings
 
@@ -237,7 +237,7 @@ async def restart(bundle: list[Any], sim: Simulator, rng: random.Random) -> None
         await bundle.pop().aclose()
     sim.inject_fault("identity.token", status=rng.choice((500, 503)), times=rng.randint(1, 3))
     settings = Settings.from_env()
-    built = await build_processor(
+    built = bootstrap(
         settings,
         load_policy(settings),
         retry=RetryPolicy(attempts=2, base_delay=0.01, max_delay=1.0),

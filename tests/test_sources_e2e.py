@@ -19,7 +19,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-from restricted_sender.entrypoints.compose import build_processor, load_policy
+from restricted_sender.entrypoints.compose import bootstrap, load_policy
 from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.settings import CONTENT_QUEUE, EVENTS_QUEUE, Settings
@@ -152,7 +152,7 @@ def test_four_sources_reporting_one_restriction_at_once_make_one_decision_one_ac
 
     async def four_instances_at_once() -> list[Any]:
         settings = Settings.from_env()
-        bundles = [await build_processor(settings, load_policy(settings), graph_retry_delay=0.1) for _ in messages]
+        bundles = [bootstrap(settings, load_policy(settings), graph_retry_delay=0.1) for _ in messages]
         try:
             events = [RestrictionEvent.from_message(m) for m in messages]
             return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))

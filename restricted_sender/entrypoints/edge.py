@@ -243,9 +243,9 @@ class Runtime:
         # The host runs a batch of messages at once: exactly one of them builds the clients.
         async with building:
             if self._processor is None:
-                from restricted_sender.entrypoints.compose import build_processor
+                from restricted_sender.entrypoints.compose import bootstrap
 
-                self._processor = await build_processor(self.settings, self.policy)
+                self._processor = bootstrap(self.settings, self.policy)
         return self._processor
 
     async def processor(self) -> Processor:
