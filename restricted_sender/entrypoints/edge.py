@@ -375,11 +375,12 @@ class Runtime:
             await self._validator.aclose()
         self.reset()
 
-    def reset(self) -> None:
-        """Forget everything, e.g. after settings changed. Does not close clients: see ``aclose``."""
+    def reset(self, settings: Settings | None = None) -> None:
+        """Forget everything, e.g. after settings changed; run on ``settings`` from now on when given (else they are
+        read from the environment again). Does not close clients: see ``aclose``."""
         if self._intake is not None:
             self._intake.close()
-        self._settings = None
+        self._settings = settings
         self._policy = None
         self._intake = None
         self._processor = None
