@@ -188,6 +188,7 @@ class Runtime:
     """
 
     def __init__(self) -> None:
+        self._given: Settings | None = None  # settings handed over by reset(); else read from the environment
         self._settings: Settings | None = None
         self._policy: Policy | PolicyError | None = None
         self._intake: Intake | None = None
@@ -373,14 +374,18 @@ class Runtime:
             await self._processor.aclose()
         if self._validator is not None:
             await self._validator.aclose()
-        self.reset()
+        self._forget()
 
     def reset(self, settings: Settings | None = None) -> None:
         """Forget everything, e.g. after settings changed; run on ``settings`` from now on when given (else they are
         read from the environment again). Does not close clients: see ``aclose``."""
+        self._given = settings
+        self._forget()
+
+    def _forget(self) -> None:
         if self._intake is not None:
             self._intake.close()
-        self._settings = settings
+        self._settings = self._given
         self._policy = None
         self._intake = None
         self._processor = None
