@@ -68,6 +68,10 @@ class World:
         self.intake = bundle.expander.intake
         self.processor = bundle.processor
 
+    def restart(self, policy: Policy | PolicyError) -> None:
+        """A new instance with another policy, on the same tenant and store."""
+        self.processor = self.fakes.wire(policy, self.clock).processor
+
     def run(self, *payloads: dict[str, Any]) -> list[Any]:
         for payload in payloads:
             self.intake.accept(json.dumps(payload).encode())
