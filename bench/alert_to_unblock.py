@@ -89,10 +89,10 @@ class Measured:
 
 async def run(count: int, latency: float) -> Measured:
     from restricted_sender.core.policy import load_policy_text
-    from restricted_sender.entrypoints.cli import bundle_on, simulated_settings
     from restricted_sender.entrypoints.compose import build_intake
     from restricted_sender.fakes import MemoryQueue
     from restricted_sender.model import ActionStatus, Outcome, RestrictionEvent
+    from restricted_sender.testing import on_simulator, simulator_settings
     from restricted_sender.timeutil import SystemClock
     from simulator import Simulator
 
@@ -101,7 +101,7 @@ async def run(count: int, latency: float) -> Measured:
     with Simulator(tenant(count + 1), port=0, clock=clock) as sim:
         for route in LATENCY_ROUTES:
             sim.set_latency(route, latency)
-        settings = simulated_settings(sim)
+        settings = simulator_settings(sim)
         queue = MemoryQueue()
         intake = build_intake(settings, policy, queue=queue, clock=clock)
         for index in range(count + 1):  # user 0 is the warm-up
@@ -112,7 +112,7 @@ async def run(count: int, latency: float) -> Measured:
         wall: list[float] = []
         windows: list[tuple[float, float]] = []
         failures: list[str] = []
-        async with bundle_on(sim, policy, clock) as (bundle, _):
+        async with on_simulator(sim, policy, clock) as (bundle, _):
             for position, event in enumerate(events):
                 started = time.monotonic()
                 record = await bundle.processor.process(event)

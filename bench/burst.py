@@ -129,7 +129,7 @@ SERVE = "import sys; from simulator import serve; serve(sys.argv[1], identity_he
 class SimulatorProcess:
     """``simulator.serve`` in a child process, driven through its ``/_sim`` control endpoints: its CPU (every answer
     is JSON built in Python) is not the processor's, as with the real services. Has the attributes the product's
-    wiring (``bundle_on``) reads from a :class:`simulator.Simulator`."""
+    wiring (``on_simulator``) reads from a :class:`simulator.Simulator`."""
 
     def __init__(self, state: Mapping[str, Any]) -> None:
         import httpx
@@ -285,19 +285,19 @@ def probe_index(j: int) -> int:
 async def critical_path_seconds(sim: SimulatorProcess, policy: Any, clock: Any, probes: int) -> float:
     """The median wall time of one event processed alone, tokens warm: the critical path the design's limit
     (batch size x instances / critical path) divides by. Its own processor and store: nothing of it is counted."""
-    from restricted_sender.entrypoints.cli import bundle_on, simulated_settings
     from restricted_sender.entrypoints.compose import build_intake
     from restricted_sender.entrypoints.edge import process_message
     from restricted_sender.fakes import MemoryQueue
+    from restricted_sender.testing import on_simulator, simulator_settings
 
     queue = MemoryQueue()
-    intake = build_intake(simulated_settings(sim), policy, queue=queue, clock=clock)  # type: ignore[arg-type]
+    intake = build_intake(simulator_settings(sim), policy, queue=queue, clock=clock)  # type: ignore[arg-type]
     for j in range(probes + 1):
         intake.accept(
             json.dumps(synthetic.alert(f"probe-{j}", address(probe_index(j)), user_id(probe_index(j)))).encode()
         )
     walls = []
-    async with bundle_on(sim, policy, clock) as (bundle, _):  # type: ignore[arg-type]
+    async with on_simulator(sim, policy, clock) as (bundle, _):  # type: ignore[arg-type]
         for k, text in enumerate(queue.drain()):
             started = time.monotonic()
             await process_message(text, bundle.processor)
@@ -309,9 +309,9 @@ async def critical_path_seconds(sim: SimulatorProcess, policy: Any, clock: Any, 
 
 async def run(args: argparse.Namespace) -> Outcome:
     from restricted_sender.core.policy import load_policy_text
-    from restricted_sender.entrypoints.cli import bundle_on, simulated_settings
     from restricted_sender.entrypoints.compose import build_intake
     from restricted_sender.fakes import MemoryQueue
+    from restricted_sender.testing import on_simulator, simulator_settings
     from restricted_sender.timeutil import SystemClock
 
     rng = random.Random(args.seed)
@@ -326,7 +326,7 @@ async def run(args: argparse.Namespace) -> Outcome:
         for route in LATENCY_ROUTES:
             sim.set_latency(route, args.latency)
         critical = await critical_path_seconds(sim, policy, clock, args.probes)
-        settings = simulated_settings(sim)  # type: ignore[arg-type]
+        settings = simulator_settings(sim)  # type: ignore[arg-type]
         queue = MemoryQueue()
         intake = build_intake(settings, policy, queue=queue, clock=clock)
         started = time.monotonic()
@@ -349,7 +349,7 @@ async def run(args: argparse.Namespace) -> Outcome:
             for route in schedule.get(index, ()):
                 sim.inject_fault(route, status=429, retry_after=args.retry_after, times=1)
 
-        async with bundle_on(sim, policy, clock) as (bundle, _):  # type: ignore[arg-type]
+        async with on_simulator(sim, policy, clock) as (bundle, _):  # type: ignore[arg-type]
             started = time.monotonic()
             processed, poisoned, failures = await drain(
                 messages,

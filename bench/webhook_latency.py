@@ -14,12 +14,14 @@ import argparse
 import functools
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from restricted_sender.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BAR_P99_MS = 20.0
@@ -150,12 +152,13 @@ def queued_events(connection: str) -> tuple[int, str]:
         return count, str(peeked[0].content) if peeked else ""
 
 
-def configure_environment(connection: str) -> None:
-    os.environ["AzureWebJobsStorage"] = connection  # noqa: SIM112  (the Functions setting's exact name)
-    os.environ["POLICY_YAML"] = POLICY_YAML
-    os.environ["ALERTS_SHARED_SECRET"] = SHARED_SECRET
-    for name in ("POLICY_FILE", "AzureWebJobsStorage__queueServiceUri"):
-        os.environ.pop(name, None)
+def bench_settings(connection: str) -> Settings:
+    """The function app's settings for this run, given to the runtime explicitly (the environment is left alone)."""
+    from restricted_sender.settings import Secret, Settings
+
+    return Settings(
+        storage_connection=Secret(connection), policy_yaml=POLICY_YAML, alerts_shared_secret=Secret(SHARED_SECRET)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,8 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from simulator import azurite as local_storage
 
     with local_storage.running(services=("queue",)) as azurite:
-        configure_environment(azurite.connection_string)
-        runtime.reset()  # settings are read once: make it read the ones just set
+        runtime.reset(bench_settings(azurite.connection_string))
         try:
             handler_ns, raw_ns, sample_message = run(azurite.connection_string, args.count, args.warmup)
             queued, _ = queued_events(azurite.connection_string)

@@ -197,6 +197,31 @@ def app_settings(sim: Simulator, azurite: Azurite, table_prefix: str, **extra: s
     }
 
 
+@pytest.fixture
+def app_runtime(
+    monkeypatch: pytest.MonkeyPatch, azurite: Azurite, table_prefix: str
+) -> Iterator[Callable[..., dict[str, str]]]:
+    """The function app's runtime for the end-to-end tests: ``configure(sim, **extra)`` gives the process the app
+    settings pointed at ``sim`` and Azurite (as environment variables: the host hands them over that way), drops
+    ``POLICY_FILE`` and the names in ``unset``, and resets the runtime so it reads them; reset again after the test.
+    Returns the settings it set."""
+    from restricted_sender.entrypoints.edge import runtime
+
+    def configure(
+        sim: Simulator, *, unset: tuple[str, ...] = (), prefix: str | None = None, **extra: str
+    ) -> dict[str, str]:
+        values = app_settings(sim, azurite, prefix or table_prefix, **extra)
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        for name in ("POLICY_FILE", *unset):
+            monkeypatch.delenv(name, raising=False)
+        runtime.reset()
+        return values
+
+    yield configure
+    runtime.reset()
+
+
 def audit_rows(azurite: Azurite, prefix: str) -> list[dict[str, Any]]:
     """Every audit row in the Table store, oldest first."""
     from restricted_sender.adapters.tables import TableStore

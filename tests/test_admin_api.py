@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import azure.functions as func
@@ -14,7 +14,7 @@ import pytest
 from restricted_sender.entrypoints.edge import runtime
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import app_settings, audit_rows, blocked, tenant, user
+from tests.conftest import audit_rows, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
 FORCE = "Sender.Unblock.Force"
@@ -37,19 +37,12 @@ def sim(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Simulator:
 
 
 @pytest.fixture
-def configure(
-    monkeypatch: pytest.MonkeyPatch, azurite: Azurite, sim: Simulator, table_prefix: str
-) -> Iterator[Callable[..., None]]:
+def configure(app_runtime: Callable[..., dict[str, str]], sim: Simulator) -> Callable[..., None]:
     def apply(**extra: str) -> None:
-        values = app_settings(sim, azurite, table_prefix, POLICY_YAML=POLICY, **extra)
-        for key, value in values.items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.delenv("POLICY_FILE", raising=False)
-        runtime.reset()
+        app_runtime(sim, POLICY_YAML=POLICY, **extra)
 
     apply()
-    yield apply
-    runtime.reset()
+    return apply
 
 
 def call(

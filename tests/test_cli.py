@@ -404,11 +404,11 @@ def test_check_prints_the_decision_and_does_nothing(small: dict[str, Path], tmp_
 def test_check_sends_nothing_that_changes_the_tenant(small: dict[str, Path], tmp_path: Path) -> None:
     """The very bundle ``check --tenant`` runs against, in-process, so the simulator's state can be read."""
     from restricted_sender.core.policy import load_policy_file
-    from restricted_sender.entrypoints.cli import simulated_bundle
+    from restricted_sender.entrypoints.simulated import simulated
 
     async def run() -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
         policy = load_policy_file(enforce_policy(tmp_path))
-        async with simulated_bundle(small["tenant"], policy, parse_instant(NOW)) as (bundle, sim, verifications):
+        async with simulated(small["tenant"], policy, parse_instant(NOW)) as (bundle, sim, verifications):
             record = await bundle.admin.check("staff@contoso.com")
             assert verifications.scheduled == []
             return record, sim.requests, sim.blocked_senders

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,13 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 import function_app
-from restricted_sender.entrypoints.compose import build_processor, load_policy
+from restricted_sender.entrypoints.compose import bootstrap, load_policy
 from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.settings import EVENTS_QUEUE, VERIFY_QUEUE, Settings
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import alert_v2, app_settings, audit_rows, blocked, tenant, user
+from tests.conftest import alert_v2, audit_rows, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -51,19 +51,12 @@ def sim(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Simulator:
 
 
 @pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch, azurite: Azurite, sim: Simulator, table_prefix: str
-) -> Iterator[Callable[..., None]]:
+def env(app_runtime: Callable[..., dict[str, str]], sim: Simulator) -> Callable[..., None]:
     def apply(policy: str = POLICY, **extra: str) -> None:
-        values = app_settings(sim, azurite, table_prefix, POLICY_YAML=policy, **extra)
-        for key, value in values.items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.delenv("POLICY_FILE", raising=False)
-        runtime.reset()
+        app_runtime(sim, POLICY_YAML=policy, **extra)
 
     apply()
-    yield apply
-    runtime.reset()
+    return apply
 
 
 def queue_client(azurite: Azurite, name: str) -> QueueClient:
@@ -118,7 +111,7 @@ def test_two_processors_racing_on_two_alerts_about_one_restriction_make_one_tick
         settings = Settings.from_env()
         policy = load_policy(settings)
         # Two processors with their own clients (two function instances), sharing only Azurite and the tenant.
-        bundles = [await build_processor(settings, policy, graph_retry_delay=0.1) for _ in range(2)]
+        bundles = [bootstrap(settings, policy, graph_retry_delay=0.1) for _ in range(2)]
         try:
             events = [RestrictionEvent.from_message(m) for m in messages]
             return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))

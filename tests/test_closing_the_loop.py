@@ -18,16 +18,10 @@ from restricted_sender.errors import Conflict, MalformedPayload, ServiceRefused,
 from restricted_sender.fakes import (
     FakeDirectory,
     FakeExchange,
-    FakeTickets,
-    MemoryDelayedQueue,
-    MemoryQueue,
-    MemoryStore,
 )
 from restricted_sender.model import DirectoryUser, Operator, RestrictionEvent
-from restricted_sender.processing.actions import Actor, TicketDesk
 from restricted_sender.processing.admin import Admin, UnblockRequest, parse_unblock_request
-from restricted_sender.processing.facts import FactSources
-from restricted_sender.processing.pipeline import Intake, Processor
+from restricted_sender.testing import Fakes
 from restricted_sender.timeutil import FixedClock
 from tests.conftest import alert_v2, blocked
 from tests.test_ticket_body import record as judys_record
@@ -54,26 +48,16 @@ class World:
         self.policy = load_policy_text(policy)
         self.exchange = FakeExchange([blocked("alice@contoso.com")] if rows is None else rows)
         self.directory = FakeDirectory([ALICE, SENDER], rules={"alice-id": [SENDS_OUT]} if rules else None, p2=p2)
-        self.tickets = FakeTickets()
-        self.store = MemoryStore()
-        self.verify = MemoryDelayedQueue()
-        self.queue = MemoryQueue()
+        self.fakes = Fakes(exchange=self.exchange, directory=self.directory)
+        self.tickets, self.store, self.verify = self.fakes.tickets, self.fakes.store, self.fakes.verifications
+        self.queue = self.fakes.events
         self.clock = FixedClock(NOW)
-        self.intake = Intake(queue=self.queue, clock=self.clock, policy=self.policy)
-        self.processors = [self.processor() for _ in range(2)]
-
-    def actor(self) -> Actor:
-        desk = TicketDesk(self.tickets, self.store, self.clock, wait_seconds=2, poll_seconds=0.01)
-        return Actor(self.exchange, self.directory, desk, self.store, tenant_id="t", verifications=self.verify,
-                     containment=self.policy.containment, notify=self.policy.notify)  # fmt: skip
-
-    def processor(self) -> Processor:
-        sources = FactSources(self.exchange, self.directory, self.store)
-        return Processor(sources, self.actor(), self.store, self.clock, self.policy)
+        bundles = [self.fakes.wire(self.policy, self.clock, ticket_wait_seconds=2) for _ in range(2)]
+        self.intake = bundles[0].expander.intake
+        self.processors = [bundle.processor for bundle in bundles]
 
     def admin(self) -> Admin:
-        sources = FactSources(self.exchange, self.directory, self.store)
-        return Admin(sources, self.actor(), self.store, self.clock, self.policy)
+        return self.fakes.wire(self.policy, self.clock, ticket_wait_seconds=2).admin
 
     def events(self, *payloads: dict[str, Any]) -> list[RestrictionEvent]:
         for payload in payloads:

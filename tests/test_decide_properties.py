@@ -21,7 +21,7 @@ from restricted_sender.core.mailbox import Forwarding, parse_rules
 from restricted_sender.core.policy import DEFAULT_ALERT_NAMES, Policy, parse_policy
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.errors import PolicyError
-from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryDelayedQueue, MemoryStore
+from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryStore
 from restricted_sender.model import (
     ActionStatus,
     Decision,
@@ -34,9 +34,7 @@ from restricted_sender.model import (
     UnblockKind,
     UserRef,
 )
-from restricted_sender.processing.actions import Actor, TicketDesk
-from restricted_sender.processing.facts import FactSources
-from restricted_sender.processing.pipeline import Processor
+from restricted_sender.testing import Fakes
 from restricted_sender.timeutil import FixedClock, iso
 
 # Fast enough for CI (the whole file runs in a few seconds on 2 cores) and the same examples on every run.
@@ -557,20 +555,8 @@ class ReportOnlyWorld:
         if not facts.first_report:  # another delivery already handled this alert and user
             self.store.claims[scenario.event.claim_key] = {"owner": "d-0", "state": "done", "claimed_at": scenario.now}
         self.history_before = dict(self.store.history)
-        self.processor = Processor(
-            sources=FactSources(self.exchange, self.directory, self.store),
-            actor=Actor(
-                self.exchange,
-                self.directory,
-                TicketDesk(self.tickets, self.store, FixedClock(scenario.now)),
-                self.store,
-                tenant_id="t",
-                verifications=MemoryDelayedQueue(),
-            ),
-            store=self.store,
-            clock=FixedClock(scenario.now),
-            policy=scenario.policy,
-        )
+        fakes = Fakes(exchange=self.exchange, directory=self.directory, tickets=self.tickets, store=self.store)
+        self.processor = fakes.wire(scenario.policy, FixedClock(scenario.now)).processor
 
 
 @PIPELINE

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,14 +16,13 @@ import pytest
 
 from restricted_sender.adapters.graph import NotLicensed
 from restricted_sender.core.policy import load_policy_text
-from restricted_sender.entrypoints.cli import doctor_on, simulated_doctor
 from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.entrypoints.permissions import PERMISSIONS, grant_line
+from restricted_sender.entrypoints.simulated import doctor_on, simulated_doctor
 from restricted_sender.errors import ConfigurationError, PolicyError, ServiceRefused, TransientServiceError
 from restricted_sender.processing.doctor import Probe, Report, Verdict, classify, compare_fields
 from simulator import Simulator
-from simulator.azurite import Azurite
-from tests.conftest import BULK_GROUP, ROOT, app_settings, blocked, tenant, user
+from tests.conftest import BULK_GROUP, ROOT, blocked, tenant, user
 from tests.test_admin_api import call
 from tests.test_cli import cli, write
 
@@ -251,18 +250,11 @@ def test_the_simulator_answers_a_withheld_permission_with_the_services_own_refus
 
 @pytest.fixture
 def app(
-    monkeypatch: pytest.MonkeyPatch,
-    azurite: Azurite,
-    simulator_factory: Callable[[dict[str, Any]], Simulator],
-    table_prefix: str,
-) -> Iterator[Simulator]:
+    app_runtime: Callable[..., dict[str, str]], simulator_factory: Callable[[dict[str, Any]], Simulator]
+) -> Simulator:
     sim = simulator_factory(world(**{"x-withheldPermissions": ["User.Read.All"]}))
-    for key, value in app_settings(sim, azurite, table_prefix, POLICY_YAML=POLICY).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("POLICY_FILE", raising=False)
-    runtime.reset()
-    yield sim
-    runtime.reset()
+    app_runtime(sim, POLICY_YAML=POLICY)
+    return sim
 
 
 @pytest.mark.azurite

@@ -21,7 +21,7 @@ import asyncio
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +29,11 @@ import azure.functions as func
 import pytest
 from azure.storage.queue import QueueClient, QueueMessage
 
-from restricted_sender.entrypoints.edge import process_message, runtime
+from restricted_sender.entrypoints.edge import process_message
 from restricted_sender.model import RestrictionEvent
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import alert_v2, app_settings, audit_rows, blocked, tenant, user
+from tests.conftest import alert_v2, audit_rows, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -172,17 +172,16 @@ def burst(
     table_prefix: str,
     queue: QueueClient,
     handlers: dict[str, Callable[..., Any]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[tuple[Simulator, Host, list[dict[str, Any]]]]:
+    app_runtime: Callable[..., dict[str, str]],
+) -> tuple[Simulator, Host, list[dict[str, Any]]]:
     sim = simulator_factory(burst_tenant())
-    settings = app_settings(
-        sim, azurite, table_prefix, POLICY_YAML=POLICY, HTTP_TIMEOUT_SECONDS="0.5", EXCHANGE_TIMEOUT_SECONDS="0.5"
+    app_runtime(
+        sim,
+        POLICY_YAML=POLICY,
+        HTTP_TIMEOUT_SECONDS="0.5",
+        EXCHANGE_TIMEOUT_SECONDS="0.5",
+        unset=("ALERTS_SHARED_SECRET",),
     )
-    for key, value in settings.items():
-        monkeypatch.setenv(key, value)
-    for key in ("POLICY_FILE", "ALERTS_SHARED_SECRET"):
-        monkeypatch.delenv(key, raising=False)
-    runtime.reset()
     rng = random.Random(SEED)
 
     def post(index: int, second: bool = False) -> None:
@@ -224,12 +223,11 @@ def burst(
                 await bundle[0].aclose()
 
     asyncio.run(main())
-    yield sim, host, audit_rows(azurite, table_prefix)
-    runtime.reset()
+    return sim, host, audit_rows(azurite, table_prefix)
 
 
 async def restart(bundle: list[Any], sim: Simulator, rng: random.Random) -> None:
-    from restricted_sender.entrypoints.compose import build_processor, load_policy
+    from restricted_sender.entrypoints.compose import bootstrap, load_policy
     from restricted_sender.retry import RetryPolicy
     from restricted_sender.settings import Settings
 
@@ -237,7 +235,7 @@ async def restart(bundle: list[Any], sim: Simulator, rng: random.Random) -> None
         await bundle.pop().aclose()
     sim.inject_fault("identity.token", status=rng.choice((500, 503)), times=rng.randint(1, 3))
     settings = Settings.from_env()
-    built = await build_processor(
+    built = bootstrap(
         settings,
         load_policy(settings),
         retry=RetryPolicy(attempts=2, base_delay=0.01, max_delay=1.0),

@@ -8,7 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import azure.functions as func
@@ -19,7 +19,7 @@ from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.settings import EVENTS_QUEUE
 from simulator import Simulator
 from simulator.azurite import Azurite, free_port
-from tests.conftest import WIRE_SAMPLES, alert_v2, app_settings, audit_rows, blocked, tenant, user
+from tests.conftest import WIRE_SAMPLES, alert_v2, audit_rows, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -43,30 +43,19 @@ def sim(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Simulator:
 
 
 @pytest.fixture
-def configure(
-    monkeypatch: pytest.MonkeyPatch, azurite: Azurite, sim: Simulator, table_prefix: str
-) -> Iterator[Callable[..., None]]:
+def configure(app_runtime: Callable[..., dict[str, str]], sim: Simulator) -> Callable[..., None]:
     def apply(*, mode: str = "enforce", secret: str | None = None, storage: str | None = None) -> None:
-        values = app_settings(
+        app_runtime(
             sim,
-            azurite,
-            table_prefix,
             POLICY_YAML=POLICY.format(mode=mode),
             TICKET_WEBHOOK_SECRET=TICKET_SECRET,
             **({"AzureWebJobsStorage": storage} if storage else {}),
+            **({"ALERTS_SHARED_SECRET": secret} if secret is not None else {}),
+            unset=() if secret is not None else ("ALERTS_SHARED_SECRET",),
         )
-        for key, value in values.items():
-            monkeypatch.setenv(key, value)
-        if secret is None:
-            monkeypatch.delenv("ALERTS_SHARED_SECRET", raising=False)
-        else:
-            monkeypatch.setenv("ALERTS_SHARED_SECRET", secret)
-        monkeypatch.delenv("POLICY_FILE", raising=False)
-        runtime.reset()
 
     apply()
-    yield apply
-    runtime.reset()
+    return apply
 
 
 def post(

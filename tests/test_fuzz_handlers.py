@@ -34,6 +34,7 @@ from restricted_sender.intake.relay import MAX_MESSAGE_CHARS
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.processing.admin import UnblockRequest, parse_unblock_request
 from restricted_sender.processing.pipeline import Intake
+from restricted_sender.settings import Secret, Settings
 from restricted_sender.timeutil import FixedClock
 from tests.conftest import TENANT_ID
 from tests.test_hostile_inputs import NOW, ROOT
@@ -172,13 +173,9 @@ def mutated(draw: st.DrawFn, documents: list[Any]) -> bytes:
 
 
 @pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], Intake]]:
+def app() -> Iterator[Callable[[], Intake]]:
     """The function app's runtime with the O365 webhook on; each call gives it new in-memory queues."""
-    monkeypatch.setenv("TENANT_ID", TENANT_ID)
-    monkeypatch.setenv("O365_WEBHOOK_AUTH_ID", AUTH_ID)
-    monkeypatch.setenv("O365_API_ROOT", ROOT)
-    monkeypatch.delenv("ALERTS_SHARED_SECRET", raising=False)
-    runtime.reset()
+    runtime.reset(Settings(tenant_id=TENANT_ID, o365_auth_id=Secret(AUTH_ID), o365_api_root=ROOT))
 
     def renew() -> Intake:
         intake = fresh_intake()
@@ -332,12 +329,10 @@ def test_the_admin_unblock_body_is_a_request_or_malformed_never_an_exception(bod
 
 @pytest.mark.azurite
 def test_on_the_real_queue_a_hostile_body_queues_nothing_and_a_sample_queues_its_events(
-    handlers: dict[str, Callable[..., Any]], monkeypatch: pytest.MonkeyPatch, azurite: Any, queue: Any
+    handlers: dict[str, Callable[..., Any]], azurite: Any, queue: Any
 ) -> None:
-    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
-    monkeypatch.delenv("ALERTS_SHARED_SECRET", raising=False)
-    monkeypatch.setenv("POLICY_YAML", "mode: enforce\nallow: [{name: staff, domains: [contoso.com]}]\n")
-    runtime.reset()
+    policy = "mode: enforce\nallow: [{name: staff, domains: [contoso.com]}]\n"
+    runtime.reset(Settings(storage_connection=Secret(azurite.connection_string), policy_yaml=policy))
     try:
         three = load("01-three-users-one-alert.json")
         oversized = copy.deepcopy(three)

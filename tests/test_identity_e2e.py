@@ -5,18 +5,17 @@ and what was not checked is named in the record."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
 
-from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.settings import CONTENT_QUEUE
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import alert_v2, app_settings, audit_rows, blocked, tenant, user
+from tests.conftest import alert_v2, audit_rows, blocked, tenant, user
 from tests.test_function_app import post, process, queued
 
 pytestmark = pytest.mark.azurite
@@ -37,14 +36,8 @@ def sim(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Simulator:
 
 
 @pytest.fixture
-def configure(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, sim: Simulator, table_prefix: str) -> Iterator[None]:
-    for key, value in app_settings(sim, azurite, table_prefix, POLICY_YAML=POLICY).items():
-        monkeypatch.setenv(key, value)
-    for name in ("ALERTS_SHARED_SECRET", "POLICY_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    runtime.reset()
-    yield
-    runtime.reset()
+def configure(app_runtime: Callable[..., dict[str, str]], sim: Simulator) -> None:
+    app_runtime(sim, POLICY_YAML=POLICY, unset=("ALERTS_SHARED_SECRET",))
 
 
 def removals(sim: Simulator) -> list[str]:

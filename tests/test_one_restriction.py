@@ -144,8 +144,7 @@ def test_what_report_only_decided_is_decided_again_for_real_once_the_policy_says
         [ROW], [ALICE], policy=load_policy_text("mode: report-only\nallow: [{name: s, domains: [contoso.com]}]\n")
     )
     [rehearsal] = run_together(world, event(SOURCE_SWEEP, direct=True))
-    world.processor.policy = POLICY_ENFORCE
-    world.processor.actor = world.actor()
+    world.restart(POLICY_ENFORCE)  # the admin switched the policy to enforce
     [real] = run_together(world, event(SOURCE_POLL))
     assert rehearsal.status_of("unblock") is ActionStatus.SKIPPED
     assert real.decision.outcome.value == "unblock"

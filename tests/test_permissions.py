@@ -34,11 +34,9 @@ from restricted_sender.entrypoints.permissions import (
     required,
 )
 from restricted_sender.errors import PolicyError
-from restricted_sender.fakes import FakeDirectory, FakeExchange, MemoryDelayedQueue, MemoryQueue, MemoryStore
+from restricted_sender.fakes import FakeDirectory, FakeExchange
 from restricted_sender.model import DirectoryUser, RestrictionEvent
-from restricted_sender.processing.actions import Actor, TicketDesk
-from restricted_sender.processing.facts import FactSources
-from restricted_sender.processing.pipeline import Intake, Processor
+from restricted_sender.testing import Fakes
 from restricted_sender.timeutil import FixedClock
 from tests.conftest import ROOT, alert_v2, blocked
 
@@ -271,29 +269,12 @@ def graph_roles_used(policy: Policy) -> set[str]:
         )
     )
     exchange = FakeExchange([blocked("alice@contoso.com"), blocked("mallory@contoso.com")])
-    store, clock, queue = MemoryStore(), FixedClock(NOW), MemoryQueue()
+    fakes = Fakes(exchange=exchange, directory=directory)
     if policy.ticket.system == "email":
-        tickets: Any = EmailTickets(directory, sender=policy.ticket.email_sender or "", to=policy.ticket.email_to)
-    else:
-        from restricted_sender.fakes import FakeTickets
-
-        tickets = FakeTickets()
-    desk = TicketDesk(tickets, store, clock, wait_seconds=0.5, poll_seconds=0.01)
-    actor = Actor(
-        exchange,
-        directory,  # type: ignore[arg-type]
-        desk,
-        store,
-        tenant_id="t",
-        verifications=MemoryDelayedQueue(),
-        containment=policy.containment,
-        notify=policy.notify,
-    )
-    sources = FactSources(exchange, directory, store)  # type: ignore[arg-type]
-    processor = Processor(sources=sources, actor=actor, store=store, clock=clock, policy=policy)
-    Intake(queue=queue, clock=clock, policy=policy).accept(
-        json.dumps(alert_v2("alice@contoso.com", "mallory@contoso.com")).encode()
-    )
+        fakes.tickets = EmailTickets(directory, sender=policy.ticket.email_sender or "", to=policy.ticket.email_to)
+    bundle = fakes.wire(policy, FixedClock(NOW))
+    processor, queue = bundle.processor, fakes.events
+    bundle.expander.intake.accept(json.dumps(alert_v2("alice@contoso.com", "mallory@contoso.com")).encode())
 
     async def drain() -> list[Any]:
         return [await processor.process(RestrictionEvent.from_message(m)) for m in queue.drain()]

@@ -16,15 +16,9 @@ from restricted_sender.errors import MalformedPayload, PolicyError, QueueUnavail
 from restricted_sender.fakes import (
     FakeDirectory,
     FakeExchange,
-    FakeTickets,
-    MemoryDelayedQueue,
-    MemoryQueue,
-    MemoryStore,
 )
 from restricted_sender.model import ActionStatus, DirectoryUser, RestrictionEvent, UnblockEntry, UnblockKind
-from restricted_sender.processing.actions import Actor, TicketDesk
-from restricted_sender.processing.facts import FactSources
-from restricted_sender.processing.pipeline import Intake, Processor
+from restricted_sender.testing import Fakes
 from restricted_sender.timeutil import FixedClock, iso
 from tests.conftest import alert_v2, blocked
 
@@ -62,28 +56,21 @@ class CountingDirectory(FakeDirectory):
 
 class World:
     def __init__(self, rows: list[dict[str, Any]], users: list[DirectoryUser], policy: Policy | PolicyError = POLICY,
-                 **exchange: Any) -> None:  # fmt: skip
-        self.queue = MemoryQueue()
-        self.exchange = FakeExchange(rows, **exchange)
-        self.directory = CountingDirectory(users)
-        self.tickets = FakeTickets()
-        self.store = MemoryStore()
-        self.verify = MemoryDelayedQueue()
+                 *, exchange: type[FakeExchange] = FakeExchange, directory: type[CountingDirectory] = CountingDirectory,
+                 **options: Any) -> None:  # fmt: skip
+        self.exchange = exchange(rows, **options)
+        self.directory = directory(users)
+        self.fakes = Fakes(exchange=self.exchange, directory=self.directory)
+        self.tickets, self.store, self.verify = self.fakes.tickets, self.fakes.store, self.fakes.verifications
+        self.queue = self.fakes.events
         self.clock = FixedClock(NOW)
-        self.intake = Intake(queue=self.queue, clock=self.clock, policy=policy)
-        self.processor = Processor(
-            sources=FactSources(self.exchange, self.directory, self.store),
-            actor=self.actor(),
-            store=self.store,
-            clock=self.clock,
-            policy=policy,
-        )
+        bundle = self.fakes.wire(policy, self.clock)
+        self.intake = bundle.expander.intake
+        self.processor = bundle.processor
 
-    def actor(self, **options: Any) -> Actor:
-        desk = TicketDesk(self.tickets, self.store, self.clock, wait_seconds=0.5, poll_seconds=0.01)
-        return Actor(
-            self.exchange, self.directory, desk, self.store, tenant_id="t", verifications=self.verify, **options
-        )
+    def restart(self, policy: Policy | PolicyError) -> None:
+        """A new instance with another policy, on the same tenant and store."""
+        self.processor = self.fakes.wire(policy, self.clock).processor
 
     def run(self, *payloads: dict[str, Any]) -> list[Any]:
         for payload in payloads:
@@ -245,9 +232,7 @@ def test_a_block_lifted_before_the_unblock_ran_spends_nothing() -> None:
             self.rows.clear()
             return await super().remove_blocked_sender(address)
 
-    world = World([blocked("alice@contoso.com")], [ALICE])
-    world.exchange = LiftedMeanwhile(world.exchange.rows)
-    world.processor.actor = world.actor()
+    world = World([blocked("alice@contoso.com")], [ALICE], exchange=LiftedMeanwhile)
     [record] = world.run(alert_v2("alice@contoso.com"))
     assert record.decision.outcome.value == "unblock"
     assert [(a.kind, a.status.value) for a in record.actions] == [("unblock", "skipped")]
@@ -263,8 +248,7 @@ def test_risk_is_not_asked_for_when_max_risk_level_lets_every_level_through() ->
     policy = load_policy_text(
         "mode: enforce\nallow: [{name: s, domains: [contoso.com]}]\nguards: {max_risk_level: high}\n"
     )
-    world = World([blocked("alice@contoso.com")], [ALICE], policy=policy)
-    world.processor.sources = FactSources(world.exchange, NoRiskAsked([ALICE]), world.store)
+    world = World([blocked("alice@contoso.com")], [ALICE], policy=policy, directory=NoRiskAsked)
     [record] = world.run(
         alert_v2("alice@contoso.com", object_ids={"alice@contoso.com": "00000000-0000-4000-8000-000000000005"})
     )

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from restricted_sender.core.policy import parse_policy
-from restricted_sender.entrypoints.cli import replay
+from restricted_sender.entrypoints.simulated import replay
 from restricted_sender.timeutil import parse_instant
 from tests.conftest import alert_v2, blocked, tenant, user
 

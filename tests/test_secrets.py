@@ -21,7 +21,7 @@ from restricted_sender.settings import EVENTS_QUEUE, Settings
 from simulator import Simulator
 from simulator.azurite import Azurite
 
-from .conftest import alert_v2, app_settings, audit_rows, blocked, tenant, user
+from .conftest import alert_v2, audit_rows, blocked, tenant, user
 from .test_admin_api import call
 from .test_closing_e2e import POLICY, TICKETS, queue_client, run_like_the_host
 from .test_management_activity import cli
@@ -99,7 +99,7 @@ def post_alert(handlers: dict[str, Callable[..., Any]], payload: Any, secret: st
 
 @pytest.mark.parametrize("system", ["webhook", "servicenow", "jira"])
 def test_no_secret_setting_appears_in_anything_the_product_produces(
-    monkeypatch: pytest.MonkeyPatch,
+    app_runtime: Callable[..., dict[str, str]],
     handlers: dict[str, Callable[..., Any]],
     sim: Simulator,
     azurite: Azurite,
@@ -107,22 +107,14 @@ def test_no_secret_setting_appears_in_anything_the_product_produces(
     debug_log: io.StringIO,
     system: str,
 ) -> None:
-    settings = app_settings(
+    settings = app_runtime(
         sim,
-        azurite,
-        table_prefix,
         POLICY_YAML=POLICY + TICKETS[system],
         TICKET_WEBHOOK_URL=f"{sim.tickets_url}?api-version=2016-10-01&sp=%2Ftriggers%2Fmanual&sig={WEBHOOK_SIG}",
         SERVICENOW_USERNAME=SNOW_USER,
         JIRA_EMAIL=JIRA_EMAIL,
         **SECRETS,
     )
-    for key, value in settings.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("POLICY_FILE", raising=False)
-    from restricted_sender.entrypoints.edge import runtime
-
-    runtime.reset()
     produced: dict[str, str] = {"settings": repr(Settings.from_env()) + str(Settings.from_env())}
     events = queue_client(azurite, EVENTS_QUEUE)
 

@@ -19,14 +19,14 @@ from azure.core.exceptions import ResourceExistsError
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-from restricted_sender.entrypoints.compose import build_processor, load_policy
+from restricted_sender.entrypoints.compose import bootstrap, load_policy
 from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.settings import CONTENT_QUEUE, EVENTS_QUEUE, Settings
 from restricted_sender.timeutil import iso
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import alert_v2, app_settings, audit_rows, blocked, tenant, user
+from tests.conftest import alert_v2, audit_rows, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -72,12 +72,8 @@ def take(queue: QueueClient) -> list[str]:
     return [m.content for m in messages]
 
 
-def configure(monkeypatch: pytest.MonkeyPatch, sim: Simulator, azurite: Azurite, prefix: str, **extra: str) -> None:
-    values = app_settings(sim, azurite, prefix, O365_API_ROOT=sim.url, O365_WEBHOOK_AUTH_ID=AUTH_ID, **extra)
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("POLICY_FILE", raising=False)
-    runtime.reset()
+def configure(app_runtime: Callable[..., dict[str, str]], sim: Simulator, **extra: str) -> None:
+    app_runtime(sim, O365_API_ROOT=sim.url, O365_WEBHOOK_AUTH_ID=AUTH_ID, **extra)
 
 
 def post(handlers: dict[str, Any], name: str, body: Any, headers: dict[str, str] | None = None) -> int:
@@ -118,7 +114,7 @@ def defender_records_about(address: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("policy", "outcome"), [(UNBLOCKING, "unblock"), (TICKETING, "ticket")])
 def test_four_sources_reporting_one_restriction_at_once_make_one_decision_one_action_and_one_ticket_at_most(
-    monkeypatch: pytest.MonkeyPatch,
+    app_runtime: Callable[..., dict[str, str]],
     simulator_factory: Callable[[dict[str, Any]], Simulator],
     azurite: Azurite,
     table_prefix: str,
@@ -128,7 +124,7 @@ def test_four_sources_reporting_one_restriction_at_once_make_one_decision_one_ac
     outcome: str,
 ) -> None:
     sim = simulator_factory(judy_restricted(datetime.now(UTC)))
-    configure(monkeypatch, sim, azurite, table_prefix, POLICY_YAML=policy)
+    configure(app_runtime, sim, POLICY_YAML=policy)
     sim.add_audit_content(
         [{"Id": "0d9e-rec-1", "RecordType": 40, "CreationTime": iso(datetime.now(UTC))[:19],
           "Operation": "AlertTriggered", "AlertId": "3b1c-o365-judy", "Name": TARGET,
@@ -152,7 +148,7 @@ def test_four_sources_reporting_one_restriction_at_once_make_one_decision_one_ac
 
     async def four_instances_at_once() -> list[Any]:
         settings = Settings.from_env()
-        bundles = [await build_processor(settings, load_policy(settings), graph_retry_delay=0.1) for _ in messages]
+        bundles = [bootstrap(settings, load_policy(settings), graph_retry_delay=0.1) for _ in messages]
         try:
             events = [RestrictionEvent.from_message(m) for m in messages]
             return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))
@@ -177,6 +173,7 @@ def test_four_sources_reporting_one_restriction_at_once_make_one_decision_one_ac
 
 def test_with_no_alert_source_wired_the_sweep_finds_a_restricted_user_and_it_is_decided_within_one_interval(
     monkeypatch: pytest.MonkeyPatch,
+    app_runtime: Callable[..., dict[str, str]],
     simulator_factory: Callable[[dict[str, Any]], Simulator],
     azurite: Azurite,
     table_prefix: str,
@@ -184,8 +181,7 @@ def test_with_no_alert_source_wired_the_sweep_finds_a_restricted_user_and_it_is_
     queues: dict[str, QueueClient],
 ) -> None:
     sim = simulator_factory(tenant([user("alice")], [blocked("alice@contoso.com")]))
-    configure(monkeypatch, sim, azurite, table_prefix, POLICY_YAML=UNBLOCKING, POLL_ALERTS_MINUTES="0",
-              SWEEP_MINUTES="5")  # fmt: skip
+    configure(app_runtime, sim, POLICY_YAML=UNBLOCKING, POLL_ALERTS_MINUTES="0", SWEEP_MINUTES="5")
     monkeypatch.delenv("O365_WEBHOOK_AUTH_ID")
     started = time.monotonic()
     on_the_host(lambda: handlers["sweep_restricted"](TimerRequest()))

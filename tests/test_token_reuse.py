@@ -1,14 +1,19 @@
-"""The process's credential: one fetch per scope, and a kept token handed out without queueing behind a lock."""
+"""The process's credential: one fetch per scope, and a kept token handed out without queueing behind a lock; an
+identity endpoint given explicitly (the simulator's) is asked exactly as azure-identity asks App Service's."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from azure.core.credentials import AccessToken
 
-from restricted_sender.adapters.identity import OneFetchPerScope
+from restricted_sender.adapters.identity import IdentityEndpoint, OneFetchPerScope
+from simulator import Simulator
+from tests.conftest import tenant, user
 
 SCOPE = "https://graph.microsoft.com/.default"
 
@@ -54,3 +59,30 @@ def test_a_token_close_to_its_expiry_is_fetched_again() -> None:
         return [(await credential.get_token(SCOPE)).token for _ in range(2)]
 
     assert asyncio.run(story()) == ["token-1", "token-2"]
+
+
+def test_an_identity_endpoint_given_explicitly_is_asked_as_app_service_is_and_a_wrong_header_gets_no_token(
+    simulator_factory: Callable[..., Simulator],
+) -> None:
+    from azure.core.exceptions import ClientAuthenticationError
+
+    sim = simulator_factory(tenant([user("alice")], []))
+
+    async def story() -> tuple[AccessToken, str]:
+        async with (
+            IdentityEndpoint(sim.identity_endpoint, sim.identity_header) as good,
+            IdentityEndpoint(sim.identity_endpoint, "not-the-header") as bad,
+        ):
+            token = await good.get_token(SCOPE)
+            with pytest.raises(ClientAuthenticationError) as refused:
+                await bad.get_token(SCOPE)
+            return token, str(refused.value.message)
+
+    token, refusal = asyncio.run(story())
+    assert token.token
+    assert refusal == "the identity endpoint answered HTTP 401"
+    [asked, _] = [r for r in sim.requests if r["route"] == "identity.token"]
+    assert (asked["method"], asked["query"]) == (
+        "GET",
+        {"api-version": "2019-08-01", "resource": "https://graph.microsoft.com"},
+    )

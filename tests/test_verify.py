@@ -11,9 +11,8 @@ from restricted_sender.core.policy import load_policy_text
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.core.verify import VerifyTask, check_at, judge
 from restricted_sender.errors import TicketNotFiled
-from restricted_sender.fakes import FakeDirectory, FakeExchange, FakeTickets, MemoryDelayedQueue, MemoryStore
-from restricted_sender.processing.actions import Actor, TicketDesk
-from restricted_sender.processing.pipeline import Verifier
+from restricted_sender.fakes import FakeExchange
+from restricted_sender.testing import Fakes
 from restricted_sender.timeutil import FixedClock, iso
 
 UNBLOCKED = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -83,15 +82,11 @@ def test_a_pending_check_names_the_next_one() -> None:
 
 class VerifyWorld:
     def __init__(self, rows: list[dict[str, object]], now: datetime, policy: str = "mode: enforce\n") -> None:
-        self.exchange = FakeExchange(rows)
-        self.tickets = FakeTickets()
-        self.store = MemoryStore()
-        self.queue = MemoryDelayedQueue()
-        self.directory = FakeDirectory([])
-        clock = FixedClock(now)
-        desk = TicketDesk(self.tickets, self.store, clock, wait_seconds=0.2, poll_seconds=0.01)
-        actor = Actor(self.exchange, self.directory, desk, self.store, tenant_id="t", verifications=self.queue)
-        self.verifier = Verifier(self.exchange, actor, self.store, clock, load_policy_text(policy))
+        fakes = Fakes(exchange=FakeExchange(rows))
+        self.exchange, self.tickets, self.store = fakes.exchange, fakes.tickets, fakes.store
+        self.queue, self.directory = fakes.verifications, fakes.directory
+        bundle = fakes.wire(load_policy_text(policy), FixedClock(now), ticket_wait_seconds=0.2)
+        self.verifier = bundle.verifier
 
     def verify(self, task: VerifyTask = TASK, attempt: int = 1) -> object:
         return asyncio.run(self.verifier.verify(task, attempt=attempt))

@@ -35,6 +35,59 @@ def managed_identity(client_id: str | None) -> AsyncTokenCredential:
     return cast("AsyncTokenCredential", OneFetchPerScope(inner))
 
 
+class IdentityEndpoint:
+    """An App Service-style managed-identity endpoint given explicitly (the simulator's, in the CLI's simulated runs
+    and the benchmarks), where azure-identity's ``ManagedIdentityCredential`` would read it from
+    ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER``. The request is the one that credential sends: ``GET endpoint?
+    api-version=2019-08-01&resource=R[&client_id=]`` with ``X-IDENTITY-HEADER``
+    (https://learn.microsoft.com/azure/app-service/overview-managed-identity#rest-endpoint-reference).
+    Caching is left to :class:`OneFetchPerScope`, which wraps it."""
+
+    def __init__(self, endpoint: str, header: str, *, client_id: str | None = None, timeout: float = 10) -> None:
+        import httpx
+
+        self._endpoint = endpoint
+        self._header = header
+        self._client_id = client_id
+        self._http = httpx.AsyncClient(timeout=timeout)
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        import httpx
+        from azure.core.credentials import AccessToken
+        from azure.core.exceptions import ClientAuthenticationError
+
+        [scope] = scopes
+        params = {"api-version": "2019-08-01", "resource": scope.removesuffix("/.default")}
+        if self._client_id:
+            params["client_id"] = self._client_id
+        try:
+            response = await self._http.get(self._endpoint, params=params, headers={"X-IDENTITY-HEADER": self._header})
+        except httpx.HTTPError as error:
+            raise ClientAuthenticationError(f"the identity endpoint did not answer: {error!r}") from error
+        if response.status_code != 200:
+            raise ClientAuthenticationError(f"the identity endpoint answered HTTP {response.status_code}")
+        try:
+            body = response.json()
+            return AccessToken(str(body["access_token"]), int(body["expires_on"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ClientAuthenticationError(f"the identity endpoint answered no token: {error!r}") from error
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> IdentityEndpoint:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def identity_endpoint(endpoint: str, header: str, client_id: str | None = None) -> AsyncTokenCredential:
+    """:class:`IdentityEndpoint`, with one fetch per scope like :func:`managed_identity`."""
+    inner = cast("AsyncTokenCredential", IdentityEndpoint(endpoint, header, client_id=client_id))
+    return cast("AsyncTokenCredential", OneFetchPerScope(inner))
+
+
 class OneFetchPerScope:
     """Wraps the process's credential so that concurrent requests for one scope share a single fetch.
 

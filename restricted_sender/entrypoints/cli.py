@@ -13,9 +13,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -34,19 +33,12 @@ from restricted_sender.errors import (
 from restricted_sender.intake.alerts import parse_json
 from restricted_sender.intake.defender import is_defender_batch, parse_records
 from restricted_sender.intake.payloads import parse_alert_payload
-from restricted_sender.model import DecisionRecord, UnblockEntry, UnblockKind
-from restricted_sender.timeutil import FixedClock, SystemClock, parse_instant
+from restricted_sender.model import DecisionRecord
+from restricted_sender.timeutil import FixedClock, parse_instant
 
 if TYPE_CHECKING:
-    from restricted_sender.adapters.management_activity import ManagementActivityApi
-    from restricted_sender.entrypoints.compose import ProcessorBundle
-    from restricted_sender.entrypoints.permissions import IntakePaths
-    from restricted_sender.fakes import MemoryDelayedQueue, MemoryQueue
-    from restricted_sender.ports import Clock
     from restricted_sender.processing.admin import Admin
     from restricted_sender.processing.doctor import Report
-    from restricted_sender.settings import Settings
-    from simulator import Simulator
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 DEMO_NOW = "2026-11-27T22:30:00Z"  # 90 minutes before the day blocks lift
@@ -172,13 +164,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass(frozen=True)
-class ReplayOutcome:
-    records: list[DecisionRecord]
-    requests: list[dict[str, Any]]
-    simulator_state: dict[str, Any]
-
-
 def _read_alert_files(paths: Sequence[Path]) -> list[tuple[Path, bytes]]:
     """Read and check every file before acting on any: a malformed one stops the run untouched."""
     bodies = []
@@ -208,138 +193,6 @@ def check_payload(payload: Any) -> None:
         parse_alert_payload(payload)
 
 
-MANAGEMENT_ROOT = "https://manage.office.com"
-
-
-def localized(body: bytes, sim_url: str) -> bytes:
-    """A notification's ``https://manage.office.com`` content URIs pointed at the simulator, which stands in for
-    that host in a replay (the intake then checks them against the simulator's root, as it would in Azure)."""
-    payload = json.loads(body)
-    if not isinstance(payload, list):
-        return body
-    for item in payload:
-        uri = item.get("contentUri") if isinstance(item, dict) else None
-        if isinstance(uri, str) and uri.startswith(MANAGEMENT_ROOT + "/"):
-            item["contentUri"] = sim_url + uri[len(MANAGEMENT_ROOT) :]
-    return json.dumps(payload).encode()
-
-
-@asynccontextmanager
-async def simulated_bundle(
-    tenant: Path | dict[str, Any],
-    policy: Policy | PolicyError,
-    now: datetime | None = None,
-    *,
-    events: MemoryQueue | None = None,
-    content: MemoryQueue | None = None,
-) -> AsyncIterator[tuple[ProcessorBundle, Simulator, MemoryDelayedQueue]]:
-    """The processor, verifier and admin side wired exactly as in the function app, against a simulator seeded
-    with ``tenant`` on a free loopback port, with an embedded store and an in-memory verification queue."""
-    from simulator import Simulator, load_tenant
-
-    state = load_tenant(tenant)
-    clock = FixedClock(now) if now else SystemClock()
-    # One clock for the product and the simulated tenant: a sample is judged at --now, never at the machine's date.
-    with _Simulated(Simulator(state, port=0, clock=clock)) as sim:
-        async with bundle_on(sim, policy, clock, history=state.history, events=events, content=content) as (
-            bundle,
-            verifications,
-        ):
-            yield bundle, sim, verifications
-
-
-@asynccontextmanager
-async def bundle_on(
-    sim: Simulator,
-    policy: Policy | PolicyError,
-    clock: Clock,
-    *,
-    history: Sequence[dict[str, Any]] = (),
-    events: MemoryQueue | None = None,
-    content: MemoryQueue | None = None,
-) -> AsyncIterator[tuple[ProcessorBundle, MemoryDelayedQueue]]:
-    """The function app's processor bundle against a running simulator: the real clients, an embedded (SQLite)
-    store seeded with ``history``, in-memory queues. The CLI and the benchmarks run on it."""
-    from restricted_sender.adapters.sqlite import SqliteStore
-    from restricted_sender.entrypoints.compose import build_processor
-    from restricted_sender.fakes import MemoryDelayedQueue, MemoryQueue
-    from restricted_sender.retry import RetryPolicy
-
-    store = SqliteStore(":memory:")
-    await _seed_history(store, history)
-    verifications = MemoryDelayedQueue()
-    with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
-        bundle = await build_processor(
-            simulated_settings(sim),
-            policy,
-            store=store,
-            clock=clock,
-            verifications=verifications,
-            retry=RetryPolicy(attempts=3, base_delay=0.2, max_delay=5),
-            events=events if events is not None else MemoryQueue(),
-            content=content if content is not None else MemoryQueue(),
-        )
-    try:
-        yield bundle, verifications
-    finally:
-        await bundle.aclose()
-        await store.close()
-
-
-async def replay(
-    bodies: Sequence[bytes],
-    *,
-    tenant: Path | dict[str, Any],
-    policy: Policy | PolicyError,
-    now: datetime | None = None,
-) -> ReplayOutcome:
-    """The replay engine: the simulator on a free loopback port, an embedded store, the real clients."""
-    from restricted_sender.entrypoints.edge import process_message
-    from restricted_sender.fakes import MemoryQueue
-
-    queue, content = MemoryQueue(), MemoryQueue()
-    async with simulated_bundle(tenant, policy, now, events=queue, content=content) as (bundle, sim, verifications):
-        intake = bundle.expander.intake
-        records: list[DecisionRecord] = []
-        for body in bodies:
-            # The same entry points as the function app: POST /api/alerts, or /api/alerts/o365 for an array.
-            if isinstance(json.loads(body), list):
-                intake.accept_o365(localized(body, sim.url))
-            else:
-                records.extend(intake.accept(body).ignored)
-            for message in content.drain():
-                await bundle.expander.expand(message)
-            for message in queue.drain():
-                try:
-                    records.append(await process_message(message, bundle.processor))
-                except ResponderError as error:
-                    # As in the function app the event would be retried; the record is in the audit trail.
-                    print(f"event not completed, the queue would retry it: {error}", file=sys.stderr)
-                    audit = await bundle.processor.store.audit()
-                    records.append(DecisionRecord.from_dict(audit[-1]))
-        return ReplayOutcome(
-            records=records,
-            requests=sim.requests,
-            simulator_state={
-                "blocked_senders": sim.blocked_senders,
-                "tickets": sim.tickets,
-                "verifications": [message for message, _ in verifications.scheduled],
-            },
-        )
-
-
-async def _seed_history(store: Any, history: Sequence[dict[str, Any]]) -> None:
-    for index, item in enumerate(history):
-        await store.record_unblock(
-            UnblockEntry(
-                user=str(item["user"]).lower(),
-                at=parse_instant(str(item["at"])),
-                kind=UnblockKind(str(item.get("kind", "auto"))),
-                event_id=f"x-history-{index}",
-            )
-        )
-
-
 def _load_policy_for_replay(path: Path) -> Policy | PolicyError:
     try:
         return load_policy_file(path)
@@ -350,6 +203,8 @@ def _load_policy_for_replay(path: Path) -> Policy | PolicyError:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from restricted_sender.entrypoints.simulated import replay
+
     bodies = _read_alert_files(args.alerts)
     policy = _load_policy_for_replay(args.policy)
     outcome = asyncio.run(replay([b for _, b in bodies], tenant=args.tenant, policy=policy, now=args.now))
@@ -365,19 +220,18 @@ def _replay(args: argparse.Namespace) -> int:
 @asynccontextmanager
 async def _admin_for(args: argparse.Namespace) -> AsyncIterator[Admin]:
     """The admin side against the simulator (``--tenant``) or, without it, the tenant the app settings name."""
-    from restricted_sender.entrypoints.compose import build_processor, load_policy
+    from restricted_sender.entrypoints.compose import bootstrap
+    from restricted_sender.entrypoints.simulated import simulated
     from restricted_sender.settings import Settings
 
     if args.tenant is not None:
-        policy = (
-            _load_policy_for_replay(args.policy) if args.policy else _load_policy_for_replay(SAMPLES / "policy.yaml")
-        )
-        async with simulated_bundle(args.tenant, policy, args.now) as (bundle, _, _):
+        policy = _load_policy_for_replay(args.policy or SAMPLES / "policy.yaml")
+        async with simulated(args.tenant, policy, args.now) as (bundle, _, _):
             yield bundle.admin
         return
-    settings = Settings.from_env()
-    policy = _load_policy_for_replay(args.policy) if args.policy else load_policy(settings)
-    bundle = await build_processor(settings, policy, clock=FixedClock(args.now) if args.now else None)
+    # Without --policy, bootstrap loads the one the settings name.
+    chosen = _load_policy_for_replay(args.policy) if args.policy else None
+    bundle = bootstrap(Settings.from_env(), chosen, clock=FixedClock(args.now) if args.now else None)
     try:
         yield bundle.admin
     finally:
@@ -413,6 +267,8 @@ def _unblock(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from restricted_sender.entrypoints.simulated import replay
+
     alerts = sorted((SAMPLES / "alerts").glob("*.json"))
     bodies = _read_alert_files(alerts)
     policy = _load_policy_for_replay(SAMPLES / "policy.yaml")
@@ -455,34 +311,6 @@ def _print_records(records: Sequence[DecisionRecord], *, as_json: bool, out: Tex
                 out.write(f"  {record.user or record.alert_id}: [{note.code}] {note.text}\n")
 
 
-@asynccontextmanager
-async def _management_api() -> AsyncIterator[tuple[ManagementActivityApi, Settings]]:
-    """The Management Activity API as the app settings describe it, with the credential the environment offers
-    (the app's managed identity in Azure; a service principal through AZURE_CLIENT_ID/AZURE_CLIENT_SECRET)."""
-    import httpx
-    from azure.identity.aio import DefaultAzureCredential
-
-    from restricted_sender.adapters.identity import bearer
-    from restricted_sender.adapters.management_activity import ManagementActivityApi, management_scope
-    from restricted_sender.settings import Settings
-
-    settings = Settings.from_env()
-    async with (
-        DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id) as credential,
-        httpx.AsyncClient(timeout=settings.http_timeout_seconds) as http,
-    ):
-        yield (
-            ManagementActivityApi(
-                http,
-                bearer(credential, management_scope(settings.o365_api_root)),
-                api_root=settings.o365_api_root,
-                tenant_id=settings.require_tenant_id(),
-                publisher_id=settings.o365_publisher_id,
-            ),
-            settings,
-        )
-
-
 _KEY_PARAMETER = re.compile(r"(code|sig|key)(=|%3D)[^&\s)\"'<>]+", re.IGNORECASE)
 
 
@@ -511,12 +339,14 @@ def _masked(subscription: Any) -> Any:
 
 def _o365_subscribe(args: argparse.Namespace) -> int:
     from restricted_sender.adapters.management_activity import CONTENT_TYPE
+    from restricted_sender.entrypoints.compose import management_api
+    from restricted_sender.settings import Settings
 
     if not args.webhook.startswith("https://") and not args.webhook.startswith("http://127.0.0.1"):
         raise InputError("the webhook must be an https:// address (the API refuses anything else)")
 
     async def run() -> Any:
-        async with _management_api() as (api, settings):
+        async with management_api(Settings.from_env()) as (api, settings):
             if settings.o365_auth_id is None:
                 raise ConfigurationError("set O365_WEBHOOK_AUTH_ID first: the webhook checks it on every call")
             webhook = {"address": args.webhook, "authId": settings.o365_auth_id.reveal(), "expiration": ""}
@@ -531,8 +361,11 @@ def _o365_subscribe(args: argparse.Namespace) -> int:
 
 
 def _o365_status(args: argparse.Namespace) -> int:
+    from restricted_sender.entrypoints.compose import management_api
+    from restricted_sender.settings import Settings
+
     async def run() -> Any:
-        async with _management_api() as (api, _):
+        async with management_api(Settings.from_env()) as (api, _):
             return await api.subscriptions()
 
     subscriptions = asyncio.run(run())
@@ -573,26 +406,13 @@ def summarize(records: Sequence[DecisionRecord]) -> str:
 
 
 def _decisions(args: argparse.Namespace) -> int:
-    from restricted_sender.adapters.tables import TableStore
-    from restricted_sender.entrypoints.compose import table_store
+    from restricted_sender.entrypoints.compose import audit_store
     from restricted_sender.settings import Settings
 
     window = since_delta(args.since)
 
     async def read() -> list[DecisionRecord]:
-        settings = Settings.from_env()
-        if args.table_endpoint:
-            from azure.data.tables.aio import TableServiceClient
-            from azure.identity.aio import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
-            store: Any = TableStore(
-                TableServiceClient(args.table_endpoint, credential=credential),
-                prefix=settings.table_prefix,
-                credential=credential,
-            )
-        else:
-            store = table_store(settings)
+        store = audit_store(Settings.from_env(), args.table_endpoint)
         try:
             rows = await store.audit()
         finally:
@@ -681,27 +501,6 @@ def _permissions(args: argparse.Namespace) -> int:
     return 0
 
 
-async def simulated_doctor(tenant: Path | dict[str, Any], policy: Policy | PolicyError) -> Report:
-    """The doctor's probes run here, through the app's adapters, against a simulator seeded with ``tenant``."""
-    from simulator import Simulator, load_tenant
-
-    with _Simulated(Simulator(load_tenant(tenant), port=0)) as sim:
-        return await doctor_on(sim, policy)
-
-
-async def doctor_on(sim: Simulator, policy: Policy | PolicyError, intake: IntakePaths | None = None) -> Report:
-    """The doctor's probes against a running simulator (tables and queues are in memory there: skipped); the
-    intake paths default to the alerts_v2 poller on and the Management Activity API off."""
-    from restricted_sender.entrypoints.compose import doctor_targets
-    from restricted_sender.entrypoints.permissions import IntakePaths
-    from restricted_sender.processing.doctor import diagnose
-
-    # The credential reads the identity endpoint from the environment when it is created (on entering).
-    with environment(IDENTITY_ENDPOINT=sim.identity_endpoint, IDENTITY_HEADER=sim.identity_header):
-        async with doctor_targets(simulated_settings(sim), policy, intake or IntakePaths(), storage=False) as targets:
-            return await diagnose(targets)
-
-
 async def remote_doctor(app: str, audience: str, function_key: str | None) -> Report:
     """``GET {app}/api/doctor`` with a token for ``audience`` from the operator's Azure CLI sign-in."""
     import httpx
@@ -738,6 +537,8 @@ def _doctor(args: argparse.Namespace) -> int:
             return 2
         report = asyncio.run(remote_doctor(args.app, args.audience, args.function_key))
     else:
+        from restricted_sender.entrypoints.simulated import simulated_doctor
+
         report = asyncio.run(simulated_doctor(args.tenant, _loaded(lambda: load_policy_file(args.policy))))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table(), end="\n" if args.json else "")
     return 0 if report.ok else 1
@@ -748,53 +549,3 @@ def _loaded(load: Callable[[], Policy]) -> Policy | PolicyError:
         return load()
     except PolicyError as error:
         return error
-
-
-class _Simulated:
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
-
-    def __enter__(self) -> Simulator:
-        self.sim.start()
-        return self.sim
-
-    def __exit__(self, *exc: object) -> None:
-        self.sim.stop()
-
-
-@contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """Set environment variables for the duration (the credential reads them when it is created)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def simulated_settings(sim: Simulator) -> Settings:
-    """Settings that point Graph, Exchange, the identity endpoint and every ticket system at the simulator."""
-    from restricted_sender.settings import Secret, Settings
-
-    itsm = sim.itsm_credentials
-    return Settings(
-        tenant_id=sim.tenant_id,
-        graph_base_url=sim.graph_url,
-        exchange_base_url=sim.url,
-        ticket_webhook_url=Secret(sim.tickets_url),
-        servicenow_instance_url=itsm["SERVICENOW_INSTANCE_URL"],
-        servicenow_username=itsm["SERVICENOW_USERNAME"],
-        servicenow_password=Secret(itsm["SERVICENOW_PASSWORD"]),
-        jira_site_url=itsm["JIRA_SITE_URL"],
-        jira_email=itsm["JIRA_EMAIL"],
-        jira_api_token=Secret(itsm["JIRA_API_TOKEN"]),
-        admin_api_audiences=(sim.admin_api.audience,),
-        entra_authority=sim.url,
-        http_timeout_seconds=10,
-        o365_api_root=sim.url,
-    )

@@ -1,7 +1,10 @@
-"""The one place adapters are built and wired, lazily.
+"""The composition root: the one place adapters are built and wired, lazily.
 
 The webhook side (:func:`build_intake`) needs only the policy and a sync queue client; the processor side
-(:func:`build_processor`) brings in httpx, msgraph-sdk and azure-identity, and is built on first use.
+(:func:`bootstrap`) brings in httpx, msgraph-sdk and azure-identity, and is built on first use. The function app,
+the CLI, the benchmarks and the tests all call :func:`bootstrap`; the tests and the simulated runs pass their own
+ports (fakes, or a credential for the simulator's identity endpoint) and get everything else wired as in Azure
+(``restricted_sender.testing``, ``restricted_sender.entrypoints.simulated``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
     from restricted_sender.adapters.exchange import ExchangeAdmin
+    from restricted_sender.adapters.management_activity import ManagementActivityApi
     from restricted_sender.adapters.queue import DelayedStorageQueue
     from restricted_sender.entrypoints.auth import TokenValidator
     from restricted_sender.entrypoints.permissions import IntakePaths
@@ -171,9 +175,9 @@ def exchange_admin(
     )
 
 
-async def build_processor(
+def bootstrap(
     settings: Settings,
-    policy: Policy | PolicyError,
+    policy: Policy | PolicyError | None = None,
     *,
     credential: AsyncTokenCredential | None = None,
     store: Store | None = None,
@@ -185,27 +189,40 @@ async def build_processor(
     retry: RetryPolicy | None = None,
     graph_retry_delay: float = 3.0,
     ticket_wait_seconds: float = 20.0,
+    ticket_poll_seconds: float = 0.2,
     events: EventQueue | None = None,
     content: EventQueue | None = None,
     feed: AlertFeed | None = None,
     management: ManagementActivity | None = None,
 ) -> ProcessorBundle:
-    """Wire the processor from settings; any port passed in is used as is (tests, the CLI)."""
-    import httpx
-
-    from restricted_sender.adapters.http import pooled_transport
-    from restricted_sender.adapters.identity import bearer, managed_identity
-
+    """The processor, verifier, admin side, content expander and nets wired from ``settings`` (and the policy they
+    name unless one is given); any port passed in is used as is (the tests' fakes, the CLI's simulated runs), and
+    a ``credential`` replaces the app's managed identity. Nothing is connected yet: clients open on first use."""
+    if policy is None:
+        policy = load_policy(settings)
     closers: list[Callable[[], Awaitable[None]]] = []
     tenant_id = settings.require_tenant_id()
     if credential is None and (exchange is None or directory is None or management is None):
+        from restricted_sender.adapters.identity import managed_identity
+
         credential = managed_identity(settings.managed_identity_client_id)
         closers.append(credential.close)
-    http = httpx.AsyncClient(timeout=settings.http_timeout_seconds, transport=pooled_transport())
-    closers.append(http.aclose)
+    shared: list[httpx.AsyncClient] = []
+
+    def http() -> httpx.AsyncClient:
+        """One httpx client for the adapters that need one (none when every port is given)."""
+        if not shared:
+            import httpx
+
+            from restricted_sender.adapters.http import pooled_transport
+
+            shared.append(httpx.AsyncClient(timeout=settings.http_timeout_seconds, transport=pooled_transport()))
+            closers.append(shared[0].aclose)
+        return shared[0]
+
     if exchange is None:
         assert credential is not None
-        exchange = exchange_admin(settings, http, credential, retry)
+        exchange = exchange_admin(settings, http(), credential, retry)
     if directory is None:
         from restricted_sender.adapters.graph import graph_directory
 
@@ -219,7 +236,7 @@ async def build_processor(
         closers.append(graph.close)
         directory = graph
     if tickets is None:
-        tickets = ticket_system(settings, policy, http, directory, retry)
+        tickets = ticket_system(settings, policy, http(), directory, retry)
     if store is None:
         store = table_store(settings)
         closers.append(store.close)
@@ -232,7 +249,7 @@ async def build_processor(
     actor = Actor(
         exchange=exchange,
         directory=directory,
-        desk=TicketDesk(tickets, store, clock, wait_seconds=ticket_wait_seconds),
+        desk=TicketDesk(tickets, store, clock, wait_seconds=ticket_wait_seconds, poll_seconds=ticket_poll_seconds),
         store=store,
         tenant_id=tenant_id,
         verifications=verifications,
@@ -247,7 +264,7 @@ async def build_processor(
 
         assert credential is not None
         management = ManagementActivityApi(
-            http,
+            http(),
             bearer(credential, management_scope(settings.o365_api_root)),
             api_root=settings.o365_api_root,
             tenant_id=tenant_id,
@@ -525,3 +542,45 @@ async def doctor_targets(
         await http.aclose()
         if own_credential:
             await credential.close()
+
+
+@asynccontextmanager
+async def management_api(settings: Settings) -> AsyncIterator[tuple[ManagementActivityApi, Settings]]:
+    """The Management Activity API as the app settings describe it, with the credential the environment offers
+    (the app's managed identity in Azure; a service principal through AZURE_CLIENT_ID/AZURE_CLIENT_SECRET)."""
+    import httpx
+    from azure.identity.aio import DefaultAzureCredential
+
+    from restricted_sender.adapters.identity import bearer
+    from restricted_sender.adapters.management_activity import ManagementActivityApi, management_scope
+
+    async with (
+        DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id) as credential,
+        httpx.AsyncClient(timeout=settings.http_timeout_seconds) as http,
+    ):
+        yield (
+            ManagementActivityApi(
+                http,
+                bearer(credential, management_scope(settings.o365_api_root)),
+                api_root=settings.o365_api_root,
+                tenant_id=settings.require_tenant_id(),
+                publisher_id=settings.o365_publisher_id,
+            ),
+            settings,
+        )
+
+
+def audit_store(settings: Settings, table_endpoint: str | None = None) -> Store:
+    """The store whose audit table ``decisions`` reads: the app settings' storage, or ``table_endpoint``
+    (https://<account>.table.core.windows.net) with the operator's DefaultAzureCredential."""
+    if not table_endpoint:
+        return table_store(settings)
+    from azure.data.tables.aio import TableServiceClient
+    from azure.identity.aio import DefaultAzureCredential
+
+    from restricted_sender.adapters.tables import TableStore
+
+    credential = DefaultAzureCredential()
+    return TableStore(
+        TableServiceClient(table_endpoint, credential=credential), prefix=settings.table_prefix, credential=credential
+    )

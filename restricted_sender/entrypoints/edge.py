@@ -189,6 +189,7 @@ class Runtime:
     """
 
     def __init__(self) -> None:
+        self._given: Settings | None = None  # settings handed over by reset(); else read from the environment
         self._settings: Settings | None = None
         self._policy: Policy | PolicyError | None = None
         self._intake: Intake | None = None
@@ -244,9 +245,9 @@ class Runtime:
         # The host runs a batch of messages at once: exactly one of them builds the clients.
         async with building:
             if self._processor is None:
-                from restricted_sender.entrypoints.compose import build_processor
+                from restricted_sender.entrypoints.compose import bootstrap
 
-                self._processor = await build_processor(self.settings, self.policy)
+                self._processor = bootstrap(self.settings, self.policy)
         return self._processor
 
     async def processor(self) -> Processor:
@@ -374,13 +375,18 @@ class Runtime:
             await self._processor.aclose()
         if self._validator is not None:
             await self._validator.aclose()
-        self.reset()
+        self._forget()
 
-    def reset(self) -> None:
-        """Forget everything, e.g. after settings changed. Does not close clients: see ``aclose``."""
+    def reset(self, settings: Settings | None = None) -> None:
+        """Forget everything, e.g. after settings changed; run on ``settings`` from now on when given (else they are
+        read from the environment again). Does not close clients: see ``aclose``."""
+        self._given = settings
+        self._forget()
+
+    def _forget(self) -> None:
         if self._intake is not None:
             self._intake.close()
-        self._settings = None
+        self._settings = self._given
         self._policy = None
         self._intake = None
         self._processor = None
