@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from restricted_sender.core.policy import LoadedPolicy
 from restricted_sender.entrypoints.compose import ProcessorBundle, bootstrap
 from restricted_sender.entrypoints.simulated import (
     doctor_on,
@@ -33,8 +34,6 @@ from restricted_sender.fakes import (
 from restricted_sender.settings import Settings
 
 if TYPE_CHECKING:
-    from restricted_sender.core.policy import Policy
-    from restricted_sender.errors import PolicyError
     from restricted_sender.ports import Clock
 
 __all__ = [
@@ -69,7 +68,7 @@ class Fakes:
 
     def wire(
         self,
-        policy: Policy | PolicyError,
+        policy: LoadedPolicy,
         clock: Clock,
         *,
         settings: Settings = FAKE_SETTINGS,

@@ -92,3 +92,17 @@ def _raw_imports(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
     return names
+
+
+def test_a_loaded_policy_is_one_value_and_only_the_policy_module_tells_valid_from_invalid() -> None:
+    """``LoadedPolicy`` (the policy, or why it did not load) is passed around whole; ``usable``/``effective`` in
+    ``core/policy.py`` are the only places that look inside it."""
+    import re
+
+    unions = re.compile(r"Policy \| PolicyError|isinstance\([\w.]+, Policy\)")
+    found = {
+        name: len(unions.findall(path.read_text(encoding="utf-8")))
+        for name, path in MODULES.items()
+        if name != "restricted_sender.core.policy"
+    }
+    assert {name: count for name, count in found.items() if count} == {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from restricted_sender.core.policy import RISK_LEVELS, Budget, Policy, Selector
+from restricted_sender.core.policy import RISK_LEVELS, Budget, LoadedPolicy, Policy, Selector
 from restricted_sender.core.restriction import BlockedSender, BlockKind
 from restricted_sender.errors import PolicyError
 from restricted_sender.model import Decision, Facts, Outcome, Reason, RestrictionEvent, UnblockEntry, UnblockStatus
@@ -72,7 +72,7 @@ def not_target_alert(title: str, policy: Policy) -> Decision:
     return ignore(ReasonCode.NOT_TARGET_ALERT, f"alert {title!r} is not one of the policy's alert_names ({names})")
 
 
-def decide(event: RestrictionEvent, facts: Facts, policy: Policy | PolicyError, now: datetime) -> Decision:
+def decide(event: RestrictionEvent, facts: Facts, policy: LoadedPolicy, now: datetime) -> Decision:
     if isinstance(policy, PolicyError):
         return _policy_invalid(event, facts, policy)
     if not event.direct and not policy.is_target_alert(event.alert_name):

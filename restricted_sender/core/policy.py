@@ -151,6 +151,21 @@ def default_policy() -> Policy:
     return parse_policy({}, source="default policy")
 
 
+# The one loaded-policy value: the policy that loaded, or why it did not. Both answer ``.mode``, ``.version`` and
+# ``.valid``; what only a valid policy has is reached through the two functions below, never an isinstance test.
+LoadedPolicy = Policy | PolicyError
+
+
+def usable(policy: LoadedPolicy) -> Policy | None:
+    """The policy when it loaded; ``None`` when it did not (fail closed: nothing is unblocked)."""
+    return policy if isinstance(policy, Policy) else None
+
+
+def effective(policy: LoadedPolicy) -> Policy:
+    """The policy when it loaded, else the defaults: what names the target alerts and the permissions either way."""
+    return policy if isinstance(policy, Policy) else default_policy()
+
+
 def load_policy_file(path: str | Path) -> Policy:
     file = Path(path)
     try:

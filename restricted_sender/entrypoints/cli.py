@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
-from restricted_sender.core.policy import Policy, load_policy_file
+from restricted_sender.core.policy import LoadedPolicy, Policy, load_policy_file
 from restricted_sender.errors import (
     ConfigurationError,
     InputError,
@@ -193,7 +193,7 @@ def check_payload(payload: Any) -> None:
         parse_alert_payload(payload)
 
 
-def _load_policy_for_replay(path: Path) -> Policy | PolicyError:
+def _load_policy_for_replay(path: Path) -> LoadedPolicy:
     try:
         return load_policy_file(path)
     except PolicyError as error:
@@ -277,7 +277,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.json:
         _print_records(outcome.records, as_json=True, out=sys.stdout)
         return 0
-    mode = policy.mode if isinstance(policy, Policy) else "invalid policy"
+    mode = policy.mode if policy.valid else "invalid policy"
     print(f"Replayed {len(alerts)} sample alert(s) from samples/alerts against samples/tenant.yaml")
     print(f"(policy samples/policy.yaml, mode {mode}, clock fixed at {DEMO_NOW})\n")
     _print_records(outcome.records, as_json=False, out=sys.stdout)
@@ -544,7 +544,7 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _loaded(load: Callable[[], Policy]) -> Policy | PolicyError:
+def _loaded(load: Callable[[], Policy]) -> LoadedPolicy:
     try:
         return load()
     except PolicyError as error:

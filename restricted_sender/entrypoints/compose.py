@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 
 from restricted_sender.core.policy import (
     Containment,
+    LoadedPolicy,
     Notify,
-    Policy,
     TicketOptions,
     default_policy,
     load_policy_file,
     load_policy_text,
+    usable,
 )
 from restricted_sender.core.untrusted import guard_logger
 from restricted_sender.errors import ConfigurationError, PolicyError
@@ -76,7 +77,7 @@ def policy_path(setting: str) -> Path:
     return path
 
 
-def load_policy(settings: Settings) -> Policy | PolicyError:
+def load_policy(settings: Settings) -> LoadedPolicy:
     """The policy from ``POLICY_YAML`` or ``POLICY_FILE``; a :class:`PolicyError` (never raised) when unusable."""
     try:
         if settings.policy_yaml:
@@ -124,7 +125,7 @@ def storage_queue(settings: Settings, name: str = EVENTS_QUEUE) -> EventQueue:
 
 def build_intake(
     settings: Settings,
-    policy: Policy | PolicyError,
+    policy: LoadedPolicy,
     *,
     queue: EventQueue | None = None,
     content_queue: EventQueue | None = None,
@@ -177,7 +178,7 @@ def exchange_admin(
 
 def bootstrap(
     settings: Settings,
-    policy: Policy | PolicyError | None = None,
+    policy: LoadedPolicy | None = None,
     *,
     credential: AsyncTokenCredential | None = None,
     store: Store | None = None,
@@ -245,7 +246,7 @@ def bootstrap(
         closers.append(delayed.close)
         verifications = delayed
     clock = clock or SystemClock()
-    valid = policy if isinstance(policy, Policy) else None
+    valid = usable(policy)
     actor = Actor(
         exchange=exchange,
         directory=directory,
@@ -340,7 +341,7 @@ def table_store(settings: Settings) -> Store:
 
 def ticket_system(
     settings: Settings,
-    policy: Policy | PolicyError,
+    policy: LoadedPolicy,
     http: httpx.AsyncClient,
     directory: Directory,
     retry: RetryPolicy | None = None,
@@ -348,8 +349,8 @@ def ticket_system(
     """The policy's ticket system with its app settings. Missing settings do not stop the processor: tickets fail
     (recorded, retried, then poisoned) with a message naming what to set. An unloadable policy cannot name a
     system: the webhook, else ServiceNow, is used when its settings are there."""
-    if isinstance(policy, Policy):
-        options = policy.ticket
+    if (loaded := usable(policy)) is not None:
+        options = loaded.ticket
     elif settings.ticket_webhook_url or not settings.servicenow_instance_url:
         options = TicketOptions(system="webhook")
     else:
@@ -474,7 +475,7 @@ class _QueueProbe:
 @asynccontextmanager
 async def doctor_targets(
     settings: Settings,
-    policy: Policy | PolicyError,
+    policy: LoadedPolicy,
     intake: IntakePaths,
     *,
     credential: AsyncTokenCredential | None = None,

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from restricted_sender.core.decide import ReasonCode
-from restricted_sender.core.policy import Policy
+from restricted_sender.core.policy import LoadedPolicy
 from restricted_sender.core.untrusted import guard_logger
 from restricted_sender.core.verify import VerifyTask
 from restricted_sender.errors import (
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
     from restricted_sender.entrypoints.auth import TokenValidator
     from restricted_sender.entrypoints.compose import ProcessorBundle
-    from restricted_sender.errors import PolicyError
     from restricted_sender.intake.nets import NetRun
     from restricted_sender.processing.doctor import Report
 
@@ -191,7 +190,7 @@ class Runtime:
     def __init__(self) -> None:
         self._given: Settings | None = None  # settings handed over by reset(); else read from the environment
         self._settings: Settings | None = None
-        self._policy: Policy | PolicyError | None = None
+        self._policy: LoadedPolicy | None = None
         self._intake: Intake | None = None
         self._processor: ProcessorBundle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -206,7 +205,7 @@ class Runtime:
         return self._settings
 
     @property
-    def policy(self) -> Policy | PolicyError:
+    def policy(self) -> LoadedPolicy:
         if self._policy is None:
             from restricted_sender.entrypoints.compose import load_policy
 

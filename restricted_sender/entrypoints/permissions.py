@@ -19,8 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from restricted_sender.core.policy import Policy, default_policy
-from restricted_sender.errors import PolicyError
+from restricted_sender.core.policy import LoadedPolicy, Policy, effective
 from restricted_sender.settings import DEFENDER_EVENTHUB, Settings
 
 Kind = Literal["application", "directory role", "Azure RBAC"]
@@ -280,14 +279,14 @@ GRAPH_CALLS: Mapping[str, tuple[str, ...]] = {
 }
 
 
-def required(policy: Policy | PolicyError, intake: IntakePaths) -> tuple[Permission, ...]:
+def required(policy: LoadedPolicy, intake: IntakePaths) -> tuple[Permission, ...]:
     """The permissions this policy and these intake paths need, in table order.
 
     A policy that does not load (:class:`PolicyError`) plans as the default policy: the app then escalates every
     restricted user, and the grants stay what the default policy needs once the file is fixed.
     """
-    effective = policy if isinstance(policy, Policy) else default_policy()
-    return tuple(p for p in PERMISSIONS if p.needed(effective, intake))
+    planned = effective(policy)
+    return tuple(p for p in PERMISSIONS if p.needed(planned, intake))
 
 
 def grant_line(permission: Permission, status: str = "granted") -> str:
@@ -312,13 +311,11 @@ def markdown_table(permissions: tuple[Permission, ...] = PERMISSIONS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan_json(
-    policy: Policy | PolicyError, intake: IntakePaths, *, policy_source: str = "default policy"
-) -> dict[str, Any]:
+def plan_json(policy: LoadedPolicy, intake: IntakePaths, *, policy_source: str = "default policy") -> dict[str, Any]:
     """The plan ``scripts/grant-permissions`` acts on (and prints with ``--what-if``)."""
-    effective = policy if isinstance(policy, Policy) else default_policy()
+    planned = effective(policy)
     return {
-        "policy": {"source": policy_source, "mode": effective.mode, "version": effective.version},
+        "policy": {"source": policy_source, "mode": planned.mode, "version": planned.version},
         "intake": intake.to_dict(),
         "permissions": [p.to_dict() for p in required(policy, intake)],
     }

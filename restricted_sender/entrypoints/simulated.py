@@ -14,8 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from restricted_sender.core.policy import Policy
-from restricted_sender.errors import PolicyError, ResponderError
+from restricted_sender.core.policy import LoadedPolicy
+from restricted_sender.errors import ResponderError
 from restricted_sender.model import DecisionRecord, UnblockEntry, UnblockKind
 from restricted_sender.timeutil import FixedClock, SystemClock, parse_instant
 
@@ -74,7 +74,7 @@ def started(sim: Simulator) -> Iterator[Simulator]:
 @asynccontextmanager
 async def on_simulator(
     sim: Simulator,
-    policy: Policy | PolicyError,
+    policy: LoadedPolicy,
     clock: Clock,
     *,
     history: Sequence[dict[str, Any]] = (),
@@ -114,7 +114,7 @@ async def on_simulator(
 @asynccontextmanager
 async def simulated(
     tenant: Path | dict[str, Any],
-    policy: Policy | PolicyError,
+    policy: LoadedPolicy,
     now: datetime | None = None,
     *,
     events: MemoryQueue | None = None,
@@ -173,7 +173,7 @@ async def replay(
     bodies: Sequence[bytes],
     *,
     tenant: Path | dict[str, Any],
-    policy: Policy | PolicyError,
+    policy: LoadedPolicy,
     now: datetime | None = None,
 ) -> ReplayOutcome:
     """The replay engine: the simulator on a free loopback port, an in-memory store, the real clients."""
@@ -211,7 +211,7 @@ async def replay(
         )
 
 
-async def simulated_doctor(tenant: Path | dict[str, Any], policy: Policy | PolicyError) -> Report:
+async def simulated_doctor(tenant: Path | dict[str, Any], policy: LoadedPolicy) -> Report:
     """The doctor's probes run here, through the app's adapters, against a simulator seeded with ``tenant``."""
     from simulator import Simulator, load_tenant
 
@@ -219,7 +219,7 @@ async def simulated_doctor(tenant: Path | dict[str, Any], policy: Policy | Polic
         return await doctor_on(sim, policy)
 
 
-async def doctor_on(sim: Simulator, policy: Policy | PolicyError, intake: IntakePaths | None = None) -> Report:
+async def doctor_on(sim: Simulator, policy: LoadedPolicy, intake: IntakePaths | None = None) -> Report:
     """The doctor's probes against a running simulator (tables and queues are in memory there: skipped); the
     intake paths default to the alerts_v2 poller on and the Management Activity API off."""
     from restricted_sender.entrypoints.compose import doctor_targets

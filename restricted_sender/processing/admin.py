@@ -21,8 +21,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from restricted_sender.core import decide as rules
-from restricted_sender.core.policy import Policy, default_policy
-from restricted_sender.errors import Conflict, MalformedPayload, NotFound, PolicyError, ServiceRefused
+from restricted_sender.core.policy import LoadedPolicy, effective, usable
+from restricted_sender.errors import Conflict, MalformedPayload, NotFound, ServiceRefused
 from restricted_sender.intake.alerts import parse_json
 from restricted_sender.model import (
     Action,
@@ -110,10 +110,10 @@ class Admin:
     actor: Actor
     store: Store
     clock: Clock
-    policy: Policy | PolicyError
+    policy: LoadedPolicy
 
     def _event(self, address: str, now: datetime, source: str) -> RestrictionEvent:
-        policy = self.policy if isinstance(self.policy, Policy) else default_policy()
+        policy = effective(self.policy)
         delivery = uuid.uuid4().hex
         return RestrictionEvent(
             event_id=stable_id(source, delivery),
@@ -126,7 +126,7 @@ class Admin:
         )
 
     async def _facts(self, event: RestrictionEvent, now: datetime) -> Facts:
-        policy = self.policy if isinstance(self.policy, Policy) else None
+        policy = usable(self.policy)
         return await gather_facts(event, policy, self.sources, now)
 
     async def check(self, upn: str) -> DecisionRecord:
@@ -175,7 +175,7 @@ class Admin:
         record = self._operator_record(
             event, facts, Decision(Outcome.UNBLOCK, (who, *forced, *warnings)), now, operator, request
         )
-        guards = self.policy.guards if isinstance(self.policy, Policy) else None
+        guards = loaded.guards if (loaded := usable(self.policy)) else None
         record = await self.actor.unblock(
             record,
             facts,

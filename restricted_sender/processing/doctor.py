@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from restricted_sender.core.policy import Policy, default_policy
+from restricted_sender.core.policy import LoadedPolicy, effective
 from restricted_sender.entrypoints.permissions import (
     GRAPH_CALLS,
     PERMISSIONS,
@@ -217,7 +217,7 @@ class QueueReader(Protocol):
 class Targets:
     """Everything the doctor probes, built with the app's own credentials."""
 
-    policy: Policy | PolicyError
+    policy: LoadedPolicy
     intake: IntakePaths
     tokens: Mapping[str, tuple[TokenProvider, tuple[str, ...]]]  # label -> (token, the permissions it carries)
     exchange: ExchangeReader
@@ -246,7 +246,7 @@ LIST_FIELDS = ("value",)
 class _Run:
     def __init__(self, targets: Targets) -> None:
         self.t = targets
-        self.policy = targets.policy if isinstance(targets.policy, Policy) else default_policy()
+        self.policy = effective(targets.policy)
         self.needed = {p.value for p in required(targets.policy, targets.intake)}
         self.probes: list[Probe] = []
 

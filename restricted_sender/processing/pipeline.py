@@ -16,14 +16,13 @@ from typing import Any
 
 from restricted_sender.core import decide as rules
 from restricted_sender.core.ledger import CLAIM_LEASE
-from restricted_sender.core.policy import Policy, default_policy
+from restricted_sender.core.policy import LoadedPolicy, Policy, effective, usable
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.core.untrusted import guard_logger
 from restricted_sender.core.verify import Verdict, VerifyTask, judge
 from restricted_sender.errors import (
     ConfigurationError,
     PayloadTooLarge,
-    PolicyError,
     StillDeciding,
     TicketNotFiled,
 )
@@ -93,7 +92,7 @@ class Intake:
 
     queue: EventQueue
     clock: Clock
-    policy: Policy | PolicyError
+    policy: LoadedPolicy
     new_delivery_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
     content_queue: EventQueue | None = None  # Management Activity pointers and Defender rows, expanded later
     tenant_id: str | None = None  # a Management Activity notification must be for this tenant
@@ -139,7 +138,7 @@ class Intake:
     @property
     def target_policy(self) -> Policy:
         # An unloadable policy still names the default alert: a restricted user is never dropped.
-        return self.policy if isinstance(self.policy, Policy) else default_policy()
+        return effective(self.policy)
 
     def queue_reports(self, reports: Iterable[AlertReport], *, limit: int | None = None) -> IntakeResult:
         """One event per (target report, user), all queued before this returns; the rest recorded as ignored.
@@ -207,7 +206,7 @@ def _parse_body(body: bytes) -> Any:
 
 
 def decision_record(
-    event: RestrictionEvent, facts: Facts, decision: Decision, policy: Policy | PolicyError, now: datetime
+    event: RestrictionEvent, facts: Facts, decision: Decision, policy: LoadedPolicy, now: datetime
 ) -> DecisionRecord:
     """The record of one decision about ``event``, with its evidence, before anything is done."""
     record = DecisionRecord(
@@ -238,7 +237,7 @@ class Processor:
     actor: Actor
     store: Store
     clock: Clock
-    policy: Policy | PolicyError
+    policy: LoadedPolicy
     decided_wait: float = 20.0  # for the event deciding the same restriction right now; then the queue retries
     decided_poll: float = 0.2
 
@@ -259,7 +258,7 @@ class Processor:
         return await self._finish(record, event, claim, restriction, now, attempt)
 
     def _targeted(self, event: RestrictionEvent) -> bool:
-        policy = self.policy if isinstance(self.policy, Policy) else None
+        policy = usable(self.policy)
         return policy is None or event.direct or policy.is_target_alert(event.alert_name)
 
     async def _settled(
@@ -277,7 +276,7 @@ class Processor:
             return Facts(first_report=False)
         if not self._targeted(event):
             return Facts()  # queued under another policy; decide() ignores it, nothing to look up
-        return await gather_facts(event, self.policy if isinstance(self.policy, Policy) else None, self.sources, now)
+        return await gather_facts(event, usable(self.policy), self.sources, now)
 
     async def _claim_restriction(
         self, event: RestrictionEvent, claim: ClaimResult, facts: Facts, now: datetime, attempt: int
@@ -305,7 +304,7 @@ class Processor:
         if key is not None and decision.outcome is Outcome.TICKET:
             record = replace(record, sources=await self.store.reports(key))  # the ticket names every source
         # With an invalid policy decide() never unblocks; tickets still go out unless the file asked for report-only.
-        guards = self.policy.guards if isinstance(self.policy, Policy) else None
+        guards = loaded.guards if (loaded := usable(self.policy)) else None
         return await self.actor.carry_out(
             record,
             facts,
@@ -451,7 +450,7 @@ class Verifier:
     actor: Actor
     store: Store
     clock: Clock
-    policy: Policy | PolicyError
+    policy: LoadedPolicy
 
     async def verify(self, task: VerifyTask, *, attempt: int = 1) -> DecisionRecord | None:
         """The check's record; ``None`` when this check already ran (a repeated message)."""
