@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -252,3 +254,20 @@ def on_graph(sim: Simulator, scenario: Callable[[Any, Simulator], Awaitable[T]],
                 await directory.close()
 
     return asyncio.run(main())
+
+
+@pytest.fixture
+def debug_log() -> Iterator[io.StringIO]:
+    """Every record of every logger at DEBUG, through a real handler on the root logger, one ``LOG`` line each."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("LOG %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

@@ -392,20 +392,9 @@ def test_repr_of_the_settings_shows_no_webhook_url_key() -> None:
 
 
 @pytest.fixture
-def log_lines() -> Iterator[Callable[[], list[str]]]:
+def log_lines(debug_log: io.StringIO) -> Callable[[], list[str]]:
     """What a real handler on the root logger writes at DEBUG, as physical lines (the host's handler is one such)."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("LOG %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield lambda: physical_lines(stream.getvalue())
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
+    return lambda: physical_lines(debug_log.getvalue())
 
 
 @pytest.mark.parametrize("separator", LINE_STARTERS)

@@ -8,8 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -67,23 +66,6 @@ def sim(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Simulator:
         "x-jira": {"email": JIRA_EMAIL, "apiToken": JIRA_TOKEN},
     }
     return simulator_factory(tenant(users, [blocked("alice@contoso.com"), blocked("bob@fabrikam.com")], **itsm))
-
-
-@pytest.fixture
-def debug_log() -> Iterator[io.StringIO]:
-    """Every record of every logger at DEBUG, through a real handler on the root logger."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 def post_alert(handlers: dict[str, Callable[..., Any]], payload: Any, secret: str) -> tuple[int, str]:
