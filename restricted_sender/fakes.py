@@ -17,7 +17,6 @@ from restricted_sender.errors import (
     FilterRefused,
     QueueUnavailable,
     SenderNotBlocked,
-    ServiceError,
     ServiceRefused,
     UnblockLimitReached,
 )
@@ -74,9 +73,6 @@ class FakeExchange:
         self.recipients = {k.lower(): dict(v) for k, v in (recipients or {}).items()}  # Get-Recipient rows by identity
         self.removed: list[str] = []
         self.calls = 0
-        # What the next Remove answers instead of removing: an error to raise, and whether it removed all the same.
-        self.remove_failure: tuple[ServiceError, bool] | None = None
-        self.warnings: tuple[str, ...] = ()
 
     async def mailbox_forwarding(self, address: str) -> Forwarding | None:
         self.calls += 1
@@ -105,15 +101,11 @@ class FakeExchange:
         self.removed.append(address.lower())  # every Remove sent, whatever it answers
         if address.lower() in self.limit_reached:
             raise UnblockLimitReached("exchange", f"unblock limit reached for {address}", http_status=400)
-        failure, self.remove_failure = self.remove_failure, None
         before = len(self.rows)
-        if failure is None or failure[1]:
-            self.rows = [r for r in self.rows if str(r["SenderAddress"]).lower() != address.lower()]
-        if failure is not None:
-            raise failure[0]
+        self.rows = [r for r in self.rows if str(r["SenderAddress"]).lower() != address.lower()]
         if len(self.rows) == before:
             raise SenderNotBlocked("exchange", f"{address} is not blocked", http_status=400)
-        return self.warnings
+        return ()
 
 
 class FakeDirectory:
