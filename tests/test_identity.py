@@ -12,7 +12,7 @@ import pytest
 from restricted_sender.core.decide import decide
 from restricted_sender.core.notices import recipients_notice
 from restricted_sender.core.policy import Policy, parse_policy
-from restricted_sender.entrypoints.cli import _print_records
+from restricted_sender.entrypoints.console import print_records
 from restricted_sender.errors import MalformedPayload
 from restricted_sender.fakes import FakeDirectory, FakeExchange, MemoryStore
 from restricted_sender.intake.alerts import user_ref
@@ -190,7 +190,7 @@ def test_notes_travel_with_the_record_to_the_audit_row_the_notice_and_the_cli() 
             self.text += chunk
 
     out = Out()
-    _print_records([record], as_json=False, out=out)  # type: ignore[arg-type]
+    print_records([record], as_json=False, out=out)  # type: ignore[arg-type]
     assert "Not checked:\n  mallory@contoso.com: [identity-mismatch]" in out.text
 
 

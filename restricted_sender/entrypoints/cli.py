@@ -11,34 +11,37 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
-from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+from typing import TYPE_CHECKING, Any
 
-from restricted_sender.core.policy import LoadedPolicy, Policy, load_policy_file
+from restricted_sender.core.policy import load_policy_file
+from restricted_sender.entrypoints.console import (
+    load_policy_or_escalate,
+    loaded,
+    masked_subscription,
+    print_records,
+    read_alert_files,
+    since_delta,
+    summarize,
+    without_key,
+)
 from restricted_sender.errors import (
     ConfigurationError,
     InputError,
-    MalformedPayload,
     PolicyError,
     ResponderError,
     ServiceError,
     ServiceRefused,
 )
-from restricted_sender.intake.alerts import parse_json
-from restricted_sender.intake.defender import is_defender_batch, parse_records
-from restricted_sender.intake.payloads import parse_alert_payload
 from restricted_sender.model import DecisionRecord
 from restricted_sender.timeutil import FixedClock, parse_instant
 
 if TYPE_CHECKING:
     from restricted_sender.processing.admin import Admin
-    from restricted_sender.processing.doctor import Report
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 DEMO_NOW = "2026-11-27T22:30:00Z"  # 90 minutes before the day blocks lift
@@ -164,51 +167,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_alert_files(paths: Sequence[Path]) -> list[tuple[Path, bytes]]:
-    """Read and check every file before acting on any: a malformed one stops the run untouched."""
-    bodies = []
-    for path in paths:
-        try:
-            body = path.read_bytes()
-        except OSError as error:
-            raise InputError(f"{path}: cannot read: {error.strerror or error}") from error
-        try:
-            check_payload(parse_json(body))
-        except InputError as error:
-            raise InputError(f"{path}: {error.message}") from error
-        bodies.append((path, body))
-    return bodies
-
-
-def check_payload(payload: Any) -> None:
-    """Any body the function app accepts: a Management Activity notification (a JSON array of content
-    pointers, whose tenant is checked when it is replayed), Defender streaming records, or an alert body."""
-    if isinstance(payload, list):
-        for index, item in enumerate(payload):
-            if not isinstance(item, dict) or not isinstance(item.get("contentUri"), str):
-                raise MalformedPayload(f"[{index}]: a Management Activity notification item needs a contentUri")
-    elif is_defender_batch(payload):
-        parse_records(payload)
-    else:
-        parse_alert_payload(payload)
-
-
-def _load_policy_for_replay(path: Path) -> LoadedPolicy:
-    try:
-        return load_policy_file(path)
-    except PolicyError as error:
-        # Exactly what the function app does: fail closed, escalate every restricted user, say it loudly.
-        print(f"POLICY INVALID (every restricted user is escalated): {error}", file=sys.stderr)
-        return error
-
-
 def _replay(args: argparse.Namespace) -> int:
     from restricted_sender.entrypoints.simulated import replay
 
-    bodies = _read_alert_files(args.alerts)
-    policy = _load_policy_for_replay(args.policy)
+    bodies = read_alert_files(args.alerts)
+    policy = load_policy_or_escalate(args.policy)
     outcome = asyncio.run(replay([b for _, b in bodies], tenant=args.tenant, policy=policy, now=args.now))
-    _print_records(outcome.records, as_json=args.json, out=sys.stdout)
+    print_records(outcome.records, as_json=args.json, out=sys.stdout)
     if args.requests_log:
         with args.requests_log.open("w", encoding="utf-8") as log:
             for request in outcome.requests:
@@ -225,12 +190,12 @@ async def _admin_for(args: argparse.Namespace) -> AsyncIterator[Admin]:
     from restricted_sender.settings import Settings
 
     if args.tenant is not None:
-        policy = _load_policy_for_replay(args.policy or SAMPLES / "policy.yaml")
+        policy = load_policy_or_escalate(args.policy or SAMPLES / "policy.yaml")
         async with simulated(args.tenant, policy, args.now) as (bundle, _, _):
             yield bundle.admin
         return
     # Without --policy, bootstrap loads the one the settings name.
-    chosen = _load_policy_for_replay(args.policy) if args.policy else None
+    chosen = load_policy_or_escalate(args.policy) if args.policy else None
     bundle = bootstrap(Settings.from_env(), chosen, clock=FixedClock(args.now) if args.now else None)
     try:
         yield bundle.admin
@@ -244,7 +209,7 @@ def _check(args: argparse.Namespace) -> int:
             return await admin.check(args.upn)
 
     record = asyncio.run(run())
-    _print_records([record], as_json=args.json, out=sys.stdout)
+    print_records([record], as_json=args.json, out=sys.stdout)
     return 0
 
 
@@ -262,7 +227,7 @@ def _unblock(args: argparse.Namespace) -> int:
             return await admin.unblock(args.upn, request, operator)
 
     record = asyncio.run(run())
-    _print_records([record], as_json=args.json, out=sys.stdout)
+    print_records([record], as_json=args.json, out=sys.stdout)
     return 0
 
 
@@ -270,71 +235,21 @@ def _demo(args: argparse.Namespace) -> int:
     from restricted_sender.entrypoints.simulated import replay
 
     alerts = sorted((SAMPLES / "alerts").glob("*.json"))
-    bodies = _read_alert_files(alerts)
-    policy = _load_policy_for_replay(SAMPLES / "policy.yaml")
+    bodies = read_alert_files(alerts)
+    policy = load_policy_or_escalate(SAMPLES / "policy.yaml")
     now = parse_instant(DEMO_NOW)
     outcome = asyncio.run(replay([b for _, b in bodies], tenant=SAMPLES / "tenant.yaml", policy=policy, now=now))
     if args.json:
-        _print_records(outcome.records, as_json=True, out=sys.stdout)
+        print_records(outcome.records, as_json=True, out=sys.stdout)
         return 0
     mode = policy.mode if policy.valid else "invalid policy"
     print(f"Replayed {len(alerts)} sample alert(s) from samples/alerts against samples/tenant.yaml")
     print(f"(policy samples/policy.yaml, mode {mode}, clock fixed at {DEMO_NOW})\n")
-    _print_records(outcome.records, as_json=False, out=sys.stdout)
+    print_records(outcome.records, as_json=False, out=sys.stdout)
     still = ", ".join(str(r["SenderAddress"]) for r in outcome.simulator_state["blocked_senders"]) or "nobody"
     print(f"\nStill restricted in the simulated tenant: {still}")
     print(f"Tickets received by the simulated webhook: {len(outcome.simulator_state['tickets'])}")
     return 0
-
-
-def _print_records(records: Sequence[DecisionRecord], *, as_json: bool, out: TextIO) -> None:
-    if as_json:
-        for record in records:
-            out.write(json.dumps(record.to_dict(), sort_keys=True) + "\n")
-        return
-    rows = [("USER", "DECISION", "REASONS", "ACTIONS")]
-    for record in records:
-        reasons = "; ".join(r.code for r in record.decision.reasons)
-        actions = "; ".join(f"{a.kind}:{a.status.value}" for a in record.actions) or "-"
-        rows.append((record.user or "-", record.decision.outcome.value, reasons, actions))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3] + "\n")
-    out.write("\nWhy:\n")
-    for record in records:
-        for reason in record.decision.reasons:
-            out.write(f"  {record.user or record.alert_id}: [{reason.code}] {reason.text}\n")
-    if any(record.notes for record in records):
-        out.write("\nNot checked:\n")
-        for record in records:
-            for note in record.notes:
-                out.write(f"  {record.user or record.alert_id}: [{note.code}] {note.text}\n")
-
-
-_KEY_PARAMETER = re.compile(r"(code|sig|key)(=|%3D)[^&\s)\"'<>]+", re.IGNORECASE)
-
-
-def without_key(text: str, webhook: str) -> str:
-    """``text`` without the webhook's function key: every query value of ``webhook`` long enough to be a key, raw
-    and URL-encoded (the service may echo the address either way), and any ``code=``/``sig=``/``key=`` value in
-    any case."""
-    for _, value in parse_qsl(urlsplit(webhook).query):
-        if len(value) < 8:
-            continue
-        for form in {value, quote(value, safe=""), quote_plus(value), quote(quote(value, safe=""), safe="")}:
-            text = text.replace(form, "***")
-    return _KEY_PARAMETER.sub(lambda m: f"{m[1]}{m[2]}***", text)
-
-
-def _masked(subscription: Any) -> Any:
-    if isinstance(subscription, dict) and isinstance(subscription.get("webhook"), dict):
-        webhook = dict(subscription["webhook"])
-        if webhook.get("authId"):
-            webhook["authId"] = "***"
-        if isinstance(webhook.get("address"), str):
-            webhook["address"] = webhook["address"].split("?")[0]  # the function key stays out of the output
-        return {**subscription, "webhook": webhook}
-    return subscription
 
 
 def _o365_subscribe(args: argparse.Namespace) -> int:
@@ -356,7 +271,7 @@ def _o365_subscribe(args: argparse.Namespace) -> int:
                 # The service echoes the address back, function key and all: keep the key out of the terminal.
                 raise ServiceRefused(error.service, without_key(error.message, args.webhook)) from None
 
-    print(without_key(json.dumps(_masked(asyncio.run(run())), indent=2, sort_keys=True), args.webhook))
+    print(without_key(json.dumps(masked_subscription(asyncio.run(run())), indent=2, sort_keys=True), args.webhook))
     return 0
 
 
@@ -369,40 +284,8 @@ def _o365_status(args: argparse.Namespace) -> int:
             return await api.subscriptions()
 
     subscriptions = asyncio.run(run())
-    print(json.dumps([_masked(s) for s in subscriptions], indent=2, sort_keys=True))
+    print(json.dumps([masked_subscription(s) for s in subscriptions], indent=2, sort_keys=True))
     return 0
-
-
-def since_delta(text: str) -> timedelta:
-    """``7d``, ``24h`` or ``90m`` as a timedelta."""
-    units = {"d": "days", "h": "hours", "m": "minutes"}
-    number, unit = text[:-1], text[-1:].lower()
-    if unit not in units or not number.isdigit():
-        raise InputError(f"--since must look like 7d, 24h or 90m, got {text!r}")
-    return timedelta(**{units[unit]: int(number)})
-
-
-def summarize(records: Sequence[DecisionRecord]) -> str:
-    """Counts per decision, per reason code and per source: what a report-only week would have done."""
-    from collections import Counter
-
-    decisions = Counter(r.decision.outcome.value for r in records)
-    reasons = Counter(reason.code for r in records for reason in r.decision.reasons)
-    sources = Counter(s.kind for r in records for s in r.sources)
-    # Report-only records say what would have been done: count it by action kind.
-    would = Counter(
-        a.kind for r in records for a in r.actions if a.status.value == "skipped" and a.detail.startswith("report-only")
-    )
-    lines = [f"{len(records)} decision(s)"]
-    for title, counter in (
-        ("by decision", decisions),
-        ("by reason", reasons),
-        ("by source", sources),
-        ("report-only would have run", would),
-    ):
-        if counter:
-            lines.append(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in counter.most_common()))
-    return "\n".join(lines)
 
 
 def _decisions(args: argparse.Namespace) -> int:
@@ -423,12 +306,12 @@ def _decisions(args: argparse.Namespace) -> int:
 
     records = asyncio.run(read())
     if args.json:
-        _print_records(records, as_json=True, out=sys.stdout)
+        print_records(records, as_json=True, out=sys.stdout)
         return 0
     print(summarize(records))
     if records:
         print()
-        _print_records(records, as_json=False, out=sys.stdout)
+        print_records(records, as_json=False, out=sys.stdout)
     return 0
 
 
@@ -485,7 +368,7 @@ def _permissions(args: argparse.Namespace) -> int:
         source, load = settings.policy_file, lambda: load_policy_file(settings.policy_file or "")
     else:
         source, load = "default policy", default_policy
-    policy = _loaded(load)
+    policy = loaded(load)
     if isinstance(policy, PolicyError):
         for problem in policy.problems:
             print(f"{source}: {problem}", file=sys.stderr)
@@ -501,51 +384,17 @@ def _permissions(args: argparse.Namespace) -> int:
     return 0
 
 
-async def remote_doctor(app: str, audience: str, function_key: str | None) -> Report:
-    """``GET {app}/api/doctor`` with a token for ``audience`` from the operator's Azure CLI sign-in."""
-    import httpx
-    from azure.identity.aio import AzureCliCredential
-
-    from restricted_sender.processing.doctor import Report
-
-    scope = audience if audience.endswith("/.default") else f"{audience.rstrip('/')}/.default"
-    async with AzureCliCredential() as credential:
-        token = (await credential.get_token(scope)).token
-    headers = {"Authorization": f"Bearer {token}"}
-    if function_key:
-        headers["x-functions-key"] = function_key
-    async with httpx.AsyncClient(timeout=300) as http:
-        response = await http.get(f"{app.rstrip('/')}/api/doctor", headers=headers)
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code != 200 or not isinstance(body, dict):
-        error = body.get("error") if isinstance(body, dict) else None
-        message = error.get("message") if isinstance(error, dict) else response.text[:200]
-        raise ServiceRefused("doctor", f"HTTP {response.status_code}: {message}", http_status=response.status_code)
-    try:
-        return Report.from_dict(body)
-    except (ValueError, KeyError, TypeError) as problem:
-        raise MalformedPayload(f"the app's doctor answered an unreadable report: {problem}") from problem
-
-
 def _doctor(args: argparse.Namespace) -> int:
     if args.app:
         if not args.audience:
             print("error: say which admin API to ask: --audience (or ADMIN_API_AUDIENCE)", file=sys.stderr)
             return 2
+        from restricted_sender.entrypoints.remote import remote_doctor
+
         report = asyncio.run(remote_doctor(args.app, args.audience, args.function_key))
     else:
         from restricted_sender.entrypoints.simulated import simulated_doctor
 
-        report = asyncio.run(simulated_doctor(args.tenant, _loaded(lambda: load_policy_file(args.policy))))
+        report = asyncio.run(simulated_doctor(args.tenant, loaded(lambda: load_policy_file(args.policy))))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table(), end="\n" if args.json else "")
     return 0 if report.ok else 1
-
-
-def _loaded(load: Callable[[], Policy]) -> LoadedPolicy:
-    try:
-        return load()
-    except PolicyError as error:
-        return error

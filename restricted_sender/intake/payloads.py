@@ -8,10 +8,12 @@ helpers of :mod:`restricted_sender.intake.alerts`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from restricted_sender.errors import MalformedPayload
 from restricted_sender.intake import sentinel
 from restricted_sender.intake.alerts import ACCEPTED_SHAPES, ALERTS_V2_KEYS, at, parse_alert_v2
+from restricted_sender.intake.defender import is_defender_batch, parse_records
 from restricted_sender.model import SOURCE_ALERTS_V2, AlertReport
 
 
@@ -48,3 +50,16 @@ def parse_alert_payload(
     if not any(key in payload for key in ALERTS_V2_KEYS):
         raise MalformedPayload(f"unknown payload shape{' in Body' if where else ''}: {ACCEPTED_SHAPES}")
     return (parse_alert_v2(payload, where or "body", source),)
+
+
+def check_payload(payload: Any) -> None:
+    """Any body the function app accepts: a Management Activity notification (a JSON array of content
+    pointers, whose tenant is checked when it is replayed), Defender streaming records, or an alert body."""
+    if isinstance(payload, list):
+        for index, item in enumerate(payload):
+            if not isinstance(item, dict) or not isinstance(item.get("contentUri"), str):
+                raise MalformedPayload(f"[{index}]: a Management Activity notification item needs a contentUri")
+    elif is_defender_batch(payload):
+        parse_records(payload)
+    else:
+        parse_alert_payload(payload)

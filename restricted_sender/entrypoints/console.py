@@ -1,0 +1,135 @@
+"""What the command line prints and reads: decision tables, summaries, masked subscriptions, alert files.
+
+Kept apart from ``cli.py`` so that the commands there read as what they do, and so that tests and the other
+entry points can print records the way the CLI does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+
+from restricted_sender.core.policy import LoadedPolicy, Policy, load_policy_file
+from restricted_sender.errors import InputError, PolicyError
+from restricted_sender.intake.alerts import parse_json
+from restricted_sender.intake.payloads import check_payload
+from restricted_sender.model import DecisionRecord
+
+
+def read_alert_files(paths: Sequence[Path]) -> list[tuple[Path, bytes]]:
+    """Read and check every file before acting on any: a malformed one stops the run untouched."""
+    bodies = []
+    for path in paths:
+        try:
+            body = path.read_bytes()
+        except OSError as error:
+            raise InputError(f"{path}: cannot read: {error.strerror or error}") from error
+        try:
+            check_payload(parse_json(body))
+        except InputError as error:
+            raise InputError(f"{path}: {error.message}") from error
+        bodies.append((path, body))
+    return bodies
+
+
+def load_policy_or_escalate(path: Path) -> LoadedPolicy:
+    try:
+        return load_policy_file(path)
+    except PolicyError as error:
+        # Exactly what the function app does: fail closed, escalate every restricted user, say it loudly.
+        print(f"POLICY INVALID (every restricted user is escalated): {error}", file=sys.stderr)
+        return error
+
+
+def print_records(records: Sequence[DecisionRecord], *, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        for record in records:
+            out.write(json.dumps(record.to_dict(), sort_keys=True) + "\n")
+        return
+    rows = [("USER", "DECISION", "REASONS", "ACTIONS")]
+    for record in records:
+        reasons = "; ".join(r.code for r in record.decision.reasons)
+        actions = "; ".join(f"{a.kind}:{a.status.value}" for a in record.actions) or "-"
+        rows.append((record.user or "-", record.decision.outcome.value, reasons, actions))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3] + "\n")
+    out.write("\nWhy:\n")
+    for record in records:
+        for reason in record.decision.reasons:
+            out.write(f"  {record.user or record.alert_id}: [{reason.code}] {reason.text}\n")
+    if any(record.notes for record in records):
+        out.write("\nNot checked:\n")
+        for record in records:
+            for note in record.notes:
+                out.write(f"  {record.user or record.alert_id}: [{note.code}] {note.text}\n")
+
+
+_KEY_PARAMETER = re.compile(r"(code|sig|key)(=|%3D)[^&\s)\"'<>]+", re.IGNORECASE)
+
+
+def without_key(text: str, webhook: str) -> str:
+    """``text`` without the webhook's function key: every query value of ``webhook`` long enough to be a key, raw
+    and URL-encoded (the service may echo the address either way), and any ``code=``/``sig=``/``key=`` value in
+    any case."""
+    for _, value in parse_qsl(urlsplit(webhook).query):
+        if len(value) < 8:
+            continue
+        for form in {value, quote(value, safe=""), quote_plus(value), quote(quote(value, safe=""), safe="")}:
+            text = text.replace(form, "***")
+    return _KEY_PARAMETER.sub(lambda m: f"{m[1]}{m[2]}***", text)
+
+
+def masked_subscription(subscription: Any) -> Any:
+    if isinstance(subscription, dict) and isinstance(subscription.get("webhook"), dict):
+        webhook = dict(subscription["webhook"])
+        if webhook.get("authId"):
+            webhook["authId"] = "***"
+        if isinstance(webhook.get("address"), str):
+            webhook["address"] = webhook["address"].split("?")[0]  # the function key stays out of the output
+        return {**subscription, "webhook": webhook}
+    return subscription
+
+
+def since_delta(text: str) -> timedelta:
+    """``7d``, ``24h`` or ``90m`` as a timedelta."""
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in units or not number.isdigit():
+        raise InputError(f"--since must look like 7d, 24h or 90m, got {text!r}")
+    return timedelta(**{units[unit]: int(number)})
+
+
+def summarize(records: Sequence[DecisionRecord]) -> str:
+    """Counts per decision, per reason code and per source: what a report-only week would have done."""
+    decisions = Counter(r.decision.outcome.value for r in records)
+    reasons = Counter(reason.code for r in records for reason in r.decision.reasons)
+    sources = Counter(s.kind for r in records for s in r.sources)
+    # Report-only records say what would have been done: count it by action kind.
+    would = Counter(
+        a.kind for r in records for a in r.actions if a.status.value == "skipped" and a.detail.startswith("report-only")
+    )
+    lines = [f"{len(records)} decision(s)"]
+    for title, counter in (
+        ("by decision", decisions),
+        ("by reason", reasons),
+        ("by source", sources),
+        ("report-only would have run", would),
+    ):
+        if counter:
+            lines.append(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in counter.most_common()))
+    return "\n".join(lines)
+
+
+def loaded(load: Callable[[], Policy]) -> LoadedPolicy:
+    try:
+        return load()
+    except PolicyError as error:
+        return error
