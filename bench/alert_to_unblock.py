@@ -1,7 +1,7 @@
 """Alert -> unblock wall time against the simulator, compared with the simulated network round trips it waits for.
 
 The processor is wired exactly as ``replay`` wires it (the real managed-identity credential through
-IDENTITY_ENDPOINT/IDENTITY_HEADER, the real httpx and msgraph-sdk clients, an in-memory SQLite store, the policy
+IDENTITY_ENDPOINT/IDENTITY_HEADER, the real httpx and msgraph-sdk clients, the in-memory store, the policy
 in enforce mode), against a simulated tenant of restricted, allowed users (spam blocks, one allowed domain) with
 a latency of L seconds on every Graph and Exchange route and on the token endpoint. One warm-up event fetches
 the tokens; then every measured event is processed on its own and timed.

@@ -1,4 +1,4 @@
-"""One contract, three stores: the in-memory fake, SQLite and Azure Table Storage (on Azurite) behave alike.
+"""One contract, two stores: the in-memory one (replay, demo, tests) and Azure Table Storage (on Azurite) behave alike.
 
 No pytest-asyncio: each test runs its scenario with ``asyncio.run``, opening the store inside that loop and
 closing it before the loop ends (the aio Table clients belong to the loop that made them).
@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from restricted_sender.adapters.sqlite import SqliteStore
 from restricted_sender.adapters.tables import (
     MAX_ENTRY_CHUNKS,
     MAX_RECORD_CHARS,
@@ -81,8 +80,6 @@ def run(open_store: OpenStore, scenario: Scenario[T]) -> T:
 @pytest.fixture(
     params=[
         "memory",
-        "sqlite-memory",
-        "sqlite-file",
         pytest.param("tables", marks=pytest.mark.azurite),
     ]
 )
@@ -91,10 +88,6 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
     kind: str = request.param
     if kind == "memory":
         return MemoryStore
-    if kind == "sqlite-memory":
-        return lambda: SqliteStore(":memory:")
-    if kind == "sqlite-file":
-        return lambda: SqliteStore(tmp_path / "store.db")
     connection = request.getfixturevalue("azurite").connection_string
     prefix = request.getfixturevalue("table_prefix")
     return lambda: TableStore.from_connection_string(connection, prefix=prefix)
@@ -966,14 +959,6 @@ def test_two_instances_racing_for_a_new_ticket_get_exactly_one_create(open_table
     assert [sorted(pair) for pair in pairs] == [["create", "wait"]] * 5
 
 
-@pytest.fixture(params=["sqlite-file", pytest.param("tables", marks=pytest.mark.azurite)])
-def open_shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
-    """A factory of stores that share their data across instances (processes), unlike the fake or :memory:."""
-    if request.param == "sqlite-file":
-        return lambda: SqliteStore(tmp_path / "store.db")
-    return request.getfixturevalue("open_table_store")  # type: ignore[no-any-return]
-
-
 def race_rounds(open_store: OpenStore, rounds: list[list[Callable[[Store], Awaitable[T]]]]) -> list[list[T]]:
     """One instance per call of a round, each a thread with its own loop and store; each round starts at once.
 
@@ -1012,7 +997,8 @@ def round_start(number: int) -> datetime:
     return T0 + timedelta(days=40 * number)  # rounds far apart: each has a fresh window
 
 
-def test_racing_instances_never_spend_more_than_the_tenant_budget(open_shared_store: OpenStore) -> None:
+@pytest.mark.azurite
+def test_racing_instances_never_spend_more_than_the_tenant_budget(open_table_store: OpenStore) -> None:
     # Different users; each instance's clock a second apart, so the later reservations carry earlier instants too.
     rounds = [
         [
@@ -1021,18 +1007,19 @@ def test_racing_instances_never_spend_more_than_the_tenant_budget(open_shared_st
         ]
         for r in range(ROUNDS)
     ]
-    results = race_rounds(open_shared_store, rounds)
+    results = race_rounds(open_table_store, rounds)
     assert [sorted(map(str, outcome)) for outcome in results] == [["None"] * 2 + ["tenant"] * 4] * ROUNDS
 
     async def written(store: Store) -> list[UnblockEntry]:
         return list(await store.tenant_unblocks(T0))
 
-    entries = run(open_shared_store, written)  # the tenant row keeps 30 days: only the last round on Tables
+    entries = run(open_table_store, written)  # the tenant row keeps 30 days: only the last round on Tables
     last = {f"user{i}@contoso.com" for i, refusal in enumerate(results[-1]) if refusal is None}
     assert {e.user for e in entries if e.at >= round_start(ROUNDS - 1)} == last
 
 
-def test_racing_instances_never_spend_more_than_one_users_budget(open_shared_store: OpenStore) -> None:
+@pytest.mark.azurite
+def test_racing_instances_never_spend_more_than_one_users_budget(open_table_store: OpenStore) -> None:
     rounds = [
         [
             reserving(unblock(ALICE, f"r{r}-e{i}", round_start(r) + timedelta(seconds=i)), WEEK, None)
@@ -1040,31 +1027,32 @@ def test_racing_instances_never_spend_more_than_one_users_budget(open_shared_sto
         ]
         for r in range(ROUNDS)
     ]
-    results = race_rounds(open_shared_store, rounds)
+    results = race_rounds(open_table_store, rounds)
     assert [sorted(map(str, outcome)) for outcome in results] == [["None"] + ["user"] * 5] * ROUNDS
 
     async def alice(store: Store) -> list[UnblockEntry]:
         return list(await store.unblocks(ALICE, T0))
 
-    assert len(run(open_shared_store, alice)) == ROUNDS
+    assert len(run(open_table_store, alice)) == ROUNDS
 
 
-def test_racing_instances_take_over_an_expired_ticket_lease_exactly_once(open_shared_store: OpenStore) -> None:
+@pytest.mark.azurite
+def test_racing_instances_take_over_an_expired_ticket_lease_exactly_once(open_table_store: OpenStore) -> None:
     correlations = [f"rsr-stale-{r}" for r in range(ROUNDS)]
 
     async def crashed_holder(store: Store) -> list[TicketSlot]:
         return [await store.begin_ticket(c, "crashed", T0) for c in correlations]
 
-    assert run(open_shared_store, crashed_holder) == [CREATE] * ROUNDS
+    assert run(open_table_store, crashed_holder) == [CREATE] * ROUNDS
     expired = T0 + TICKET_LEASE + timedelta(minutes=1)
     rounds = [[begin(c, f"e{i}", expired) for i in range(RACERS)] for c in correlations]
-    results = race_rounds(open_shared_store, rounds)
+    results = race_rounds(open_table_store, rounds)
     assert [sorted(slot.action for slot in outcome) for outcome in results] == [
         ["create"] + ["wait"] * (RACERS - 1)
     ] * ROUNDS
 
 
-def test_racing_instances_move_a_cursor_from_one_version_exactly_once(open_shared_store: OpenStore) -> None:
+def test_racing_instances_move_a_cursor_from_one_version_exactly_once(open_table_store: OpenStore) -> None:
     async def setup(store: Store) -> str:
         assert await store.write_cursor("moved", "start", None)
         start = await store.read_cursor("moved")
@@ -1074,12 +1062,12 @@ def test_racing_instances_move_a_cursor_from_one_version_exactly_once(open_share
     def writing(name: str, value: str, version: str | None) -> Callable[[Store], Awaitable[bool]]:
         return lambda store: store.write_cursor(name, value, version)
 
-    version = run(open_shared_store, setup)
+    version = run(open_table_store, setup)
     rounds = [
         [writing("created", f"c{i}", None) for i in range(2)],
         [writing("moved", f"m{i}", version) for i in range(2)],
     ]
-    assert [sorted(outcome) for outcome in race_rounds(open_shared_store, rounds)] == [[False, True]] * 2
+    assert [sorted(outcome) for outcome in race_rounds(open_table_store, rounds)] == [[False, True]] * 2
 
 
 def closed_port_store() -> TableStore:

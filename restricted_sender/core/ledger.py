@@ -1,5 +1,5 @@
 """The rules every store follows for claims, ticket ledgers, budgets and pending rows: pure, shared by the
-in-memory, SQLite and Table Storage stores so that each decides alike."""
+in-memory and Table Storage stores so that each decides alike."""
 
 from __future__ import annotations
 

@@ -83,12 +83,11 @@ async def on_simulator(
 ) -> AsyncIterator[tuple[ProcessorBundle, MemoryDelayedQueue]]:
     """The function app's processor bundle against a running simulator: the real clients, an in-memory store
     seeded with ``history``, in-memory queues. The CLI and the benchmarks run on it."""
-    from restricted_sender.adapters.sqlite import SqliteStore
     from restricted_sender.entrypoints.compose import bootstrap
-    from restricted_sender.fakes import MemoryDelayedQueue, MemoryQueue
+    from restricted_sender.fakes import MemoryDelayedQueue, MemoryQueue, MemoryStore
     from restricted_sender.retry import RetryPolicy
 
-    store = SqliteStore(":memory:")
+    store = MemoryStore()
     await _seed_history(store, history)
     verifications = MemoryDelayedQueue()
     credential = simulator_credential(sim)
