@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.functions as func
@@ -236,3 +237,67 @@ def test_an_address_no_directory_user_owns_is_never_unblocked_by_hand(
     assert [n["code"] for n in row["notes"]] == ["user-not-in-directory"]
     status, answer = call(handlers, "user_status", route={"upn": "ghost@contoso.com"}, token=sim.mint_token())
     assert (status, answer["directory"], [n["code"] for n in answer["notes"]]) == (200, None, ["user-not-in-directory"])
+
+
+def test_a_caller_retrying_an_unblock_whose_answer_it_missed_gets_409_and_no_second_remove(
+    handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator, azurite: Azurite, table_prefix: str
+) -> None:
+    # Exchange accepted the first Remove but the list still shows alice (Remove takes a while to land): exactly
+    # what a caller whose request timed out sees when it tries again.
+    sim.add_blocked_sender({**blocked("alice@contoso.com"), "x-removalDelaySeconds": 600})
+    assert unblock(handlers, "alice@contoso.com", sim.mint_token())[0] == 200
+    status, answer = unblock(handlers, "alice@contoso.com", sim.mint_token())
+    assert (status, answer["error"]["code"]) == (409, "manual:already-started")
+    assert answer["error"]["unblock"]["status"] == "done"
+    assert "force" in answer["error"]["message"]
+    assert removals(sim) == 1
+    assert [r["decision"] for r in audit_rows(azurite, table_prefix)] == ["unblock", "ignore"]
+    # The SOC may send it again on purpose: force, with its own role, recorded.
+    status, answer = unblock(handlers, "alice@contoso.com", sim.mint_token(roles=(FORCE,)), force=True)
+    assert status == 200, answer
+    assert removals(sim) == 2
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_an_unblock_whose_answer_is_not_recorded_yet_is_never_sent_again_even_with_force(
+    handlers: dict[str, Callable[..., Any]],
+    configure: Any,
+    sim: Simulator,
+    azurite: Azurite,
+    table_prefix: str,
+    force: bool,
+) -> None:
+    from restricted_sender.adapters.tables import TableStore
+    from restricted_sender.model import UnblockEntry, UnblockKind, UnblockStatus
+
+    async def started_elsewhere() -> None:  # another request's intent record: Remove is in flight
+        store = TableStore.from_connection_string(azurite.connection_string, prefix=table_prefix)
+        try:
+            at = datetime(2026, 11, 27, 8, 30, tzinfo=UTC)  # after alice's block was created
+            entry = UnblockEntry("alice@contoso.com", at, UnblockKind.MANUAL, "earlier", UnblockStatus.PENDING)
+            await store.record_unblock(entry)
+        finally:
+            await store.close()
+
+    asyncio.run(started_elsewhere())
+    status, answer = unblock(handlers, "alice@contoso.com", sim.mint_token(roles=(FORCE,)), force=force)
+    assert (status, answer["error"]["code"], answer["error"]["unblock"]["status"]) == (
+        409,
+        "manual:already-started",
+        "pending",
+    )
+    assert "force" not in answer["error"]["message"]
+    assert removals(sim) == 0
+
+
+def test_an_unblock_of_an_earlier_block_does_not_stop_unblocking_a_new_one(
+    handlers: dict[str, Callable[..., Any]], app_runtime: Callable[..., dict[str, str]], sim: Simulator
+) -> None:
+    app_runtime(sim, POLICY_YAML=POLICY + "guards: {max_unblocks_per_user: {count: 2, days: 7}}\n")
+    status, first = unblock(handlers, "alice@contoso.com", sim.mint_token())
+    assert status == 200
+    again = datetime.fromisoformat(first["record"]["at"]) + timedelta(minutes=5)  # restricted again after that unblock
+    sim.add_blocked_sender(blocked("alice@contoso.com", created=again.isoformat().replace("+00:00", "Z")))
+    status, answer = unblock(handlers, "alice@contoso.com", sim.mint_token())
+    assert status == 200, answer
+    assert removals(sim) == 2

@@ -49,6 +49,7 @@ class ReasonCode(StrEnum):
     MANUAL = "manual"
     MANUAL_FORCED = "manual:forced"
     MANUAL_FORCE_REQUIRED = "manual:force-required"
+    MANUAL_ALREADY_STARTED = "manual:already-started"
 
 
 class ReasonPrefix(StrEnum):

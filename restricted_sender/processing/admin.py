@@ -22,6 +22,7 @@ from typing import Any
 
 from restricted_sender.core import decide as rules
 from restricted_sender.core.policy import LoadedPolicy, effective, usable
+from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.errors import Conflict, MalformedPayload, NotFound, ServiceRefused
 from restricted_sender.intake.alerts import parse_json
 from restricted_sender.model import (
@@ -38,7 +39,9 @@ from restricted_sender.model import (
     Outcome,
     Reason,
     RestrictionEvent,
+    UnblockEntry,
     UnblockKind,
+    UnblockStatus,
     UserRef,
     stable_id,
 )
@@ -50,6 +53,8 @@ from restricted_sender.processing.pipeline import decision_record, log_decision
 MANUAL_SOURCE = "manual"  # the source of a manual unblock's event
 MAX_JUSTIFICATION = 1000
 MAX_HISTORY = 50
+# How far back an earlier unblock counts when the block has no time of its own (no created, changed or first-seen).
+EARLIER_UNBLOCK_WINDOW = timedelta(days=1)
 _ADDRESS = re.compile(r"^[^@\s/\\]{1,64}@[^@\s/\\]{1,255}\.[^@\s/\\]+$")
 # Reasons a manual unblock only overrides on purpose: the signs of a compromise, the admin's own deny list, the
 # budgets, no usable policy.
@@ -157,6 +162,21 @@ class Admin:
                 code=rules.ReasonCode.IDENTITY_UNBOUND,
                 details={"warnings": [w.to_dict() for w in warnings]},
             )
+        earlier = await self._earlier_unblock(address=event.user.key, restriction=facts.restriction, now=now)
+        if earlier is not None and (earlier.status == UnblockStatus.PENDING or not request.force):
+            await self._record_and_log(
+                self._operator_record(
+                    event, facts, Decision(Outcome.IGNORE, (_already(earlier), *warnings)), now, operator, request
+                ).with_actions(Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, "refused: an unblock was already sent"))
+            )
+            raise Conflict(
+                f"{_already(earlier).text}; GET /api/users/{event.user.key} shows how it ended"
+                + ("" if earlier.status == UnblockStatus.PENDING else '; repeat with "force": true to send it again'),
+                code=rules.ReasonCode.MANUAL_ALREADY_STARTED,
+                details={
+                    "unblock": {"at": earlier.at.isoformat(), "status": earlier.status, "event_id": earlier.event_id}
+                },
+            )
         blocking = [w for w in warnings if needs_force(w)]
         who = Reason(rules.ReasonCode.MANUAL, f"unblocked by hand by {operator.name}: {request.justification}")
         if blocking and not request.force:
@@ -201,6 +221,19 @@ class Admin:
         if not done:
             raise Conflict(f"{event.user.key} is no longer on the restricted list", code="not-restricted")
         return record
+
+    async def _earlier_unblock(
+        self, *, address: str, restriction: BlockedSender | None, now: datetime
+    ) -> UnblockEntry | None:
+        """An unblock of this very restriction that already spent Remove (a caller retrying a request that timed
+        out, two operators at once, the automation a moment earlier): Remove is never sent twice for one block.
+
+        "This restriction" is every entry since the block's anchor (its creation, else the first time it was seen);
+        an unblock before it belonged to an earlier block of the same user."""
+        anchored = restriction.anchor[1] if restriction is not None else None
+        since = anchored if anchored is not None else now - EARLIER_UNBLOCK_WINDOW
+        entries = await self.store.unblocks(address, since)
+        return next((e for e in reversed(entries) if e.spent), None)
 
     def _operator_record(
         self,
@@ -267,6 +300,17 @@ class Admin:
                 for r, d in zip(rows, lasts, strict=True)
             ],
         }
+
+
+def _already(earlier: UnblockEntry) -> Reason:
+    state = {
+        UnblockStatus.PENDING: "was sent and its answer is not recorded yet",
+        UnblockStatus.UNCERTAIN: "was sent and its outcome is uncertain (a ticket asks a person to check)",
+    }.get(UnblockStatus(earlier.status), "was accepted; the list may take a while to drop it, and its check follows")
+    return Reason(
+        rules.ReasonCode.MANUAL_ALREADY_STARTED,
+        f"an unblock of this restriction ({earlier.kind.value}, at {earlier.at.isoformat()}) {state}",
+    )
 
 
 def _directory_summary(user: DirectoryUser) -> dict[str, Any]:
