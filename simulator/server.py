@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -52,6 +52,8 @@ class Simulator:
     replay passes the product's own clock, so ``--now`` is the only date that counts. ``token_clock`` (unix seconds,
     default ``time.time``) stamps and checks access tokens: it must be the clock their clients compare with, and
     azure-identity's cache and the product's token validator use the machine's (see simulator/tokens.py).
+    ``delays`` (monotonic seconds) runs the propagation delay of a removal: a test holds it to see a removal still
+    under way whatever the machine's load.
     """
 
     def __init__(
@@ -63,13 +65,14 @@ class Simulator:
         identity_header: str | None = None,
         clock: Clock | None = None,
         token_clock: TokenClock = time.time,
+        delays: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tenant: Tenant = load_tenant(tenant)
         self.identity_header: str = identity_header or secrets.token_urlsafe(24)
         self._host = host
         self._port = port
         self.clock: Clock = clock or SystemClock()
-        self._state = TenantState(self.tenant, self.clock)
+        self._state = TenantState(self.tenant, self.clock, delays=delays)
         self._tokens = TokenIssuer(self.tenant.tenant_id, token_clock)
         self._entra = entra.Entra(self.tenant, token_clock)
         self._itsm = itsm.ItsmState(self.tenant, self.clock.now)

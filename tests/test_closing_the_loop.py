@@ -264,7 +264,8 @@ def test_deny_and_budgets_need_force_and_nothing_is_done_without_it(policy: str,
     world = World(policy)
     if history:
         asyncio.run(world.admin().unblock("alice@contoso.com", UnblockRequest("first time"), OPERATOR))
-        world.exchange.rows = [blocked("alice@contoso.com", created="2026-11-27T08:30:00Z")]
+        world.clock.advance(timedelta(hours=2))  # restricted again an hour after that unblock
+        world.exchange.rows = [blocked("alice@contoso.com", created="2026-11-27T10:00:00Z")]
         world.exchange.removed.clear()
     with pytest.raises(Conflict) as refused:
         asyncio.run(world.admin().unblock("alice@contoso.com", UnblockRequest("please"), OPERATOR))
