@@ -44,13 +44,15 @@ class Durations:
         return cls(len(ordered), _rank(ordered, 0.5), _rank(ordered, 0.9), ordered[-1])
 
     def to_dict(self) -> dict[str, Any]:
+        def seconds(span: timedelta | None) -> int | None:
+            return None if span is None else int(span.total_seconds())
+
         return {
             "count": self.count,
-            **{k: None if v is None else int(v.total_seconds()) for k, v in self._spans()},
+            "median_seconds": seconds(self.median),
+            "p90_seconds": seconds(self.p90),
+            "longest_seconds": seconds(self.longest),
         }
-
-    def _spans(self) -> tuple[tuple[str, timedelta | None], ...]:
-        return (("median_seconds", self.median), ("p90_seconds", self.p90), ("longest_seconds", self.longest))
 
 
 @dataclass(frozen=True, slots=True)
