@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 AZURITE := node_modules/.bin/azurite-table
+# Debian's chromium: tests/test_review_page.py opens the decisions review page in it, headless.
+CHROMIUM := /usr/bin/chromium
 # uv installs the dev requirements in a third of pip's time; pip stays for the one --ignore-requires-python line.
 UV_SPEC := uv>=0.13,<0.14
 # checkov (~290 MB) lives in its own environment, never in .venv. Pinned exactly: new releases add checks.
@@ -14,7 +16,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
 .PHONY: setup demo test lint typecheck iac unit bench generate clean
 
-setup: $(STAMP) $(AZURITE)
+setup: $(STAMP) $(AZURITE) $(CHROMIUM)
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-runtime-indexer.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=/path/to/python3.11)")'
@@ -30,6 +32,15 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-runtime-indexer.txt
 $(AZURITE): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(AZURITE)
+
+# Installed when missing (sudo only when not root; the package lists are refreshed when the first try fails).
+# SKIP_BROWSER_TESTS=1 leaves it out, and the browser tests with it; without it they fail when it is missing.
+$(CHROMIUM):
+	@if [ "$(SKIP_BROWSER_TESTS)" = 1 ]; then echo "SKIP_BROWSER_TESTS=1: chromium not installed"; exit 0; fi; \
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+	|| { $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; \
+	test -x $(CHROMIUM) || { echo "Debian's chromium did not install at $(CHROMIUM)"; exit 1; }
 
 demo: setup
 	$(BIN)/python -m restricted_sender demo

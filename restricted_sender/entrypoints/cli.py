@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from restricted_sender.core.policy import load_policy_file
 from restricted_sender.entrypoints.console import (
+    audit_records,
     load_policy_or_escalate,
     loaded,
     masked_subscription,
@@ -109,7 +110,13 @@ def _parser() -> argparse.ArgumentParser:
         help="https://<account>.table.core.windows.net (signs in with DefaultAzureCredential; needs Storage Table "
         "Data Reader); default: the app settings' storage",
     )
-    decisions.add_argument("--json", action="store_true", help="print the records as JSON lines")
+    decisions.add_argument("--now", type=parse_instant, help="the end of the period (ISO 8601; default: now)")
+    decisions.add_argument(
+        "--json", action="store_true", help="print the review (counts, timings and the records) as one JSON document"
+    )
+    decisions.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write the review as one self-contained HTML page"
+    )
     decisions.set_defaults(run=_decisions)
 
     o365 = commands.add_parser("o365", help="manage the Office 365 Management Activity API subscription")
@@ -289,6 +296,8 @@ def _o365_status(args: argparse.Namespace) -> int:
 
 
 def _decisions(args: argparse.Namespace) -> int:
+    from restricted_sender.core.review import review
+    from restricted_sender.core.review_page import render_review
     from restricted_sender.entrypoints.compose import audit_store
     from restricted_sender.settings import Settings
 
@@ -297,21 +306,25 @@ def _decisions(args: argparse.Namespace) -> int:
     async def read() -> list[DecisionRecord]:
         store = audit_store(Settings.from_env(), args.table_endpoint)
         try:
-            rows = await store.audit()
+            return audit_records(await store.audit())
         finally:
             await store.close()
-        cutoff = datetime.now(UTC) - window
-        records = [DecisionRecord.from_dict(row) for row in rows]
-        return [r for r in records if r.at >= cutoff]
 
-    records = asyncio.run(read())
+    # Computed once: the text, --json and --html are all this one value.
+    summary = review(asyncio.run(read()), until=args.now or datetime.now(UTC), period=window)
+    if args.html:
+        try:
+            args.html.write_text(render_review(summary, period=args.since), encoding="utf-8")
+        except OSError as error:
+            raise InputError(f"{args.html}: cannot write: {error.strerror or error}") from error
+        print(f"wrote {args.html}", file=sys.stderr)
     if args.json:
-        print_records(records, as_json=True, out=sys.stdout)
+        print(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
         return 0
-    print(summarize(records))
-    if records:
+    print(summarize(summary))
+    if summary.records:
         print()
-        print_records(records, as_json=False, out=sys.stdout)
+        print_records(summary.records, as_json=False, out=sys.stdout)
     return 0
 
 

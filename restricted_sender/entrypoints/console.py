@@ -9,18 +9,21 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 from restricted_sender.core.policy import LoadedPolicy, Policy, load_policy_file
+from restricted_sender.core.review import Review, duration_text
+from restricted_sender.core.untrusted import one_line
 from restricted_sender.errors import InputError, PolicyError
 from restricted_sender.intake.alerts import parse_json
 from restricted_sender.intake.payloads import check_payload
 from restricted_sender.model import DecisionRecord
+from restricted_sender.timeutil import iso
 
 
 def read_alert_files(paths: Sequence[Path]) -> list[tuple[Path, bytes]]:
@@ -57,19 +60,19 @@ def print_records(records: Sequence[DecisionRecord], *, as_json: bool, out: Text
     for record in records:
         reasons = "; ".join(r.code for r in record.decision.reasons)
         actions = "; ".join(f"{a.kind}:{a.status.value}" for a in record.actions) or "-"
-        rows.append((record.user or "-", record.decision.outcome.value, reasons, actions))
+        rows.append((one_line(record.user) or "-", record.decision.outcome.value, one_line(reasons), one_line(actions)))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3] + "\n")
     out.write("\nWhy:\n")
     for record in records:
         for reason in record.decision.reasons:
-            out.write(f"  {record.user or record.alert_id}: [{reason.code}] {reason.text}\n")
+            out.write(one_line(f"  {record.user or record.alert_id}: [{reason.code}] {reason.text}") + "\n")
     if any(record.notes for record in records):
         out.write("\nNot checked:\n")
         for record in records:
             for note in record.notes:
-                out.write(f"  {record.user or record.alert_id}: [{note.code}] {note.text}\n")
+                out.write(one_line(f"  {record.user or record.alert_id}: [{note.code}] {note.text}") + "\n")
 
 
 _KEY_PARAMETER = re.compile(r"(code|sig|key)(=|%3D)[^&\s)\"'<>]+", re.IGNORECASE)
@@ -107,24 +110,48 @@ def since_delta(text: str) -> timedelta:
     return timedelta(**{units[unit]: int(number)})
 
 
-def summarize(records: Sequence[DecisionRecord]) -> str:
-    """Counts per decision, per reason code and per source: what a report-only week would have done."""
-    decisions = Counter(r.decision.outcome.value for r in records)
-    reasons = Counter(reason.code for r in records for reason in r.decision.reasons)
-    sources = Counter(s.kind for r in records for s in r.sources)
-    # Report-only records say what would have been done: count it by action kind.
-    would = Counter(
-        a.kind for r in records for a in r.actions if a.status.value == "skipped" and a.detail.startswith("report-only")
-    )
-    lines = [f"{len(records)} decision(s)"]
-    for title, counter in (
-        ("by decision", decisions),
-        ("by reason", reasons),
-        ("by source", sources),
-        ("report-only would have run", would),
+def audit_records(rows: Sequence[Mapping[str, Any]]) -> list[DecisionRecord]:
+    """The audit table's rows as records, with the evidence the review reads (the block's creation time, when an
+    unblock was sent)."""
+    return [
+        replace(
+            DecisionRecord.from_dict(row),
+            evidence=evidence if isinstance(evidence := row.get("evidence"), dict) else {},
+        )
+        for row in rows
+    ]
+
+
+def summarize(review: Review) -> str:
+    """The review as text: counts per decision, reason, source, timings and what report-only would have done."""
+    outcomes = tuple((k, n) for k, n in review.by_outcome if n)
+    lines = [f"{review.decisions} decision(s) from {iso(review.since)} to {iso(review.until)}"]
+    for title, counts in (
+        ("by decision", outcomes),
+        ("top reasons", review.top_reasons),
+        ("by source", tuple((s.kind, s.reports) for s in review.sources)),
+        ("reported first", tuple((s.kind, s.first) for s in review.sources if s.first)),
+        ("report-only would have run", review.would_have),
+        ("stopped by a budget guard", review.budget_stops),
     ):
-        if counter:
-            lines.append(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in counter.most_common()))
+        if counts:
+            lines.append(f"  {title}: " + ", ".join(f"{one_line(k)} {n}" for k, n in counts))
+    for title, spans in (
+        ("block created to decision", review.block_to_decision),
+        ("unblock to verified lift", review.unblock_to_lift),
+    ):
+        if spans.count:
+            lines.append(
+                f"  {title}: median {duration_text(spans.median)}, 90th percentile {duration_text(spans.p90)}, "
+                f"longest {duration_text(spans.longest)} ({spans.count} recorded)"
+            )
+    if review.checks:
+        lines.append(f"  checks of an unblock: {review.checks}")
+    lines.append(f"  unblocks done: {review.unblocks_sent}")
+    for failed in review.failed:
+        lines.append(
+            f"  FAILED {iso(failed.at)} {one_line(failed.user)} {one_line(failed.kind)}: {one_line(failed.detail)}"
+        )
     return "\n".join(lines)
 
 
