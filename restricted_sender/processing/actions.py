@@ -69,6 +69,7 @@ log = guard_logger(__name__)  # named by module; the one-line filter on it (untr
 
 MAX_RULES = 50  # the evidence stays bounded; the total says how many there were
 NOTICE_OWNER = "notice"  # the owner of every notice claim: a second try of the same mail finds it RESUMED
+UNKNOWN_OUTCOME = "unknown"  # a notice claim completed after an answer that did not say whether it was delivered
 UNBLOCK_EXPECTATION = "mail should flow again within an hour, at the latest within 24 hours"
 
 
@@ -532,7 +533,14 @@ class Actor:
             )
         if claim is ClaimResult.DUPLICATE:
             state = await self.store.claim_state(key)
-            ok = state is not None and state.outcome == sent
+            outcome = state.outcome if state is not None else None
+            if outcome == UNKNOWN_OUTCOME:
+                return Action(
+                    ActionKind.NOTIFY,
+                    ActionStatus.FAILED,
+                    f"{who}: an earlier try got no clear answer and may have {may_have}; not sent again",
+                )
+            ok = outcome == sent
             return Action(
                 ActionKind.NOTIFY,
                 ActionStatus.DONE if ok else ActionStatus.FAILED,
@@ -542,7 +550,8 @@ class Actor:
             await deliver()
         except ServiceError as error:
             log.warning("notifying the %s failed: %s", who, error)
-            await self.store.complete(key, NOTICE_OWNER, "failed", now)
+            lost = isinstance(error, OutcomeUnknown)
+            await self.store.complete(key, NOTICE_OWNER, UNKNOWN_OUTCOME if lost else "failed", now)
             return Action(ActionKind.NOTIFY, ActionStatus.FAILED, f"{who}: {error.message}")
         await self.store.complete(key, NOTICE_OWNER, sent, now)
         return Action(ActionKind.NOTIFY, ActionStatus.DONE, done)
