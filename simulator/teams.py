@@ -93,8 +93,9 @@ def card_problems(card: Any) -> list[str]:
     validator = card_validator(".".join(map(str, parts)))
     if validator is None:
         return [f"no Adaptive Card schema of version {version}"]
-    from jsonschema.exceptions import best_match
+    import jsonschema
 
+    best_match = jsonschema.exceptions.best_match
     # The schema's root and its element lists are anyOf: the error that went deepest says what is wrong.
     return [
         f"{'/'.join(map(str, best.absolute_path)) or '(card)'}: {best.message[:300]}"
