@@ -738,6 +738,7 @@ def serve(
         f"(tenant {simulator.tenant_id}, identity header {simulator.identity_header})",
         flush=True,
     )
+    print(f"Teams webhook for TEAMS_WEBHOOK_URL: {simulator.teams_url}", flush=True)
     try:
         while not stop.wait(0.2):
             pass
