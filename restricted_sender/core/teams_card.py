@@ -11,7 +11,8 @@ https://github.com/prometheus/alertmanager/issues/3920 and https://github.com/Sk
 
 Teams renders Markdown in ``TextBlock`` text and in ``FactSet`` titles and values
 (https://learn.microsoft.com/microsoftteams/platform/task-modules-and-cards/cards/cards-format), and none in a
-``RichTextBlock``'s ``TextRun`` (https://adaptivecards.io/explorer/TextRun.html). So every value from the record
+``RichTextBlock``'s ``TextRun`` ("Markdown is not supported":
+https://learn.microsoft.com/adaptive-cards/schema-explorer/text-run). So every value from the record
 (addresses, rule names in reasons, alert ids, action details) is a ``TextRun``, cleaned with
 ``untrusted.one_line`` like every other channel; ``TextBlock`` carries only this module's own words. A hostile
 rule name such as ``[open](https://evil.example)`` is then shown as those characters, never as a link, and, being
