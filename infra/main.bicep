@@ -68,7 +68,7 @@ param keyVaultPublicNetworkAccess string = 'Enabled'
 @description('Object id of a user or group allowed to set secrets in the vault by hand (Key Vault Secrets Officer), e.g. for the Sentinel playbook\'s function key. Empty: nobody.')
 param secretsOfficerPrincipalId string = ''
 
-@description('Names of secrets you put in the vault yourself instead of passing them below (ticket-webhook-url, ticket-webhook-secret, servicenow-password, servicenow-token, jira-api-token, alerts-shared-secret, o365-webhook-auth-id); their app settings reference them anyway.')
+@description('Names of secrets you put in the vault yourself instead of passing them below (ticket-webhook-url, ticket-webhook-secret, teams-webhook-url, servicenow-password, servicenow-token, jira-api-token, alerts-shared-secret, o365-webhook-auth-id); their app settings reference them anyway.')
 param secretsInVault array = []
 
 // Secrets: written to the vault when given (never to an app setting or an output); each app setting then
@@ -82,6 +82,10 @@ param ticketWebhookUrl string = ''
 @secure()
 @description('TICKET_WEBHOOK_SECRET: HMAC key for the ticket webhook\'s X-Signature.')
 param ticketWebhookSecret string = ''
+
+@secure()
+@description('TEAMS_WEBHOOK_URL: the Teams channel\'s Workflows webhook ("When a Teams webhook request is received"); its sig= is the key.')
+param teamsWebhookUrl string = ''
 
 @secure()
 @description('SERVICENOW_PASSWORD: password of SERVICENOW_USERNAME.')
@@ -262,6 +266,7 @@ module storage './app/storage.bicep' = {
 var secretNames = {
   ticketWebhookUrl: 'ticket-webhook-url'
   ticketWebhookSecret: 'ticket-webhook-secret'
+  teamsWebhookUrl: 'teams-webhook-url'
   servicenowPassword: 'servicenow-password'
   servicenowToken: 'servicenow-token'
   jiraApiToken: 'jira-api-token'
@@ -282,6 +287,7 @@ module keyVault './app/keyvault.bicep' = {
     secrets: {
       '${secretNames.ticketWebhookUrl}': ticketWebhookUrl
       '${secretNames.ticketWebhookSecret}': ticketWebhookSecret
+      '${secretNames.teamsWebhookUrl}': teamsWebhookUrl
       '${secretNames.servicenowPassword}': servicenowPassword
       '${secretNames.servicenowToken}': servicenowToken
       '${secretNames.jiraApiToken}': jiraApiToken
@@ -297,6 +303,7 @@ var secretUri = 'https://${names.keyVault}${environment().suffixes.keyvaultDns}/
 var useSecret = {
   ticketWebhookUrl: !empty(ticketWebhookUrl) || contains(secretsInVault, secretNames.ticketWebhookUrl)
   ticketWebhookSecret: !empty(ticketWebhookSecret) || contains(secretsInVault, secretNames.ticketWebhookSecret)
+  teamsWebhookUrl: !empty(teamsWebhookUrl) || contains(secretsInVault, secretNames.teamsWebhookUrl)
   servicenowPassword: !empty(servicenowPassword) || contains(secretsInVault, secretNames.servicenowPassword)
   servicenowToken: !empty(servicenowToken) || contains(secretsInVault, secretNames.servicenowToken)
   jiraApiToken: !empty(jiraApiToken) || contains(secretsInVault, secretNames.jiraApiToken)
@@ -311,6 +318,9 @@ var ticketWebhookUrlSetting = useSecret.ticketWebhookUrl ? {
 } : {}
 var ticketWebhookSecretSetting = useSecret.ticketWebhookSecret ? {
   TICKET_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${secretUri}${secretNames.ticketWebhookSecret})'
+} : {}
+var teamsWebhookUrlSetting = useSecret.teamsWebhookUrl ? {
+  TEAMS_WEBHOOK_URL: '@Microsoft.KeyVault(SecretUri=${secretUri}${secretNames.teamsWebhookUrl})'
 } : {}
 var servicenowPasswordSetting = useSecret.servicenowPassword ? {
   SERVICENOW_PASSWORD: '@Microsoft.KeyVault(SecretUri=${secretUri}${secretNames.servicenowPassword})'
@@ -327,7 +337,7 @@ var alertsSharedSecretSetting = useSecret.alertsSharedSecret ? {
 var o365WebhookAuthIdSetting = useSecret.o365WebhookAuthId ? {
   O365_WEBHOOK_AUTH_ID: '@Microsoft.KeyVault(SecretUri=${secretUri}${secretNames.o365WebhookAuthId})'
 } : {}
-var secretSettings = union(ticketWebhookUrlSetting, ticketWebhookSecretSetting, servicenowPasswordSetting, servicenowTokenSetting, jiraApiTokenSetting, alertsSharedSecretSetting, o365WebhookAuthIdSetting)
+var secretSettings = union(ticketWebhookUrlSetting, ticketWebhookSecretSetting, teamsWebhookUrlSetting, servicenowPasswordSetting, servicenowTokenSetting, jiraApiTokenSetting, alertsSharedSecretSetting, o365WebhookAuthIdSetting)
 
 // Identity-based host storage (no connection string anywhere) and Entra-authenticated telemetry.
 var hostSettings = {

@@ -272,6 +272,25 @@ class FakeTickets:
         return ticket
 
 
+class FakeChannel:
+    """An in-memory chat channel (the ``ChatChannel`` port): ``posts`` holds every body posted, in order. Set
+    ``fail`` to an exception to make ``post`` raise it; with ``posted_then_fail`` the body is recorded first (the
+    answer was lost on the way back)."""
+
+    def __init__(self, name: str = "teams") -> None:
+        self.name = name
+        self.posts: list[Mapping[str, Any]] = []
+        self.fail: BaseException | None = None
+        self.posted_then_fail: BaseException | None = None
+
+    async def post(self, body: Mapping[str, Any]) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.posts.append(json.loads(json.dumps(body)))
+        if self.posted_then_fail is not None:
+            raise self.posted_then_fail
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self.claims: dict[str, dict[str, Any]] = {}

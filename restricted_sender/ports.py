@@ -147,6 +147,16 @@ class TicketSystem(Protocol):
         ...
 
 
+class ChatChannel(Protocol):
+    """A chat channel that takes cards (Teams, through a Workflows webhook). ``post`` raises ``OutcomeUnknown``
+    when the answer does not say whether the card was posted (the caller never posts it again), ``ServiceRefused``
+    when it was refused, and ``TransientServiceError`` only when it was surely not posted."""
+
+    name: str
+
+    async def post(self, body: Mapping[str, Any]) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class TicketSlot:
     """What the ticket ledger says one event should do about its restriction's ticket.

@@ -63,6 +63,7 @@ class Settings:
     alerts_shared_secret: Secret | None = None  # ALERTS_SHARED_SECRET
     ticket_webhook_url: Secret | None = None  # TICKET_WEBHOOK_URL (Logic App / Power Automate URLs carry sig=)
     ticket_webhook_secret: Secret | None = None  # TICKET_WEBHOOK_SECRET
+    teams_webhook_url: Secret | None = None  # TEAMS_WEBHOOK_URL (a Teams Workflows webhook: its sig= is the key)
     table_prefix: str = "rsr"  # TABLE_PREFIX
     http_timeout_seconds: float = 30.0  # HTTP_TIMEOUT_SECONDS
     exchange_timeout_seconds: float = 300.0  # EXCHANGE_TIMEOUT_SECONDS (REST cmdlets may run 15 minutes)
@@ -143,6 +144,7 @@ class Settings:
             alerts_shared_secret=secret("ALERTS_SHARED_SECRET"),
             ticket_webhook_url=secret("TICKET_WEBHOOK_URL"),
             ticket_webhook_secret=secret("TICKET_WEBHOOK_SECRET"),
+            teams_webhook_url=secret("TEAMS_WEBHOOK_URL"),
             table_prefix=prefix,
             http_timeout_seconds=number("HTTP_TIMEOUT_SECONDS", 30.0, "seconds", 600),
             # Below host.json's functionTimeout (10 minutes): a timed-out Remove is then read back, not lost.

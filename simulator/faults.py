@@ -36,6 +36,7 @@ ROUTES: tuple[str, ...] = (
     "exchange.Get-Mailbox",
     "exchange.Get-Recipient",
     "tickets.webhook",
+    "teams.workflow",
     "servicenow.table",
     "servicenow.record",
     "jira.search",

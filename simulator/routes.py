@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from simulator import entra, exchange, graph, identity, itsm, o365, tickets
+from simulator import entra, exchange, graph, identity, itsm, o365, teams, tickets
 from simulator.faults import CONTROL_ROUTE
 from simulator.state import TenantState
 from simulator.tokens import GRAPH_RESOURCE, TokenIssuer
@@ -45,6 +45,8 @@ class Simulator(Protocol):
     def _feed(self) -> o365.ActivityFeed: ...
     @property
     def _graph_writes(self) -> graph.GraphWrites: ...
+    @property
+    def _teams(self) -> teams.TeamsChannel: ...
     def _control(self, request: Request) -> Response: ...
     def _exchange(self, request: Request, tenant_in_path: str) -> Response: ...
 
@@ -261,6 +263,14 @@ ROUTE_TABLE: tuple[Route, ...] = (
         lambda sim, request, _: tickets.webhook(request, sim._state),
         "POST",
         "`POST /tickets/webhook` (deduplicated on `Idempotency-Key`)",
+    ),
+    Route(
+        "teams.workflow",
+        teams.WORKFLOW_PATH,
+        lambda sim, request, args: sim._teams.invoke(request, args[0]),
+        "POST",
+        "`POST /workflows/{id}/triggers/manual/paths/invoke?...&sig=` (a Teams Workflows webhook: 202, the card "
+        "judged by the Adaptive Card schema)",
     ),
     Route(
         "entra.metadata",

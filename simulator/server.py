@@ -17,7 +17,7 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from simulator import entra, exchange, graph, itsm, o365, routes
+from simulator import entra, exchange, graph, itsm, o365, routes, teams
 from simulator.faults import CONTROL_ROUTE, Fault, FaultBook, FaultKind
 from simulator.permissions import Withheld
 from simulator.routes import Endpoint
@@ -82,6 +82,7 @@ class Simulator:
         self._faults = FaultBook()
         self._log = RequestLog()
         self._graph_writes = graph.GraphWrites()
+        self._teams = teams.TeamsChannel()
         self._withheld = Withheld(self.tenant.withheld_permissions)
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -153,6 +154,15 @@ class Simulator:
     @property
     def tickets_url(self) -> str:
         return f"{self.url}/tickets/webhook"
+
+    @property
+    def teams_url(self) -> str:
+        """The Teams channel's Workflows webhook URL (its ``sig=`` is the flow's key)."""
+        return f"{self.url}{self._teams.path()}"
+
+    def teams_posts(self) -> list[Json]:
+        """Posts the Teams webhook accepted, in order: ``{"body", "run", "errors"}`` (copies)."""
+        return self._teams.posts()
 
     @property
     def servicenow_url(self) -> str:
@@ -527,6 +537,7 @@ class Simulator:
             "blockedSenders": self.blocked_senders,
             "tickets": self.tickets,
             "sentMail": self.sent_mail(),
+            "teamsPosts": self.teams_posts(),
             "servicenowRecords": self.servicenow_records(),
             "jiraIssues": self.jira_issues(),
             "auditSubscriptions": self.audit_subscriptions(),
@@ -730,6 +741,7 @@ def serve(
         f"(tenant {simulator.tenant_id}, identity header {simulator.identity_header})",
         flush=True,
     )
+    print(f"Teams webhook for TEAMS_WEBHOOK_URL: {simulator.teams_url}", flush=True)
     try:
         while not stop.wait(0.2):
             pass

@@ -176,6 +176,7 @@ def test_the_secrets_are_secure_parameters_with_no_default() -> None:
     expected = {
         "ticketWebhookUrl",
         "ticketWebhookSecret",
+        "teamsWebhookUrl",
         "servicenowPassword",
         "servicenowToken",
         "jiraApiToken",

@@ -79,7 +79,7 @@ def post_alert(handlers: dict[str, Callable[..., Any]], payload: Any, secret: st
     return response.status_code, response.get_body().decode()
 
 
-@pytest.mark.parametrize("system", ["webhook", "servicenow", "jira"])
+@pytest.mark.parametrize("system", ["webhook", "servicenow", "jira", "teams"])
 def test_no_secret_setting_appears_in_anything_the_product_produces(
     app_runtime: Callable[..., dict[str, str]],
     handlers: dict[str, Callable[..., Any]],
@@ -91,7 +91,8 @@ def test_no_secret_setting_appears_in_anything_the_product_produces(
 ) -> None:
     settings = app_runtime(
         sim,
-        POLICY_YAML=POLICY + TICKETS[system],
+        POLICY_YAML=POLICY + {**TICKETS, "teams": "ticket: {system: teams}\n"}[system] + "notify: {teams: true}\n",
+        TEAMS_WEBHOOK_URL=sim.teams_url,
         TICKET_WEBHOOK_URL=f"{sim.tickets_url}?api-version=2016-10-01&sp=%2Ftriggers%2Fmanual&sig={WEBHOOK_SIG}",
         SERVICENOW_USERNAME=SNOW_USER,
         JIRA_EMAIL=JIRA_EMAIL,
@@ -124,9 +125,11 @@ def test_no_secret_setting_appears_in_anything_the_product_produces(
     assert {r["decision"] for r in rows} == {"unblock", "ticket"}
     produced["audit"] = json.dumps(rows, default=str)
     produced["tickets"] = json.dumps(
-        {"webhook": sim.tickets, "servicenow": sim.servicenow_records(), "jira": sim.jira_issues()}[system]
+        {"webhook": sim.tickets, "servicenow": sim.servicenow_records(), "jira": sim.jira_issues()}.get(system, [])
     )
-    assert produced["tickets"] != "[]"
+    assert produced["tickets"] != "[]" or system == "teams"
+    produced["teams"] = json.dumps(sim.teams_posts())
+    assert sim.teams_posts() != []
 
     subscribe = cli("o365", "subscribe", "--webhook", f"{sim.url}/api/alerts/o365?code={FUNCTION_KEY}", env=settings)
     status = cli("o365", "status", env=settings)
@@ -134,9 +137,10 @@ def test_no_secret_setting_appears_in_anything_the_product_produces(
     produced["debug log"] = debug_log.getvalue()
     assert "DEBUG" in produced["debug log"]
 
+    found = {**every_form(), "TEAMS_WEBHOOK_URL (sig)": forms(sim.teams_url.rsplit("sig=", 1)[1])}
     leaks = [
         f"{name} in the {where}"
-        for name, shapes in every_form().items()
+        for name, shapes in found.items()
         for where, text in produced.items()
         if any(shape in text for shape in shapes)
     ]

@@ -24,7 +24,7 @@ from restricted_sender.model import UnblockEntry
 DEFAULT_ALERT_NAMES = ("User restricted from sending email",)
 MODES = ("report-only", "enforce")
 RISK_LEVELS = ("none", "low", "medium", "high")
-TICKET_SYSTEMS = ("webhook", "servicenow", "jira", "email")
+TICKET_SYSTEMS = ("webhook", "servicenow", "jira", "email", "teams")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,8 @@ class Containment:
 class Notify:
     user: bool = False
     recipients: tuple[str, ...] = ()
-    sender: str | None = None  # the mailbox Graph sendMail sends from (required when anything is notified)
+    sender: str | None = None  # the mailbox Graph sendMail sends from (required when anyone is mailed)
+    teams: bool = False  # post each decision's card to the Teams channel of TEAMS_WEBHOOK_URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,6 +597,7 @@ POLICY_MODEL = Section(
                 "user": Flag(_NOTIFY.user, "Tell the user what happened and when mail flows again."),
                 "recipients": Strings(_MAILBOX, "Helpdesk / SOC mailboxes told of every decision."),
                 "sender": _MAILBOX,
+                "teams": Flag(_NOTIFY.teams, "Post each decision's card to the Teams channel (TEAMS_WEBHOOK_URL)."),
             },
             rules=(
                 RequiredWhenSet(
@@ -604,7 +606,8 @@ POLICY_MODEL = Section(
                     "notify.user or notify.recipients is set (the mailbox to send from)",
                 ),
             ),
-            description="Mail through Graph sendMail from the sender mailbox (never evidence in the user's mail).",
+            description="Mail through Graph sendMail from the sender mailbox (never evidence in the user's mail); "
+            "a card to the Teams channel with teams.",
         ),
         "ticket": Section(
             {
@@ -628,6 +631,7 @@ POLICY_MODEL = Section(
                     }
                 ),
                 "email": Section({"sender": _MAILBOX, "to": Strings(_MAILBOX)}),
+                "teams": Section({}),
             },
             rules=(
                 RequiredForChoice("system", "jira", ("project",)),
@@ -654,6 +658,7 @@ def _build(values: Mapping[str, Any]) -> Policy:
         user=notify_values["user"],
         recipients=tuple(sorted({r.lower() for r in notify_values["recipients"]})),
         sender=None if notify_values["sender"] is None else notify_values["sender"].lower(),
+        teams=notify_values["teams"],
     )
     email = ticket_values["email"]
     ticket = TicketOptions(

@@ -34,6 +34,8 @@ from restricted_sender.intake.nets import AlertPoller, RestrictedSweep
 from restricted_sender.model import TicketContent, TicketRef
 from restricted_sender.ports import (
     AlertFeed,
+    ChatChannel,
+    Claims,
     Clock,
     DelayedQueue,
     Directory,
@@ -195,6 +197,7 @@ def bootstrap(
     content: EventQueue | None = None,
     feed: AlertFeed | None = None,
     management: ManagementActivity | None = None,
+    channel: ChatChannel | None = None,
 ) -> ProcessorBundle:
     """The processor, verifier, admin side, content expander and nets wired from ``settings`` (and the policy they
     name unless one is given); any port passed in is used as is (the tests' fakes, the CLI's simulated runs), and
@@ -236,16 +239,18 @@ def bootstrap(
         )
         closers.append(graph.close)
         directory = graph
-    if tickets is None:
-        tickets = ticket_system(settings, policy, http(), directory, retry)
     if store is None:
         store = table_store(settings)
         closers.append(store.close)
+    clock = clock or SystemClock()
+    if channel is None and settings.teams_webhook_url is not None:
+        channel = teams_channel(settings, http(), retry)
+    if tickets is None:
+        tickets = ticket_system(settings, policy, http(), directory, retry, channel=channel, claims=store, clock=clock)
     if verifications is None:
         delayed = verification_queue(settings)
         closers.append(delayed.close)
         verifications = delayed
-    clock = clock or SystemClock()
     valid = usable(policy)
     actor = Actor(
         exchange=exchange,
@@ -257,6 +262,7 @@ def bootstrap(
         verify_after=timedelta(minutes=settings.verify_after_minutes),
         containment=valid.containment if valid else Containment(),
         notify=valid.notify if valid else Notify(),
+        channel=channel,
     )
     sources = FactSources(exchange=exchange, directory=directory, store=store)
     if management is None:
@@ -339,12 +345,24 @@ def table_store(settings: Settings) -> Store:
     raise ConfigurationError("set AzureWebJobsStorage or AzureWebJobsStorage__tableServiceUri for the store")
 
 
+def teams_channel(settings: Settings, http: httpx.AsyncClient, retry: RetryPolicy | None = None) -> ChatChannel:
+    """The Teams channel of ``TEAMS_WEBHOOK_URL`` (a Workflows webhook)."""
+    from restricted_sender.adapters.teams import TeamsWebhook
+
+    assert settings.teams_webhook_url is not None
+    return TeamsWebhook(http, url=settings.teams_webhook_url, retry=retry)
+
+
 def ticket_system(
     settings: Settings,
     policy: LoadedPolicy,
     http: httpx.AsyncClient,
     directory: Directory,
     retry: RetryPolicy | None = None,
+    *,
+    channel: ChatChannel | None = None,
+    claims: Claims | None = None,
+    clock: Clock | None = None,
 ) -> TicketSystem:
     """The policy's ticket system with its app settings. Missing settings do not stop the processor: tickets fail
     (recorded, retried, then poisoned) with a message naming what to set. An unloadable policy cannot name a
@@ -401,6 +419,16 @@ def ticket_system(
 
         assert options.email_sender is not None, "the policy loader requires it"
         return EmailTickets(directory, sender=options.email_sender, to=options.email_to)
+    if options.system == "teams":
+        from restricted_sender.adapters.teams import TeamsTickets
+
+        channel = channel or (teams_channel(settings, http, retry) if settings.teams_webhook_url else None)
+        if channel is None:
+            return MissingTickets("teams", ["TEAMS_WEBHOOK_URL"])
+        if claims is None:
+            # The doctor's probe never posts; a processor always passes its store.
+            return MissingTickets("teams", ["a store for its claims"])
+        return TeamsTickets(channel, claims, clock or SystemClock())
     from restricted_sender.adapters.tickets import WebhookTickets
 
     if not settings.ticket_webhook_url:
@@ -535,6 +563,7 @@ async def doctor_targets(
             store=store,
             queues=queues,
             store_note="" if storage else "simulated: the tables and queues are in memory",
+            teams_url_set=settings.teams_webhook_url is not None,
         )
     finally:
         if own_store and store is not None:

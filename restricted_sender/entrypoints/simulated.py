@@ -42,6 +42,7 @@ def simulator_settings(sim: Simulator) -> Settings:
         graph_base_url=sim.graph_url,
         exchange_base_url=sim.url,
         ticket_webhook_url=Secret(sim.tickets_url),
+        teams_webhook_url=Secret(sim.teams_url),
         servicenow_instance_url=itsm["SERVICENOW_INSTANCE_URL"],
         servicenow_username=itsm["SERVICENOW_USERNAME"],
         servicenow_password=Secret(itsm["SERVICENOW_PASSWORD"]),
@@ -205,6 +206,7 @@ async def replay(
             simulator_state={
                 "blocked_senders": sim.blocked_senders,
                 "tickets": sim.tickets,
+                "teams_posts": sim.teams_posts(),
                 "verifications": [message for message, _ in verifications.scheduled],
             },
         )

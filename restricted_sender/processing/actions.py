@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from restricted_sender.core.decide import ReasonCode, unblock_failed, unblock_un
 from restricted_sender.core.notices import recipients_notice, user_notice
 from restricted_sender.core.policy import Budget, Containment, Notify
 from restricted_sender.core.restriction import BlockedSender, BlockReason
+from restricted_sender.core.teams_card import notice_card
 from restricted_sender.core.ticket_body import (
     RESTRICTED_ENTITIES_URL as RESTRICTED_ENTITIES_URL,  # re-exported: pipeline imports it here
 )
@@ -50,7 +52,16 @@ from restricted_sender.model import (
     UnblockStatus,
     stable_id,
 )
-from restricted_sender.ports import ClaimResult, Clock, DelayedQueue, Directory, Exchange, Store, TicketSystem
+from restricted_sender.ports import (
+    ChatChannel,
+    ClaimResult,
+    Clock,
+    DelayedQueue,
+    Directory,
+    Exchange,
+    Store,
+    TicketSystem,
+)
 from restricted_sender.processing.facts import clear_first_seen
 from restricted_sender.timeutil import iso
 
@@ -58,6 +69,7 @@ log = guard_logger(__name__)  # named by module; the one-line filter on it (untr
 
 MAX_RULES = 50  # the evidence stays bounded; the total says how many there were
 NOTICE_OWNER = "notice"  # the owner of every notice claim: a second try of the same mail finds it RESUMED
+UNKNOWN_OUTCOME = "unknown"  # a notice claim completed after an answer that did not say whether it was delivered
 UNBLOCK_EXPECTATION = "mail should flow again within an hour, at the latest within 24 hours"
 
 
@@ -145,6 +157,7 @@ class Actor:
     verify_after: timedelta = DEFAULT_VERIFY_AFTER
     containment: Containment = field(default_factory=Containment)
     notify: Notify = field(default_factory=Notify)
+    channel: ChatChannel | None = None  # the Teams channel (TEAMS_WEBHOOK_URL)
 
     async def carry_out(
         self,
@@ -437,11 +450,11 @@ class Actor:
         ticket: TicketRef | None = None,
         ledger_id: str | None = None,
     ) -> DecisionRecord:
-        """Mail the user and the recipients, each at most once per ``ledger_id`` (default: the event), also when the
-        process dies after sending: a claim written before each mail is its intent record."""
+        """Mail the user and the recipients and post the Teams card, each at most once per ``ledger_id`` (default:
+        the event), also when the process dies after sending: a claim written before each is its intent record."""
         outcome = record.decision.outcome
         notify = self.notify
-        if outcome is Outcome.IGNORE or notify.sender is None:
+        if outcome is Outcome.IGNORE:
             return record
         mails: list[tuple[str, Mail]] = []
         # The user hears of a wait, or of an unblock that happened (or would have, in report-only).
@@ -449,51 +462,99 @@ class Actor:
         restricted = facts.restriction.address if facts.restriction else None
         if facts.unblock_started is not None:
             restricted = restricted or facts.unblock_started.user  # lifted since an earlier try sent the unblock
-        if notify.user and restricted is not None and lifted:
+        if notify.sender is not None and notify.user and restricted is not None and lifted:
             address = facts.user.mail if facts.user and facts.user.mail else restricted
             mail = user_notice(outcome, address, at=record.at, release_at=record.decision.release_at)
             if mail is not None:
                 mails.append(("user", mail))
-        if notify.recipients:
+        if notify.sender is not None and notify.recipients:
             reference = str(ticket) if ticket else None
             mails.append(("recipients", recipients_notice(notify.recipients, record, ticket=reference)))
+        # A ticket decision's card is already in the channel when Teams is the ticket system.
+        card = (
+            notice_card(record, ticket=ticket)
+            if notify.teams and not (outcome is Outcome.TICKET and self.desk.system.name == "teams")
+            else None
+        )
         if not enforce:
-            return record.with_actions(
-                *(
-                    Action(ActionKind.NOTIFY, ActionStatus.SKIPPED, f"report-only: would mail the {who}")
-                    for who, _ in mails
-                )
-            )
-        actions = [
-            await self._mail_once(f"notice|{ledger_id or record.event_id}|{who}", who, mail) for who, mail in mails
-        ]
+            skipped = [
+                Action(ActionKind.NOTIFY, ActionStatus.SKIPPED, f"report-only: would mail the {who}")
+                for who, _ in mails
+            ]
+            if card is not None:
+                skipped.append(Action(ActionKind.NOTIFY, ActionStatus.SKIPPED, "report-only: would post to Teams"))
+            return record.with_actions(*skipped)
+        key = f"notice|{ledger_id or record.event_id}"
+        actions = [await self._mail_once(f"{key}|{who}", who, mail) for who, mail in mails]
+        if card is not None:
+            actions.append(await self._post_once(f"{key}|teams", card))
         return record.with_actions(*actions)
 
     async def _mail_once(self, key: str, who: str, mail: Mail) -> Action:
         sender = self.notify.sender
         assert sender is not None
+        return await self._notify_once(
+            key,
+            lambda: self.directory.send_mail(sender, mail),
+            who=who,
+            done=f"mailed the {who}: {', '.join(mail.to)}",
+            verbs=("mailed them", "mailed", "mailing failed", "sent"),
+        )
+
+    async def _post_once(self, key: str, card: Mapping[str, Any]) -> Action:
+        channel = self.channel
+        if channel is None:
+            return Action(ActionKind.NOTIFY, ActionStatus.FAILED, "Teams: TEAMS_WEBHOOK_URL is not set")
+        return await self._notify_once(
+            key,
+            lambda: channel.post(card),
+            who="Teams",
+            done="posted the card to the Teams channel",
+            verbs=("posted the card", "posted", "posting failed", "posted"),
+        )
+
+    async def _notify_once(
+        self,
+        key: str,
+        deliver: Callable[[], Awaitable[None]],
+        *,
+        who: str,
+        done: str,
+        verbs: tuple[str, str, str, str],
+    ) -> Action:
+        """``deliver`` at most once per ``key``: claimed first, so a retry (or a crash after sending) never repeats
+        it. ``verbs``: what an earlier try may have done, did, failed at, and the word for it in the claim."""
+        may_have, did, failed, sent = verbs
         now = self.desk.clock.now()
         claim = await self.store.claim(key, NOTICE_OWNER, now)
         if claim is ClaimResult.RESUMED:
             return Action(
-                ActionKind.NOTIFY, ActionStatus.SKIPPED, f"{who}: an earlier try may have mailed them; not sent again"
+                ActionKind.NOTIFY, ActionStatus.SKIPPED, f"{who}: an earlier try may have {may_have}; not sent again"
             )
         if claim is ClaimResult.DUPLICATE:
             state = await self.store.claim_state(key)
-            sent = state is not None and state.outcome == "sent"
+            outcome = state.outcome if state is not None else None
+            if outcome == UNKNOWN_OUTCOME:
+                return Action(
+                    ActionKind.NOTIFY,
+                    ActionStatus.FAILED,
+                    f"{who}: an earlier try got no clear answer and may have {may_have}; not sent again",
+                )
+            ok = outcome == sent
             return Action(
                 ActionKind.NOTIFY,
-                ActionStatus.DONE if sent else ActionStatus.FAILED,
-                f"{who}: {'mailed' if sent else 'mailing failed'} in an earlier try; not sent again",
+                ActionStatus.DONE if ok else ActionStatus.FAILED,
+                f"{who}: {did if ok else failed} in an earlier try; not sent again",
             )
         try:
-            await self.directory.send_mail(sender, mail)
+            await deliver()
         except ServiceError as error:
             log.warning("notifying the %s failed: %s", who, error)
-            await self.store.complete(key, NOTICE_OWNER, "failed", now)
+            lost = isinstance(error, OutcomeUnknown)
+            await self.store.complete(key, NOTICE_OWNER, UNKNOWN_OUTCOME if lost else "failed", now)
             return Action(ActionKind.NOTIFY, ActionStatus.FAILED, f"{who}: {error.message}")
-        await self.store.complete(key, NOTICE_OWNER, "sent", now)
-        return Action(ActionKind.NOTIFY, ActionStatus.DONE, f"mailed the {who}: {', '.join(mail.to)}")
+        await self.store.complete(key, NOTICE_OWNER, sent, now)
+        return Action(ActionKind.NOTIFY, ActionStatus.DONE, done)
 
 
 def _cut(text: str) -> str:

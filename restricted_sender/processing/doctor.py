@@ -228,6 +228,7 @@ class Targets:
     queues: Mapping[str, QueueReader] | None = None  # None: not checked here (the simulated run keeps them in memory)
     store_note: str = ""
     notes: list[str] = field(default_factory=list)
+    teams_url_set: bool = False  # TEAMS_WEBHOOK_URL has a value (never the value: it carries the flow's key)
 
 
 EXCHANGE_PERMISSIONS = ("Exchange.ManageAsApp", "Exchange Administrator")
@@ -466,12 +467,21 @@ async def _other_probes(run: _Run, targets: Targets, senders: Sequence[str]) -> 
         run.add(Probe(name, Verdict.SKIPPED, "a webhook has no read: only a POST would test it", required=False))
     elif system == "email":
         run.add(Probe(name, Verdict.SKIPPED, "tickets are mail: see the sender probe", required=False))
+    elif system == "teams":
+        run.add(Probe(name, Verdict.SKIPPED, "tickets are Teams cards: see the teams probe", required=False))
     else:
 
         async def search() -> None:
             await targets.tickets.find_open(TICKET_PROBE_ID)
 
         await run.attempt(name, search, ())
+
+    if system == "teams" or policy.notify.teams:
+        if targets.teams_url_set:
+            why = "TEAMS_WEBHOOK_URL is set; a Workflows webhook has no read: only a POST would test it"
+            run.add(Probe("teams: channel", Verdict.SKIPPED, why, required=False))
+        else:
+            run.add(Probe("teams: channel", Verdict.MISCONFIGURED, "the policy posts to Teams: set TEAMS_WEBHOOK_URL"))
 
     if "Mail.Send" in run.needed:
         for sender in dict.fromkeys(senders):
