@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -17,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from restricted_sender.core.policy import Guards
+from restricted_sender.core.decide import ReasonCode
+from restricted_sender.core.policy import MODES, Guards
 from restricted_sender.core.rows import note_shape
 from restricted_sender.model import (
     Action,
@@ -235,6 +237,27 @@ def test_the_workbooks_budget_parameters_default_to_the_policys_budgets() -> Non
     assert tenant is not None
     assert (int(value["UserBudget"]), int(value["UserWindowDays"]) * 24) == (user.count, user.window_hours)
     assert (int(value["TenantBudget"]), int(value["TenantWindowHours"])) == (tenant.count, tenant.window_hours)
+
+
+# The words the app writes as values (reason codes, outcomes, action kinds and statuses, modes), and the one other
+# lower-case word the queries use (a datetime_diff unit).
+VOCABULARY = (
+    {str(c) for c in ReasonCode}
+    | {str(o) for o in Outcome}
+    | {str(k) for k in ActionKind}
+    | {str(s) for s in ActionStatus}
+    | set(MODES)
+    | {"second"}
+)
+
+
+def test_every_code_a_workbook_query_compares_with_is_one_the_app_writes() -> None:
+    # The analyzer checks names, not values: a misspelt reason code would silently match nothing.
+    workbook = json.loads(WORKBOOK.read_text(encoding="utf-8"))
+    for name, content in workbook_queries(workbook).items():
+        literals = re.findall(r'(?<!@)"((?:[^"\\]|\\.)*)"', content["query"])
+        words = [w for w in literals if re.fullmatch(r"[a-z][a-z-]*(:[a-z-]+)?", w)]
+        assert set(words) - VOCABULARY == set(), name
 
 
 def test_every_workbook_query_reads_the_apps_application_insights_over_the_chosen_time_range() -> None:
