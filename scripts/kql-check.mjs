@@ -45,7 +45,7 @@ function hiddenColumn(name) {
 }
 
 /** The schema's tables as a Kusto database, and the name of each shape's bag type (for messages). */
-export function loadSchema(path) {
+function loadSchema(path) {
   const schema = JSON.parse(readFileSync(path, "utf8"));
   const built = new Map();
   const names = new Map(); // bag symbol -> shape name
@@ -73,7 +73,9 @@ export function loadSchema(path) {
   const union = (shapeNames) => {
     const fields = new Map();
     for (const name of shapeNames) {
-      for (const [f, spec] of Object.entries(schema.shapes[name])) fields.set(f, column(f, typeOf(spec, `${name}.${f}`)));
+      for (const [f, spec] of Object.entries(schema.shapes[name])) {
+        fields.set(f, column(f, typeOf(spec, `${name}.${f}`)));
+      }
     }
     const bag = new S.DynamicBagSymbol.ctor([...fields.values()]);
     names.set(bag, shapeNames.join(" or "));
@@ -93,7 +95,7 @@ export function loadSchema(path) {
 
 /** Every query of a workbook: items with content.query (and parameters with a query), workbook parameters filled
  * in with their default values as the workbook would on opening. */
-export function workbookQueries(text) {
+function workbookQueries(text) {
   const workbook = JSON.parse(text);
   const parameters = new Map();
   const found = [];
@@ -123,7 +125,7 @@ export function workbookQueries(text) {
 }
 
 /** The ```kusto and ```kql blocks of a Markdown file, each named by the line it starts on. */
-export function markdownQueries(text) {
+function markdownQueries(text) {
   const found = [];
   const lines = text.split("\n");
   for (let i = 0; i < lines.length; i++) {
@@ -132,7 +134,8 @@ export function markdownQueries(text) {
     const start = i + 1;
     let end = start;
     while (end < lines.length && !/^\s*```\s*$/.test(lines[end])) end++;
-    found.push({ name: `block at line ${i + 1}`, text: lines.slice(start, end).join("\n"), line: start + 1, problems: [] });
+    const text = lines.slice(start, end).join("\n");
+    found.push({ name: `block at line ${i + 1}`, text, line: start + 1, problems: [] });
     i = end;
   }
   return found;
@@ -165,7 +168,7 @@ function propertyNames(bag) {
 }
 
 /** Problems of one query's text: Kusto's own errors, then every member of a known shape that the shape lacks. */
-export function checkQuery(text, schema) {
+function checkQuery(text, schema) {
   let rewritten = text;
   for (const c of schema.jsonColumns) rewritten = rewritten.replace(jsonOf(c), hiddenColumn(c));
   const lineAt = (offset) => rewritten.slice(0, offset).split("\n").length;
@@ -181,22 +184,27 @@ export function checkQuery(text, schema) {
     const left = e.Expression.ResultType;
     const leftText = e.Expression.toString().trim();
     const member = memberOf(e.Selector.toString());
-    const where = { line: lineAt(e.TextStart) };
+    const problem = (message) => problems.push({ line: lineAt(e.TextStart), member: member.name, message });
     if (left instanceof S.DynamicBagSymbol) {
       const fields = propertyNames(left);
       if (fields.includes(ANY_MEMBER)) return;
       const shape = schema.shapeName(left) ?? "a value of known shape";
-      if (member.name !== undefined && !fields.includes(member.name)) {
-        problems.push({ ...where, member: member.name, message: `${leftText}.${member.name}: '${member.name}' is not a field of ${shape}, which has ${fields.join(", ")}` });
-      } else if (member.name === undefined) {
-        problems.push({ ...where, message: `${leftText}${e.Selector.toString().trim()}: ${shape} is an object, read it by field name` });
+      if (member.name === undefined) {
+        problem(`${leftText}${e.Selector.toString().trim()}: ${shape} is an object, read it by field name`);
+      } else if (!fields.includes(member.name)) {
+        const known = fields.join(", ");
+        problem(`${leftText}.${member.name}: '${member.name}' is not a field of ${shape}, which has ${known}`);
       }
     } else if (left instanceof S.DynamicArraySymbol) {
       if (!member.index) {
-        problems.push({ ...where, member: member.name, message: `${leftText}: is a list; mv-expand it or take an element [n] before reading '${member.name ?? member.computed}'` });
+        const wanted = member.name ?? member.computed;
+        problem(`${leftText}: is a list; mv-expand it or take an element [n] before reading '${wanted}'`);
       }
     } else if (left === S.ScalarTypes.Dynamic) {
-      problems.push({ ...where, member: member.name, message: `${e.toString().trim()}: a member of a dynamic value of unknown shape cannot be checked; read it from a column or parse_json(message) the schema describes` });
+      problem(
+        `${e.toString().trim()}: a member of a dynamic value of unknown shape cannot be checked; ` +
+          "read it from a column or a parse_json(message) the schema describes",
+      );
     }
   });
   return problems;
