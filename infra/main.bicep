@@ -249,6 +249,17 @@ module monitoring './app/monitoring.bicep' = {
   }
 }
 
+// The dashboard: a workbook over the app's Application Insights (README "Dashboard").
+module workbook './app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    appInsightsName: monitoring.outputs.appInsightsName
+    location: location
+    tags: tags
+  }
+}
+
 module storage './app/storage.bicep' = {
   name: 'storage'
   scope: rg

@@ -200,6 +200,33 @@ def test_the_outputs_are_names_ids_and_urls_for_the_permissions_script() -> None
     }
 
 
+def test_azd_deploys_the_workbook_reading_the_apps_application_insights() -> None:
+    main = MAIN.read_text(encoding="utf-8")
+    bicep = (INFRA / "app" / "workbook.bicep").read_text(encoding="utf-8")
+    data = (INFRA / "app" / "workbook.json").read_text(encoding="utf-8")
+    # main.bicep deploys it with the app, on the Application Insights resource the app writes to.
+    module = re.search(r"^module workbook '\./app/workbook\.bicep' = \{\n(.*?)^\}$", main, re.M | re.S)
+    assert module, "infra/main.bicep does not deploy infra/app/workbook.bicep"
+    assert "  scope: rg\n" in module.group(1)
+    assert "    appInsightsName: monitoring.outputs.appInsightsName\n" in module.group(1)
+    assert re.search(r"^resource workbook 'Microsoft\.Insights/workbooks@[\d-]+' = \{$", bicep, re.M)
+    existing = (
+        r"^resource appInsights 'Microsoft\.Insights/components@[\d-]+' existing = \{\n  name: appInsightsName\n\}$"
+    )
+    assert re.search(existing, bicep, re.M)
+    # A workbook's name is a GUID; a stable one, so a second `azd up` updates it instead of adding another.
+    assert re.search(r"^  name: guid\(appInsights\.id, '[\w-]+'\)$", bicep, re.M)
+    assert re.search(r"^  kind: 'shared'$", bicep, re.M)
+    assert re.search(r"^    sourceId: appInsights\.id$", bicep, re.M)
+    # Its content is the checked JSON file (tests/test_workbook.py), pointed at that resource when deployed.
+    serialized = (
+        "    serializedData: replace(loadTextContent('workbook.json'), '__APP_INSIGHTS_ID__', appInsights.id)\n"
+    )
+    assert serialized in bicep
+    assert json.loads(data)["fallbackResourceIds"] == ["__APP_INSIGHTS_ID__"]
+    assert data.count("__APP_INSIGHTS_ID__") == 1, "a query must not depend on the resource id"
+
+
 def test_the_parameters_file_names_only_parameters_main_bicep_declares() -> None:
     declared = set(bicep_params(MAIN.read_text(encoding="utf-8")))
     given = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
