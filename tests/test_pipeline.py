@@ -115,15 +115,19 @@ def test_intake_queues_nothing_on_any_error(failure: str) -> None:
     assert world.queue.messages == []
 
 
-def test_each_decision_is_one_structured_log_line_equal_to_the_audit_row(caplog: pytest.LogCaptureFixture) -> None:
+def test_each_decision_is_one_structured_log_line_equal_to_the_audit_row_and_the_blocks_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     world = World([blocked("alice@contoso.com")], [ALICE])
     with caplog.at_level(logging.INFO, logger="restricted_sender.decision"):
         [record] = world.run(alert_v2("alice@contoso.com"))
     [line] = [r.getMessage() for r in caplog.records if r.name == "restricted_sender.decision"]
     [row] = world.store.audit_rows
-    assert (
-        json.loads(line) == record.to_dict() == {k: v for k, v in row.items() if k not in ("evidence", "delivery_id")}
-    )
+    logged = json.loads(line)
+    block_time = {k: logged.pop(k) for k in ("restriction_at", "restriction_anchor")}
+    assert logged == record.to_dict() == {k: v for k, v in row.items() if k not in ("evidence", "delivery_id")}
+    restriction = row["evidence"]["restriction"]
+    assert block_time == {"restriction_at": restriction["created"], "restriction_anchor": "created"}
 
 
 def test_facts_are_gathered_concurrently_and_groups_only_when_the_policy_names_some() -> None:

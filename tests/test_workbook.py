@@ -281,3 +281,31 @@ def test_every_workbook_query_reads_the_apps_application_insights_over_the_chose
         "user-budget",
         "would-have-done",
     } <= set(queries)
+
+
+@pytest.mark.parametrize(
+    ("restriction", "at", "anchor"),
+    [
+        ({"created": "2026-11-27T08:02:11Z", "changed": "2026-11-27T08:05:00Z", "anchor": "created"},
+         "2026-11-27T08:02:11Z", "created"),
+        ({"created": None, "changed": "2026-11-27T08:05:00Z", "anchor": "changed"}, "2026-11-27T08:05:00Z", "changed"),
+        ({"created": None, "changed": None, "first_seen": "2026-11-27T09:00:00Z", "anchor": "first-seen"},
+         "2026-11-27T09:00:00Z", "first-seen"),
+        (None, "", "none"),
+    ],
+    ids=["created", "changed", "first seen", "no block"],
+)  # fmt: skip
+def test_the_decision_line_carries_the_blocks_own_time_for_the_dashboard(
+    caplog: pytest.LogCaptureFixture, restriction: dict[str, Any] | None, at: str, anchor: str
+) -> None:
+    record = DecisionRecord(
+        event_id="e1", alert_id="a1", source="sentinel", sources=(Source("sentinel", "a1", AT),),
+        user="alice@contoso.com", decision=Decision(Outcome.TICKET, (Reason("no-allow-rule", "none"),)),
+        actions=(), mode="enforce", policy_version="v1", at=AT, evidence={"restriction": restriction},
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="restricted_sender.decision"):
+        log_decision(record)
+    [line] = logged(caplog, "restricted_sender.decision")
+    parsed = json.loads(line)
+    assert (parsed["restriction_at"], parsed["restriction_anchor"]) == (at, anchor)
+    assert {k: v for k, v in parsed.items() if not k.startswith("restriction_")} == record.to_dict()

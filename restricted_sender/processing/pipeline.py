@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from restricted_sender.core import decide as rules
 from restricted_sender.core.ledger import CLAIM_LEASE
 from restricted_sender.core.policy import LoadedPolicy, Policy, effective, usable
-from restricted_sender.core.restriction import BlockedSender
+from restricted_sender.core.restriction import Anchor, BlockedSender
 from restricted_sender.core.untrusted import guard_logger
 from restricted_sender.core.verify import Verdict, VerifyTask, judge
 from restricted_sender.errors import (
@@ -54,9 +54,24 @@ decision_log = logging.getLogger("restricted_sender.decision")
 log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 
+# Where each anchor's instant sits in the restriction's evidence (BlockedSender.to_evidence).
+_ANCHOR_FIELDS = {
+    Anchor.CREATED.value: "created",
+    Anchor.CHANGED.value: "changed",
+    Anchor.FIRST_SEEN.value: "first_seen",
+}
+
+
 def log_decision(record: DecisionRecord) -> None:
-    """The one structured log line per decision (the same record as the audit row)."""
-    decision_log.info(json.dumps(record.to_dict(), separators=(",", ":"), sort_keys=True))
+    """The one structured log line per decision: the audit row without its evidence, plus the block's own time
+    (``restriction_at``, "" when unknown, and which of the row's times it is, ``restriction_anchor``) so that the
+    dashboard can time a decision from the block's creation."""
+    found = record.evidence.get("restriction")
+    restriction = found if isinstance(found, Mapping) else {}
+    anchor = str(restriction.get("anchor") or "none")
+    at = restriction.get(_ANCHOR_FIELDS.get(anchor, ""))
+    line = {**record.to_dict(), "restriction_at": at if isinstance(at, str) else "", "restriction_anchor": anchor}
+    decision_log.info(json.dumps(line, separators=(",", ":"), sort_keys=True))
 
 
 @dataclass(frozen=True, slots=True)
