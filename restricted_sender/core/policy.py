@@ -104,7 +104,7 @@ class Guards:
     account_enabled: bool = True
     min_hours_to_auto_release: float = 2.0
     # Lower-cased role template ids and display names; empty: the privileged guard is off.
-    privileged_roles: tuple[str, ...] = tuple(PRIVILEGED_ROLES)
+    privileged_roles: tuple[str, ...] = tuple(sorted(PRIVILEGED_ROLES))
     require_mfa_registered: bool = False
 
 

@@ -462,7 +462,7 @@ async def _privilege_probes(run: _Run, targets: Targets, object_id: str | None) 
     role_permission = GRAPH_CALLS["active_roles"][0]
     for name, call, listing in (
         ("graph: roleAssignments", "active_roles", "roleAssignments"),
-        ("graph: roleEligibilityScheduleInstances", "eligible_roles", "roleEligibilityScheduleInstances"),
+        ("graph: roleEligibilities (PIM)", "eligible_roles", "roleEligibilityScheduleInstances"),
     ):
         if run.skip_unless(name, role_permission):
             continue
@@ -475,8 +475,6 @@ async def _privilege_probes(run: _Run, targets: Targets, object_id: str | None) 
             partial(graph.read, f"roleManagement/directory/{listing}?$filter={where}", permission=role_permission),
             GRAPH_CALLS[call],
             _row_check(ROLE_FIELDS, "the user holds no such role"),
-            # Eligibility needs Entra ID P2: without it only active roles are checked (a note).
-            required=call == "active_roles",
         )
     name, permission = "graph: userRegistrationDetails", GRAPH_CALLS["mfa_registration"][0]
     if run.skip_unless(name, permission):
