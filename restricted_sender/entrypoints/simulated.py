@@ -206,6 +206,8 @@ async def replay(
             simulator_state={
                 "blocked_senders": sim.blocked_senders,
                 "tickets": sim.tickets,
+                "servicenow_records": sim.servicenow_records(),
+                "jira_issues": sim.jira_issues(),
                 "verifications": [message for message, _ in verifications.scheduled],
             },
         )
