@@ -366,7 +366,8 @@ def test_the_privileged_sample_replays_to_high_priority_tickets_and_no_remove(tm
 
 def replayed(users: list[dict[str, Any]], guards: dict[str, Any] | None = None, **extra: Any) -> ReplayOutcome:
     ticket = extra.pop("ticket", {"system": "webhook"})
-    state = tenant(users, [blocked(u["mail"]) for u in users], **extra)
+    mailbox = user("soc-tickets")  # the mailbox email tickets are sent from; not restricted
+    state = tenant([*users, mailbox], [blocked(u["mail"]) for u in users], **extra)
     body = json.dumps(alert_v2(*(u["mail"] for u in users))).encode()
     loaded = parse_policy({**ALLOW_STAFF, "guards": {"max_risk_level": "high", **(guards or {})}, "ticket": ticket})
     return asyncio.run(replay([body], tenant=state, policy=loaded, now=NOW))
@@ -399,22 +400,31 @@ def test_require_mfa_registered_tickets_a_user_with_no_strong_method_through_gra
     ]
 
 
-@pytest.mark.parametrize(
-    ("ticket", "priority"),
-    [
-        (
-            {"system": "servicenow"},
-            lambda s: {k: s["servicenow_records"][0][k] for k in ("impact", "urgency", "priority")},
-        ),
-        ({"system": "jira", "jira": {"project": "SEC"}}, lambda s: s["jira_issues"][0]["fields"]["priority"]),
-    ],
-    ids=["servicenow", "jira"],
-)
-def test_a_privileged_ticket_is_high_priority_in_servicenow_and_jira(ticket: dict[str, Any], priority: Any) -> None:
+HIGH_PRIORITY = [
+    # (ticket options, what marks the ticket high priority in that system, as the simulator recorded it)
+    ({"system": "servicenow"}, {"impact": "1", "urgency": "1", "priority": "1"}),
+    ({"system": "jira", "jira": {"project": "SEC"}}, {"priority": {"name": "High"}}),
+    ({"system": "email", "email": {"sender": "soc-tickets@contoso.com", "to": ["soc@contoso.com"]}},
+     {"importance": "high"}),
+]  # fmt: skip
+
+
+def recorded(system: str, state: dict[str, Any]) -> dict[str, Any]:
+    if system == "servicenow":
+        return state["servicenow_records"][0]
+    if system == "jira":
+        return state["jira_issues"][0]["fields"]
+    return state["sent_mail"][0]["message"]
+
+
+@pytest.mark.parametrize(("ticket", "marks"), HIGH_PRIORITY, ids=[t["system"] for t, _ in HIGH_PRIORITY])
+def test_a_privileged_ticket_is_high_priority_in_servicenow_jira_and_mail(
+    ticket: dict[str, Any], marks: dict[str, Any]
+) -> None:
     admin = user("nina", **{"x-directoryRoles": ["Global Administrator"]})
     outcome = replayed([admin], ticket=ticket)
     assert outcome.records[0].decision.codes == ("allow:staff", "guard:privileged")
-    expected = (
-        {"impact": "1", "urgency": "1", "priority": "1"} if ticket["system"] == "servicenow" else {"name": "High"}
-    )
-    assert priority(outcome.simulator_state) == expected
+    found = recorded(ticket["system"], outcome.simulator_state)
+    assert {k: found[k] for k in marks} == marks
+    if ticket["system"] == "email":
+        assert "privileged account: nina@contoso.com holds Global Administrator (active)" in found["subject"]

@@ -208,6 +208,7 @@ async def replay(
                 "tickets": sim.tickets,
                 "servicenow_records": sim.servicenow_records(),
                 "jira_issues": sim.jira_issues(),
+                "sent_mail": sim.sent_mail(),
                 "verifications": [message for message, _ in verifications.scheduled],
             },
         )
