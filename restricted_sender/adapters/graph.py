@@ -246,7 +246,8 @@ class GraphDirectory:
             found = await self._json(request, permission="RoleManagement.Read.Directory")
             value = found.get("value") if isinstance(found, dict) else None
             if not isinstance(value, list):
-                raise TransientServiceError(self.service, "role listing: 'value' is not a list")
+                # Not a listing (a 404 included): the roles are unknown, and the guard fails closed on it.
+                raise ServiceRefused(self.service, "role listing: the answer holds no 'value' list")
             rows.extend(v for v in value if isinstance(v, dict))
             link = found.get("@odata.nextLink")
             if not isinstance(link, str):
