@@ -223,7 +223,9 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
     assert mailbox is not None
     rules = directory_facts.rules if directory_facts else None
 
-    by_id = directory_facts.by_id if directory_facts and directory_facts.by_id else _ById()
+    # Never asked (no path should lead here for a bound user): privilege is then unknown, and the guard fails closed.
+    unasked = _ById(roles_unread="not asked" if wants.roles else None)
+    by_id = directory_facts.by_id if directory_facts and directory_facts.by_id else unasked
     risk = by_id.risk
     if wants.risk and user is not None and risk is None:
         notes.add(NoteCode.RISK_UNKNOWN, "Identity Protection gave no risk level (no Entra ID P2, or no risk record)")
