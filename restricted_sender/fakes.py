@@ -20,7 +20,16 @@ from restricted_sender.errors import (
     ServiceRefused,
     UnblockLimitReached,
 )
-from restricted_sender.model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
+from restricted_sender.model import (
+    DirectoryRole,
+    DirectoryUser,
+    Mail,
+    MfaRegistration,
+    Source,
+    TicketContent,
+    TicketRef,
+    UnblockEntry,
+)
 from restricted_sender.ports import (
     MAX_REPORTS,
     PENDING_TTL,
@@ -119,6 +128,8 @@ class FakeDirectory:
         folders: Mapping[str, str] | None = None,
         domains: Sequence[str] = ("contoso.com",),
         p2: bool = True,
+        roles: Mapping[str, Sequence[DirectoryRole]] | None = None,
+        mfa: Mapping[str, MfaRegistration] | None = None,
     ):
         self.users = list(users)
         self.groups = {k.lower(): {g.lower() for g in v} for k, v in (groups or {}).items()}
@@ -135,6 +146,31 @@ class FakeDirectory:
         self.disabled: list[str] = []
         self.sent: list[tuple[str, Mail]] = []
         self.failures: dict[str, Exception] = {}
+        # object id -> its directory roles, active and eligible (eligible ones are unknown without Entra ID P2);
+        # object id -> its MFA registration (absent: unknown, as in a tenant without Entra ID P1/P2). ``failures``
+        # also makes ``active_roles``, ``eligible_roles`` and ``mfa_registration`` raise.
+        self.roles = {k.lower(): tuple(v) for k, v in (roles or {}).items()}
+        self.mfa = {k.lower(): v for k, v in (mfa or {}).items()}
+
+    async def active_roles(self, object_id: str) -> tuple[DirectoryRole, ...]:
+        self._read("active_roles")
+        return tuple(r for r in self.roles.get(object_id.lower(), ()) if not r.eligible)
+
+    async def eligible_roles(self, object_id: str) -> tuple[DirectoryRole, ...] | None:
+        self._read("eligible_roles")
+        if not self.p2:
+            return None
+        return tuple(r for r in self.roles.get(object_id.lower(), ()) if r.eligible)
+
+    async def mfa_registration(self, object_id: str) -> MfaRegistration | None:
+        self._read("mfa_registration")
+        return self.mfa.get(object_id.lower())
+
+    def _read(self, method: str) -> None:
+        self.calls += 1
+        failure = self.failures.get(method)
+        if failure is not None:
+            raise failure
 
     async def risk_level(self, object_id: str) -> str | None:
         self.calls += 1

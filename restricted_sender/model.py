@@ -241,6 +241,40 @@ class NoteCode(StrEnum):
     USER_NOT_IN_DIRECTORY = "user-not-in-directory"  # no directory user owns the restricted address
     IDENTITY_MISMATCH = "identity-mismatch"  # the alert's object id is not the user who owns the restricted address
     FORWARDING_UNRESOLVED = "forwarding-unresolved"  # ForwardingAddress names a recipient Get-Recipient did not find
+    ROLES_UNREAD = "roles-unread"  # the directory roles could not be read: the privileged guard fails closed
+    ELIGIBLE_ROLES_UNKNOWN = "eligible-roles-unknown"  # no Entra ID P2 (PIM): only active roles were checked
+    MFA_UNKNOWN = "mfa-unknown"  # the MFA registration could not be read (no Entra ID P1/P2, or not permitted)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryRole:
+    """An Entra directory role the user holds: active (assigned) or only eligible (PIM, activated on demand)."""
+
+    role_id: str  # roleDefinitionId: for a built-in role, its template id (the same in every tenant)
+    name: str | None  # the role definition's displayName, when Graph gave it
+    eligible: bool = False
+
+    def matches(self, wanted: frozenset[str]) -> bool:
+        """Named in ``wanted`` (lower-cased template ids and display names)."""
+        return self.role_id.lower() in wanted or (self.name or "").strip().lower() in wanted
+
+    def label(self) -> str:
+        return f"{self.name or self.role_id} ({'eligible' if self.eligible else 'active'})"
+
+    def to_evidence(self) -> dict[str, Any]:
+        return {"role_id": self.role_id, "name": self.name, "eligible": self.eligible}
+
+
+@dataclass(frozen=True, slots=True)
+class MfaRegistration:
+    """Graph ``userRegistrationDetails``: whether the user registered a strong (MFA) authentication method."""
+
+    registered: bool  # isMfaRegistered
+    methods: tuple[str, ...] = ()  # methodsRegistered, e.g. microsoftAuthenticatorPush, fido2, mobilePhone, email
+    updated: str | None = None  # lastUpdatedDateTime: the report lags behind registrations
+
+    def to_evidence(self) -> dict[str, Any]:
+        return {"known": True, "registered": self.registered, "methods": list(self.methods), "updated": self.updated}
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +319,10 @@ class Facts:
     folder_names: Mapping[str, str] = field(default_factory=dict)  # moveToFolder id -> display name
     forwarding: Forwarding | None = None
     tenant_domains: frozenset[str] = frozenset()
+    roles: tuple[DirectoryRole, ...] = ()  # active and eligible directory roles (those that could be read)
+    roles_unread: str | None = None  # why the roles could not be read: the privileged guard then fails closed
+    mfa: MfaRegistration | None = None  # None: not read, or unknown (no Entra ID P1/P2)
+    mfa_unread: str | None = None  # the read was refused (not a missing licence): require_mfa_registered fails
 
     def identities(self) -> frozenset[str]:
         """Every address of the one identity the facts are about, lower-cased: the restricted address and the bound

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from restricted_sender.core.mailbox import Forwarding, InboxRule, Recipient
 from restricted_sender.core.restriction import BlockedSender
-from restricted_sender.model import DirectoryUser, Mail, Source, TicketContent, TicketRef, UnblockEntry
+from restricted_sender.model import (
+    DirectoryRole,
+    DirectoryUser,
+    Mail,
+    MfaRegistration,
+    Source,
+    TicketContent,
+    TicketRef,
+    UnblockEntry,
+)
 
 if TYPE_CHECKING:
     from restricted_sender.core.policy import Budget
@@ -81,6 +90,18 @@ class Directory(Protocol):
 
     async def verified_domains(self) -> frozenset[str]:
         """The tenant's verified domains, lower-cased: what "inside the tenant" means."""
+        ...
+
+    async def active_roles(self, object_id: str) -> tuple[DirectoryRole, ...]:
+        """The user's active directory role assignments. Raises when they cannot be read (the caller fails closed)."""
+        ...
+
+    async def eligible_roles(self, object_id: str) -> tuple[DirectoryRole, ...] | None:
+        """The directory roles the user is eligible for (PIM); ``None`` when the tenant has no Entra ID P2."""
+        ...
+
+    async def mfa_registration(self, object_id: str) -> MfaRegistration | None:
+        """Whether the user registered a strong method; ``None`` when unknown (no Entra ID P1/P2, no record)."""
         ...
 
     # -- containment and mail (Graph writes) ------------------------------------------------------------

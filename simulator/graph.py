@@ -470,6 +470,176 @@ def get_risky_user(request: Request, state: TenantState, user_id: str) -> Respon
     return ok(request, risky)
 
 
+# -- directory roles and MFA registration --------------------------------------------------------------
+
+# Built-in roles the simulator knows by template id and display name: a user's ``x-directoryRoles`` (active) and
+# ``x-eligibleRoles`` (PIM) name them either way. Ids and names from
+# https://learn.microsoft.com/entra/identity/role-based-access-control/permissions-reference; any other GUID is served
+# as a custom role named "Custom role <id>".
+BUILT_IN_ROLES: dict[str, str] = {
+    "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
+    "e8611ab8-c189-46e8-94e1-60213ab1f814": "Privileged Role Administrator",
+    "194ae4cb-b126-40b2-bd5b-6091b380977d": "Security Administrator",
+    "29232cdf-9323-42fd-ade2-1d097af3e4de": "Exchange Administrator",
+    "fe930be7-5e62-47db-91af-98c3a49a38b1": "User Administrator",
+    "729827e3-9c14-49f7-bb1b-9608f156bbb8": "Helpdesk Administrator",
+    "f2ef992c-3afb-46b9-b7cf-a126ee74c451": "Global Reader",
+    "5d6b6bb7-de71-4623-b4af-96380a352509": "Security Reader",
+    "4a5d8f65-41da-4de4-8968-e035b65339cf": "Reports Reader",
+    "790c1fb9-7f7d-4f88-86a1-ef1f95c05c1b": "Message Center Reader",
+}
+# PIM in a tenant without Entra ID P2: the code and message reported for the PIM APIs (e.g.
+# https://github.com/JulianHayward/Azure-MG-Sub-Governance-Reporting/issues/114, https://github.com/microsoft/EntraExporter/issues/61).
+_PIM_UNLICENSED = ("AadPremiumLicenseRequired", "The tenant needs an AAD Premium 2 license.")
+# The authentication methods reports in a tenant without Entra ID P1/P2 (403), as reported in
+# https://github.com/microsoftgraph/microsoft-graph-docs-contrib/issues/8777.
+_REPORTS_UNLICENSED = (
+    "Authentication_RequestFromNonPremiumTenantOrB2CTenant",
+    "Neither tenant is B2C or tenant doesn't have premium license",
+)
+_PRINCIPAL_FILTER = re.compile(r"^\s*principalId\s+eq\s+'([^']*)'\s*$", re.IGNORECASE)
+# Methods that are not a second factor (https://learn.microsoft.com/graph/api/resources/userregistrationdetails).
+_WEAK_METHODS = frozenset({"email", "securityQuestion"})
+
+
+def _role_definition(key: str) -> Json:
+    """A unifiedRoleDefinition for a template id or built-in display name (the id of a built-in is its template id)."""
+    by_name = {name.casefold(): rid for rid, name in BUILT_IN_ROLES.items()}
+    role_id = by_name.get(key.casefold(), key.lower())
+    name = BUILT_IN_ROLES.get(role_id)
+    return {
+        "id": role_id,
+        "templateId": role_id,
+        "displayName": name or f"Custom role {role_id}",
+        "description": None,
+        "isBuiltIn": name is not None,
+        "isEnabled": True,
+        "version": None,
+        "rolePermissions": [],
+        "resourceScopes": ["/"],
+    }
+
+
+def _principal_rows(request: Request, state: TenantState, key: str) -> list[tuple[Json, Json]] | Response:
+    """(user, role definition) for ``$filter=principalId eq '{id}'`` (the one filter served) over ``x-{key}``."""
+    expression = request.query.get("$filter", "")
+    matched = _PRINCIPAL_FILTER.match(expression)
+    if not matched:
+        return error(
+            request,
+            400,
+            "BadRequest",
+            f"Invalid filter clause: the simulator serves only principalId eq '<id>', got {expression!r}.",
+        )
+    wanted = matched.group(1).casefold()
+    return [
+        (user, _role_definition(name))
+        for user in state.users
+        if str(user.get("id", "")).casefold() == wanted
+        for name in user.get(key, [])
+    ]
+
+
+def _expanded(request: Request, row: Json, definition: Json) -> Json:
+    expand = [e.strip().casefold() for e in request.query.get("$expand", "").split(",")]
+    return {**row, "roleDefinition": definition} if "roledefinition" in expand else row
+
+
+def list_role_assignments(request: Request, state: TenantState) -> Response:
+    """``GET /roleManagement/directory/roleAssignments?$filter=principalId eq '{id}'[&$expand=roleDefinition]``:
+    unifiedRoleAssignment rows (https://learn.microsoft.com/graph/api/rbacapplication-list-roleassignments)."""
+    rows = _principal_rows(request, state, "x-directoryRoles")
+    if isinstance(rows, Response):
+        return rows
+    value = [
+        _expanded(
+            request,
+            {
+                "id": _opaque_id(f"{user['id']}|{definition['id']}"),
+                "principalId": user["id"],
+                "roleDefinitionId": definition["id"],
+                "directoryScopeId": "/",
+                "appScopeId": None,
+                "condition": None,
+            },
+            definition,
+        )
+        for user, definition in rows
+    ]
+    return ok(request, {"@odata.context": f"{METADATA}#roleManagement/directory/roleAssignments", "value": value})
+
+
+def list_role_eligibility_instances(request: Request, state: TenantState) -> Response:
+    """``GET /roleManagement/directory/roleEligibilityScheduleInstances?$filter=principalId eq '{id}'``:
+    unifiedRoleEligibilityScheduleInstance rows
+    (https://learn.microsoft.com/graph/api/rbacapplication-list-roleeligibilityscheduleinstances); PIM needs Entra
+    ID P2 (``x-entraIdP2: false``: 400 ``AadPremiumLicenseRequired``)."""
+    if not state.tenant.entra_id_p2:
+        return error(request, 400, *_PIM_UNLICENSED)
+    rows = _principal_rows(request, state, "x-eligibleRoles")
+    if isinstance(rows, Response):
+        return rows
+    value = [
+        _expanded(
+            request,
+            {
+                "id": _opaque_id(f"eligible|{user['id']}|{definition['id']}"),
+                "principalId": user["id"],
+                "roleDefinitionId": definition["id"],
+                "directoryScopeId": "/",
+                "appScopeId": None,
+                "startDateTime": _seven_digits(state.loaded_at),
+                "endDateTime": None,
+                "memberType": "Direct",
+                "roleEligibilityScheduleId": _opaque_id(f"schedule|{user['id']}|{definition['id']}"),
+            },
+            definition,
+        )
+        for user, definition in rows
+    ]
+    context = f"{METADATA}#roleManagement/directory/roleEligibilityScheduleInstances"
+    return ok(request, {"@odata.context": context, "value": value})
+
+
+def get_user_registration_details(request: Request, state: TenantState, user_id: str) -> Response:
+    """``GET /reports/authenticationMethods/userRegistrationDetails/{id}`` (object ids only): a userRegistrationDetails
+    (https://learn.microsoft.com/graph/api/userregistrationdetails-get) from the user's ``x-methodsRegistered``
+    (``isMfaRegistered``: any method but email and security questions, unless ``x-mfaRegistered`` says). Without
+    Entra ID P1 or P2 (``x-entraIdP1`` and ``x-entraIdP2`` false): 403, not licensed."""
+    if not (state.tenant.entra_id_p1 or state.tenant.entra_id_p2):
+        return error(request, 403, *_REPORTS_UNLICENSED)
+    user = next((u for u in state.users if str(u.get("id", "")).casefold() == user_id.casefold()), None)
+    if user is None:
+        return not_found(request, user_id)
+    methods = list(user.get("x-methodsRegistered", []))
+    registered = user.get("x-mfaRegistered", any(m not in _WEAK_METHODS for m in methods))
+    admin = bool(user.get("x-directoryRoles"))
+    details: Json = {
+        "@odata.context": f"{METADATA}#reports/authenticationMethods/userRegistrationDetails/$entity",
+        "id": user["id"],
+        "userPrincipalName": user.get("userPrincipalName"),
+        "userDisplayName": user.get("displayName"),
+        "userType": "guest" if user.get("userType") == "Guest" else "member",
+        "isAdmin": admin,
+        "isSsprRegistered": registered,
+        "isSsprEnabled": True,
+        "isSsprCapable": registered,
+        "isMfaRegistered": registered,
+        "isMfaCapable": registered,
+        "isPasswordlessCapable": any(m in ("fido2", "windowsHelloForBusiness", "passKeyDeviceBound") for m in methods),
+        "methodsRegistered": methods,
+        "isSystemPreferredAuthenticationMethodEnabled": True,
+        "systemPreferredAuthenticationMethods": [m for m in methods if m not in _WEAK_METHODS][:1],
+        "userPreferredMethodForSecondaryAuthentication": "push" if "microsoftAuthenticatorPush" in methods else "none",
+        "lastUpdatedDateTime": _seven_digits(state.loaded_at),
+    }
+    return ok(request, details)
+
+
+def _opaque_id(seed: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(seed.encode()).digest()[:24]).decode().rstrip("=")
+
+
 def invalid_user(request: Request, key: str) -> Response:
     """How the mailbox endpoints answer a user that does not exist."""
     return error(request, 404, "ErrorInvalidUser", f"The requested user '{key}' is invalid.")

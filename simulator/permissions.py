@@ -30,6 +30,8 @@ GATES: dict[str, tuple[str, ...]] = {
     "MailboxSettings.Read": ("graph.messageRules",),
     "Mail.ReadBasic.All": ("graph.mailFolder",),
     "Domain.Read.All": ("graph.domains",),
+    "RoleManagement.Read.Directory": ("graph.roleAssignments", "graph.roleEligibilityScheduleInstances"),
+    "AuditLog.Read.All": ("graph.userRegistrationDetails",),
     "SecurityAlert.Read.All": ("graph.alerts", "graph.alert"),
     "User.RevokeSessions.All": ("graph.revokeSignInSessions",),
     "User.EnableDisableAccount.All": ("graph.updateUser",),

@@ -226,6 +226,28 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "`GET /v1.0/identityProtection/riskyUsers/{object id}` (object ids only, as in the real API)",
     ),
     Route(
+        "graph.roleAssignments",
+        "/v1.0/roleManagement/directory/roleAssignments",
+        _graph(lambda sim, request, _: graph.list_role_assignments(request, sim._state)),
+        "GET",
+        "`GET /v1.0/roleManagement/directory/roleAssignments?$filter=principalId eq '{id}'[&$expand=roleDefinition]`",
+    ),
+    Route(
+        "graph.roleEligibilityScheduleInstances",
+        "/v1.0/roleManagement/directory/roleEligibilityScheduleInstances",
+        _graph(lambda sim, request, _: graph.list_role_eligibility_instances(request, sim._state)),
+        "GET",
+        "`GET /v1.0/roleManagement/directory/roleEligibilityScheduleInstances?$filter=principalId eq '{id}'"
+        "[&$expand=roleDefinition]` (Entra ID P2, else 400 `AadPremiumLicenseRequired`)",
+    ),
+    Route(
+        "graph.userRegistrationDetails",
+        "/v1.0/reports/authenticationMethods/userRegistrationDetails/{id}",
+        _graph(lambda sim, request, args: graph.get_user_registration_details(request, sim._state, args[0])),
+        "GET",
+        "`GET /v1.0/reports/authenticationMethods/userRegistrationDetails/{object id}` (Entra ID P1/P2, else 403)",
+    ),
+    Route(
         "graph.domains",
         "/v1.0/domains",
         _graph(lambda sim, request, _: graph.list_domains(request, sim._state)),

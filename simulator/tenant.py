@@ -59,6 +59,7 @@ class Tenant:
     audit_content: list[Json] = field(default_factory=list)
     withheld_permissions: list[str] = field(default_factory=list)
     entra_id_p2: bool = True
+    entra_id_p1: bool = True  # x-entraIdP1: the authentication methods reports need P1 or P2
     source: str = "<dict>"
 
     def find_user(self, key: str) -> Json | None:
@@ -207,6 +208,9 @@ def _build(document: Json, where: str) -> Tenant:
     p2 = document.get("x-entraIdP2", True)
     if not isinstance(p2, bool):
         raise fail(f"x-entraIdP2 must be true or false, got {p2!r}")
+    p1 = document.get("x-entraIdP1", True)
+    if not isinstance(p1, bool):
+        raise fail(f"x-entraIdP1 must be true or false, got {p1!r}")
 
     return Tenant(
         tenant_id=tenant_id.strip(),
@@ -229,6 +233,7 @@ def _build(document: Json, where: str) -> Tenant:
         audit_content=_audit_content(document, tenant_id.strip(), fail),
         withheld_permissions=withheld,
         entra_id_p2=p2,
+        entra_id_p1=p1,
         source=where,
     )
 
@@ -292,6 +297,12 @@ def _check_mail_keys(user: Json, where: str, fail: Fail) -> None:
     for number, rule in enumerate(rules):
         if "id" in rule and (not isinstance(rule["id"], str) or not rule["id"]):
             raise fail(f"{where}.x-inboxRules[{number}].id must be a non-empty string (or left out)")
+    for key in ("x-directoryRoles", "x-eligibleRoles", "x-methodsRegistered"):
+        names = user.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise fail(f"{where}.{key} must be a list of non-empty strings")
+    if not isinstance(user.get("x-mfaRegistered", False), bool):
+        raise fail(f"{where}.x-mfaRegistered must be true or false")
     folders = user.get("x-mailFolders", [])
     if not isinstance(folders, list) or not all(isinstance(f, dict) for f in folders):
         raise fail(f"{where}.x-mailFolders must be a list of {{id, displayName}} mappings")

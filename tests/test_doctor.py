@@ -138,11 +138,19 @@ mail sender                         skipped             not needed: only with `n
 store: tables                       skipped             simulated: the tables and queues are in memory
 store: queues                       skipped             simulated: the tables and queues are in memory
 """  # noqa: E501
-GRAPH_OK = """\
+PRIVILEGE_OK = """\
+graph: roleAssignments              ok                  the user holds no such role
+graph: roleEligibilities (PIM)      ok                  the user holds no such role
+graph: userRegistrationDetails      ok (note)
+"""
+GRAPH_OK = (
+    """\
 graph: user                         ok
 graph: checkMemberGroups            ok
 graph: riskyUsers                   ok
 """
+    + PRIVILEGE_OK
+)
 EXCHANGE_FIX = """\
                                                         fix: scripts/grant-permissions -> granted           Office 365 Exchange Online   Exchange.ManageAsApp
                                                         fix: scripts/grant-permissions -> granted           Entra ID                     Exchange Administrator
@@ -171,12 +179,17 @@ EXPECTED = {
     "                                                        fix: scripts/grant-permissions -> granted           "
     "Microsoft Graph              GroupMember.Read.All\n"
     "graph: riskyUsers                   ok\n"
+    + PRIVILEGE_OK
     + TAIL
     + "FAILED: 2 probe(s) the policy needs: graph: user, graph: checkMemberGroups\n",
     "without Entra ID P2": HEAD + EXCHANGE_OK + "graph: user                         ok\n"
     "graph: checkMemberGroups            ok\n"
     "graph: riskyUsers                   not-licensed        HTTP 403: no Entra ID P2 in the tenant: risk stays "
-    "unknown, the risk guard cannot act\n" + TAIL + "OK: everything the policy needs answered\n",
+    "unknown, the risk guard cannot act\n"
+    "graph: roleAssignments              ok                  the user holds no such role\n"
+    "graph: roleEligibilities (PIM)      not-licensed        HTTP 400: no Entra ID P2 in the tenant: eligible (PIM) "
+    "roles are unknown, only active roles are checked\n"
+    "graph: userRegistrationDetails      ok (note)\n" + TAIL + "OK: everything the policy needs answered\n",
 }
 TENANTS = {
     "fully granted": {},

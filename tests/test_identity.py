@@ -124,7 +124,8 @@ def test_an_address_and_its_own_object_id_bind_without_a_note_and_ask_each_servi
     sources, directory, exchange, _ = world([blocked("clean@contoso.com")], risk={CLEAN_ID: "none"})
     facts = facts_for(sources, event("clean@contoso.com", CLEAN_ID))
     assert (facts.user, facts.risk_level, facts.notes) == (CLEAN, "none", ())
-    assert (exchange.calls, directory.calls) == (2, 5)  # restriction, mailbox; user, groups, rules, risk, domains
+    # restriction, mailbox; user, groups, rules, risk, active roles, eligible roles, MFA registration, domains
+    assert (exchange.calls, directory.calls) == (2, 8)
 
 
 def test_a_mailbox_restricted_under_its_primary_smtp_proxy_address_is_bound_from_its_upn() -> None:

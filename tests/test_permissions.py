@@ -54,6 +54,7 @@ guards:
   max_risk_level: high
   suspicious_inbox_rules: false
   external_forwarding: false
+  privileged_roles: []
 """
 EVERYTHING = f"""
 mode: enforce
@@ -119,10 +120,11 @@ def test_everything_enabled_needs_every_permission_and_the_table_lists_them_all(
 # -- the rules -----------------------------------------------------------------------------------------------------
 
 
-def test_a_minimal_report_only_policy_needs_the_user_and_exchange_only() -> None:
+def test_a_minimal_report_only_policy_needs_the_user_the_mfa_evidence_and_exchange_only() -> None:
     off = IntakePaths(poll_alerts=False)
     assert values(required(load_policy_text(MINIMAL), off)) == {
         "User.Read.All",
+        "AuditLog.Read.All",
         "Exchange.ManageAsApp",
         "Exchange Administrator",
         *IN_AZURE,
@@ -137,13 +139,20 @@ def test_the_default_policy_needs_the_guards_reads_and_the_poller() -> None:
         "Mail.ReadBasic.All",
         "Domain.Read.All",
         "SecurityAlert.Read.All",
+        "RoleManagement.Read.Directory",
+        "AuditLog.Read.All",
         "Exchange.ManageAsApp",
         "Exchange Administrator",
         *IN_AZURE,
     }
 
 
-OFF = {"max_risk_level": "high", "suspicious_inbox_rules": False, "external_forwarding": False}
+OFF = {
+    "max_risk_level": "high",
+    "suspicious_inbox_rules": False,
+    "external_forwarding": False,
+    "privileged_roles": [],
+}
 
 
 @pytest.mark.parametrize(
@@ -158,6 +167,7 @@ OFF = {"max_risk_level": "high", "suspicious_inbox_rules": False, "external_forw
             {"MailboxSettings.Read", "Mail.ReadBasic.All", "Domain.Read.All"},
         ),
         ({"guards": {**OFF, "external_forwarding": True}}, {"Domain.Read.All"}),
+        ({"guards": {**OFF, "privileged_roles": ["Global Administrator"]}}, {"RoleManagement.Read.Directory"}),
         ({"containment": {"revoke_sessions": True}}, {"User.RevokeSessions.All"}),
         ({"containment": {"confirm_compromised": True}}, {"IdentityRiskyUser.ReadWrite.All"}),
         ({"containment": {"disable_account": True}}, {"User.EnableDisableAccount.All"}),
@@ -437,6 +447,7 @@ def az_calls(az: dict[str, Any]) -> list[dict[str, Any]]:
             {"AzureWebJobsStorage": "UseDevelopmentStorage=true"},
             {
                 "User.Read.All": "would grant",
+                "AuditLog.Read.All": "would grant",
                 "Exchange.ManageAsApp": "would grant",
                 "Exchange Administrator": "would grant",
                 **dict.fromkeys(IN_AZURE, "by the template"),

@@ -25,6 +25,8 @@ class EmailTickets:
         return None
 
     async def create(self, content: TicketContent) -> TicketRef:
+        # Graph sends message importance as the mail's Importance header
+        # (https://learn.microsoft.com/graph/api/resources/message); the title names the main reason.
         importance = "high" if content.severity == "high" else "normal"
         await self._directory.send_mail(
             self._sender, Mail(self._to, self._subject(content), content.html, html=True, importance=importance)

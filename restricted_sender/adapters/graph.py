@@ -13,7 +13,7 @@ from restricted_sender.adapters.http import pooled_transport
 from restricted_sender.adapters.identity import GRAPH_SCOPE
 from restricted_sender.core.mailbox import InboxRule, parse_rules
 from restricted_sender.errors import FilterRefused, ServiceError, ServiceRefused, TransientServiceError
-from restricted_sender.model import DirectoryUser, Mail
+from restricted_sender.model import DirectoryRole, DirectoryUser, Mail, MfaRegistration
 from restricted_sender.ports import AlertsPage
 from restricted_sender.retry import retry_after_seconds
 
@@ -29,7 +29,13 @@ T = TypeVar("T")
 _UNLICENSED_CODES = frozenset(
     {"authentication_requestfromnonpremiumtenantorb2ctenant", "tenantnotlicensed", "aadpremiumlicenserequired"}
 )
-_UNLICENSED_PHRASES = ("not licensed", "premium license", "requires a subscription")
+_UNLICENSED_PHRASES = (
+    "not licensed",
+    "premium license",
+    "requires a subscription",
+    "premium 2 license",  # PIM without Entra ID P2: "The tenant needs an AAD Premium 2 license."
+)
+MAX_ROLE_PAGES = 5  # a user holds a handful of roles: more pages than this is an answer we do not trust
 # proxyAddresses is returned only on $select (https://learn.microsoft.com/graph/api/resources/user): it says which
 # SMTP addresses the user owns, which binds a restricted address to its user.
 USER_FIELDS = ["id", "userPrincipalName", "mail", "accountEnabled", "userType", "createdDateTime", "proxyAddresses"]
@@ -172,6 +178,84 @@ class GraphDirectory:
                 if isinstance(d, dict) and d.get("isVerified") and d.get("id")
             )
         return self._domains
+
+    # -- privilege and MFA (read by object id) ------------------------------------------------------------
+
+    async def active_roles(self, object_id: str) -> tuple[DirectoryRole, ...]:
+        """``GET /roleManagement/directory/roleAssignments?$filter=principalId eq '{id}'&$expand=roleDefinition``
+        (https://learn.microsoft.com/graph/api/rbacapplication-list-roleassignments): the roles assigned to the user
+        itself. Any refusal raises: the caller fails closed."""
+        from kiota_abstractions.base_request_configuration import RequestConfiguration
+        from msgraph.generated.role_management.directory.role_assignments.role_assignments_request_builder import (
+            RoleAssignmentsRequestBuilder as Builder,
+        )
+
+        query = Builder.RoleAssignmentsRequestBuilderGetQueryParameters(
+            filter=_principal(object_id), expand=["roleDefinition"]
+        )
+        builder = self._client.role_management.directory.role_assignments
+        rows = await self._rows(
+            builder, builder.to_get_request_information(RequestConfiguration(query_parameters=query))
+        )
+        return tuple(_role(row, eligible=False) for row in rows if row.get("roleDefinitionId"))
+
+    async def eligible_roles(self, object_id: str) -> tuple[DirectoryRole, ...] | None:
+        """``GET /roleManagement/directory/roleEligibilityScheduleInstances?$filter=principalId eq '{id}'``
+        (https://learn.microsoft.com/graph/api/rbacapplication-list-roleeligibilityscheduleinstances): roles the user
+        can activate through PIM. ``None`` in a tenant without Entra ID P2 (PIM is not there)."""
+        from kiota_abstractions.base_request_configuration import RequestConfiguration
+        from msgraph.generated.role_management.directory.role_eligibility_schedule_instances import (
+            role_eligibility_schedule_instances_request_builder as module,
+        )
+
+        Builder = module.RoleEligibilityScheduleInstancesRequestBuilder
+        query = Builder.RoleEligibilityScheduleInstancesRequestBuilderGetQueryParameters(
+            filter=_principal(object_id), expand=["roleDefinition"]
+        )
+        builder = self._client.role_management.directory.role_eligibility_schedule_instances
+        request = builder.to_get_request_information(RequestConfiguration(query_parameters=query))
+        try:
+            rows = await self._rows(builder, request)
+        except NotLicensed:
+            return None
+        return tuple(_role(row, eligible=True) for row in rows if row.get("roleDefinitionId"))
+
+    async def mfa_registration(self, object_id: str) -> MfaRegistration | None:
+        """``GET /reports/authenticationMethods/userRegistrationDetails/{id}``
+        (https://learn.microsoft.com/graph/api/userregistrationdetails-get); ``None`` without Entra ID P1/P2 (403
+        ``Authentication_RequestFromNonPremiumTenantOrB2CTenant``) or for a user without a record."""
+        details = self._client.reports.authentication_methods.user_registration_details
+        request = details.by_user_registration_details_id(object_id).to_get_request_information()
+        try:
+            found = await self._json(request, permission="AuditLog.Read.All")
+        except NotLicensed:
+            return None
+        if not isinstance(found, dict) or not isinstance(found.get("isMfaRegistered"), bool):
+            return None
+        methods = found.get("methodsRegistered")
+        return MfaRegistration(
+            registered=found["isMfaRegistered"],
+            methods=tuple(m for m in methods or () if isinstance(m, str)) if isinstance(methods, list) else (),
+            updated=_text(found.get("lastUpdatedDateTime")),
+        )
+
+    async def _rows(self, builder: Any, request: RequestInformation) -> list[dict[str, Any]]:
+        """Every row of a role listing, following ``@odata.nextLink`` on Graph's own host only."""
+        rows: list[dict[str, Any]] = []
+        for _ in range(MAX_ROLE_PAGES):
+            found = await self._json(request, permission="RoleManagement.Read.Directory")
+            value = found.get("value") if isinstance(found, dict) else None
+            if not isinstance(value, list):
+                # Not a listing (a 404 included): the roles are unknown, and the guard fails closed on it.
+                raise ServiceRefused(self.service, "role listing: the answer holds no 'value' list")
+            rows.extend(v for v in value if isinstance(v, dict))
+            link = found.get("@odata.nextLink")
+            if not isinstance(link, str):
+                return rows
+            if _origin(link) != _origin(self._client.request_adapter.base_url):
+                raise ServiceRefused(self.service, "refusing a role listing @odata.nextLink to another host")
+            request = builder.with_url(link).to_get_request_information()
+        raise ServiceRefused(self.service, f"role listing: more than {MAX_ROLE_PAGES} pages for one user")
 
     # -- the alerts_v2 poller (AlertFeed) ---------------------------------------------------------------
 
@@ -326,8 +410,10 @@ class GraphDirectory:
             status = error.response_status_code
             if status == 404 and missing:
                 return None
-            if status == 403 and _unlicensed(error):
-                raise NotLicensed(self.service, f"HTTP 403: {_odata_message(error)}", http_status=403) from error
+            # A missing licence: 403 for reports and Identity Protection, 400 seen from PIM.
+            if status in (400, 403) and _unlicensed(error):
+                message = f"HTTP {status}: {_odata_message(error)}"
+                raise NotLicensed(self.service, message, http_status=status) from error
             raise _mapped(status, _odata_message(error), permission) from error
         except httpx.TimeoutException as error:
             raise TransientServiceError(self.service, f"timed out ({type(error).__name__})") from error
@@ -344,6 +430,18 @@ def _unlicensed(error: Exception) -> bool:
     code = str(getattr(inner, "code", None) or "").lower()
     message = str(getattr(inner, "message", None) or "").lower()
     return code in _UNLICENSED_CODES or any(phrase in message for phrase in _UNLICENSED_PHRASES)
+
+
+def _principal(object_id: str) -> str:
+    return f"principalId eq '{object_id.replace(chr(39), chr(39) * 2)}'"
+
+
+def _role(row: dict[str, Any], *, eligible: bool) -> DirectoryRole:
+    """A unifiedRoleAssignment or unifiedRoleEligibilityScheduleInstance row: ``roleDefinitionId`` is a built-in
+    role's template id (https://learn.microsoft.com/graph/api/resources/unifiedroleassignment)."""
+    definition = row.get("roleDefinition")
+    name = definition.get("displayName") if isinstance(definition, dict) else None
+    return DirectoryRole(role_id=str(row["roleDefinitionId"]).lower(), name=_text(name), eligible=eligible)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

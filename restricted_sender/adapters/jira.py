@@ -48,6 +48,7 @@ class JiraTickets:
         email: str,
         api_token: Secret,
         labels: Sequence[str] = (),
+        high_priority: str | None = "High",
         retry: RetryPolicy | None = None,
     ) -> None:
         if not _PROJECT_KEY.fullmatch(project):
@@ -66,6 +67,7 @@ class JiraTickets:
         self._email = email
         self._api_token = api_token
         self._labels = tuple(labels)
+        self._high_priority = high_priority.strip() if high_priority and high_priority.strip() else None
         self._retry = retry or RetryPolicy()
 
     def __repr__(self) -> str:
@@ -87,6 +89,10 @@ class JiraTickets:
             "description": description_document(content.text, content.record),
             "labels": labels,
         }
+        if content.severity == "high" and self._high_priority:
+            # The issue's priority by name (Jira's default scheme: Highest, High, Medium, Low, Lowest); it must be on
+            # the project's create screen: https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-post
+            fields["priority"] = {"name": self._high_priority}
 
         async def post() -> TicketRef:
             data = await self._call("create", "POST", f"{self._site}/rest/api/3/issue", json={"fields": fields})

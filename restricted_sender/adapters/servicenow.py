@@ -84,6 +84,8 @@ class ServiceNowTickets:
 
     async def create(self, content: TicketContent) -> TicketRef:
         check_correlation_id("ServiceNow", content.correlation_id)
+        # Priority is not sent: the incident table computes it from impact x urgency (1 x 1 = 1 - Critical) by its
+        # priority lookup rules, https://www.servicenow.com/docs/r/it-service-management/incident-management/def-prio-lookup-rules.html
         impact = 1 if content.severity == "high" else 2
         record = json.dumps(content.record, indent=2, sort_keys=True)
         body: dict[str, Any] = {

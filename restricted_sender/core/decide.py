@@ -34,6 +34,8 @@ class ReasonCode(StrEnum):
     GUARD_RISK = "guard:risk"
     GUARD_INBOX_RULE = "guard:inbox-rule"
     GUARD_FORWARDING = "guard:forwarding"
+    GUARD_PRIVILEGED = "guard:privileged"
+    GUARD_NO_MFA = "guard:no-mfa"
     LIMIT_BLOCK = "limit-block"
     AUTO_RELEASE_SOON = "auto-release-soon"
     UNBLOCK_FAILED = "unblock-failed"
@@ -215,6 +217,9 @@ def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
     """Every guard, in the README's (Decisions) order; each failing one is reported with the evidence that failed it."""
     guards = policy.guards
     failed: list[Reason] = []
+    privileged = _privileged(guards.privileged_roles, facts)
+    if privileged is not None:
+        failed.append(privileged)
     budget = guards.max_unblocks_per_user
     if budget is not None:
         spent = budget.spent_by(facts.unblocks, now)
@@ -256,6 +261,17 @@ def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
         findings = list(facts.forwarding.findings(facts.tenant_domains))
         if findings:
             failed.append(Reason(ReasonCode.GUARD_FORWARDING, "; ".join(findings)))
+    if guards.require_mfa_registered and facts.user is not None:
+        if facts.mfa_unread is not None:
+            failed.append(Reason(ReasonCode.GUARD_NO_MFA, f"MFA registration could not be read: {facts.mfa_unread}"))
+        elif facts.mfa is not None and not facts.mfa.registered:
+            methods = ", ".join(facts.mfa.methods) or "none"
+            failed.append(
+                Reason(
+                    ReasonCode.GUARD_NO_MFA,
+                    f"no strong (MFA) authentication method registered (methods registered: {methods})",
+                )
+            )
     if policy.guards.account_enabled and facts.user is not None and facts.user.account_enabled is False:
         failed.append(
             Reason(
@@ -264,6 +280,28 @@ def _guards(policy: Policy, facts: Facts, now: datetime) -> list[Reason]:
             )
         )
     return failed
+
+
+def _privileged(wanted: tuple[str, ...], facts: Facts) -> Reason | None:
+    """Holders of a privileged directory role, active or eligible, are never unblocked automatically; nor is a user
+    whose roles could not be read (fail closed: privilege unknown)."""
+    if not wanted or facts.user is None:
+        return None
+    if facts.roles_unread is not None:
+        return Reason(
+            ReasonCode.GUARD_PRIVILEGED,
+            f"the directory roles of {facts.user.user_principal_name} could not be read ({facts.roles_unread}): "
+            "whether the account is privileged is unknown",
+        )
+    names = frozenset(wanted)
+    held = [role.label() for role in facts.roles if role.matches(names)]
+    if not held:
+        return None
+    return Reason(
+        ReasonCode.GUARD_PRIVILEGED,
+        f"privileged account: {facts.user.user_principal_name} holds {', '.join(held)}; "
+        "privileged accounts are never unblocked automatically",
+    )
 
 
 def _window(budget: Budget) -> str:

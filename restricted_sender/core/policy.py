@@ -63,6 +63,37 @@ class Budget:
         return len(self.spent_by(entries, at)) >= self.count
 
 
+# The default set of the privileged guard: built-in Entra roles that can take over the tenant, its mail or its
+# identities (most carry the "privileged" label in https://learn.microsoft.com/entra/identity/role-based-access-control/permissions-reference,
+# where these template ids are listed). Exchange Administrator and Exchange Recipient Administrator are added:
+# an attacker holding them controls every mailbox's rules and forwarding.
+PRIVILEGED_ROLES: Mapping[str, str] = {
+    "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
+    "e8611ab8-c189-46e8-94e1-60213ab1f814": "Privileged Role Administrator",
+    "7be44c8a-adaf-4e2a-84d6-ab2649e08a13": "Privileged Authentication Administrator",
+    "194ae4cb-b126-40b2-bd5b-6091b380977d": "Security Administrator",
+    "5f2222b1-57c3-48ba-8ad5-d4759f1fde6f": "Security Operator",
+    "29232cdf-9323-42fd-ade2-1d097af3e4de": "Exchange Administrator",
+    "31392ffb-586c-42d1-9346-e59415a2cc4e": "Exchange Recipient Administrator",
+    "fe930be7-5e62-47db-91af-98c3a49a38b1": "User Administrator",
+    "c4e39bd9-1100-46d3-8c65-fb160da0071f": "Authentication Administrator",
+    "729827e3-9c14-49f7-bb1b-9608f156bbb8": "Helpdesk Administrator",
+    "966707d0-3269-4727-9be2-8c3a10f19b9d": "Password Administrator",
+    "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3": "Application Administrator",
+    "158c047a-c907-4556-b7ef-446551a6b5f7": "Cloud Application Administrator",
+    "b1be1c3e-b65d-4f19-8427-f6fa0d97feb9": "Conditional Access Administrator",
+    "8ac3fc64-6eca-42ea-9e69-59f4c7b60eb2": "Hybrid Identity Administrator",
+    "be2f45a1-457d-42af-a067-6ec1fa63bc45": "External Identity Provider Administrator",
+    "8329153b-31d0-4727-b945-745eb3bc5f31": "Domain Name Administrator",
+    "9360feb5-f418-4baa-8175-e2a00bac4301": "Directory Writers",
+    "3a2c62db-5318-420d-8d74-23affee5d9d5": "Intune Administrator",
+    "f28a1f50-f6e7-4571-818b-6a12f2af6b6c": "SharePoint Administrator",
+    "69091246-20e8-4a56-aa4d-066075b2a7a8": "Teams Administrator",
+    "f2ef992c-3afb-46b9-b7cf-a126ee74c451": "Global Reader",
+    "e00e864a-17c5-4a4b-9c06-f5b95a8d5bd8": "Partner Tier2 Support",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Guards:
     max_unblocks_per_user: Budget | None = Budget(count=1, window_hours=7 * 24)
@@ -72,6 +103,9 @@ class Guards:
     external_forwarding: bool = True
     account_enabled: bool = True
     min_hours_to_auto_release: float = 2.0
+    # Lower-cased role template ids and display names; empty: the privileged guard is off.
+    privileged_roles: tuple[str, ...] = tuple(sorted(PRIVILEGED_ROLES))
+    require_mfa_registered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +139,7 @@ class TicketOptions:
     jira_project: str | None = None
     jira_issue_type: str = "Task"
     jira_labels: tuple[str, ...] = ()
+    jira_high_priority: str | None = "High"  # set on high-severity issues; None: the priority is left to Jira
     email_sender: str | None = None
     email_to: tuple[str, ...] = ()
 
@@ -322,6 +357,24 @@ class Strings(Node):
     def own_schema(self) -> Schema:
         items = {"type": "string", "minLength": 1} if self.item is None else self.item.own_schema()
         return {"type": "array", "items": items}
+
+
+@dataclass(eq=False, repr=False)
+class RoleNames(Node):
+    """Directory roles by template id or display name, read lower-cased, sorted and unique. Absent: the default
+    set; an empty list turns the guard off."""
+
+    default: tuple[str, ...]
+    description: str | None = None
+
+    def read(self, value: object, where: str, problems: Problems) -> tuple[str, ...]:
+        if value is None:
+            return self.default
+        names = Strings().read(value, where, problems)
+        return tuple(sorted({n.lower() for n in names}))
+
+    def own_schema(self) -> Schema:
+        return {**Strings().own_schema(), "default": list(self.default)}
 
 
 @dataclass(eq=False, repr=False)
@@ -589,6 +642,15 @@ POLICY_MODEL = Section(
                 "account_enabled": Flag(_GUARDS.account_enabled),
                 # A day block lifts within 24 h: waiting longer than that is never needed.
                 "min_hours_to_auto_release": Number(_GUARDS.min_hours_to_auto_release, 24),
+                "privileged_roles": RoleNames(
+                    _GUARDS.privileged_roles,
+                    "Entra directory roles (template ids or display names) whose holders, active or eligible, are "
+                    "never unblocked automatically. Default: the built-in privileged admin roles; [] turns it off.",
+                ),
+                "require_mfa_registered": Flag(
+                    _GUARDS.require_mfa_registered,
+                    "Never unblock a user who has registered no strong (MFA) authentication method.",
+                ),
             }
         ),
         "containment": Section({f.name: Flag(getattr(_CONTAINMENT, f.name)) for f in fields(Containment)}),
@@ -628,6 +690,13 @@ POLICY_MODEL = Section(
                         "project": Text("[A-Z][A-Z0-9_]{1,9}", "expected a Jira project key such as SEC, got {}"),
                         "issue_type": Text(r".*\S.*", "expected an issue type name, got {}", _TICKET.jira_issue_type),
                         "labels": Strings(Text(r"\S+", "Jira labels cannot contain spaces: {}")),
+                        "high_priority": Text(
+                            r"(.*\S.*)?",
+                            "expected a priority name such as High, got {}",
+                            _TICKET.jira_high_priority,
+                            'The priority of high-severity issues (a privileged account, compromise signs); "" '
+                            "leaves it to Jira (when priority is not on the project's create screen).",
+                        ),
                     }
                 ),
                 "email": Section({"sender": _MAILBOX, "to": Strings(_MAILBOX)}),
@@ -668,6 +737,7 @@ def _build(values: Mapping[str, Any]) -> Policy:
         jira_project=ticket_values["jira"]["project"],
         jira_issue_type=ticket_values["jira"]["issue_type"],
         jira_labels=tuple(ticket_values["jira"]["labels"]),
+        jira_high_priority=ticket_values["jira"]["high_priority"] or None,
         email_sender=None if email["sender"] is None else email["sender"].lower(),
         email_to=tuple(sorted({t.lower() for t in email["to"]})),
     )

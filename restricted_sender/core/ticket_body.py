@@ -41,6 +41,9 @@ RESTRICTED_ENTITIES_URL = "https://security.microsoft.com/restrictedentities"
 COMPROMISE_CODES = frozenset(
     {ReasonCode.GUARD_RISK, ReasonCode.GUARD_INBOX_RULE, ReasonCode.GUARD_FORWARDING, ReasonCode.NOT_LIFTED}
 )
+# Reasons that make the ticket "high" in every system without being compromise signs: an account that can take over
+# the tenant (a privileged directory role) is looked at first whatever else is found.
+HIGH_PRIORITY_CODES = COMPROMISE_CODES | {ReasonCode.GUARD_PRIVILEGED}
 # What a person should read first: a failed guard, a deny match, a refused or ineffective unblock.
 _MAIN_CODES = frozenset({ReasonCode.UNBLOCK_FAILED, ReasonCode.NOT_LIFTED})
 _VERIFICATION_CODES = frozenset({ReasonCode.VERIFIED, ReasonCode.NOT_LIFTED})
@@ -130,9 +133,9 @@ def render_ticket(correlation_id: str, record: DecisionRecord, evidence: Mapping
 
 def _is_high(codes: Sequence[str], evidence: Mapping[str, Any]) -> bool:
     """A compromise sign among the reasons (a failed risk, inbox-rule or forwarding guard, a deny match, a block
-    that came back after our unblock), or in the evidence even where the policy did not guard on it: a
-    suspicious inbox rule, or Identity Protection rating the user's risk high."""
-    if any(code in COMPROMISE_CODES or code.startswith(ReasonPrefix.DENY) for code in codes):
+    that came back after our unblock) or a privileged account, or in the evidence even where the policy did not
+    guard on it: a suspicious inbox rule, or Identity Protection rating the user's risk high."""
+    if any(code in HIGH_PRIORITY_CODES or code.startswith(ReasonPrefix.DENY) for code in codes):
         return True
     if any(_list(_map(rule).get("suspicious")) for rule in _list(evidence.get("inbox_rules"))):
         return True
@@ -249,6 +252,8 @@ class _View:
             self.restriction_block(),
             self.user_block(),
             self.risk_block(),
+            self.roles_block(),
+            self.mfa_block(),
             self.rules_block(),
             self.forwarding_block(),
             self.unblocks_block(),
@@ -345,6 +350,34 @@ class _View:
         else:
             shown = level
         return _Block("Sign-in risk", 3, (_Item((f"Identity Protection user risk: {shown}",)),))
+
+    def roles_block(self) -> _Block:
+        found = _map(self.evidence.get("directory_roles"))
+        if not found:
+            return _Block("Directory roles", 3, (_Item(("Not read.",)),))
+        if found.get("known") is False:
+            why = self.v(found.get("unread")) or "no answer"
+            return _Block("Directory roles", 3, (_Item((f"Could not be read ({why}): privilege unknown",)),))
+        roles = [_map(r) for r in _list(found.get("roles"))]
+        items = [
+            _Item((f"{self.v(r.get('name') or r.get('role_id'))} ({'eligible' if r.get('eligible') else 'active'})",))
+            for r in roles
+        ]
+        return _Block("Directory roles", 3, self.listed(items) or (_Item(("None (active or eligible)",)),))
+
+    def mfa_block(self) -> _Block:
+        mfa = _map(self.evidence.get("mfa"))
+        if mfa.get("known") is not True:
+            why = self.v(mfa.get("unread")) or "needs Entra ID P1 or P2, or the user has no registration record"
+            return _Block("MFA registration", 3, (_Item((f"Unknown — {why}",)),))
+        methods = ", ".join(self.v(m) for m in _list(mfa.get("methods"))) or "none"
+        items = [
+            _Item((f"Strong (MFA) method registered: {_yes_no(mfa.get('registered'))}",)),
+            _Item((f"Methods registered: {methods}",)),
+        ]
+        if mfa.get("updated"):
+            items.append(_Item((f"Report last updated: {self.v(mfa.get('updated'))}",)))
+        return _Block("MFA registration", 3, tuple(items))
 
     def rules_block(self) -> _Block:
         rules = self.evidence.get("inbox_rules")

@@ -412,6 +412,7 @@ def ticket_system(
             email=email,
             api_token=token,
             labels=options.jira_labels,
+            high_priority=options.jira_high_priority,
             retry=retry,
         )
     if options.system == "email":

@@ -156,6 +156,22 @@ PERMISSIONS: tuple[Permission, ...] = (
         _risk_guard,
     ),
     _graph(
+        "RoleManagement.Read.Directory",
+        "only when `guards.privileged_roles` is not empty (default: the privileged admin roles)",
+        "the privileged guard: active roles (`roleManagement/directory/roleAssignments`) and, with Entra ID P2, "
+        "eligible ones (`roleEligibilityScheduleInstances`); the least-privileged permission for role assignments, "
+        "and it covers eligibilities too (one grant instead of adding `RoleEligibilitySchedule.Read.Directory`)",
+        lambda policy, intake: bool(policy.guards.privileged_roles),
+    ),
+    _graph(
+        "AuditLog.Read.All",
+        "always (the MFA evidence); `guards.require_mfa_registered` fails closed without it",
+        "MFA registration (`reports/authenticationMethods/userRegistrationDetails/{id}`; the only permission it "
+        "accepts; needs Entra ID P1 or P2, else unknown). Requested always: whether the account has a strong method "
+        "is the first thing a responder asks",
+        _always,
+    ),
+    _graph(
         "MailboxSettings.Read",
         "only with `guards.suspicious_inbox_rules` (default on)",
         "Inbox rules (`mailFolders/inbox/messageRules`)",
@@ -271,6 +287,9 @@ GRAPH_CALLS: Mapping[str, tuple[str, ...]] = {
     "inbox_rules": ("MailboxSettings.Read",),
     "folder_name": ("Mail.ReadBasic.All",),
     "verified_domains": ("Domain.Read.All",),
+    "active_roles": ("RoleManagement.Read.Directory",),
+    "eligible_roles": ("RoleManagement.Read.Directory",),
+    "mfa_registration": ("AuditLog.Read.All",),
     "alerts_page": ("SecurityAlert.Read.All",),
     "revoke_sessions": ("User.RevokeSessions.All",),
     "confirm_compromised": ("IdentityRiskyUser.ReadWrite.All",),

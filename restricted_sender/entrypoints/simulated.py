@@ -207,6 +207,9 @@ async def replay(
                 "blocked_senders": sim.blocked_senders,
                 "tickets": sim.tickets,
                 "teams_posts": sim.teams_posts(),
+                "servicenow_records": sim.servicenow_records(),
+                "jira_issues": sim.jira_issues(),
+                "sent_mail": sim.sent_mail(),
                 "verifications": [message for message, _ in verifications.scheduled],
             },
         )

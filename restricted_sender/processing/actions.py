@@ -94,6 +94,12 @@ def evidence(facts: Facts, record: DecisionRecord, alert_url: str | None) -> dic
         },
         "member_of_policy_groups": sorted(facts.member_of),
         "risk": {"level": facts.risk_level, "known": facts.risk_level is not None},
+        "directory_roles": {
+            "known": facts.roles_unread is None,
+            "unread": facts.roles_unread,
+            "roles": [r.to_evidence() for r in facts.roles],
+        },
+        "mfa": facts.mfa.to_evidence() if facts.mfa else {"known": False, "unread": facts.mfa_unread},
         "inbox_rules": None
         if facts.inbox_rules is None
         else [r.to_evidence(facts.tenant_domains, facts.folder_names) for r in facts.inbox_rules[:MAX_RULES]],

@@ -158,11 +158,8 @@ def classify(error: BaseException, permissions: Sequence[str]) -> tuple[Verdict,
     """What a probe's failure means: the verdict, a detail without values from the tenant, and the fix."""
     status = getattr(error, "http_status", None)
     if type(error).__name__ == "NotLicensed":  # adapters.graph.NotLicensed: a 403 about the licence, not the app
-        return (
-            Verdict.NOT_LICENSED,
-            "HTTP 403: no Entra ID P2 in the tenant: risk stays unknown, the risk guard cannot act",
-            (),
-        )
+        what = next((text for p, text in _UNLICENSED.items() if p in permissions), _UNLICENSED[""])
+        return Verdict.NOT_LICENSED, f"HTTP {status or 403}: {what}", ()
     if isinstance(error, ServiceError) and status in (401, 403):
         needs = " and ".join(permissions) or "a permission"
         return Verdict.MISSING_PERMISSION, f"HTTP {status}: needs {needs}", fixes(permissions)
@@ -175,6 +172,15 @@ def classify(error: BaseException, permissions: Sequence[str]) -> tuple[Verdict,
     if isinstance(error, ResponderError):
         return Verdict.UNREACHABLE, _cut(f"refused: {error.message}"), ()
     return Verdict.UNREACHABLE, _cut(f"{type(error).__name__}: {error}"), ()
+
+
+# What a missing licence means, by the permission of the call that met it.
+_UNLICENSED = {
+    "RoleManagement.Read.Directory": "no Entra ID P2 in the tenant: eligible (PIM) roles are unknown, only active "
+    "roles are checked",
+    "AuditLog.Read.All": "no Entra ID P1/P2 in the tenant: MFA registration stays unknown (a note, not a failure)",
+    "": "no Entra ID P2 in the tenant: risk stays unknown, the risk guard cannot act",
+}
 
 
 def compare_fields(seen: Iterable[str], expected: Iterable[str]) -> tuple[Verdict, str]:
@@ -237,6 +243,8 @@ MAILBOX_FIELDS = ("UserPrincipalName", "ForwardingAddress", "ForwardingSmtpAddre
 RECIPIENT_FIELDS = ("RecipientType", "PrimarySmtpAddress", "ExternalDirectoryObjectId")
 USER_FIELDS = ("id", "userPrincipalName", "mail", "accountEnabled", "userType", "createdDateTime")
 RISKY_USER_FIELDS = ("id", "riskLevel")
+ROLE_FIELDS = ("roleDefinitionId", "principalId")
+REGISTRATION_FIELDS = ("id", "isMfaRegistered", "methodsRegistered")
 FOLDER_FIELDS = ("id", "displayName")
 DOMAIN_FIELDS = ("id", "isVerified")
 ALERT_FIELDS = ("id", "title", "createdDateTime", "lastUpdateDateTime")
@@ -413,6 +421,8 @@ async def _graph_probes(run: _Run, targets: Targets, mailbox: str | None, object
                 _object_check(RISKY_USER_FIELDS, "no risk record for this user (never at risk)"),
             )
 
+    await _privilege_probes(run, targets, object_id)
+
     for name, call, path, expected in (
         ("graph: messageRules", "inbox_rules", "mailFolders/inbox/messageRules", LIST_FIELDS),
         ("graph: mailFolders", "folder_name", "mailFolders/inbox", FOLDER_FIELDS),
@@ -445,6 +455,43 @@ async def _graph_probes(run: _Run, targets: Targets, mailbox: str | None, object
             GRAPH_CALLS["alerts_page"],
             _row_check(ALERT_FIELDS, "no alert now: no row to compare"),
         )
+
+
+async def _privilege_probes(run: _Run, targets: Targets, object_id: str | None) -> None:
+    """The privileged guard's role reads and the MFA evidence, both asked by object id."""
+    graph = targets.graph
+    role_permission = GRAPH_CALLS["active_roles"][0]
+    for name, call, listing in (
+        ("graph: roleAssignments", "active_roles", "roleAssignments"),
+        ("graph: roleEligibilities (PIM)", "eligible_roles", "roleEligibilityScheduleInstances"),
+    ):
+        if run.skip_unless(name, role_permission):
+            continue
+        if object_id is None:
+            run.add(Probe(name, Verdict.SKIPPED, "no user object id to ask about", required=False))
+            continue
+        where = quote(f"principalId eq '{object_id}'", safe="")
+        await run.attempt(
+            name,
+            partial(graph.read, f"roleManagement/directory/{listing}?$filter={where}", permission=role_permission),
+            GRAPH_CALLS[call],
+            _row_check(ROLE_FIELDS, "the user holds no such role"),
+        )
+    name, permission = "graph: userRegistrationDetails", GRAPH_CALLS["mfa_registration"][0]
+    if run.skip_unless(name, permission):
+        return
+    if object_id is None:
+        run.add(Probe(name, Verdict.SKIPPED, "no user object id to ask about", required=False))
+        return
+    await run.attempt(
+        name,
+        partial(
+            graph.read, f"reports/authenticationMethods/userRegistrationDetails/{object_id}", permission=permission
+        ),
+        GRAPH_CALLS["mfa_registration"],
+        _object_check(REGISTRATION_FIELDS, "no registration record for this user"),
+        required=run.policy.guards.require_mfa_registered,
+    )
 
 
 async def _other_probes(run: _Run, targets: Targets, senders: Sequence[str]) -> None:

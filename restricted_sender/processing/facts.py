@@ -20,8 +20,17 @@ from typing import Any
 from restricted_sender.core.mailbox import Forwarding, InboxRule
 from restricted_sender.core.policy import Policy
 from restricted_sender.core.restriction import Anchor, BlockedSender
-from restricted_sender.errors import TransientServiceError
-from restricted_sender.model import DirectoryUser, Facts, Note, NoteCode, RestrictionEvent, UnblockEntry
+from restricted_sender.errors import ServiceRefused, TransientServiceError
+from restricted_sender.model import (
+    DirectoryRole,
+    DirectoryUser,
+    Facts,
+    MfaRegistration,
+    Note,
+    NoteCode,
+    RestrictionEvent,
+    UnblockEntry,
+)
 from restricted_sender.ports import Directory, Exchange, Store
 from restricted_sender.timeutil import iso, parse_instant
 
@@ -45,6 +54,26 @@ class _Wants:
     forwarding: bool = False
     history: bool = False
     since: datetime | None = None
+    roles: bool = False
+    mfa: bool = False
+    mfa_guard: bool = False
+
+    @property
+    def by_id(self) -> bool:
+        """Anything Graph answers only by the user's object id."""
+        return self.risk or self.roles or self.mfa
+
+
+@dataclass(frozen=True, slots=True)
+class _ById:
+    """What Graph answers only by object id: Identity Protection's risk, the directory roles, MFA registration."""
+
+    risk: str | None = None
+    roles: tuple[DirectoryRole, ...] = ()
+    eligible_known: bool = True
+    roles_unread: str | None = None
+    mfa: MfaRegistration | None = None
+    mfa_refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +84,7 @@ class _DirectoryFacts:
     user: DirectoryUser | None
     member_of: frozenset[str] = frozenset()
     rules: tuple[InboxRule, ...] | None = None
-    risk: str | None = None
-    risk_asked: bool = False
+    by_id: _ById | None = None  # None: not asked (the key was not an object id)
 
     def about(self, user: DirectoryUser) -> bool:
         """Fetched by ``user``'s own key, so every part of it is about ``user`` (not someone sharing an address)."""
@@ -102,6 +130,10 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
         rules=guards is not None and guards.suspicious_inbox_rules,
         forwarding=guards is not None and guards.external_forwarding,
         history=policy is not None,
+        roles=guards is not None and bool(guards.privileged_roles),
+        # Evidence whatever the guard says (README: Permissions explains why it is always asked).
+        mfa=policy is not None,
+        mfa_guard=guards is not None and guards.require_mfa_registered,
         since=now - (timedelta(hours=user_budget.window_hours) if user_budget else _NO_HISTORY_WINDOW),
     )
     address, object_id = event.user.address, event.user.object_id
@@ -172,16 +204,16 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
     if user is not None and directory_facts is None:
         second["directory"] = _directory_facts(directory, user.id, wants, object_id=user.id, user=user)
     elif user is not None and directory_facts is not None:
-        if wants.risk and not directory_facts.risk_asked:
-            second["risk"] = directory.risk_level(user.id)
+        if wants.by_id and directory_facts.by_id is None:
+            second["by_id"] = _by_id(directory, user.id, wants)
         for folder in _folders(directory_facts.rules):
             second[f"folder:{folder}"] = directory.folder_name(user.id, folder)
     if mailbox is None or mailbox.address.lower() != anchor:
         second["mailbox"] = _mailbox_facts(exchange, store, restriction.address, wants)
     found = dict(zip(second, await _all(*second.values()), strict=True)) if second else {}
     folder_names.update({k[7:]: v for k, v in found.items() if k.startswith("folder:")})
-    if "risk" in found and directory_facts is not None:
-        directory_facts = replace(directory_facts, risk=found["risk"], risk_asked=True)
+    if "by_id" in found and directory_facts is not None:
+        directory_facts = replace(directory_facts, by_id=found["by_id"])
     if "directory" in found and user is not None:
         directory_facts = found["directory"]
         folders = _folders(directory_facts.rules)
@@ -191,9 +223,22 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
     assert mailbox is not None
     rules = directory_facts.rules if directory_facts else None
 
-    risk = directory_facts.risk if directory_facts else None
+    # Never asked (no path should lead here for a bound user): privilege is then unknown, and the guard fails closed.
+    unasked = _ById(roles_unread="not asked" if wants.roles else None)
+    by_id = directory_facts.by_id if directory_facts and directory_facts.by_id else unasked
+    risk = by_id.risk
     if wants.risk and user is not None and risk is None:
         notes.add(NoteCode.RISK_UNKNOWN, "Identity Protection gave no risk level (no Entra ID P2, or no risk record)")
+    if wants.roles and user is not None:
+        if by_id.roles_unread is not None:
+            notes.add(NoteCode.ROLES_UNREAD, f"the directory roles could not be read ({by_id.roles_unread}): the "
+                      "privileged guard fails closed")  # fmt: skip
+        elif not by_id.eligible_known:
+            notes.add(NoteCode.ELIGIBLE_ROLES_UNKNOWN, "eligible (PIM) directory roles are unknown without Entra ID "
+                      "P2: only active role assignments were checked")  # fmt: skip
+    if wants.mfa_guard and user is not None and by_id.mfa is None:
+        why = by_id.mfa_refused or "no Entra ID P1/P2, or no registration record"
+        notes.add(NoteCode.MFA_UNKNOWN, f"the MFA registration is unknown ({why})")
     if mailbox.forwarding is not None and mailbox.forwarding.unresolved:
         notes.add(
             NoteCode.FORWARDING_UNRESOLVED,
@@ -224,21 +269,59 @@ async def gather_facts(event: RestrictionEvent, policy: Policy | None, sources: 
         folder_names={f: n for f, n in folder_names.items() if n},
         forwarding=mailbox.forwarding,
         tenant_domains=frozenset(domains),
+        roles=by_id.roles,
+        roles_unread=by_id.roles_unread if user is not None else None,
+        mfa=by_id.mfa,
+        mfa_unread=by_id.mfa_refused if user is not None else None,
     )
 
 
 async def _directory_facts(
     directory: Directory, key: str, wants: _Wants, *, object_id: str | None, user: DirectoryUser | None = None
 ) -> _DirectoryFacts:
-    """The user ``key`` names and, concurrently, its groups and rules (and its risk, when the key is its object id)."""
-    ask_risk = wants.risk and object_id is not None
-    found_user, member_of, rules, risk = await _all(
+    """The user ``key`` names and, concurrently, its groups and rules (and its risk, roles and MFA registration,
+    when the key is its object id)."""
+    found_user, member_of, rules, by_id = await _all(
         _value(user) if user is not None else directory.user(key),
         directory.member_groups(key, wants.groups) if wants.groups else _empty_set(),
         directory.inbox_rules(key) if wants.rules else _none(),
-        directory.risk_level(object_id) if ask_risk and object_id else _none(),
+        _by_id(directory, object_id, wants) if wants.by_id and object_id else _none(),
     )
-    return _DirectoryFacts(key, found_user, frozenset(g.lower() for g in member_of), rules, risk, ask_risk)
+    return _DirectoryFacts(key, found_user, frozenset(g.lower() for g in member_of), rules, by_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    message: str
+
+
+async def _or_refused(step: Awaitable[Any]) -> Any:
+    """``step``'s value, or why the service refused it (a missing permission or licence): such a fact is unknown,
+    and the guard that needs it decides what unknown means. Transient failures still raise (the queue retries)."""
+    try:
+        return await step
+    except ServiceRefused as refused:
+        return _Refused(refused.message)
+
+
+async def _by_id(directory: Directory, object_id: str, wants: _Wants) -> _ById:
+    """Concurrently: risk, active and eligible directory roles, MFA registration (each only when wanted)."""
+    risk, active, eligible, mfa = await _all(
+        directory.risk_level(object_id) if wants.risk else _none(),
+        _or_refused(directory.active_roles(object_id)) if wants.roles else _value(()),
+        _or_refused(directory.eligible_roles(object_id)) if wants.roles else _value(()),
+        _or_refused(directory.mfa_registration(object_id)) if wants.mfa else _none(),
+    )
+    refusals = [r.message for r in (active, eligible) if isinstance(r, _Refused)]
+    roles = () if refusals else (*active, *(eligible or ()))
+    return _ById(
+        risk=risk,
+        roles=roles,
+        eligible_known=eligible is not None,
+        roles_unread="; ".join(refusals) or None,
+        mfa=mfa if isinstance(mfa, MfaRegistration) else None,
+        mfa_refused=mfa.message if isinstance(mfa, _Refused) else None,
+    )
 
 
 async def _mailbox_facts(exchange: Exchange, store: Store, address: str, wants: _Wants) -> _MailboxFacts:

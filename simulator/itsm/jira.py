@@ -119,6 +119,13 @@ def jira_create_issue(request: Request, state: ItsmState) -> Response:
         problem = document_problem(fields["description"])
         if problem:
             errors["description"] = problem
+    # The priority is an object naming it by "name" or "id" (the default scheme: Highest, High, Medium, Low, Lowest),
+    # https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-priorities/
+    priority = fields.get("priority")
+    if "priority" in fields and not (
+        isinstance(priority, dict) and any(isinstance(priority.get(k), str) and priority[k] for k in ("name", "id"))
+    ):
+        errors["priority"] = "Could not find valid 'id' or 'name' in priority object."
     labels = fields.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         errors["labels"] = "Labels must be a list of strings."
