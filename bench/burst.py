@@ -152,6 +152,8 @@ class SimulatorProcess:
             self.close()
             raise RuntimeError("the simulator did not start")
         self.url = found.group(1)
+        teams = re.search(r"TEAMS_WEBHOOK_URL: (\S+)", self._child.stdout.readline())
+        self.teams_url = teams.group(1) if teams else f"{self.url}/teams/unset"
         self._control = httpx.Client(base_url=self.url, timeout=30)
         self.graph_url = f"{self.url}/v1.0"
         self.tickets_url = f"{self.url}/tickets/webhook"
