@@ -49,6 +49,7 @@ class ReasonCode(StrEnum):
     MANUAL = "manual"
     MANUAL_FORCED = "manual:forced"
     MANUAL_FORCE_REQUIRED = "manual:force-required"
+    MANUAL_RESTORE = "manual:restore"  # a mailbox remediation put back by hand (processing.admin)
 
 
 class ReasonPrefix(StrEnum):

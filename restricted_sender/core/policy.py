@@ -88,6 +88,21 @@ class Containment:
 
 
 @dataclass(frozen=True, slots=True)
+class Remediation:
+    """Mailbox remediation on ``ticket`` decisions only, each step off unless the policy turns it on (README:
+    Mailbox remediation): the steps of Microsoft's "Responding to a compromised email account"
+    (https://learn.microsoft.com/defender-office-365/responding-to-a-compromised-email-account). Every change is
+    recorded with its before-state, and ``restore`` puts that back."""
+
+    disable_inbox_rules: bool = False  # the rules that fail guard:inbox-rule: isEnabled false (never deleted)
+    remove_forwarding: bool = False  # guard:forwarding: Set-Mailbox clears ForwardingSmtpAddress/ForwardingAddress
+
+    @property
+    def any(self) -> bool:
+        return self.disable_inbox_rules or self.remove_forwarding
+
+
+@dataclass(frozen=True, slots=True)
 class Notify:
     user: bool = False
     recipients: tuple[str, ...] = ()
@@ -116,6 +131,7 @@ class Policy:
     deny: Selector = Selector()
     guards: Guards = Guards()
     containment: Containment = Containment()
+    remediation: Remediation = Remediation()
     notify: Notify = Notify()
     ticket: TicketOptions = TicketOptions()
     version: str = ""
@@ -554,6 +570,7 @@ class AlertNames(Node):
 
 
 _POLICY, _GUARDS, _CONTAINMENT, _TICKET, _NOTIFY = Policy(), Guards(), Containment(), TicketOptions(), Notify()
+_REMEDIATION = Remediation()
 
 POLICY_MODEL = Section(
     {
@@ -591,6 +608,19 @@ POLICY_MODEL = Section(
             }
         ),
         "containment": Section({f.name: Flag(getattr(_CONTAINMENT, f.name)) for f in fields(Containment)}),
+        "remediation": Section(
+            {
+                "disable_inbox_rules": Flag(
+                    _REMEDIATION.disable_inbox_rules,
+                    "On a ticket, disable (never delete) the inbox rules that fail guards.suspicious_inbox_rules.",
+                ),
+                "remove_forwarding": Flag(
+                    _REMEDIATION.remove_forwarding,
+                    "On a ticket, clear the mailbox forwarding that fails guards.external_forwarding (Set-Mailbox).",
+                ),
+            },
+            description="Mailbox remediation on ticket decisions; each change is recorded and `restore` undoes it.",
+        ),
         "notify": Section(
             {
                 "user": Flag(_NOTIFY.user, "Tell the user what happened and when mail flows again."),
@@ -673,6 +703,7 @@ def _build(values: Mapping[str, Any]) -> Policy:
         deny=_selector(values["deny"]),
         guards=guards,
         containment=Containment(**values["containment"]),
+        remediation=Remediation(**values["remediation"]),
         notify=notify,
         ticket=ticket,
     )
@@ -701,6 +732,8 @@ def _normalized(policy: Policy) -> dict[str, Any]:
         "deny": selector(policy.deny),
         "guards": guards,
         "containment": _jsonable(asdict(policy.containment)),
+        # Only when on: policies that never mention remediation keep the version they always had.
+        **({"remediation": _jsonable(asdict(policy.remediation))} if policy.remediation.any else {}),
         "notify": _jsonable(asdict(policy.notify)),
         "ticket": _jsonable(asdict(policy.ticket)),
     }

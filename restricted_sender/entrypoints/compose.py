@@ -21,6 +21,7 @@ from restricted_sender.core.policy import (
     Containment,
     LoadedPolicy,
     Notify,
+    Remediation,
     TicketOptions,
     default_policy,
     load_policy_file,
@@ -257,6 +258,7 @@ def bootstrap(
         verify_after=timedelta(minutes=settings.verify_after_minutes),
         containment=valid.containment if valid else Containment(),
         notify=valid.notify if valid else Notify(),
+        remediation=valid.remediation if valid else Remediation(),
     )
     sources = FactSources(exchange=exchange, directory=directory, store=store)
     if management is None:
