@@ -294,10 +294,8 @@ class Admin:
         failed = sum(1 for a in record.actions if a.status is ActionStatus.FAILED)
         await self.store.complete(key, RESTORE_OWNER, f"by {operator.name} at {now.isoformat()}", now)
         if failed:
-            log_failed = "; ".join(a.detail for a in record.actions if a.status is ActionStatus.FAILED)
-            raise Conflict(
-                f"{failed} restore step(s) failed, the rest is recorded: {log_failed}", code="restore-failed"
-            )
+            said = "; ".join(a.detail for a in record.actions if a.status is ActionStatus.FAILED)
+            raise ServiceRefused("restore", f"{failed} restore step(s) failed (all recorded): {said}")
         return record
 
     async def _remediated(self, address: str, event_id: str | None) -> Mapping[str, Any]:

@@ -1,0 +1,259 @@
+"""Mailbox remediation (README: Mailbox remediation): the sample scenario in samples/remediation/ replayed through
+the simulator with the real clients, the simulator's mailbox compared as data before, after and after ``restore``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from restricted_sender.core.mailbox import ForwardingSettings, MailboxBefore, RuleState
+from restricted_sender.core.policy import LoadedPolicy, load_policy_text
+from restricted_sender.entrypoints.edge import process_message
+from restricted_sender.entrypoints.simulated import simulated
+from restricted_sender.errors import Conflict, ServiceRefused
+from restricted_sender.fakes import MemoryQueue
+from restricted_sender.model import Action, ActionKind, ActionStatus, DecisionRecord, Operator
+from restricted_sender.processing.admin import RESTORE_OWNER, RestoreRequest, restore_claim_key
+from simulator import Simulator
+from tests.conftest import ROOT
+
+SAMPLE = ROOT / "samples" / "remediation"
+NINA = "nina@contoso.com"
+NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+OPERATOR = Operator(object_id="0b1c2d3e-9999-4a5b-8c9d-000000000099", name="soc@contoso.com")
+NAMED = {"AQAAAJ5dZqB=", "AQAAAJ5dZqC="}  # "." and "hide replies": the rules guard:inbox-rule names
+CLEARED = {"ForwardingSmtpAddress": None, "ForwardingAddress": None, "DeliverToMailboxAndForward": False}
+WRITES = ("graph.messageRule", "exchange.Set-Mailbox")
+T = TypeVar("T")
+
+
+def policy(**changes: Any) -> LoadedPolicy:
+    """The sample policy with top-level keys replaced (``remediation=None`` drops the section: the default)."""
+    document = yaml.safe_load((SAMPLE / "policy.yaml").read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            document.pop(key, None)
+        else:
+            document[key] = value
+    return load_policy_text(yaml.safe_dump(document), source="test")
+
+
+@dataclass
+class Run:
+    sim: Simulator
+    before: dict[str, Any]
+    record: DecisionRecord
+    after: dict[str, Any]
+
+    def writes(self) -> list[dict[str, Any]]:
+        return [r for r in self.sim.requests if r["route"] in WRITES]
+
+
+def scenario(loaded: LoadedPolicy, then: Callable[[Run, Any], Awaitable[T]], *, prepare: Callable[[Simulator], None]
+             = lambda sim: None) -> tuple[Run, T]:  # fmt: skip
+    """The sample alert through the webhook's intake and the processor, against the sample tenant; then ``then`` on
+    the same simulator, store and admin side."""
+
+    async def run() -> tuple[Run, T]:
+        events = MemoryQueue()
+        async with simulated(SAMPLE / "tenant.yaml", loaded, NOW, events=events) as (bundle, sim, _):
+            prepare(sim)
+            before = sim.mailbox(NINA)
+            bundle.expander.intake.accept((SAMPLE / "alert.json").read_bytes())
+            [message] = events.drain()
+            try:
+                record = await process_message(message, bundle.processor)
+            except ServiceRefused:
+                record = DecisionRecord.from_dict((await bundle.processor.store.audit(NINA))[-1])
+            sim.clear_faults()
+            done = Run(sim, before, record, sim.mailbox(NINA))
+            return done, await then(done, bundle)
+
+    return asyncio.run(run())
+
+
+async def nothing(run: Run, bundle: Any) -> None:
+    return None
+
+
+def remediated(before: dict[str, Any]) -> dict[str, Any]:
+    """What the sample mailbox should look like after remediation: the named rules disabled, forwarding cleared."""
+    rules = [{**r, "isEnabled": False} if r["id"] in NAMED else r for r in before["inboxRules"]]
+    return {"inboxRules": rules, "forwarding": CLEARED}
+
+
+def kinds(record: DecisionRecord) -> list[tuple[str, str]]:
+    return [(str(a.kind), a.status.value) for a in record.actions]
+
+
+def test_remediation_disables_exactly_the_named_rules_and_clears_forwarding_and_restore_puts_back_the_before() -> None:
+    async def restore(run: Run, bundle: Any) -> tuple[DecisionRecord, dict[str, Any], list[dict[str, Any]]]:
+        run.sim.clear_requests()
+        record = await bundle.admin.restore(NINA, RestoreRequest("the user made these rules"), OPERATOR)
+        return record, run.sim.mailbox(NINA), await bundle.processor.store.audit(NINA)
+
+    run, (restored, final, audit) = scenario(policy(), restore)
+
+    guard = next(r for r in run.record.decision.reasons if r.code == "guard:inbox-rule")
+    assert '"."' in guard.text
+    assert '"hide replies"' in guard.text
+    assert "newsletters" not in guard.text
+    assert run.record.decision.outcome.value == "ticket"
+    assert run.after == remediated(run.before)
+    assert [r["id"] for r in run.after["inboxRules"]] == [r["id"] for r in run.before["inboxRules"]]  # none deleted
+    assert not [r for r in run.sim.requests if r["method"] == "DELETE"]
+    assert kinds(run.record) == [
+        ("disable_inbox_rule", "done"), ("disable_inbox_rule", "done"), ("remove_forwarding", "done"),
+        ("ticket", "done"),
+    ]  # fmt: skip
+    # The before-state in the audit row is the simulator's own, as data.
+    assert run.record.remediation == MailboxBefore(
+        NINA,
+        "0b1c2d3e-0021-4a5b-8c9d-000000000021",
+        tuple(
+            RuleState(r["id"], r["displayName"], r["isEnabled"]) for r in run.before["inboxRules"] if r["id"] in NAMED
+        ),
+        ForwardingSettings(
+            run.before["forwarding"]["ForwardingSmtpAddress"],
+            run.before["forwarding"]["ForwardingAddress"],
+            run.before["forwarding"]["DeliverToMailboxAndForward"],
+        ),
+    )
+
+    assert final == run.before
+    assert kinds(restored) == [("restore_inbox_rule", "done")] * 2 + [("restore_forwarding", "done")]
+    assert restored.evidence["operator"]["name"] == OPERATOR.name
+    assert audit[-1]["reasons"][0]["code"] == "manual:restore"
+    assert "the user made these rules" in audit[-1]["reasons"][0]["text"]
+    assert audit[-1]["evidence"]["restores"]["event_id"] == run.record.event_id
+
+
+def test_a_second_restore_is_refused_and_sends_nothing() -> None:
+    async def twice(run: Run, bundle: Any) -> tuple[str, list[dict[str, Any]]]:
+        await bundle.admin.restore(NINA, RestoreRequest("first"), OPERATOR)
+        run.sim.clear_requests()
+        with pytest.raises(Conflict) as refused:
+            await bundle.admin.restore(NINA, RestoreRequest("second"), OPERATOR)
+        return refused.value.code, run.writes()
+
+    _run, (code, writes) = scenario(policy(), twice)
+
+    assert code == "already-restored"
+    assert writes == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"remediation": None}, [("ticket", "done")]),
+        (
+            {"mode": "report-only"},
+            [("disable_inbox_rule", "skipped"), ("disable_inbox_rule", "skipped"), ("remove_forwarding", "skipped"),
+             ("ticket", "skipped")],
+        ),
+    ],
+    ids=["off by default", "report-only"],
+)  # fmt: skip
+def test_without_enforced_remediation_nothing_is_sent_to_the_mailbox(
+    changes: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    run, _ = scenario(policy(**changes), nothing)
+
+    assert run.writes() == []
+    assert run.after == run.before
+    assert kinds(run.record) == expected
+    assert run.record.remediation is None
+    if changes.get("mode") == "report-only":
+        assert all(a.detail.startswith("report-only: would") for a in run.record.actions)
+
+
+def test_a_refused_patch_is_recorded_as_failed_and_the_ticket_is_still_filed() -> None:
+    def refuse_rule_writes(sim: Simulator) -> None:
+        sim.inject_fault("graph.messageRule", status=403, times=None)
+
+    run, _ = scenario(policy(), nothing, prepare=refuse_rule_writes)
+
+    assert kinds(run.record) == [
+        ("disable_inbox_rule", "failed"), ("disable_inbox_rule", "failed"), ("remove_forwarding", "done"),
+        ("ticket", "done"),
+    ]  # fmt: skip
+    assert all("refused" in a.detail for a in run.record.actions[:2])
+    assert run.after == {"inboxRules": run.before["inboxRules"], "forwarding": CLEARED}
+    assert len(run.sim.tickets) == 1
+    # Only what changed is recorded, so only that is put back.
+    assert run.record.remediation is not None
+    assert run.record.remediation.rules == ()
+
+
+def test_an_ambiguous_answer_during_restore_is_read_back_never_sent_twice() -> None:
+    async def restore(run: Run, bundle: Any) -> tuple[DecisionRecord, dict[str, Any], list[dict[str, Any]]]:
+        run.sim.clear_requests()
+        # The first PATCH is applied, and its answer is lost (the connection drops).
+        run.sim.inject_fault("graph.messageRule", kind="reset", apply=True)
+        record = await bundle.admin.restore(NINA, RestoreRequest("the user made these rules"), OPERATOR)
+        return record, run.sim.mailbox(NINA), run.writes()
+
+    run, (restored, final, writes) = scenario(policy(), restore)
+
+    assert final == run.before
+    assert [w["path"].rsplit("/", 1)[1] for w in writes if w["method"] == "PATCH"] == sorted(NAMED)  # once each
+    first = restored.actions[0]
+    assert first.status is ActionStatus.DONE
+    assert "read back" in first.detail
+
+
+def test_a_restore_interrupted_after_its_claim_only_reads_when_tried_again() -> None:
+    async def crashed_then_again(run: Run, bundle: Any) -> tuple[str, list[Action], list[dict[str, Any]], str]:
+        store = bundle.processor.store
+        # An earlier restore claimed the record and died before completing: whether it wrote is unknown.
+        await store.claim(restore_claim_key(run.record.event_id), RESTORE_OWNER, NOW)
+        run.sim.clear_requests()
+        with pytest.raises(ServiceRefused) as failed:
+            await bundle.admin.restore(NINA, RestoreRequest("again"), OPERATOR)
+        actions = DecisionRecord.from_dict((await store.audit(NINA))[-1]).actions
+        writes = run.writes()
+        with pytest.raises(Conflict) as third:
+            await bundle.admin.restore(NINA, RestoreRequest("third"), OPERATOR)
+        return failed.value.message, list(actions), writes, third.value.code
+
+    _run, (message, actions, writes, third) = scenario(policy(), crashed_then_again)
+
+    assert writes == []  # read only: never a second, blind write
+    assert [(a.kind, a.status) for a in actions] == [(ActionKind.RESTORE_INBOX_RULE, ActionStatus.FAILED)] * 2 + [
+        (ActionKind.RESTORE_FORWARDING, ActionStatus.FAILED)
+    ]
+    assert "not written again" in message
+    assert third == "already-restored"
+
+
+def test_the_remediation_before_state_round_trips_through_the_audit_row() -> None:
+    run, _ = scenario(policy(), nothing)
+
+    row = json.loads(json.dumps(run.record.to_dict()))
+    assert DecisionRecord.from_dict(row).remediation == run.record.remediation
+    assert "remediation" not in DecisionRecord.from_dict({**row, "remediation": None}).to_dict()
+
+
+def test_restore_on_the_command_line_replays_the_sample_then_puts_the_mailbox_back() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "restricted_sender", "restore", NINA, "--tenant", str(SAMPLE / "tenant.yaml"),
+         "--policy", str(SAMPLE / "policy.yaml"), "--replay", str(SAMPLE / "alert.json"),
+         "--now", "2026-11-27T09:00:00Z", "--justification", "the user made these rules", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert [(a["kind"], a["status"]) for a in record["actions"]] == [("restore_inbox_rule", "done")] * 2 + [
+        ("restore_forwarding", "done")
+    ]
+    assert record["reasons"][0]["code"] == "manual:restore"
