@@ -12,19 +12,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import azure.functions as func
 import pytest
 import yaml
 
 from restricted_sender.core.mailbox import ForwardingSettings, MailboxBefore, RuleState
 from restricted_sender.core.policy import LoadedPolicy, load_policy_text
-from restricted_sender.entrypoints.edge import process_message
+from restricted_sender.entrypoints.edge import process_message, runtime
 from restricted_sender.entrypoints.simulated import simulated
-from restricted_sender.errors import Conflict, ServiceRefused
+from restricted_sender.errors import Conflict, ServiceRefused, TicketNotFiled
 from restricted_sender.fakes import MemoryQueue
-from restricted_sender.model import Action, ActionKind, ActionStatus, DecisionRecord, Operator
+from restricted_sender.model import (
+    Action,
+    ActionKind,
+    ActionStatus,
+    AlertReport,
+    DecisionRecord,
+    Operator,
+    RestrictionEvent,
+    UserRef,
+)
 from restricted_sender.processing.admin import RESTORE_OWNER, RestoreRequest, restore_claim_key
 from simulator import Simulator
-from tests.conftest import ROOT
+from simulator.azurite import Azurite
+from tests.conftest import ROOT, audit_rows
 
 SAMPLE = ROOT / "samples" / "remediation"
 NINA = "nina@contoso.com"
@@ -257,3 +268,84 @@ def test_restore_on_the_command_line_replays_the_sample_then_puts_the_mailbox_ba
         ("restore_forwarding", "done")
     ]
     assert record["reasons"][0]["code"] == "manual:restore"
+
+
+def test_a_retry_after_the_ticket_failed_stays_a_ticket_with_the_first_tries_before_state() -> None:
+    """The retry sees the mailbox remediation cleaned: without the intent record it would unblock the user."""
+
+    async def run() -> tuple[DecisionRecord, DecisionRecord, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+        events = MemoryQueue()
+        async with simulated(SAMPLE / "tenant.yaml", policy(), NOW, events=events) as (bundle, sim, _):
+            before = sim.mailbox(NINA)
+            bundle.expander.intake.accept((SAMPLE / "alert.json").read_bytes())
+            [message] = events.drain()
+            sim.inject_fault("tickets.webhook", status=400, times=None)
+            with pytest.raises(TicketNotFiled):
+                await process_message(message, bundle.processor, attempt=1)
+            first = DecisionRecord.from_dict((await bundle.processor.store.audit(NINA))[-1])
+            sim.clear_faults()
+            second = await process_message(message, bundle.processor, attempt=2)
+            return first, second, sim.requests, before, sim.mailbox(NINA)
+
+    first, second, requests, before, after = asyncio.run(run())
+
+    assert first.remediation is not None
+    assert second.decision == first.decision  # guard:inbox-rule and guard:forwarding, from the first try
+    assert second.remediation == first.remediation
+    assert second.status_of(ActionKind.TICKET) is ActionStatus.DONE
+    assert not [r for r in requests if r["route"] == "exchange.Remove-BlockedSenderAddress"]
+    assert after == remediated(before)
+
+
+@pytest.mark.azurite
+def test_the_admin_api_restores_for_the_soc_role_only_with_a_justification_and_records_the_operator(
+    handlers: dict[str, Callable[..., Any]],
+    app_runtime: Callable[..., dict[str, str]],
+    simulator_factory: Callable[[dict[str, Any]], Simulator],
+    azurite: Azurite,
+    table_prefix: str,
+) -> None:
+    sim = simulator_factory(yaml.safe_load((SAMPLE / "tenant.yaml").read_text(encoding="utf-8")))
+    app_runtime(sim, POLICY_YAML=(SAMPLE / "policy.yaml").read_text(encoding="utf-8"))
+    before = sim.mailbox(NINA)
+    report = AlertReport("alerts_v2", "fa8f2b1c-0d3e-4f5a-9b6c-7d8e9f0a1b41", "User restricted from sending email",
+                         (UserRef(address=NINA),))  # fmt: skip
+    event = RestrictionEvent.for_alert(report, UserRef(address=NINA), delivery_id="d1", received_at=datetime.now(UTC))
+
+    async def process() -> DecisionRecord:
+        try:
+            return await runtime.process_message(event.to_message())
+        finally:
+            await runtime.aclose()
+
+    assert asyncio.run(process()).remediation is not None
+    assert sim.mailbox(NINA) == remediated(before)
+
+    def restore(token: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {token}"}
+        request = func.HttpRequest(method="POST", url="/api/x", body=json.dumps(body).encode(), headers=headers,
+                                   route_params={"upn": NINA})  # fmt: skip
+
+        async def run() -> Any:
+            try:
+                return await handlers["restore_mailbox"](request)
+            finally:
+                await runtime.aclose()
+
+        response = asyncio.run(run())
+        return response.status_code, json.loads(response.get_body())
+
+    why = {"justification": "the user made these rules"}
+    assert restore(sim.mint_token(roles=("Sender.Unblock",)), why)[0] == 403
+    assert restore(sim.mint_token(roles=("Sender.Unblock.Force",)), {})[0] == 400
+    assert sim.mailbox(NINA) == remediated(before)  # refused: nothing done
+
+    soc = sim.mint_token(roles=("Sender.Unblock.Force",), upn="soc@contoso.com")
+    status, answer = restore(soc, why)
+
+    assert status == 200, answer
+    assert sim.mailbox(NINA) == before
+    row = audit_rows(azurite, table_prefix)[-1]
+    assert row["evidence"]["operator"]["name"] == "soc@contoso.com"
+    assert row["evidence"]["justification"] == "the user made these rules"
+    assert restore(soc, why)[0] == 409  # at most once
