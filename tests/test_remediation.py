@@ -13,10 +13,16 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import azure.functions as func
+import httpx
 import pytest
 import yaml
+from azure.identity.aio import ManagedIdentityCredential
+from msgraph.generated.models.message_rule import MessageRule
 
-from restricted_sender.core.mailbox import ForwardingSettings, MailboxBefore, RuleState
+from restricted_sender.adapters.exchange import ExchangeAdmin
+from restricted_sender.adapters.graph import graph_directory
+from restricted_sender.adapters.identity import EXCHANGE_SCOPE, bearer
+from restricted_sender.core.mailbox import NO_FORWARDING, ForwardingSettings, MailboxBefore, RuleState
 from restricted_sender.core.policy import LoadedPolicy, load_policy_text
 from restricted_sender.entrypoints.edge import process_message, runtime
 from restricted_sender.entrypoints.simulated import simulated
@@ -36,6 +42,7 @@ from restricted_sender.processing.admin import RESTORE_OWNER, RestoreRequest, re
 from simulator import Simulator
 from simulator.azurite import Azurite
 from tests.conftest import ROOT, audit_rows
+from tests.graph_models import check
 
 SAMPLE = ROOT / "samples" / "remediation"
 NINA = "nina@contoso.com"
@@ -349,3 +356,65 @@ def test_the_admin_api_restores_for_the_soc_role_only_with_a_justification_and_r
     assert row["evidence"]["operator"]["name"] == "soc@contoso.com"
     assert row["evidence"]["justification"] == "the user made these rules"
     assert restore(soc, why)[0] == 409  # at most once
+
+
+# -- the adapters' wire shapes against the simulator ------------------------------------------------------------
+
+
+def test_the_rule_patch_is_is_enabled_alone_fits_message_rule_and_an_unknown_rule_is_refused(
+    simulator_factory: Callable[[dict[str, Any]], Simulator], identity_env: Callable[[Simulator], None]
+) -> None:
+    sim = simulator_factory(yaml.safe_load((SAMPLE / "tenant.yaml").read_text(encoding="utf-8")))
+    identity_env(sim)
+    user_id = "0b1c2d3e-0021-4a5b-8c9d-000000000021"
+
+    async def write() -> ServiceRefused:
+        async with ManagedIdentityCredential() as credential:
+            directory = graph_directory(credential, base_url=sim.graph_url, timeout=5)
+            try:
+                await directory.set_inbox_rule_enabled(user_id, "AQAAAJ5dZqD=", False)
+                with pytest.raises(ServiceRefused) as refused:
+                    await directory.set_inbox_rule_enabled(user_id, "AQAAAJnoRule=", False)
+                return refused.value
+            finally:
+                await directory.close()
+
+    refused = asyncio.run(write())
+    patches = [r for r in sim.requests if r["route"] == "graph.messageRule"]
+
+    assert [p["body"] for p in patches] == [{"isEnabled": False}] * 2  # nothing else is sent, so nothing else changes
+    assert check(patches[0]["body"], MessageRule) == []
+    assert refused.http_status == 404
+    [rule] = [r for r in sim.mailbox(NINA)["inboxRules"] if r["id"] == "AQAAAJ5dZqD="]
+    assert check(rule, MessageRule) == []
+    assert rule["isEnabled"] is False
+
+
+def test_set_mailbox_sends_null_to_clear_and_the_values_back_to_restore(
+    simulator_factory: Callable[[dict[str, Any]], Simulator], identity_env: Callable[[Simulator], None]
+) -> None:
+    sim = simulator_factory(yaml.safe_load((SAMPLE / "tenant.yaml").read_text(encoding="utf-8")))
+    identity_env(sim)
+    before = sim.mailbox(NINA)["forwarding"]
+    kept = ForwardingSettings(before["ForwardingSmtpAddress"], None, True)
+
+    async def write() -> tuple[bool, bool]:
+        async with ManagedIdentityCredential() as credential, httpx.AsyncClient() as http:
+            exchange = ExchangeAdmin(http, tenant_id=sim.tenant_id, token=bearer(credential, EXCHANGE_SCOPE),
+                                     base_url=sim.url)  # fmt: skip
+            await exchange.set_forwarding(NINA, NO_FORWARDING)
+            cleared = await exchange.mailbox_forwarding(NINA)
+            await exchange.set_forwarding(NINA, kept)
+            back = await exchange.mailbox_forwarding(NINA)
+            assert cleared is not None
+            assert back is not None
+            assert cleared.settings
+            assert back.settings
+            return cleared.settings.same_as(NO_FORWARDING), back.settings.same_as(kept)
+
+    assert asyncio.run(write()) == (True, True)
+    bodies = [r["body"] for r in sim.requests if r["route"] == "exchange.Set-Mailbox"]
+    assert bodies[0] == {"CmdletInput": {"CmdletName": "Set-Mailbox", "Parameters": {
+        "Identity": NINA, "ForwardingSmtpAddress": None, "ForwardingAddress": None, "DeliverToMailboxAndForward": False,
+    }}}  # fmt: skip
+    assert sim.mailbox(NINA)["forwarding"] == before
