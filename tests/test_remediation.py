@@ -25,7 +25,8 @@ from restricted_sender.adapters.identity import EXCHANGE_SCOPE, bearer
 from restricted_sender.core.mailbox import NO_FORWARDING, ForwardingSettings, MailboxBefore, RuleState
 from restricted_sender.core.policy import LoadedPolicy, load_policy_text
 from restricted_sender.entrypoints.edge import process_message, runtime
-from restricted_sender.entrypoints.simulated import simulated
+from restricted_sender.entrypoints.permissions import IntakePaths, required
+from restricted_sender.entrypoints.simulated import simulated, simulated_doctor
 from restricted_sender.errors import Conflict, ServiceRefused, TicketNotFiled
 from restricted_sender.fakes import MemoryQueue
 from restricted_sender.model import (
@@ -418,3 +419,18 @@ def test_set_mailbox_sends_null_to_clear_and_the_values_back_to_restore(
         "Identity": NINA, "ForwardingSmtpAddress": None, "ForwardingAddress": None, "DeliverToMailboxAndForward": False,
     }}}  # fmt: skip
     assert sim.mailbox(NINA)["forwarding"] == before
+
+
+@pytest.mark.parametrize("on", [False, True], ids=["off", "on"])
+def test_the_write_permission_and_the_doctor_lines_appear_only_when_the_policy_turns_remediation_on(on: bool) -> None:
+    loaded = policy() if on else policy(remediation=None)
+
+    needed = {p.value for p in required(loaded, IntakePaths())}
+    report = asyncio.run(simulated_doctor(SAMPLE / "tenant.yaml", loaded))
+
+    assert ("MailboxSettings.ReadWrite" in needed) is on
+    remediation = [p for p in report.probes if p.name.startswith("remediation:")]
+    assert [p.name for p in remediation] == (
+        ["remediation: inbox rule writes", "remediation: Set-Mailbox"] if on else []
+    )
+    assert all("MailboxSettings.ReadWrite" in p.detail for p in remediation[:1])
