@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import azure.functions as func
 import httpx
+import jsonschema
 import pytest
 import yaml
 from azure.identity.aio import ManagedIdentityCredential
@@ -23,11 +24,12 @@ from restricted_sender.adapters.exchange import ExchangeAdmin
 from restricted_sender.adapters.graph import graph_directory
 from restricted_sender.adapters.identity import EXCHANGE_SCOPE, bearer
 from restricted_sender.core.mailbox import NO_FORWARDING, ForwardingSettings, MailboxBefore, RuleState
-from restricted_sender.core.policy import LoadedPolicy, load_policy_text
+from restricted_sender.core.policy import LoadedPolicy, load_policy_text, parse_policy
+from restricted_sender.core.policy_schema import POLICY_SCHEMA
 from restricted_sender.entrypoints.edge import process_message, runtime
 from restricted_sender.entrypoints.permissions import IntakePaths, required
 from restricted_sender.entrypoints.simulated import simulated, simulated_doctor
-from restricted_sender.errors import Conflict, ServiceRefused, TicketNotFiled
+from restricted_sender.errors import Conflict, PolicyError, ServiceRefused, TicketNotFiled
 from restricted_sender.fakes import MemoryQueue
 from restricted_sender.model import (
     Action,
@@ -434,3 +436,33 @@ def test_the_write_permission_and_the_doctor_lines_appear_only_when_the_policy_t
         ["remediation: inbox rule writes", "remediation: Set-Mailbox"] if on else []
     )
     assert all("MailboxSettings.ReadWrite" in p.detail for p in remediation[:1])
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"remediation": {"disable_inbox_rules": True}}, None),
+        ({"remediation": {"remove_forwarding": True}, "guards": {"external_forwarding": True}}, None),
+        (
+            {"remediation": {"disable_inbox_rules": True}, "guards": {"suspicious_inbox_rules": False}},
+            "remediation.disable_inbox_rules: needs guards.suspicious_inbox_rules: true",
+        ),
+        (
+            {"remediation": {"remove_forwarding": True}, "guards": {"external_forwarding": False}},
+            "remediation.remove_forwarding: needs guards.external_forwarding: true",
+        ),
+        ({"remediation": {"remove_forwarding": False}, "guards": {"external_forwarding": False}}, None),
+    ],
+)
+def test_remediation_needs_the_guard_that_finds_what_it_changes_in_the_loader_and_the_schema(
+    document: dict[str, Any], problem: str | None
+) -> None:
+    schema_ok = jsonschema.Draft202012Validator(POLICY_SCHEMA).is_valid(document)
+    try:
+        parse_policy(document)
+        problems: list[str] = []
+    except PolicyError as error:
+        problems = list(error.problems)
+
+    assert schema_ok is (problem is None)
+    assert problems == ([] if problem is None else [problem + " (it changes only what that guard finds)"])

@@ -458,6 +458,30 @@ class RequiredForChoice(Rule):
         }
 
 
+@dataclass(eq=False, repr=False)
+class NeedsFlag(Rule):
+    """``when`` (a flag of one section) set true needs the flag ``needs`` (of another) left on."""
+
+    when: tuple[str, str]
+    needs: tuple[str, str]
+
+    def check(self, raw: Mapping[str, Any], values: Mapping[str, Any], where: str, problems: Problems) -> None:
+        (section, key), (other, flag) = self.when, self.needs
+        if values[section][key] and not values[other][flag]:
+            at = f"{where}.{section}.{key}" if where else f"{section}.{key}"
+            _fail(problems, at, f"needs {other}.{flag}: true (it changes only what that guard finds)")
+
+    def schema(self, fields: Mapping[str, Node]) -> Schema:
+        (section, key), (other, flag) = self.when, self.needs
+        return {
+            "if": {
+                "required": [section],
+                "properties": {section: {"required": [key], "properties": {key: {"const": True}}}},
+            },
+            "then": {"properties": {other: {"properties": {flag: {"const": True}}}}},
+        }
+
+
 def _mapping(value: object, where: str, allowed: tuple[str, ...], problems: Problems) -> dict[str, Any]:
     if value is None:
         return {}
@@ -665,7 +689,12 @@ POLICY_MODEL = Section(
             ),
             description="Endpoints and credentials are app settings, never this file.",
         ),
-    }
+    },
+    rules=(
+        # Remediation changes only what a guard found: with the guard off it would silently do nothing.
+        NeedsFlag(("remediation", "disable_inbox_rules"), ("guards", "suspicious_inbox_rules")),
+        NeedsFlag(("remediation", "remove_forwarding"), ("guards", "external_forwarding")),
+    ),
 )
 
 
