@@ -209,7 +209,10 @@ def test_a_refused_patch_is_recorded_as_failed_and_the_ticket_is_still_filed() -
     ]  # fmt: skip
     assert all("refused" in a.detail for a in run.record.actions[:2])
     assert run.after == {"inboxRules": run.before["inboxRules"], "forwarding": CLEARED}
-    assert len(run.sim.tickets) == 1
+    [ticket] = run.sim.tickets
+    text = ticket["body"]["text"]
+    assert "[x] 3. Remove suspicious mailbox forwarding" in text  # the checklist says what was done, and what not
+    assert "[ ] 4. Disable or delete suspicious inbox rules" in text
     # Only what changed is recorded, so only that is put back.
     assert run.record.remediation is not None
     assert run.record.remediation.rules == ()
@@ -466,3 +469,28 @@ def test_remediation_needs_the_guard_that_finds_what_it_changes_in_the_loader_an
 
     assert schema_ok is (problem is None)
     assert problems == ([] if problem is None else [problem + " (it changes only what that guard finds)"])
+
+
+def test_a_mailbox_full_of_suspicious_rules_is_remediated_within_bounds() -> None:
+    """The before-state is written as one stored value: at most 50 rules (the evidence's bound), names cut."""
+    state = yaml.safe_load((SAMPLE / "tenant.yaml").read_text(encoding="utf-8"))
+    forward = {"forwardTo": [{"emailAddress": {"address": "drop@freemail.example"}}]}
+    state["users"][0]["x-inboxRules"] = [
+        {"id": f"AQAAAJ{n:04d}=", "displayName": f"{n}" + "x" * 300, "isEnabled": True, "actions": forward}
+        for n in range(60)
+    ]
+
+    async def run() -> tuple[DecisionRecord, dict[str, Any]]:
+        events = MemoryQueue()
+        async with simulated(state, policy(), NOW, events=events) as (bundle, sim, _):
+            bundle.expander.intake.accept((SAMPLE / "alert.json").read_bytes())
+            [message] = events.drain()
+            return await process_message(message, bundle.processor), sim.mailbox(NINA)
+
+    record, after = asyncio.run(run())
+
+    assert record.remediation is not None
+    assert [r.id for r in record.remediation.rules] == [f"AQAAAJ{n:04d}=" for n in range(50)]
+    assert max(len(r.name) for r in record.remediation.rules) == 200
+    assert [r["isEnabled"] for r in after["inboxRules"]] == [False] * 50 + [True] * 10
+    assert record.status_of(ActionKind.TICKET) is ActionStatus.DONE

@@ -438,8 +438,10 @@ class _View:
         disabled = user.get("account_enabled") is False
         # Mailbox remediation disabled every suspicious rule (each its own action).
         disabling = [a for a in self.record.actions if a.kind == ActionKind.DISABLE_INBOX_RULE]
+        every_rule_shown = self.evidence.get("inbox_rules_total") == len(_list(self.evidence.get("inbox_rules")))
         rules_disabled = (
             bool(rule_names)
+            and every_rule_shown
             and len(disabling) == len(rule_names)
             and all(a.status is ActionStatus.DONE for a in disabling)
         )

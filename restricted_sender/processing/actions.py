@@ -59,6 +59,8 @@ from restricted_sender.timeutil import iso
 log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 MAX_RULES = 50  # the evidence stays bounded; the total says how many there were
+MAX_RULE_NAME = 200  # characters of a rule's name kept in a remediation's before-state (it is only shown)
+MAX_INTENT_REASON = 2000  # characters of each reason kept with a remediation intent
 NOTICE_OWNER = "notice"  # the owner of every notice claim: a second try of the same mail finds it RESUMED
 UNBLOCK_EXPECTATION = "mail should flow again within an hour, at the latest within 24 hours"
 
@@ -446,7 +448,8 @@ class Actor:
         rules: tuple[RuleState, ...] = ()
         if self.remediation.disable_inbox_rules and ReasonCode.GUARD_INBOX_RULE in codes:
             found = suspicious_rules(facts.inbox_rules or (), facts.tenant_domains, facts.folder_names)
-            rules = tuple(RuleState(r.id, r.name, r.enabled) for r in found if r.id)
+            # Bounded, like the evidence: the intent must fit one stored value (a person handles the rest).
+            rules = tuple(RuleState(r.id, r.name[:MAX_RULE_NAME], r.enabled) for r in found if r.id)[:MAX_RULES]
         forwarding: ForwardingSettings | None = None
         fwd = facts.forwarding
         if self.remediation.remove_forwarding and ReasonCode.GUARD_FORWARDING in codes and fwd is not None:
@@ -459,7 +462,7 @@ class Actor:
         return _Remediated.from_text(cursor.value) if cursor is not None and cursor.value else None
 
     async def _write_remediation_intent(self, record: DecisionRecord, plan: MailboxBefore) -> None:
-        reasons = tuple(r for r in record.decision.reasons)
+        reasons = tuple(Reason(r.code, r.text[:MAX_INTENT_REASON]) for r in record.decision.reasons)
         text = _Remediated(plan, reasons).to_text()
         if not await self.store.write_cursor(remediation_key(record.event_id), text, None):
             log.warning("the remediation intent of %s was written by another try first", record.event_id)
