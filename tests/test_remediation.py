@@ -494,3 +494,19 @@ def test_a_mailbox_full_of_suspicious_rules_is_remediated_within_bounds() -> Non
     assert max(len(r.name) for r in record.remediation.rules) == 200
     assert [r["isEnabled"] for r in after["inboxRules"]] == [False] * 50 + [True] * 10
     assert record.status_of(ActionKind.TICKET) is ActionStatus.DONE
+
+
+def test_a_restore_whose_first_read_fails_claims_nothing_and_can_be_asked_for_again() -> None:
+    async def read_fails_then_again(run: Run, bundle: Any) -> tuple[int, DecisionRecord, dict[str, Any]]:
+        run.sim.inject_fault("graph.messageRules", status=403)
+        with pytest.raises(ServiceRefused):
+            await bundle.admin.restore(NINA, RestoreRequest("first"), OPERATOR)
+        writes = len(run.writes())
+        record = await bundle.admin.restore(NINA, RestoreRequest("again"), OPERATOR)
+        return writes, record, run.sim.mailbox(NINA)
+
+    run, (writes_after_failure, restored, final) = scenario(policy(), read_fails_then_again)
+
+    assert writes_after_failure == len(NAMED) + 1  # only remediation's own writes
+    assert kinds(restored) == [("restore_inbox_rule", "done")] * 2 + [("restore_forwarding", "done")]
+    assert final == run.before

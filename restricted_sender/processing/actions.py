@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
@@ -511,37 +512,46 @@ class Actor:
             return None
         return NO_FORWARDING if found is None or found.settings is None else found.settings
 
-    async def restore_mailbox(self, record: DecisionRecord, before: MailboxBefore, *, resumed: bool) -> DecisionRecord:
-        """Put back exactly ``before``: re-enable only the rules remediation disabled that still exist and are
-        disabled now, and set the forwarding fields back. Each write at most once: ``resumed`` (an earlier restore
-        of the same record was interrupted) and an ambiguous answer only read and report, never write again."""
-        actions: list[Action] = []
-        if before.rules:
-            actions.extend(await self._restore_rules(before, resumed=resumed))
+    async def mailbox_now(self, before: MailboxBefore) -> MailboxNow:
+        """Read what a restore of ``before`` compares with. A failing read raises: the caller has claimed and written
+        nothing yet, so the restore can simply be asked for again."""
+        rules = await self._rules_now(before.user_id) if before.rules else None
+        forwarding: ForwardingSettings | None = None
         if before.forwarding is not None:
-            actions.append(await self._restore_forwarding(before.mailbox, before.forwarding, resumed=resumed))
+            found = await self.exchange.mailbox_forwarding(before.mailbox)
+            forwarding = NO_FORWARDING if found is None or found.settings is None else found.settings
+        return MailboxNow(rules, forwarding)
+
+    async def restore_mailbox(
+        self, record: DecisionRecord, before: MailboxBefore, now: MailboxNow, *, resumed: bool
+    ) -> DecisionRecord:
+        """Put back exactly ``before``, given the mailbox as it is ``now``: re-enable only the rules remediation
+        disabled that still exist and differ, and set the forwarding fields back when they differ. Each write at most
+        once: ``resumed`` (an earlier restore of the same record was interrupted) and an ambiguous answer only read
+        and report, never write again."""
+        actions = [await self._restore_rule_step(before.user_id, rule, now, resumed=resumed) for rule in before.rules]
+        if before.forwarding is not None:
+            assert now.forwarding is not None, "read by mailbox_now"
+            actions.append(
+                await self._restore_forwarding(before.mailbox, before.forwarding, now.forwarding, resumed=resumed)
+            )
         return record.with_actions(*actions)
 
     async def _rules_now(self, user_id: str) -> dict[str, bool] | None:
         rules = await self.directory.inbox_rules(user_id)
         return None if rules is None else {r.id: r.enabled for r in rules}
 
-    async def _restore_rules(self, before: MailboxBefore, *, resumed: bool) -> list[Action]:
+    async def _restore_rule_step(self, user_id: str, rule: RuleState, now: MailboxNow, *, resumed: bool) -> Action:
         kind = ActionKind.RESTORE_INBOX_RULE
-        now = await self._rules_now(before.user_id)
-        actions: list[Action] = []
-        for rule in before.rules:
-            current = None if now is None else now.get(rule.id)
-            if current is None:
-                actions.append(Action(kind, ActionStatus.SKIPPED, f"{_rule(rule)} no longer exists: not recreated"))
-            elif current == rule.enabled:
-                actions.append(Action(kind, ActionStatus.SKIPPED, f"{_rule(rule)} is already as before"))
-            elif resumed:
-                actions.append(Action(kind, ActionStatus.FAILED, f"{_rule(rule)} is not as before, and an earlier "
-                                      "restore was interrupted: not written again; set it by hand"))  # fmt: skip
-            else:
-                actions.append(await self._restore_rule(before.user_id, rule))
-        return actions
+        current = None if now.rules is None else now.rules.get(rule.id)
+        if current is None:
+            return Action(kind, ActionStatus.SKIPPED, f"{_rule(rule)} no longer exists: not recreated")
+        if current == rule.enabled:
+            return Action(kind, ActionStatus.SKIPPED, f"{_rule(rule)} is already as before")
+        if resumed:
+            return Action(kind, ActionStatus.FAILED, f"{_rule(rule)} is not as before, and an earlier restore was "
+                          "interrupted: not written again; set it by hand")  # fmt: skip
+        return await self._restore_rule(user_id, rule)
 
     async def _restore_rule(self, user_id: str, rule: RuleState) -> Action:
         kind = ActionKind.RESTORE_INBOX_RULE
@@ -557,11 +567,10 @@ class Actor:
             return Action(kind, ActionStatus.FAILED, f"refused for {_rule(rule)}: {error.message}")
         return Action(kind, ActionStatus.DONE, f"{_rule(rule)} {state} again")
 
-    async def _restore_forwarding(self, mailbox: str, before: ForwardingSettings, *, resumed: bool) -> Action:
+    async def _restore_forwarding(
+        self, mailbox: str, before: ForwardingSettings, now: ForwardingSettings, *, resumed: bool
+    ) -> Action:
         kind = ActionKind.RESTORE_FORWARDING
-        now = await self._forwarding_now(mailbox)
-        if now is None:
-            return Action(kind, ActionStatus.FAILED, f"the forwarding of {mailbox} could not be read: nothing sent")
         if now.same_as(before):
             return Action(kind, ActionStatus.SKIPPED, f"the forwarding of {mailbox} is already as before")
         if resumed:
@@ -682,6 +691,15 @@ class Actor:
             return Action(ActionKind.NOTIFY, ActionStatus.FAILED, f"{who}: {error.message}")
         await self.store.complete(key, NOTICE_OWNER, "sent", now)
         return Action(ActionKind.NOTIFY, ActionStatus.DONE, f"mailed the {who}: {', '.join(mail.to)}")
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxNow:
+    """The mailbox as a restore reads it before writing: rule id -> ``isEnabled`` (``None``: no rules asked, or no
+    mailbox), and the forwarding fields (``None``: not asked)."""
+
+    rules: Mapping[str, bool] | None
+    forwarding: ForwardingSettings | None
 
 
 def remediation_key(event_id: str) -> str:

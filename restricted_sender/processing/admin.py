@@ -265,6 +265,7 @@ class Admin:
                 f"the remediation of event {source['event_id']} was already restored ({state.outcome})",
                 code="already-restored",
             )
+        current = await self.actor.mailbox_now(before)  # read first: a failing read leaves nothing claimed
         resumed = await self.store.claim(key, RESTORE_OWNER, now) is not ClaimResult.NEW
         who = Reason(
             rules.ReasonCode.MANUAL_RESTORE,
@@ -289,7 +290,7 @@ class Admin:
                 "restores": {"event_id": source["event_id"], "before": before.to_dict()},
             },
         )
-        record = await self.actor.restore_mailbox(record, before, resumed=resumed)
+        record = await self.actor.restore_mailbox(record, before, current, resumed=resumed)
         await self._record_and_log(record)
         failed = sum(1 for a in record.actions if a.status is ActionStatus.FAILED)
         await self.store.complete(key, RESTORE_OWNER, f"by {operator.name} at {now.isoformat()}", now)
