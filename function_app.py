@@ -100,6 +100,12 @@ async def unblock_user(req: func.HttpRequest) -> func.HttpResponse:
     return _response(await runtime.unblock(req.route_params["upn"], req.get_body(), dict(req.headers)))
 
 
+@app.function_name("restore_mailbox")
+@app.route(route="users/{upn}/restore", methods=["POST"])
+async def restore_mailbox(req: func.HttpRequest) -> func.HttpResponse:
+    return _response(await runtime.restore(req.route_params["upn"], req.get_body(), dict(req.headers)))
+
+
 @app.function_name("user_status")
 @app.route(route="users/{upn}", methods=["GET"])
 async def user_status(req: func.HttpRequest) -> func.HttpResponse:

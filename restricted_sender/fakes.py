@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from restricted_sender.core.ledger import budget_refusal, noted_with, pending_text, resolve_claim, resolve_ticket
-from restricted_sender.core.mailbox import Forwarding, InboxRule, Recipient, parse_rules
+from restricted_sender.core.mailbox import Forwarding, ForwardingSettings, InboxRule, Recipient, parse_rules
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.errors import (
     ContentExpired,
@@ -82,6 +82,8 @@ class FakeExchange:
         self.recipients = {k.lower(): dict(v) for k, v in (recipients or {}).items()}  # Get-Recipient rows by identity
         self.removed: list[str] = []
         self.calls = 0
+        self.set_mailbox: list[tuple[str, ForwardingSettings]] = []  # every Set-Mailbox sent, in order
+        self.set_failure: Exception | None = None  # raised by set_forwarding (after it is counted)
 
     async def mailbox_forwarding(self, address: str) -> Forwarding | None:
         self.calls += 1
@@ -99,6 +101,16 @@ class FakeExchange:
         self.calls += 1
         row = self.recipients.get(identity.lower())
         return None if row is None else Recipient.from_row(row)
+
+    async def set_forwarding(self, address: str, settings: ForwardingSettings) -> None:
+        self.calls += 1
+        self.set_mailbox.append((address.lower(), settings))
+        if self.set_failure is not None:
+            raise self.set_failure
+        row = self.mailboxes.get(address.lower())
+        if row is None:
+            raise ServiceRefused("exchange", f"Set-Mailbox: HTTP 404: no mailbox {address}", http_status=404)
+        row.update(settings.parameters())
 
     async def blocked_senders(self, address: str | None = None) -> Sequence[BlockedSender]:
         self.calls += 1
@@ -134,12 +146,14 @@ class FakeDirectory:
         self.users = list(users)
         self.groups = {k.lower(): {g.lower() for g in v} for k, v in (groups or {}).items()}
         self.risk = dict(risk or {})  # object id -> level; absent: unknown (no Entra ID P2)
-        self.rules = {k.lower(): list(v) for k, v in (rules or {}).items()}  # user key -> Graph messageRule JSON
+        # user key -> Graph messageRule JSON (copies: set_inbox_rule_enabled changes them)
+        self.rules = {k.lower(): [dict(r) for r in v] for k, v in (rules or {}).items()}
         self.folders = dict(folders or {})  # folder id -> display name
         self.domains = frozenset(d.lower() for d in domains)
         self.calls = 0
         # Writes, in the order they happened. ``failures`` maps a write's method name (``revoke_sessions``,
-        # ``confirm_compromised``, ``disable_account``, ``send_mail``) to the error it raises, on every call.
+        # ``confirm_compromised``, ``disable_account``, ``send_mail``, ``set_inbox_rule_enabled``) to the error it
+        # raises, on every call.
         self.p2 = p2  # Entra ID P2: without it confirm_compromised does nothing and answers False
         self.revoked: list[str] = []
         self.confirmed: list[str] = []
@@ -242,6 +256,14 @@ class FakeDirectory:
                 "graph", "HTTP 400: ErrorInvalidRecipients: the message has no recipients", http_status=400
             )
         self.sent.append((sender, mail))
+
+    async def set_inbox_rule_enabled(self, key: str, rule_id: str, enabled: bool) -> None:
+        user = self._write("set_inbox_rule_enabled", key)
+        rules = self.rules.get(user.user_principal_name.lower(), self.rules.get(user.id.lower(), []))
+        rule = next((r for r in rules if r.get("id") == rule_id), None)
+        if rule is None:
+            raise ServiceRefused("graph", f"HTTP 404: ErrorItemNotFound: no rule {rule_id}", http_status=404)
+        rule["isEnabled"] = enabled
 
     def _write(self, method: str, key: str) -> DirectoryUser:
         """Count the call, raise the failure set for ``method``, else the user ``key`` names (404 when none)."""

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from restricted_sender.core.mailbox import Forwarding, InboxRule
+from restricted_sender.core.mailbox import Forwarding, InboxRule, MailboxBefore
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.timeutil import iso, parse_instant
 
@@ -379,6 +379,11 @@ class ActionKind(StrEnum):
     REVOKE_SESSIONS = "revoke_sessions"
     CONFIRM_COMPROMISED = "confirm_compromised"
     DISABLE_ACCOUNT = "disable_account"
+    # Mailbox remediation (the policy's ``remediation`` switches), after containment; and putting it back.
+    DISABLE_INBOX_RULE = "disable_inbox_rule"
+    REMOVE_FORWARDING = "remove_forwarding"
+    RESTORE_INBOX_RULE = "restore_inbox_rule"
+    RESTORE_FORWARDING = "restore_forwarding"
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +428,7 @@ class DecisionRecord:
     at: datetime
     evidence: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[Note, ...] = ()  # what could not be checked (Facts.notes)
+    remediation: MailboxBefore | None = None  # the before-state of what mailbox remediation changed
 
     def with_actions(self, *actions: Action) -> DecisionRecord:
         return replace(self, actions=self.actions + actions)
@@ -450,9 +456,12 @@ class DecisionRecord:
             at=parse_instant(row["at"]),
             # Rows written before notes were part of the record have none.
             notes=tuple(Note.from_dict(n) for n in row.get("notes") or ()),
+            remediation=MailboxBefore.from_dict(row["remediation"]) if row.get("remediation") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
+        # "remediation" only when something was changed: rows without it read as they always did.
+        remediated = {} if self.remediation is None else {"remediation": self.remediation.to_dict()}
         return {
             "event_id": self.event_id,
             "alert_id": self.alert_id,
@@ -466,6 +475,7 @@ class DecisionRecord:
             "policy_version": self.policy_version,
             "at": iso(self.at),
             "notes": [n.to_dict() for n in self.notes],
+            **remediated,
         }
 
 

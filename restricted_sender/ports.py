@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from restricted_sender.core.mailbox import Forwarding, InboxRule, Recipient
+from restricted_sender.core.mailbox import Forwarding, ForwardingSettings, InboxRule, Recipient
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.model import (
     DirectoryRole,
@@ -62,6 +62,12 @@ class Exchange(Protocol):
 
     async def recipient(self, identity: str) -> Recipient | None:
         """``Get-Recipient -Identity``: a mailbox, mail user or mail contact; ``None`` when there is none."""
+        ...
+
+    async def set_forwarding(self, address: str, settings: ForwardingSettings) -> None:
+        """``Set-Mailbox -Identity address`` with the three forwarding parameters (``None`` sent as ``$null``).
+        Raises ``ServiceRefused`` when the cmdlet said no, ``OutcomeUnknown`` when the answer does not say whether
+        it happened (the caller reads ``Get-Mailbox`` then), ``TransientServiceError`` when it never ran."""
         ...
 
 
@@ -120,6 +126,11 @@ class Directory(Protocol):
 
     async def send_mail(self, sender: str, mail: Mail) -> None:
         """``POST /users/{sender}/sendMail`` (saved to the sender's Sent Items)."""
+        ...
+
+    async def set_inbox_rule_enabled(self, key: str, rule_id: str, enabled: bool) -> None:
+        """``PATCH /users/{key}/mailFolders/inbox/messageRules/{rule_id}`` ``{"isEnabled": enabled}``; a rule is
+        never deleted. ``ServiceRefused`` (404) when there is no such rule."""
         ...
 
 

@@ -45,6 +45,10 @@ _PARAMETERS: dict[str, frozenset[str]] = {
     ),
     # https://learn.microsoft.com/powershell/module/exchange/get-recipient (Identity set)
     "get-recipient": frozenset({"identity", "resultsize", "recipienttype", "recipienttypedetails", "properties"}),
+    # https://learn.microsoft.com/powershell/module/exchange/set-mailbox: the forwarding parameters (and Confirm).
+    "set-mailbox": frozenset(
+        {"identity", "forwardingsmtpaddress", "forwardingaddress", "delivertomailboxandforward", "confirm"}
+    ),
 }
 
 
@@ -169,6 +173,7 @@ def invoke_command(request: Request, state: TenantState, tenant_in_path: str) ->
         "remove-blockedsenderaddress": _remove_blocked_sender_address,
         "get-mailbox": _get_mailbox,
         "get-recipient": _get_recipient,
+        "set-mailbox": _set_mailbox,
     }[name.casefold()]
     return handler(request, state, tenant_in_path, params)
 
@@ -230,12 +235,50 @@ def _get_mailbox(request: Request, state: TenantState, tenant_in_path: str, para
     if isinstance(identity, Response):
         return identity
     if identity is None:
-        rows = [_mailbox_row(user) for user in state.users]
+        rows = [mailbox_row(user) for user in state.users]
         return _rows(request, state, tenant_in_path, rows)
     user = state.find_user(identity) or _by_proxy_address(state, identity)
     if user is None:
         return not_found_object(identity)
-    return _rows(request, state, tenant_in_path, [_mailbox_row(user)])
+    return _rows(request, state, tenant_in_path, [mailbox_row(user)])
+
+
+_SET_FIELDS = {
+    "forwardingsmtpaddress": "ForwardingSmtpAddress",
+    "forwardingaddress": "ForwardingAddress",
+    "delivertomailboxandforward": "DeliverToMailboxAndForward",
+}
+
+
+def _set_mailbox(request: Request, state: TenantState, tenant_in_path: str, params: dict[str, Any]) -> Response:
+    """``Set-Mailbox -Identity X`` with the forwarding parameters: a JSON ``null`` is PowerShell's ``$null`` (the
+    field is cleared), as InvokeCommand callers send it. Nothing is returned (an empty ``value``); a mailbox that
+    does not exist is the cmdlet's ManagementObjectNotFoundException."""
+    identity = _string_param(params, "Identity")
+    if isinstance(identity, Response):
+        return identity
+    if identity is None:
+        return error(
+            400,
+            "BadRequest",
+            "Cannot process command because of one or more missing mandatory parameters: Identity.",
+            PARAMETER_TYPE,
+        )
+    changes: Json = {}
+    for key, field in _SET_FIELDS.items():
+        if key not in params:
+            continue
+        value = params[key]
+        if field == "DeliverToMailboxAndForward":
+            if not isinstance(value, bool):
+                return error(400, "BadRequest", f"Cannot convert value '{value}' to type 'System.Boolean'.",
+                             PARAMETER_TYPE)  # fmt: skip
+        elif value is not None and (not isinstance(value, str) or not value.strip()):
+            return error(400, "BadRequest", f"Cannot bind parameter '{field}' to the value '{value}'.", PARAMETER_TYPE)
+        changes[field] = value
+    if not state.set_mailbox(identity, changes, lambda key: _by_proxy_address(state, key)):
+        return not_found_object(identity)
+    return _payload(tenant_in_path, [])
 
 
 def _get_recipient(request: Request, state: TenantState, tenant_in_path: str, params: dict[str, Any]) -> Response:
@@ -292,7 +335,7 @@ def _by_proxy_address(state: TenantState, address: str) -> Json | None:
     return None
 
 
-def _mailbox_row(user: Json) -> Json:
+def mailbox_row(user: Json) -> Json:
     mailbox = user.get("x-mailbox") or {}
     row: Json = {
         **_MAILBOX_DEFAULTS,

@@ -715,6 +715,52 @@ def list_message_rules(request: Request, state: TenantState, key: str, folder_ke
     return ok(request, {"@odata.context": context, "value": rules})
 
 
+# PATCH messageRule: the writable properties (https://learn.microsoft.com/graph/api/messagerule-update) with the
+# JSON types they take; id, hasError and isReadOnly are read-only.
+WRITABLE_RULE_PROPERTIES: dict[str, tuple[type, ...]] = {
+    "isEnabled": (bool,),
+    "displayName": (str,),
+    "sequence": (int,),
+    "actions": (dict,),
+    "conditions": (dict,),
+    "exceptions": (dict,),
+}
+
+
+def update_message_rule(
+    request: Request, state: TenantState, writes: GraphWrites, key: str, folder_key: str, rule_key: str
+) -> Response:
+    """``PATCH /users/{id}/mailFolders/inbox/messageRules/{id}``: the properties given change, the rest keeps its
+    value; 200 with the whole rule (https://learn.microsoft.com/graph/api/messagerule-update). A rule that does not
+    exist is 404 ``ErrorItemNotFound``; a read-only or unknown property 400 and nothing changes."""
+    user = _lookup(state, key)
+    if user is None:
+        return invalid_user(request, key)
+    folder = _find_folder(user, folder_key)
+    if folder is None or folder.get("x-wellKnownName") != "inbox":
+        return folder_not_found(request)
+    body = _body(request)
+    if isinstance(body, Response):
+        return body
+    changes: Json = {}
+    for name, value in body.items():
+        if name.startswith("@") or "@odata." in name:
+            continue
+        kinds = WRITABLE_RULE_PROPERTIES.get(name)
+        if kinds is None or not isinstance(value, kinds) or (bool in kinds) != isinstance(value, bool):
+            return error(request, 400, "ErrorInvalidProperty", f"The property '{name}' cannot be set to this value.")
+        changes[name] = value
+    rules = [dict(r) for r in user.get("x-inboxRules", [])]
+    for index, rule in enumerate(rules):
+        if (rule.get("id") or rule_id(user, index)) == rule_key:
+            # The generated id is written down, so the rule keeps it whatever happens to the list.
+            rules[index] = {**rule, "id": rule_key, **changes}
+            writes.change_user(state, user, {"x-inboxRules": rules})
+            context = f"{METADATA}#users('{quote(key, safe='')}')/mailFolders('{folder_key}')/messageRules/$entity"
+            return ok(request, {"@odata.context": context, **strip_private(rules[index])})
+    return folder_not_found(request)
+
+
 def rule_id(user: Json, index: int) -> str:
     """A stable id for the ``index``-th inbox rule of ``user`` in Exchange's shape (``AQAAAJ5dZqA=``)."""
     digest = hashlib.sha256(f"{user['id']}/rule/{index}".encode()).digest()

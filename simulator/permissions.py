@@ -36,6 +36,7 @@ GATES: dict[str, tuple[str, ...]] = {
     "User.RevokeSessions.All": ("graph.revokeSignInSessions",),
     "User.EnableDisableAccount.All": ("graph.updateUser",),
     "Mail.Send": ("graph.sendMail",),
+    "MailboxSettings.ReadWrite": ("graph.messageRule",),
     "Exchange.ManageAsApp": ("exchange.",),  # a prefix: every cmdlet
     "Exchange Administrator": ("exchange.",),
     "ActivityFeed.Read": ("o365.",),

@@ -219,6 +219,18 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "`GET /v1.0/users/{id or upn}/mailFolders/inbox/messageRules` (the Inbox by name or id)",
     ),
     Route(
+        "graph.messageRule",
+        f"{_USERS}/mailFolders/{{folder}}/messageRules/{{rule}}",
+        _graph(
+            lambda sim, request, args: graph.update_message_rule(
+                request, sim._state, sim._graph_writes, args[0], args[1], args[2]
+            )
+        ),
+        "PATCH",
+        '`PATCH /v1.0/users/{id or upn}/mailFolders/inbox/messageRules/{id}` (e.g. `{"isEnabled": false}`; 200, '
+        "the rule; never deleted: `DELETE` is 405)",
+    ),
+    Route(
         "graph.riskyUser",
         "/v1.0/identityProtection/riskyUsers/{id}",
         _graph(lambda sim, request, args: graph.get_risky_user(request, sim._state, args[0])),
@@ -275,7 +287,8 @@ ROUTE_TABLE: tuple[Route, ...] = (
         lambda sim, request, args: sim._exchange(request, args[0]),
         "POST",
         "`POST /adminapi/beta/{tenantId}/InvokeCommand[?$skiptoken=&$select=]`: `Get-BlockedSenderAddress`, "
-        "`Remove-BlockedSenderAddress`, `Get-Mailbox`, `Get-Recipient`",
+        "`Remove-BlockedSenderAddress`, `Get-Mailbox`, `Get-Recipient`, `Set-Mailbox` (forwarding parameters; `null` "
+        "clears)",
         shown="exchange.<CmdletName>",
         named=_exchange_name,
     ),

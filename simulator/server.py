@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import secrets
 import signal
 import socket
@@ -23,7 +24,7 @@ from simulator.permissions import Withheld
 from simulator.routes import Endpoint
 from simulator.routes import plain_error as _plain_error
 from simulator.state import RequestLog, TenantState
-from simulator.tenant import Json, Tenant, TenantSource, load_tenant
+from simulator.tenant import Json, Tenant, TenantSource, load_tenant, strip_private
 from simulator.tokens import EXCHANGE_RESOURCE, TokenClock, TokenIssuer
 from simulator.wire import (
     JSON_CONTENT_TYPE,
@@ -210,6 +211,20 @@ class Simulator:
     def blocked_senders(self) -> list[Json]:
         """The rows Get-BlockedSenderAddress would serve now (copies, without ``x-`` keys)."""
         return self._state.blocked_rows()
+
+    def mailbox(self, key: str) -> Json:
+        """The mailbox state remediation changes, as the services serve it (copies): the inbox rules (Graph
+        ``messageRule`` JSON) and the three forwarding fields of ``Get-Mailbox``."""
+        user = self._state.find_user(key)
+        if user is None:
+            raise KeyError(key)
+        rules = [
+            {"id": rule.get("id") or graph.rule_id(user, index), **strip_private(rule)}
+            for index, rule in enumerate(user.get("x-inboxRules", []))
+        ]
+        row = exchange.mailbox_row(user)
+        forwarding = {k: row[k] for k in ("ForwardingSmtpAddress", "ForwardingAddress", "DeliverToMailboxAndForward")}
+        return copy.deepcopy({"inboxRules": rules, "forwarding": forwarding})
 
     def add_blocked_sender(self, row: Mapping[str, Any]) -> None:
         """Restrict a sender (a Get-BlockedSenderAddress row; ``x-`` keys allowed), replacing any row for it."""

@@ -100,6 +100,20 @@ class TenantState:
             self._removal_due.pop(key, None)
             self._blocked.append(copy.deepcopy(dict(row)))
 
+    # -- mailboxes (Set-Mailbox) -----------------------------------------------------------------------
+
+    def set_mailbox(self, identity: str, changes: Mapping[str, Any], by_proxy: Callable[[str], Json | None]) -> bool:
+        """Apply ``changes`` to the ``x-mailbox`` of the user ``identity`` names; False when there is none. The user
+        is swapped for a changed copy, never changed in place (a reader sees the old one or the new one)."""
+        with self._lock:
+            user = self.find_user(identity) or by_proxy(identity)
+            if user is None:
+                return False
+            for index, current in enumerate(self.users):
+                if current is user:
+                    self.users[index] = {**current, "x-mailbox": {**(current.get("x-mailbox") or {}), **changes}}
+            return True
+
     # -- ticket webhook --------------------------------------------------------------------------------
 
     def record_ticket(

@@ -98,14 +98,14 @@ def run_indexer(folder: Path, **env: str) -> tuple[int, dict[str, Any]]:
     return done.returncode, result
 
 
-def test_runtime_indexes_exactly_the_twelve_functions_without_the_defender_stream() -> None:
+def test_runtime_indexes_exactly_the_thirteen_functions_without_the_defender_stream() -> None:
     code, result = run_indexer(ROOT, DEFENDER_EVENTHUB_NAME="")
 
     assert code == 0, f"the Functions runtime refused function_app.py: {result}"
     functions = result["functions"]
     assert sorted(functions) == [
         "alerts", "alerts_o365", "doctor", "doctor_daily", "expand_content", "poll_alerts", "process_event",
-        "restricted_users", "sweep_restricted", "unblock_user", "user_status", "verify_unblock",
+        "restore_mailbox", "restricted_users", "sweep_restricted", "unblock_user", "user_status", "verify_unblock",
     ]  # fmt: skip
 
     assert functions["alerts_o365"]["raw_bindings"][0]["route"] == "alerts/o365"

@@ -66,6 +66,7 @@ guards:
   suspicious_inbox_rules: true
   external_forwarding: true
 containment: {{revoke_sessions: true, confirm_compromised: true, disable_account: true}}
+remediation: {{disable_inbox_rules: true, remove_forwarding: true}}
 notify: {{user: true, recipients: [helpdesk@contoso.com], sender: noreply@contoso.com}}
 ticket:
   system: email

@@ -817,7 +817,7 @@ def test_invoke_command_refuses_a_malformed_call_with_the_exchange_error_shape(
 
 
 def test_a_cmdlet_outside_the_apps_role_is_refused_with_403_and_no_body(sim: Simulator, client: httpx.Client) -> None:
-    response = invoke(client, sim, "Set-Mailbox", Identity="alice@contoso.com")
+    response = invoke(client, sim, "Remove-Mailbox", Identity="alice@contoso.com")
 
     assert (response.status_code, response.content) == (403, b"")
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from restricted_sender.adapters.identity import TokenProvider
-from restricted_sender.core.mailbox import Forwarding, Recipient
+from restricted_sender.core.mailbox import Forwarding, ForwardingSettings, Recipient
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.errors import (
     ObjectNotFound,
@@ -202,6 +202,13 @@ class ExchangeAdmin:
         """
         result = await self.invoke(REMOVE, {"SenderAddress": address}, write=True)
         return result.warnings
+
+    async def set_forwarding(self, address: str, settings: ForwardingSettings) -> None:
+        """``Set-Mailbox`` with the three forwarding parameters, a ``None`` sent as JSON ``null`` (``$null``): how
+        the module's REST client and other InvokeCommand callers clear a field (e.g. CIPP-API's Set-CIPPForwarding
+        sends ``ForwardingSMTPAddress = $null`` through ``ConvertTo-Json``, which writes ``null``). A write: sent
+        again only when the answer proves it never ran; otherwise ``OutcomeUnknown`` and the caller reads."""
+        await self.invoke("Set-Mailbox", {"Identity": address, **settings.parameters()}, write=True)
 
     async def invoke(
         self, cmdlet: str, parameters: dict[str, Any], *, write: bool = False, pages: int | None = None

@@ -376,6 +376,15 @@ class GraphDirectory:
         request = self._client.users.by_user_id(sender).send_mail.to_post_request_information(body)
         await self._write(request, permission="Mail.Send")
 
+    async def set_inbox_rule_enabled(self, key: str, rule_id: str, enabled: bool) -> None:
+        """``PATCH .../mailFolders/inbox/messageRules/{id}`` with ``isEnabled`` alone (the other properties keep their
+        values): https://learn.microsoft.com/graph/api/messagerule-update, application ``MailboxSettings.ReadWrite``."""
+        from msgraph.generated.models.message_rule import MessageRule
+
+        rule = self._client.users.by_user_id(key).mail_folders.by_mail_folder_id("inbox").message_rules
+        request = rule.by_message_rule_id(rule_id).to_patch_request_information(MessageRule(is_enabled=enabled))
+        await self._write(request, permission="MailboxSettings.ReadWrite")
+
     async def _write(self, request: RequestInformation, *, permission: str) -> Any:
         """Like :meth:`_json` for a write: a 404 (no such user or mailbox) is refused, not ``None``; a 401/403 names
         ``permission``, the application permission the write needs."""

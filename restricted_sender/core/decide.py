@@ -52,6 +52,7 @@ class ReasonCode(StrEnum):
     MANUAL_FORCED = "manual:forced"
     MANUAL_FORCE_REQUIRED = "manual:force-required"
     MANUAL_ALREADY_STARTED = "manual:already-started"
+    MANUAL_RESTORE = "manual:restore"  # a mailbox remediation put back by hand (processing.admin)
 
 
 class ReasonPrefix(StrEnum):

@@ -169,6 +169,63 @@ class Recipient:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardingSettings:
+    """The three ``Set-Mailbox`` forwarding parameters, exactly as ``Get-Mailbox`` returned them: what a restore puts
+    back (https://learn.microsoft.com/powershell/module/exchange/set-mailbox)."""
+
+    forwarding_smtp_address: str | None
+    forwarding_address: str | None
+    deliver_to_mailbox_and_forward: bool
+
+    @classmethod
+    def from_mailbox(cls, row: Mapping[str, Any]) -> ForwardingSettings:
+        smtp, recipient = field(row, "ForwardingSmtpAddress"), field(row, "ForwardingAddress")
+        return cls(
+            forwarding_smtp_address=str(smtp) if smtp else None,
+            forwarding_address=str(recipient) if recipient else None,
+            deliver_to_mailbox_and_forward=_as_bool(field(row, "DeliverToMailboxAndForward")),
+        )
+
+    @property
+    def forwards(self) -> bool:
+        return self.forwarding_smtp_address is not None or self.forwarding_address is not None
+
+    def same_as(self, other: ForwardingSettings) -> bool:
+        """The same forwarding, whatever the case or ``smtp:`` prefix Exchange writes addresses with."""
+        return (
+            _smtp(self.forwarding_smtp_address) == _smtp(other.forwarding_smtp_address)
+            and (self.forwarding_address or "").casefold() == (other.forwarding_address or "").casefold()
+            and self.deliver_to_mailbox_and_forward == other.deliver_to_mailbox_and_forward
+        )
+
+    def parameters(self) -> dict[str, Any]:
+        """``Set-Mailbox``'s parameters for these settings (``None`` is ``$null``: the field is cleared)."""
+        return {
+            "ForwardingSmtpAddress": self.forwarding_smtp_address,
+            "ForwardingAddress": self.forwarding_address,
+            "DeliverToMailboxAndForward": self.deliver_to_mailbox_and_forward,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "forwarding_smtp_address": self.forwarding_smtp_address,
+            "forwarding_address": self.forwarding_address,
+            "deliver_to_mailbox_and_forward": self.deliver_to_mailbox_and_forward,
+        }
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> ForwardingSettings:
+        return cls(
+            forwarding_smtp_address=value.get("forwarding_smtp_address"),
+            forwarding_address=value.get("forwarding_address"),
+            deliver_to_mailbox_and_forward=value.get("deliver_to_mailbox_and_forward") is True,
+        )
+
+
+NO_FORWARDING = ForwardingSettings(None, None, False)  # what remediation leaves: forwarding off
+
+
+@dataclass(frozen=True, slots=True)
 class Forwarding:
     """``Get-Mailbox``'s forwarding: an SMTP address (``smtp:x@y``) and/or a recipient in the directory.
 
@@ -180,6 +237,7 @@ class Forwarding:
     recipient: str | None
     keep_copy: bool
     target: Recipient | None = None
+    settings: ForwardingSettings | None = None  # the fields as read, for remediation's before-state
 
     @classmethod
     def from_mailbox(cls, row: Mapping[str, Any]) -> Forwarding:
@@ -189,6 +247,7 @@ class Forwarding:
             smtp_address=_smtp(field(row, "ForwardingSmtpAddress")),
             recipient=str(recipient).strip() or None if recipient else None,
             keep_copy=_as_bool(field(row, "DeliverToMailboxAndForward")),
+            settings=ForwardingSettings.from_mailbox(row),
         )
 
     def resolved(self, target: Recipient | None) -> Forwarding:
@@ -232,3 +291,62 @@ def _as_bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
     return isinstance(value, str) and value.strip().lower() == "true"
+
+
+# -- remediation: what was changed, so that it can be put back ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    """One inbox rule as it was before remediation disabled it."""
+
+    id: str
+    name: str
+    enabled: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "is_enabled": self.enabled}
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> RuleState:
+        return cls(str(value["id"]), str(value.get("name") or ""), value.get("is_enabled") is not False)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxBefore:
+    """The before-state of everything remediation changed (the audit row's ``remediation``): a restore puts back
+    exactly this, and nothing else."""
+
+    mailbox: str  # the address Set-Mailbox and Graph were given
+    user_id: str  # the directory object id the rules belong to
+    rules: tuple[RuleState, ...] = ()
+    forwarding: ForwardingSettings | None = None  # None: forwarding was not changed
+
+    @property
+    def empty(self) -> bool:
+        return not self.rules and self.forwarding is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mailbox": self.mailbox,
+            "user_id": self.user_id,
+            "rules": [r.to_dict() for r in self.rules],
+            "forwarding": None if self.forwarding is None else self.forwarding.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> MailboxBefore:
+        forwarding = value.get("forwarding")
+        return cls(
+            mailbox=str(value["mailbox"]),
+            user_id=str(value["user_id"]),
+            rules=tuple(RuleState.from_dict(r) for r in value.get("rules") or ()),
+            forwarding=ForwardingSettings.from_dict(forwarding) if isinstance(forwarding, Mapping) else None,
+        )
+
+
+def suspicious_rules(
+    rules: Iterable[InboxRule], domains: frozenset[str], folder_names: Mapping[str, str]
+) -> tuple[InboxRule, ...]:
+    """The rules that fail the inbox-rule guard: exactly those its reason names (same :meth:`InboxRule.findings`)."""
+    return tuple(r for r in rules if r.findings(domains, folder_names))

@@ -122,6 +122,21 @@ class Containment:
 
 
 @dataclass(frozen=True, slots=True)
+class Remediation:
+    """Mailbox remediation on ``ticket`` decisions only, each step off unless the policy turns it on (README:
+    Mailbox remediation): the steps of Microsoft's "Responding to a compromised email account"
+    (https://learn.microsoft.com/defender-office-365/responding-to-a-compromised-email-account). Every change is
+    recorded with its before-state, and ``restore`` puts that back."""
+
+    disable_inbox_rules: bool = False  # the rules that fail guard:inbox-rule: isEnabled false (never deleted)
+    remove_forwarding: bool = False  # guard:forwarding: Set-Mailbox clears ForwardingSmtpAddress/ForwardingAddress
+
+    @property
+    def any(self) -> bool:
+        return self.disable_inbox_rules or self.remove_forwarding
+
+
+@dataclass(frozen=True, slots=True)
 class Notify:
     user: bool = False
     recipients: tuple[str, ...] = ()
@@ -152,6 +167,7 @@ class Policy:
     deny: Selector = Selector()
     guards: Guards = Guards()
     containment: Containment = Containment()
+    remediation: Remediation = Remediation()
     notify: Notify = Notify()
     ticket: TicketOptions = TicketOptions()
     version: str = ""
@@ -496,6 +512,30 @@ class RequiredForChoice(Rule):
         }
 
 
+@dataclass(eq=False, repr=False)
+class NeedsFlag(Rule):
+    """``when`` (a flag of one section) set true needs the flag ``needs`` (of another) left on."""
+
+    when: tuple[str, str]
+    needs: tuple[str, str]
+
+    def check(self, raw: Mapping[str, Any], values: Mapping[str, Any], where: str, problems: Problems) -> None:
+        (section, key), (other, flag) = self.when, self.needs
+        if values[section][key] and not values[other][flag]:
+            at = f"{where}.{section}.{key}" if where else f"{section}.{key}"
+            _fail(problems, at, f"needs {other}.{flag}: true (it changes only what that guard finds)")
+
+    def schema(self, fields: Mapping[str, Node]) -> Schema:
+        (section, key), (other, flag) = self.when, self.needs
+        return {
+            "if": {
+                "required": [section],
+                "properties": {section: {"required": [key], "properties": {key: {"const": True}}}},
+            },
+            "then": {"properties": {other: {"properties": {flag: {"const": True}}}}},
+        }
+
+
 def _mapping(value: object, where: str, allowed: tuple[str, ...], problems: Problems) -> dict[str, Any]:
     if value is None:
         return {}
@@ -608,6 +648,7 @@ class AlertNames(Node):
 
 
 _POLICY, _GUARDS, _CONTAINMENT, _TICKET, _NOTIFY = Policy(), Guards(), Containment(), TicketOptions(), Notify()
+_REMEDIATION = Remediation()
 
 POLICY_MODEL = Section(
     {
@@ -654,6 +695,19 @@ POLICY_MODEL = Section(
             }
         ),
         "containment": Section({f.name: Flag(getattr(_CONTAINMENT, f.name)) for f in fields(Containment)}),
+        "remediation": Section(
+            {
+                "disable_inbox_rules": Flag(
+                    _REMEDIATION.disable_inbox_rules,
+                    "On a ticket, disable (never delete) the inbox rules that fail guards.suspicious_inbox_rules.",
+                ),
+                "remove_forwarding": Flag(
+                    _REMEDIATION.remove_forwarding,
+                    "On a ticket, clear the mailbox forwarding that fails guards.external_forwarding (Set-Mailbox).",
+                ),
+            },
+            description="Mailbox remediation on ticket decisions; each change is recorded and `restore` undoes it.",
+        ),
         "notify": Section(
             {
                 "user": Flag(_NOTIFY.user, "Tell the user what happened and when mail flows again."),
@@ -708,7 +762,12 @@ POLICY_MODEL = Section(
             ),
             description="Endpoints and credentials are app settings, never this file.",
         ),
-    }
+    },
+    rules=(
+        # Remediation changes only what a guard found: with the guard off it would silently do nothing.
+        NeedsFlag(("remediation", "disable_inbox_rules"), ("guards", "suspicious_inbox_rules")),
+        NeedsFlag(("remediation", "remove_forwarding"), ("guards", "external_forwarding")),
+    ),
 )
 
 
@@ -748,6 +807,7 @@ def _build(values: Mapping[str, Any]) -> Policy:
         deny=_selector(values["deny"]),
         guards=guards,
         containment=Containment(**values["containment"]),
+        remediation=Remediation(**values["remediation"]),
         notify=notify,
         ticket=ticket,
     )
@@ -776,6 +836,8 @@ def _normalized(policy: Policy) -> dict[str, Any]:
         "deny": selector(policy.deny),
         "guards": guards,
         "containment": _jsonable(asdict(policy.containment)),
+        # Only when on: policies that never mention remediation keep the version they always had.
+        **({"remediation": _jsonable(asdict(policy.remediation))} if policy.remediation.any else {}),
         "notify": _jsonable(asdict(policy.notify)),
         "ticket": _jsonable(asdict(policy.ticket)),
     }

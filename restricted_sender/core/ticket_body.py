@@ -469,6 +469,15 @@ class _View:
             return f" Done by the responder: {self.v(done[kind]) or 'done'}." if kind in done else ""
 
         disabled = user.get("account_enabled") is False
+        # Mailbox remediation disabled every suspicious rule (each its own action).
+        disabling = [a for a in self.record.actions if a.kind == ActionKind.DISABLE_INBOX_RULE]
+        every_rule_shown = self.evidence.get("inbox_rules_total") == len(_list(self.evidence.get("inbox_rules")))
+        rules_disabled = (
+            bool(rule_names)
+            and every_rule_shown
+            and len(disabling) == len(rule_names)
+            and all(a.status is ActionStatus.DONE for a in disabling)
+        )
         unblock_refused = ReasonCode.UNBLOCK_FAILED in codes
         steps = [
             _Item(
@@ -491,16 +500,18 @@ class _View:
             _Item(
                 (
                     "Remove suspicious mailbox forwarding"
-                    + (f" (found: {', '.join(forwards)})." if forwards else " (none found when checked)."),
+                    + (f" (found: {', '.join(forwards)})." if forwards else " (none found when checked).")
+                    + by_us(ActionKind.REMOVE_FORWARDING),
                 ),
-                done=False,
+                done=ActionKind.REMOVE_FORWARDING in done,
             ),
             _Item(
                 (
                     "Disable or delete suspicious inbox rules"
-                    + (f" (found: {shown_rules})." if rule_names else " (none found among the rules read)."),
+                    + (f" (found: {shown_rules})." if rule_names else " (none found among the rules read).")
+                    + (f" Done by the responder: {len(rule_names)} disabled." if rules_disabled else ""),
                 ),
-                done=False,
+                done=rules_disabled,
             ),
             _Item(
                 (

@@ -1,4 +1,4 @@
-"""``python -m restricted_sender``: replay, check, unblock, demo, simulator, decisions, o365 subscribe|status,
+"""``python -m restricted_sender``: replay, check, unblock, restore, demo, simulator, decisions, o365 subscribe|status,
 policy validate|schema, permissions, doctor (the README's "The command line" says what each does).
 
 ``replay`` runs alert files through the very intake and processor code the function app runs, with Graph,
@@ -89,6 +89,23 @@ def _parser() -> argparse.ArgumentParser:
                 "--operator", default=os.environ.get("USER", "cli"), help="who is unblocking (recorded)"
             )
         command.set_defaults(run=_check if name == "check" else _unblock)
+
+    restore = commands.add_parser(
+        "restore", help="put back what mailbox remediation changed for a user (recorded with --operator, at most once)"
+    )
+    restore.add_argument("upn", metavar="UPN", help="the user's UPN or mail address")
+    restore.add_argument("--justification", required=True, help="why the rules and forwarding may come back")
+    restore.add_argument("--event", help="the remediated decision's event_id (default: the user's latest)")
+    restore.add_argument("--operator", default=os.environ.get("USER", "cli"), help="who is restoring (recorded)")
+    restore.add_argument("--tenant", type=Path, help="run against the simulator seeded with this tenant file")
+    restore.add_argument(
+        "--replay", nargs="+", type=Path, default=(), metavar="ALERT_FILE",
+        help="with --tenant: replay these alerts first, so there is a remediation to restore",
+    )  # fmt: skip
+    restore.add_argument("--policy", type=Path, help="policy file (default: POLICY_FILE / POLICY_YAML)")
+    restore.add_argument("--now", type=parse_instant, help="fix the clock (ISO 8601)")
+    restore.add_argument("--json", action="store_true", help="print the restore's record as JSON")
+    restore.set_defaults(run=_restore)
 
     demo = commands.add_parser("demo", help="replay the shipped sample alerts against the sample tenant and policy")
     demo.add_argument("--json", action="store_true", help="print one decision record per line")
@@ -232,6 +249,35 @@ def _unblock(args: argparse.Namespace) -> int:
     async def run() -> DecisionRecord:
         async with _admin_for(args) as admin:
             return await admin.unblock(args.upn, request, operator)
+
+    record = asyncio.run(run())
+    print_records([record], as_json=args.json, out=sys.stdout)
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from restricted_sender.model import Operator
+    from restricted_sender.processing.admin import parse_restore_request
+
+    if args.replay and args.tenant is None:
+        raise InputError("--replay needs --tenant: alerts are replayed against the simulator only")
+    body = {"justification": args.justification, **({"event_id": args.event} if args.event else {})}
+    request = parse_restore_request(json.dumps(body).encode())
+    operator = Operator(object_id=f"cli:{args.operator}", name=args.operator)
+
+    async def run() -> DecisionRecord:
+        if args.replay:
+            from restricted_sender.entrypoints.simulated import replay_then
+
+            return await replay_then(
+                [b for _, b in read_alert_files(args.replay)],
+                tenant=args.tenant,
+                policy=load_policy_or_escalate(args.policy or SAMPLES / "policy.yaml"),
+                now=args.now,
+                then=lambda admin: admin.restore(args.upn, request, operator),
+            )
+        async with _admin_for(args) as admin:
+            return await admin.restore(args.upn, request, operator)
 
     record = asyncio.run(run())
     print_records([record], as_json=args.json, out=sys.stdout)

@@ -21,6 +21,7 @@ from restricted_sender.core.policy import (
     Containment,
     LoadedPolicy,
     Notify,
+    Remediation,
     TicketOptions,
     default_policy,
     load_policy_file,
@@ -263,6 +264,7 @@ def bootstrap(
         containment=valid.containment if valid else Containment(),
         notify=valid.notify if valid else Notify(),
         channel=channel,
+        remediation=valid.remediation if valid else Remediation(),
     )
     sources = FactSources(exchange=exchange, directory=directory, store=store)
     if management is None:

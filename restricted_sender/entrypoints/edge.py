@@ -28,7 +28,7 @@ from restricted_sender.errors import (
     Unauthorized,
 )
 from restricted_sender.model import DecisionRecord, Net, Operator, RestrictionEvent
-from restricted_sender.processing.admin import parse_unblock_request, warnings_of
+from restricted_sender.processing.admin import parse_restore_request, parse_unblock_request, warnings_of
 from restricted_sender.processing.pipeline import Intake, Processor, Verifier
 from restricted_sender.settings import Secret, Settings
 
@@ -321,6 +321,16 @@ class Runtime:
             return unblock_answer(await bundle.admin.unblock(upn, request, operator))
 
         return await self._admin(headers, _UNBLOCKERS, run)
+
+    async def restore(self, upn: str, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
+        """``POST /api/users/{upn}/restore``: put back what mailbox remediation changed. The SOC's role
+        (``Sender.Unblock.Force``): it re-enables rules and forwarding that looked like an attacker's."""
+
+        async def run(bundle: ProcessorBundle, operator: Operator) -> dict[str, Any]:
+            record = await bundle.admin.restore(upn, parse_restore_request(body), operator)
+            return {"user": record.user, "actions": [a.to_dict() for a in record.actions], "record": record.to_dict()}
+
+        return await self._admin(headers, (ROLE_FORCE,), run)
 
     async def user_status(self, upn: str, headers: Mapping[str, str]) -> HttpAnswer:
         async def run(bundle: ProcessorBundle, operator: Operator) -> dict[str, Any]:

@@ -215,6 +215,13 @@ PERMISSIONS: tuple[Permission, ...] = (
         lambda policy, intake: policy.containment.disable_account,
     ),
     _graph(
+        "MailboxSettings.ReadWrite",
+        "only with `remediation.disable_inbox_rules`",
+        "disable the inbox rules that fail the inbox-rule guard, and re-enable them on `restore` "
+        "(`PATCH mailFolders/inbox/messageRules/{id}` `isEnabled`; a rule is never deleted)",
+        lambda policy, intake: policy.remediation.disable_inbox_rules,
+    ),
+    _graph(
         "Mail.Send",
         "only with `notify.user`, `notify.recipients` or `ticket.system: email`",
         "`sendMail` from `notify.sender` / `ticket.email.sender`; restrict it to those mailboxes with RBAC for "
@@ -236,7 +243,8 @@ PERMISSIONS: tuple[Permission, ...] = (
         ENTRA,
         "directory role",
         "always",
-        "the Exchange RBAC of the app-only session: read and remove restricted senders, read mailbox forwarding. "
+        "the Exchange RBAC of the app-only session: read and remove restricted senders, read mailbox forwarding "
+        "(and, with `remediation.remove_forwarding`, clear it with `Set-Mailbox`, which the role already holds). "
         "Or instead a custom Exchange role group holding the roles that contain `Get-`/`Remove-BlockedSenderAddress` "
         "and `Get-Mailbox` (`Get-ManagementRole -Cmdlet Remove-BlockedSenderAddress`). *Security Administrator is "
         "not enough* for anti-spam cmdlets app-only",
@@ -295,6 +303,7 @@ GRAPH_CALLS: Mapping[str, tuple[str, ...]] = {
     "confirm_compromised": ("IdentityRiskyUser.ReadWrite.All",),
     "disable_account": ("User.EnableDisableAccount.All", "User.Read.All"),
     "send_mail": ("Mail.Send",),
+    "set_inbox_rule_enabled": ("MailboxSettings.ReadWrite",),
 }
 
 

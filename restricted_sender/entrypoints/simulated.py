@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from restricted_sender.entrypoints.permissions import IntakePaths
     from restricted_sender.fakes import MemoryDelayedQueue, MemoryQueue
     from restricted_sender.ports import Clock, Store
+    from restricted_sender.processing.admin import Admin
     from restricted_sender.processing.doctor import Report
     from restricted_sender.settings import Settings
     from simulator import Simulator
@@ -177,29 +178,11 @@ async def replay(
     now: datetime | None = None,
 ) -> ReplayOutcome:
     """The replay engine: the simulator on a free loopback port, an in-memory store, the real clients."""
-    from restricted_sender.entrypoints.edge import process_message
     from restricted_sender.fakes import MemoryQueue
 
     queue, content = MemoryQueue(), MemoryQueue()
     async with simulated(tenant, policy, now, events=queue, content=content) as (bundle, sim, verifications):
-        intake = bundle.expander.intake
-        records: list[DecisionRecord] = []
-        for body in bodies:
-            # The same entry points as the function app: POST /api/alerts, or /api/alerts/o365 for an array.
-            if isinstance(json.loads(body), list):
-                intake.accept_o365(localized(body, sim.url))
-            else:
-                records.extend(intake.accept(body).ignored)
-            for message in content.drain():
-                await bundle.expander.expand(message)
-            for message in queue.drain():
-                try:
-                    records.append(await process_message(message, bundle.processor))
-                except ResponderError as error:
-                    # As in the function app the event would be retried; the record is in the audit trail.
-                    print(f"event not completed, the queue would retry it: {error}", file=sys.stderr)
-                    audit = await bundle.processor.store.audit()
-                    records.append(DecisionRecord.from_dict(audit[-1]))
+        records = await _replay_on(bundle, sim, queue, content, bodies)
         return ReplayOutcome(
             records=records,
             requests=sim.requests,
@@ -213,6 +196,50 @@ async def replay(
                 "verifications": [message for message, _ in verifications.scheduled],
             },
         )
+
+
+async def _replay_on(
+    bundle: ProcessorBundle, sim: Simulator, queue: MemoryQueue, content: MemoryQueue, bodies: Sequence[bytes]
+) -> list[DecisionRecord]:
+    from restricted_sender.entrypoints.edge import process_message
+
+    intake = bundle.expander.intake
+    records: list[DecisionRecord] = []
+    for body in bodies:
+        # The same entry points as the function app: POST /api/alerts, or /api/alerts/o365 for an array.
+        if isinstance(json.loads(body), list):
+            intake.accept_o365(localized(body, sim.url))
+        else:
+            records.extend(intake.accept(body).ignored)
+        for message in content.drain():
+            await bundle.expander.expand(message)
+        for message in queue.drain():
+            try:
+                records.append(await process_message(message, bundle.processor))
+            except ResponderError as error:
+                # As in the function app the event would be retried; the record is in the audit trail.
+                print(f"event not completed, the queue would retry it: {error}", file=sys.stderr)
+                audit = await bundle.processor.store.audit()
+                records.append(DecisionRecord.from_dict(audit[-1]))
+    return records
+
+
+async def replay_then(
+    bodies: Sequence[bytes],
+    *,
+    tenant: Path | dict[str, Any],
+    policy: LoadedPolicy,
+    now: datetime | None,
+    then: Callable[[Admin], Awaitable[DecisionRecord]],
+) -> DecisionRecord:
+    """Replay ``bodies``, then run ``then`` on the admin side of the same simulated tenant and store (``restore
+    --replay``: the simulator keeps no state between runs, so what is restored is made in the same run)."""
+    from restricted_sender.fakes import MemoryQueue
+
+    queue, content = MemoryQueue(), MemoryQueue()
+    async with simulated(tenant, policy, now, events=queue, content=content) as (bundle, sim, _):
+        await _replay_on(bundle, sim, queue, content, bodies)
+        return await then(bundle.admin)
 
 
 async def simulated_doctor(tenant: Path | dict[str, Any], policy: LoadedPolicy) -> Report:

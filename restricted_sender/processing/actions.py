@@ -8,6 +8,7 @@ be filed is recorded too, and then the event fails so the queue retries it (see 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -15,8 +16,9 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from restricted_sender.core.decide import ReasonCode, unblock_failed, unblock_uncertain
+from restricted_sender.core.mailbox import NO_FORWARDING, ForwardingSettings, MailboxBefore, RuleState, suspicious_rules
 from restricted_sender.core.notices import recipients_notice, user_notice
-from restricted_sender.core.policy import Budget, Containment, Notify
+from restricted_sender.core.policy import Budget, Containment, Notify, Remediation
 from restricted_sender.core.restriction import BlockedSender, BlockReason
 from restricted_sender.core.teams_card import notice_card
 from restricted_sender.core.ticket_body import (
@@ -68,6 +70,8 @@ from restricted_sender.timeutil import iso
 log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 MAX_RULES = 50  # the evidence stays bounded; the total says how many there were
+MAX_RULE_NAME = 200  # characters of a rule's name kept in a remediation's before-state (it is only shown)
+MAX_INTENT_REASON = 2000  # characters of each reason kept with a remediation intent
 NOTICE_OWNER = "notice"  # the owner of every notice claim: a second try of the same mail finds it RESUMED
 UNKNOWN_OUTCOME = "unknown"  # a notice claim completed after an answer that did not say whether it was delivered
 UNBLOCK_EXPECTATION = "mail should flow again within an hour, at the latest within 24 hours"
@@ -164,6 +168,7 @@ class Actor:
     containment: Containment = field(default_factory=Containment)
     notify: Notify = field(default_factory=Notify)
     channel: ChatChannel | None = None  # the Teams channel (TEAMS_WEBHOOK_URL)
+    remediation: Remediation = field(default_factory=Remediation)
 
     async def carry_out(
         self,
@@ -174,6 +179,8 @@ class Actor:
         user_budget: Budget | None = None,
         tenant_budget: Budget | None = None,
     ) -> DecisionRecord:
+        if enforce and self.remediation.any and record.decision.outcome is not Outcome.TICKET:
+            record = await self._still_remediated(record)
         if record.decision.outcome is Outcome.UNBLOCK:
             record = await self.unblock(
                 record,
@@ -186,6 +193,7 @@ class Actor:
         ticket: TicketRef | None = None
         if record.decision.outcome is Outcome.TICKET:
             record = await self.contain(record, facts, enforce=enforce)
+            record = await self.remediate(record, facts, enforce=enforce)
             record, ticket = await self.file_ticket(record, facts, enforce=enforce)
             if ticket_failed(record):
                 return record  # the event is retried: notify once, when the ticket exists
@@ -409,6 +417,194 @@ class Actor:
             log.warning("containment step %s failed: %s", name, error)
             return Action(name, ActionStatus.FAILED, error.message)
 
+    # -- mailbox remediation ---------------------------------------------------------------------------------
+
+    async def remediate(self, record: DecisionRecord, facts: Facts, *, enforce: bool) -> DecisionRecord:
+        """Disable the inbox rules the inbox-rule guard named and clear the forwarding the forwarding guard named,
+        as the policy's ``remediation`` says; record each step, and the before-state in ``record.remediation``.
+
+        The before-state is written first, once per event (the intent record): a retry of the event (its ticket
+        failed) sees a mailbox that no longer looks compromised, so it works from, and records, the first try's
+        before-state, never what it changed itself.
+        """
+        earlier = await self._remediation_intent(record.event_id) if enforce and self.remediation.any else None
+        plan = earlier.before if earlier is not None else self._remediation_plan(record, facts)
+        if plan is None:
+            return record
+        if not enforce:
+            return record.with_actions(
+                *(
+                    Action(
+                        ActionKind.DISABLE_INBOX_RULE, ActionStatus.SKIPPED, f"report-only: would disable {_rule(r)}"
+                    )
+                    for r in plan.rules
+                ),
+                *(
+                    [Action(ActionKind.REMOVE_FORWARDING, ActionStatus.SKIPPED, "report-only: would clear " + _fwd(f))]
+                    if (f := plan.forwarding) is not None
+                    else []
+                ),
+            )
+        if earlier is None:
+            await self._write_remediation_intent(record, plan)
+        actions: list[Action] = []
+        refused: set[str] = set()
+        for rule in plan.rules:
+            action, maybe_changed = await self._disable_rule(plan.user_id, rule)
+            actions.append(action)
+            if not maybe_changed:
+                refused.add(rule.id)  # not changed: not part of what a restore puts back
+        if plan.forwarding is not None:
+            actions.append(await self._clear_forwarding(plan.mailbox))
+        changed = replace(plan, rules=tuple(r for r in plan.rules if r.id not in refused))
+        return replace(record.with_actions(*actions), remediation=None if changed.empty else changed)
+
+    def _remediation_plan(self, record: DecisionRecord, facts: Facts) -> MailboxBefore | None:
+        """What the policy's remediation changes for this decision: only on a ticket, only what a guard named."""
+        codes = record.decision.codes
+        if record.decision.outcome is not Outcome.TICKET or facts.user is None or facts.restriction is None:
+            return None
+        rules: tuple[RuleState, ...] = ()
+        if self.remediation.disable_inbox_rules and ReasonCode.GUARD_INBOX_RULE in codes:
+            found = suspicious_rules(facts.inbox_rules or (), facts.tenant_domains, facts.folder_names)
+            # Bounded, like the evidence: the intent must fit one stored value (a person handles the rest).
+            rules = tuple(RuleState(r.id, r.name[:MAX_RULE_NAME], r.enabled) for r in found if r.id)[:MAX_RULES]
+        forwarding: ForwardingSettings | None = None
+        fwd = facts.forwarding
+        if self.remediation.remove_forwarding and ReasonCode.GUARD_FORWARDING in codes and fwd is not None:
+            forwarding = fwd.settings if fwd.settings is not None and fwd.settings.forwards else None
+        plan = MailboxBefore(facts.restriction.address.lower(), facts.user.id, rules, forwarding)
+        return None if plan.empty else plan
+
+    async def _remediation_intent(self, event_id: str) -> _Remediated | None:
+        cursor = await self.store.read_cursor(remediation_key(event_id))
+        return _Remediated.from_text(cursor.value) if cursor is not None and cursor.value else None
+
+    async def _write_remediation_intent(self, record: DecisionRecord, plan: MailboxBefore) -> None:
+        reasons = tuple(Reason(r.code, r.text[:MAX_INTENT_REASON]) for r in record.decision.reasons)
+        text = _Remediated(plan, reasons).to_text()
+        if not await self.store.write_cursor(remediation_key(record.event_id), text, None):
+            log.warning("the remediation intent of %s was written by another try first", record.event_id)
+
+    async def _still_remediated(self, record: DecisionRecord) -> DecisionRecord:
+        """An earlier try of this event remediated the mailbox, so this try sees it clean: it stays a ticket, for the
+        reasons the earlier try found (never an unblock of a user whose rules we hid ourselves)."""
+        earlier = await self._remediation_intent(record.event_id)
+        if earlier is None:
+            return record
+        return record.with_decision(Decision(Outcome.TICKET, earlier.reasons))
+
+    async def _disable_rule(self, user_id: str, rule: RuleState) -> tuple[Action, bool]:
+        """The step's action, and whether the rule may have changed (it is then part of the before-state)."""
+        kind = ActionKind.DISABLE_INBOX_RULE
+        try:
+            await self.directory.set_inbox_rule_enabled(user_id, rule.id, False)
+        except TransientServiceError as error:
+            # It may have happened: kept in the before-state (a restore reads before it writes).
+            return Action(kind, ActionStatus.FAILED, f"outcome unknown for {_rule(rule)}: {error.message}"), True
+        except ServiceError as error:
+            log.warning("disabling an inbox rule failed: %s", error)
+            return Action(kind, ActionStatus.FAILED, f"refused for {_rule(rule)}: {error.message}"), False
+        return Action(kind, ActionStatus.DONE, f"{_rule(rule)} disabled (isEnabled false; not deleted)"), True
+
+    async def _clear_forwarding(self, mailbox: str) -> Action:
+        kind = ActionKind.REMOVE_FORWARDING
+        try:
+            await self.exchange.set_forwarding(mailbox, NO_FORWARDING)
+        except OutcomeUnknown as unknown:
+            now = await self._forwarding_now(mailbox)
+            if now is not None and not now.forwards:
+                return Action(kind, ActionStatus.DONE, f"forwarding of {mailbox} cleared (read back after: {unknown})")
+            return Action(kind, ActionStatus.FAILED, f"outcome unknown, and {mailbox} still forwards: {unknown}")
+        except ServiceError as error:
+            log.warning("clearing forwarding failed: %s", error)
+            return Action(kind, ActionStatus.FAILED, error.message)
+        return Action(kind, ActionStatus.DONE, f"forwarding of {mailbox} cleared (Set-Mailbox)")
+
+    async def _forwarding_now(self, mailbox: str) -> ForwardingSettings | None:
+        """The mailbox's forwarding as Get-Mailbox reads it now; ``None`` when it cannot be read."""
+        try:
+            found = await self.exchange.mailbox_forwarding(mailbox)
+        except ServiceError as error:
+            log.warning("reading the forwarding of %s failed: %s", mailbox, error)
+            return None
+        return NO_FORWARDING if found is None or found.settings is None else found.settings
+
+    async def mailbox_now(self, before: MailboxBefore) -> MailboxNow:
+        """Read what a restore of ``before`` compares with. A failing read raises: the caller has claimed and written
+        nothing yet, so the restore can simply be asked for again."""
+        rules = await self._rules_now(before.user_id) if before.rules else None
+        forwarding: ForwardingSettings | None = None
+        if before.forwarding is not None:
+            found = await self.exchange.mailbox_forwarding(before.mailbox)
+            forwarding = NO_FORWARDING if found is None or found.settings is None else found.settings
+        return MailboxNow(rules, forwarding)
+
+    async def restore_mailbox(
+        self, record: DecisionRecord, before: MailboxBefore, now: MailboxNow, *, resumed: bool
+    ) -> DecisionRecord:
+        """Put back exactly ``before``, given the mailbox as it is ``now``: re-enable only the rules remediation
+        disabled that still exist and differ, and set the forwarding fields back when they differ. Each write at most
+        once: ``resumed`` (an earlier restore of the same record was interrupted) and an ambiguous answer only read
+        and report, never write again."""
+        actions = [await self._restore_rule_step(before.user_id, rule, now, resumed=resumed) for rule in before.rules]
+        if before.forwarding is not None:
+            assert now.forwarding is not None, "read by mailbox_now"
+            actions.append(
+                await self._restore_forwarding(before.mailbox, before.forwarding, now.forwarding, resumed=resumed)
+            )
+        return record.with_actions(*actions)
+
+    async def _rules_now(self, user_id: str) -> dict[str, bool] | None:
+        rules = await self.directory.inbox_rules(user_id)
+        return None if rules is None else {r.id: r.enabled for r in rules}
+
+    async def _restore_rule_step(self, user_id: str, rule: RuleState, now: MailboxNow, *, resumed: bool) -> Action:
+        kind = ActionKind.RESTORE_INBOX_RULE
+        current = None if now.rules is None else now.rules.get(rule.id)
+        if current is None:
+            return Action(kind, ActionStatus.SKIPPED, f"{_rule(rule)} no longer exists: not recreated")
+        if current == rule.enabled:
+            return Action(kind, ActionStatus.SKIPPED, f"{_rule(rule)} is already as before")
+        if resumed:
+            return Action(kind, ActionStatus.FAILED, f"{_rule(rule)} is not as before, and an earlier restore was "
+                          "interrupted: not written again; set it by hand")  # fmt: skip
+        return await self._restore_rule(user_id, rule)
+
+    async def _restore_rule(self, user_id: str, rule: RuleState) -> Action:
+        kind = ActionKind.RESTORE_INBOX_RULE
+        state = "enabled" if rule.enabled else "disabled"
+        try:
+            await self.directory.set_inbox_rule_enabled(user_id, rule.id, rule.enabled)
+        except TransientServiceError as error:
+            now = await self._rules_now(user_id)
+            if now is not None and now.get(rule.id) == rule.enabled:
+                return Action(kind, ActionStatus.DONE, f"{_rule(rule)} {state} again (read back after: {error})")
+            return Action(kind, ActionStatus.FAILED, f"outcome unknown for {_rule(rule)}, not sent again: {error}")
+        except ServiceError as error:
+            return Action(kind, ActionStatus.FAILED, f"refused for {_rule(rule)}: {error.message}")
+        return Action(kind, ActionStatus.DONE, f"{_rule(rule)} {state} again")
+
+    async def _restore_forwarding(
+        self, mailbox: str, before: ForwardingSettings, now: ForwardingSettings, *, resumed: bool
+    ) -> Action:
+        kind = ActionKind.RESTORE_FORWARDING
+        if now.same_as(before):
+            return Action(kind, ActionStatus.SKIPPED, f"the forwarding of {mailbox} is already as before")
+        if resumed:
+            return Action(kind, ActionStatus.FAILED, f"the forwarding of {mailbox} is not as before, and an earlier "
+                          "restore was interrupted: not written again; set it by hand")  # fmt: skip
+        try:
+            await self.exchange.set_forwarding(mailbox, before)
+        except OutcomeUnknown as unknown:
+            after = await self._forwarding_now(mailbox)
+            if after is not None and after.same_as(before):
+                return Action(kind, ActionStatus.DONE, f"restored {_fwd(before)} (read back after: {unknown})")
+            return Action(kind, ActionStatus.FAILED, f"outcome unknown, not sent again: {unknown}")
+        except ServiceError as error:
+            return Action(kind, ActionStatus.FAILED, error.message)
+        return Action(kind, ActionStatus.DONE, f"restored {_fwd(before)} (Set-Mailbox)")
+
     # -- the ticket ------------------------------------------------------------------------------------------
 
     async def file_ticket(
@@ -561,6 +757,51 @@ class Actor:
             return Action(ActionKind.NOTIFY, ActionStatus.FAILED, f"{who}: {error.message}")
         await self.store.complete(key, NOTICE_OWNER, sent, now)
         return Action(ActionKind.NOTIFY, ActionStatus.DONE, done)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxNow:
+    """The mailbox as a restore reads it before writing: rule id -> ``isEnabled`` (``None``: no rules asked, or no
+    mailbox), and the forwarding fields (``None``: not asked)."""
+
+    rules: Mapping[str, bool] | None
+    forwarding: ForwardingSettings | None
+
+
+def remediation_key(event_id: str) -> str:
+    """The cursor holding an event's remediation intent: its before-state, written once before the first change."""
+    return f"remediation|{event_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Remediated:
+    """What an event's first remediating try recorded before changing anything: the before-state and its reasons."""
+
+    before: MailboxBefore
+    reasons: tuple[Reason, ...]
+
+    def to_text(self) -> str:
+        body = {"before": self.before.to_dict(), "reasons": [r.to_dict() for r in self.reasons]}
+        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_text(cls, text: str) -> _Remediated:
+        data = json.loads(text)
+        reasons = tuple(Reason(str(r["code"]), str(r["text"])) for r in data["reasons"])
+        return cls(MailboxBefore.from_dict(data["before"]), reasons)
+
+
+def _rule(rule: RuleState) -> str:
+    return f'inbox rule "{rule.name}" ({rule.id})'
+
+
+def _fwd(settings: ForwardingSettings) -> str:
+    parts = [
+        f"ForwardingSmtpAddress {settings.forwarding_smtp_address or '$null'}",
+        f"ForwardingAddress {settings.forwarding_address or '$null'}",
+        f"DeliverToMailboxAndForward {'$true' if settings.deliver_to_mailbox_and_forward else '$false'}",
+    ]
+    return ", ".join(parts)
 
 
 def _cut(text: str) -> str:

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from restricted_sender.core import decide as rules
+from restricted_sender.core.mailbox import MailboxBefore
 from restricted_sender.core.policy import LoadedPolicy, effective, usable
 from restricted_sender.core.restriction import BlockedSender
 from restricted_sender.errors import Conflict, MalformedPayload, NotFound, ServiceRefused
@@ -39,13 +40,14 @@ from restricted_sender.model import (
     Outcome,
     Reason,
     RestrictionEvent,
+    Source,
     UnblockEntry,
     UnblockKind,
     UnblockStatus,
     UserRef,
     stable_id,
 )
-from restricted_sender.ports import Clock, Store
+from restricted_sender.ports import ClaimResult, Clock, Store
 from restricted_sender.processing.actions import Actor
 from restricted_sender.processing.facts import FactSources, gather_facts
 from restricted_sender.processing.pipeline import decision_record, log_decision
@@ -73,6 +75,38 @@ _NEEDS_FORCE = (
 class UnblockRequest:
     justification: str
     force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreRequest:
+    justification: str
+    event_id: str | None = None  # which remediation to put back; default: the user's latest
+
+
+RESTORE_OWNER = "restore"  # the owner of every restore claim: a second try finds it RESUMED and only reads
+_EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def parse_restore_request(body: bytes) -> RestoreRequest:
+    data = parse_json(body or b"{}")
+    if not isinstance(data, dict):
+        raise MalformedPayload('the body must be a JSON object: {"justification": "...", "event_id": "..."}')
+    unknown = sorted(set(data) - {"justification", "event_id"})
+    if unknown:
+        raise MalformedPayload(f"unknown fields: {', '.join(unknown)} (expected justification, event_id)")
+    justification = data.get("justification")
+    if not isinstance(justification, str) or len(justification.strip()) < 3:
+        raise MalformedPayload("justification is required: say why the mailbox may be put back (3 characters or more)")
+    if len(justification) > MAX_JUSTIFICATION:
+        raise MalformedPayload(f"justification is longer than {MAX_JUSTIFICATION} characters")
+    event_id = data.get("event_id")
+    if event_id is not None and (not isinstance(event_id, str) or not _EVENT_ID.match(event_id)):
+        raise MalformedPayload("event_id must be the 32 hex characters of a decision record's event_id")
+    return RestoreRequest(justification=justification.strip(), event_id=event_id)
+
+
+def restore_claim_key(event_id: str) -> str:
+    return f"restore|{event_id}"
 
 
 def parse_address(upn: str) -> str:
@@ -247,6 +281,68 @@ class Admin:
         record = decision_record(event, facts, decision, self.policy, now)
         extra = {"operator": operator.to_dict(), "justification": request.justification, "force": request.force}
         return replace(record, evidence={**record.evidence, **extra})
+
+    async def restore(self, upn: str, request: RestoreRequest, operator: Operator) -> DecisionRecord:
+        """Put back what mailbox remediation changed for ``upn`` (its latest remediation, or ``request.event_id``'s):
+        exactly the recorded before-state, at most once per remediated record. The claim is the intent record: a
+        second restore of the same record is refused once the first completed, and only reads (never writes) when
+        the first was interrupted. Recorded with the operator and the justification, whatever the policy's mode."""
+        address = parse_address(upn)
+        source = await self._remediated(address, request.event_id)
+        before = MailboxBefore.from_dict(source["remediation"])
+        key = restore_claim_key(str(source["event_id"]))
+        now = self.clock.now()
+        state = await self.store.claim_state(key)
+        if state is not None and state.state == "done":
+            raise Conflict(
+                f"the remediation of event {source['event_id']} was already restored ({state.outcome})",
+                code="already-restored",
+            )
+        current = await self.actor.mailbox_now(before)  # read first: a failing read leaves nothing claimed
+        resumed = await self.store.claim(key, RESTORE_OWNER, now) is not ClaimResult.NEW
+        who = Reason(
+            rules.ReasonCode.MANUAL_RESTORE,
+            f"mailbox remediation of event {source['event_id']} restored by hand by {operator.name}: "
+            f"{request.justification}",
+        )
+        event_id = stable_id(RESTORE_OWNER, str(source["event_id"]))
+        record = DecisionRecord(
+            event_id=event_id,
+            alert_id=str(source.get("alert_id") or ""),
+            source=MANUAL_SOURCE,
+            sources=(Source(MANUAL_SOURCE, event_id, now),),
+            user=address,
+            decision=Decision(Outcome.IGNORE, (who,)),
+            actions=(),
+            mode=self.policy.mode,
+            policy_version=self.policy.version,
+            at=now,
+            evidence={
+                "operator": operator.to_dict(),
+                "justification": request.justification,
+                "restores": {"event_id": source["event_id"], "before": before.to_dict()},
+            },
+        )
+        record = await self.actor.restore_mailbox(record, before, current, resumed=resumed)
+        await self._record_and_log(record)
+        failed = sum(1 for a in record.actions if a.status is ActionStatus.FAILED)
+        await self.store.complete(key, RESTORE_OWNER, f"by {operator.name} at {now.isoformat()}", now)
+        if failed:
+            said = "; ".join(a.detail for a in record.actions if a.status is ActionStatus.FAILED)
+            raise ServiceRefused("restore", f"{failed} restore step(s) failed (all recorded): {said}")
+        return record
+
+    async def _remediated(self, address: str, event_id: str | None) -> Mapping[str, Any]:
+        """The audit row with the before-state to put back: ``event_id``'s, else the user's latest remediation."""
+        rows = [
+            r
+            for r in await self.store.audit(address)
+            if isinstance(r.get("remediation"), Mapping) and (event_id is None or r.get("event_id") == event_id)
+        ]
+        if not rows:
+            which = f"event {event_id}" if event_id else address
+            raise NotFound(f"no mailbox remediation is recorded for {which}")
+        return rows[-1]
 
     async def _record_and_log(self, record: DecisionRecord) -> None:
         await self.store.append_audit({**record.to_dict(), "evidence": dict(record.evidence)})

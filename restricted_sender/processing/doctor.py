@@ -543,6 +543,8 @@ async def _other_probes(run: _Run, targets: Targets, senders: Sequence[str]) -> 
     else:
         run.add(Probe("mail sender", Verdict.SKIPPED, f"not needed: {_permission('Mail.Send').when}", required=False))
 
+    _remediation_probe(run)
+
     if targets.store is None:
         run.add(Probe("store: tables", Verdict.SKIPPED, targets.store_note or "no store", required=False))
     else:
@@ -560,6 +562,20 @@ async def _other_probes(run: _Run, targets: Targets, senders: Sequence[str]) -> 
                 ("Storage Queue Data Contributor",),
                 lambda exists: (Verdict.OK, "" if exists else "not created yet (created on first use)"),
             )
+
+
+def _remediation_probe(run: _Run) -> None:
+    """Mailbox remediation's writes (inbox rules, Set-Mailbox), named only when the policy turns them on. A write has
+    no read-only probe, so the doctor says what it needs and how to grant it."""
+    remediation = run.policy.remediation
+    permission = GRAPH_CALLS["set_inbox_rule_enabled"][0]
+    if remediation.disable_inbox_rules:
+        run.add(Probe("remediation: inbox rule writes", Verdict.SKIPPED,
+                      f"needs {permission}; a write is proven only by writing", fixes((permission,)),
+                      required=False))  # fmt: skip
+    if remediation.remove_forwarding:
+        run.add(Probe("remediation: Set-Mailbox", Verdict.SKIPPED, "needs the Exchange Administrator role (Set-Mailbox"
+                      " is in it); a write is proven only by writing", required=False))  # fmt: skip
 
 
 def _sender_check(result: Any) -> tuple[Verdict, str]:
