@@ -9,6 +9,7 @@ import hashlib
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -545,28 +546,38 @@ def _expanded(request: Request, row: Json, definition: Json) -> Json:
     return {**row, "roleDefinition": definition} if "roledefinition" in expand else row
 
 
-def list_role_assignments(request: Request, state: TenantState) -> Response:
-    """``GET /roleManagement/directory/roleAssignments?$filter=principalId eq '{id}'[&$expand=roleDefinition]``:
-    unifiedRoleAssignment rows (https://learn.microsoft.com/graph/api/rbacapplication-list-roleassignments)."""
-    rows = _principal_rows(request, state, "x-directoryRoles")
+def _role_rows(
+    request: Request, state: TenantState, key: str, entity_set: str, id_prefix: str, more: Callable[[Json, Json], Json]
+) -> Response:
+    """The rows of the principal the filter names, one per role named in the user's ``key``: the fields a role
+    assignment and a role eligibility instance share, then ``more(user, definition)``."""
+    rows = _principal_rows(request, state, key)
     if isinstance(rows, Response):
         return rows
     value = [
         _expanded(
             request,
             {
-                "id": _opaque_id(f"{user['id']}|{definition['id']}"),
+                "id": _opaque_id(f"{id_prefix}{user['id']}|{definition['id']}"),
                 "principalId": user["id"],
                 "roleDefinitionId": definition["id"],
                 "directoryScopeId": "/",
                 "appScopeId": None,
-                "condition": None,
+                **more(user, definition),
             },
             definition,
         )
         for user, definition in rows
     ]
-    return ok(request, {"@odata.context": f"{METADATA}#roleManagement/directory/roleAssignments", "value": value})
+    return ok(request, {"@odata.context": f"{METADATA}#roleManagement/directory/{entity_set}", "value": value})
+
+
+def list_role_assignments(request: Request, state: TenantState) -> Response:
+    """``GET /roleManagement/directory/roleAssignments?$filter=principalId eq '{id}'[&$expand=roleDefinition]``:
+    unifiedRoleAssignment rows (https://learn.microsoft.com/graph/api/rbacapplication-list-roleassignments)."""
+    return _role_rows(
+        request, state, "x-directoryRoles", "roleAssignments", "", lambda user, definition: {"condition": None}
+    )
 
 
 def list_role_eligibility_instances(request: Request, state: TenantState) -> Response:
@@ -576,29 +587,16 @@ def list_role_eligibility_instances(request: Request, state: TenantState) -> Res
     ID P2 (``x-entraIdP2: false``: 400 ``AadPremiumLicenseRequired``)."""
     if not state.tenant.entra_id_p2:
         return error(request, 400, *_PIM_UNLICENSED)
-    rows = _principal_rows(request, state, "x-eligibleRoles")
-    if isinstance(rows, Response):
-        return rows
-    value = [
-        _expanded(
-            request,
-            {
-                "id": _opaque_id(f"eligible|{user['id']}|{definition['id']}"),
-                "principalId": user["id"],
-                "roleDefinitionId": definition["id"],
-                "directoryScopeId": "/",
-                "appScopeId": None,
-                "startDateTime": _seven_digits(state.loaded_at),
-                "endDateTime": None,
-                "memberType": "Direct",
-                "roleEligibilityScheduleId": _opaque_id(f"schedule|{user['id']}|{definition['id']}"),
-            },
-            definition,
-        )
-        for user, definition in rows
-    ]
-    context = f"{METADATA}#roleManagement/directory/roleEligibilityScheduleInstances"
-    return ok(request, {"@odata.context": context, "value": value})
+
+    def schedule(user: Json, definition: Json) -> Json:
+        return {
+            "startDateTime": _seven_digits(state.loaded_at),
+            "endDateTime": None,
+            "memberType": "Direct",
+            "roleEligibilityScheduleId": _opaque_id(f"schedule|{user['id']}|{definition['id']}"),
+        }
+
+    return _role_rows(request, state, "x-eligibleRoles", "roleEligibilityScheduleInstances", "eligible|", schedule)
 
 
 def get_user_registration_details(request: Request, state: TenantState, user_id: str) -> Response:
