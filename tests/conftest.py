@@ -9,6 +9,7 @@ import io
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -236,6 +237,15 @@ def audit_rows(azurite: Azurite, prefix: str) -> list[dict[str, Any]]:
             await store.close()
 
     return asyncio.run(read())
+
+
+Audit = Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def audit(azurite: Azurite, table_prefix: str) -> Audit:
+    """Reads this test's audit rows (oldest first) when called."""
+    return partial(audit_rows, azurite, table_prefix)
 
 
 def on_graph(sim: Simulator, scenario: Callable[[Any, Simulator], Awaitable[T]], *, retry_delay: float = 0.05) -> T:

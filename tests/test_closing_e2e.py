@@ -25,7 +25,7 @@ from restricted_sender.model import RestrictionEvent
 from restricted_sender.settings import EVENTS_QUEUE, VERIFY_QUEUE, Settings
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import alert_v2, audit_rows, blocked, tenant, user
+from tests.conftest import Audit, alert_v2, audit_rows, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -109,7 +109,7 @@ def tickets_and_updates(sim: Simulator, system: str) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("system", list(TICKETS))
 def test_two_processors_racing_on_two_alerts_about_one_restriction_make_one_ticket_and_one_update(
-    env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str, system: str
+    env: Callable[..., None], sim: Simulator, audit: Audit, system: str
 ) -> None:
     env(POLICY + TICKETS[system])
     messages = events_for(alert_v2("bob@fabrikam.com", alert_id="a1"), alert_v2("bob@fabrikam.com", alert_id="a2"))
@@ -134,7 +134,7 @@ def test_two_processors_racing_on_two_alerts_about_one_restriction_make_one_tick
     assert len(updates) == 1, updates
     filed = sorted(next(a.detail for a in r.actions if a.kind == "ticket").split()[0] for r in records)
     assert filed == ["created", "updated"]
-    rows = audit_rows(azurite, table_prefix)
+    rows = audit()
     assert len(rows) == 2
     assert {r["alert_id"] for r in rows} == {"a1", "a2"}
 
