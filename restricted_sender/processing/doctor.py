@@ -441,20 +441,18 @@ async def _graph_probes(run: _Run, targets: Targets, mailbox: str | None, object
             _object_check(expected, "the user has no mailbox"),
         )
 
-    if not run.skip_unless("graph: domains", "Domain.Read.All"):
-        await run.attempt(
-            "graph: domains",
-            lambda: graph.read("domains", permission="Domain.Read.All"),
-            GRAPH_CALLS["verified_domains"],
-            _row_check(DOMAIN_FIELDS, "no domain returned"),
-        )
-    if not run.skip_unless("graph: alerts_v2", "SecurityAlert.Read.All"):
-        await run.attempt(
+    for name, call, path, check in (
+        ("graph: domains", "verified_domains", "domains", _row_check(DOMAIN_FIELDS, "no domain returned")),
+        (
             "graph: alerts_v2",
-            lambda: graph.read("security/alerts_v2?$top=1", permission="SecurityAlert.Read.All"),
-            GRAPH_CALLS["alerts_page"],
+            "alerts_page",
+            "security/alerts_v2?$top=1",
             _row_check(ALERT_FIELDS, "no alert now: no row to compare"),
-        )
+        ),
+    ):
+        permission = GRAPH_CALLS[call][0]
+        if not run.skip_unless(name, permission):
+            await run.attempt(name, partial(graph.read, path, permission=permission), GRAPH_CALLS[call], check)
 
 
 async def _privilege_probes(run: _Run, targets: Targets, object_id: str | None) -> None:
