@@ -9,15 +9,19 @@ import io
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 from simulator import Simulator
 from simulator import azurite as local_storage
 from simulator.azurite import Azurite
+
+if TYPE_CHECKING:
+    from restricted_sender.model import RestrictionEvent
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +101,30 @@ def tenant(users: list[dict[str, Any]], blocked_senders: list[dict[str, Any]], *
         "blockedSenders": blocked_senders,
         **extra,
     }
+
+
+EVENT_AT = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+
+
+def restriction_event(
+    address: str | None = "alice@contoso.com",
+    object_id: str | None = None,
+    *,
+    alert_name: str = "User restricted from sending email",
+    at: datetime = EVENT_AT,
+) -> RestrictionEvent:
+    """One parsed alerts_v2 event about ``address`` (and ``object_id``), received ``at``."""
+    from restricted_sender.model import RestrictionEvent, UserRef
+
+    return RestrictionEvent(
+        event_id="e1",
+        delivery_id="d1",
+        source="alerts_v2",
+        alert_id="a1",
+        alert_name=alert_name,
+        user=UserRef(address, object_id),
+        received_at=at,
+    )
 
 
 def alert_v2(
