@@ -21,7 +21,7 @@ from simulator import azurite as local_storage
 from simulator.azurite import Azurite
 
 if TYPE_CHECKING:
-    from restricted_sender.model import RestrictionEvent
+    from restricted_sender.model import DecisionRecord, RestrictionEvent
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,6 +274,27 @@ Audit = Callable[[], list[dict[str, Any]]]
 def audit(azurite: Azurite, table_prefix: str) -> Audit:
     """Reads this test's audit rows (oldest first) when called."""
     return partial(audit_rows, azurite, table_prefix)
+
+
+def on_separate_instances(messages: list[str]) -> list[DecisionRecord]:
+    """Process each queue message on a processor of its own (its own clients: one function instance each), all at
+    once, sharing only Azurite and the tenant the app settings name."""
+    from restricted_sender.entrypoints.compose import bootstrap, load_policy
+    from restricted_sender.model import RestrictionEvent
+    from restricted_sender.settings import Settings
+
+    async def race() -> list[DecisionRecord]:
+        settings = Settings.from_env()
+        policy = load_policy(settings)
+        bundles = [bootstrap(settings, policy, graph_retry_delay=0.1) for _ in messages]
+        try:
+            events = [RestrictionEvent.from_message(m) for m in messages]
+            return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))
+        finally:
+            for bundle in bundles:
+                await bundle.aclose()
+
+    return asyncio.run(race())
 
 
 def on_graph(sim: Simulator, scenario: Callable[[Any, Simulator], Awaitable[T]], *, retry_delay: float = 0.05) -> T:

@@ -19,13 +19,12 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 import function_app
-from restricted_sender.entrypoints.compose import bootstrap, load_policy
+from restricted_sender.entrypoints.compose import load_policy
 from restricted_sender.entrypoints.edge import runtime
-from restricted_sender.model import RestrictionEvent
 from restricted_sender.settings import EVENTS_QUEUE, VERIFY_QUEUE, Settings
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import Audit, alert_v2, audit_rows, blocked, tenant, user
+from tests.conftest import Audit, alert_v2, audit_rows, blocked, on_separate_instances, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -113,20 +112,7 @@ def test_two_processors_racing_on_two_alerts_about_one_restriction_make_one_tick
 ) -> None:
     env(POLICY + TICKETS[system])
     messages = events_for(alert_v2("bob@fabrikam.com", alert_id="a1"), alert_v2("bob@fabrikam.com", alert_id="a2"))
-
-    async def race() -> list[Any]:
-        settings = Settings.from_env()
-        policy = load_policy(settings)
-        # Two processors with their own clients (two function instances), sharing only Azurite and the tenant.
-        bundles = [bootstrap(settings, policy, graph_retry_delay=0.1) for _ in range(2)]
-        try:
-            events = [RestrictionEvent.from_message(m) for m in messages]
-            return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))
-        finally:
-            for bundle in bundles:
-                await bundle.aclose()
-
-    records = asyncio.run(race())
+    records = on_separate_instances(messages)  # two function instances
     # One restriction, decided once: the other alert is recorded against it and added to its ticket.
     assert sorted(r.decision.outcome.value for r in records) == ["ignore", "ticket"]
     created, updates = tickets_and_updates(sim, system)

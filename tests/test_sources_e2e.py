@@ -19,14 +19,13 @@ from azure.core.exceptions import ResourceExistsError
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-from restricted_sender.entrypoints.compose import bootstrap, load_policy
 from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.model import RestrictionEvent
-from restricted_sender.settings import CONTENT_QUEUE, EVENTS_QUEUE, Settings
+from restricted_sender.settings import CONTENT_QUEUE, EVENTS_QUEUE
 from restricted_sender.timeutil import iso
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import Audit, alert_v2, blocked, tenant, user
+from tests.conftest import Audit, alert_v2, blocked, on_separate_instances, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -144,18 +143,7 @@ def test_four_sources_reporting_one_restriction_at_once_make_one_decision_one_ac
     )
     messages = take(queues[EVENTS_QUEUE])
     assert sorted(RestrictionEvent.from_message(m).source for m in messages) == ["defender", "o365", "poll", "sentinel"]
-
-    async def four_instances_at_once() -> list[Any]:
-        settings = Settings.from_env()
-        bundles = [bootstrap(settings, load_policy(settings), graph_retry_delay=0.1) for _ in messages]
-        try:
-            events = [RestrictionEvent.from_message(m) for m in messages]
-            return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))
-        finally:
-            for bundle in bundles:
-                await bundle.aclose()
-
-    records = asyncio.run(four_instances_at_once())
+    records = on_separate_instances(messages)  # four function instances at once
     decided = [r for r in records if r.decision.outcome.value != "ignore"]
     assert [r.decision.outcome.value for r in decided] == [outcome]
     removals = [r for r in sim.requests if "Remove-BlockedSenderAddress" in json.dumps(r.get("body"))]
