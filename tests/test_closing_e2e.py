@@ -90,6 +90,14 @@ def events_for(*alerts: dict[str, Any]) -> list[str]:
     return queue.drain()
 
 
+def queued_alert(azurite: Azurite, address: str) -> tuple[QueueClient, str]:
+    """The events queue, emptied, then holding the one event an alert about ``address`` makes; and that event."""
+    events = queue_client(azurite, EVENTS_QUEUE)
+    [message] = events_for(alert_v2(address))
+    events.send_message(message)
+    return events, message
+
+
 def tickets_and_updates(sim: Simulator, system: str) -> tuple[int, list[str]]:
     """How many tickets the system holds, and the text of every update added to them."""
     if system == "webhook":
@@ -188,9 +196,7 @@ def test_a_failing_ticket_system_leaves_the_event_queued_then_poisoned_with_the_
     env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str
 ) -> None:
     env(POLICY + TICKETS["servicenow"])
-    events = queue_client(azurite, EVENTS_QUEUE)
-    [message] = events_for(alert_v2("bob@fabrikam.com"))
-    events.send_message(message)
+    events, message = queued_alert(azurite, "bob@fabrikam.com")
     sim.inject_fault("servicenow.*", status=503, retry_after=0, times=None)
     run = run_like_the_host(events, function_app.process_event, azurite)
     assert len(run.errors) == MAX_DEQUEUE
@@ -210,9 +216,7 @@ def test_a_ticket_system_that_recovers_before_the_last_try_gets_exactly_one_tick
     env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str
 ) -> None:
     env(POLICY + TICKETS["jira"])
-    events = queue_client(azurite, EVENTS_QUEUE)
-    [message] = events_for(alert_v2("bob@fabrikam.com"))
-    events.send_message(message)
+    events, _ = queued_alert(azurite, "bob@fabrikam.com")
     # Each processing try makes up to 4 calls (bounded retries): 8 failures span the first two tries.
     sim.inject_fault("jira.*", status=503, retry_after=0, times=8)
     run = run_like_the_host(events, function_app.process_event, azurite)
@@ -227,10 +231,8 @@ def test_an_unblock_is_verified_through_the_verification_queue(
 ) -> None:
     env(POLICY, VERIFY_AFTER="0.02")  # 1.2 s, so the test sees the backoff at work
     sim.add_blocked_sender({**blocked("alice@contoso.com"), "x-removalDelaySeconds": 2})
-    events = queue_client(azurite, EVENTS_QUEUE)
+    events, _ = queued_alert(azurite, "alice@contoso.com")
     verify = queue_client(azurite, VERIFY_QUEUE)
-    for message in events_for(alert_v2("alice@contoso.com")):
-        events.send_message(message)
     assert run_like_the_host(events, function_app.process_event, azurite).errors == []
     codes = verify_until("verify-pending", verify, azurite, table_prefix)
     assert codes == ["allow:staff", "verify-pending"]  # the first check came before the removal landed
@@ -243,10 +245,8 @@ def test_a_user_restricted_again_after_the_unblock_gets_a_not_lifted_ticket(
     env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str
 ) -> None:
     env(POLICY, VERIFY_AFTER="0.02")
-    events = queue_client(azurite, EVENTS_QUEUE)
+    events, _ = queued_alert(azurite, "alice@contoso.com")
     verify = queue_client(azurite, VERIFY_QUEUE)
-    for message in events_for(alert_v2("alice@contoso.com")):
-        events.send_message(message)
     run_like_the_host(events, function_app.process_event, azurite)
     sim.add_blocked_sender(blocked("alice@contoso.com", created="2099-01-01T00:00:00Z"))
     verify_until("not-lifted", verify, azurite, table_prefix)
