@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import pytest
 
 from simulator import Simulator
@@ -27,6 +29,8 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 WIRE_SAMPLES = ROOT / "samples" / "wire"
 TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
+# A TLS context costs ~50 ms to build; the tests' clients only speak plain HTTP to 127.0.0.1, so they share one.
+TLS = ssl.create_default_context()
 BULK_GROUP = "3f1c9a7e-2b4d-4e8f-9a6b-7c5d1e2f3a4b"
 # The policy example of the README's "The policy file", every key present.
 DESIGN_POLICY_EXAMPLE = """
@@ -187,6 +191,22 @@ def simulator_factory() -> Iterator[Callable[..., Simulator]]:
     yield start
     for sim in started:
         sim.stop()
+
+
+@pytest.fixture
+def sim_client() -> Iterator[Callable[..., httpx.Client]]:
+    """Opens httpx clients on a simulator, with a bearer token when one is given; closed after the test."""
+    clients: list[httpx.Client] = []
+
+    def open_client(sim: Simulator, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        client = httpx.Client(base_url=sim.url, timeout=5, verify=TLS, headers=headers)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture
