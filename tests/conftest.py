@@ -180,33 +180,27 @@ def queue(azurite: Azurite) -> Iterator[Any]:
 @pytest.fixture
 def simulator_factory() -> Iterator[Callable[..., Simulator]]:
     """Started simulators, stopped after the test; keyword options (``clock=``...) go to ``Simulator``."""
-    started: list[Simulator] = []
+    with contextlib.ExitStack() as started:
 
-    def start(state: dict[str, Any], **options: Any) -> Simulator:
-        sim = Simulator(state, port=0, **options)
-        sim.start()
-        started.append(sim)
-        return sim
+        def start(state: dict[str, Any], **options: Any) -> Simulator:
+            sim = Simulator(state, port=0, **options)
+            sim.start()
+            started.callback(sim.stop)
+            return sim
 
-    yield start
-    for sim in started:
-        sim.stop()
+        yield start
 
 
 @pytest.fixture
 def sim_client() -> Iterator[Callable[..., httpx.Client]]:
     """Opens httpx clients on a simulator, with a bearer token when one is given; closed after the test."""
-    clients: list[httpx.Client] = []
+    with contextlib.ExitStack() as clients:
 
-    def open_client(sim: Simulator, token: str | None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        client = httpx.Client(base_url=sim.url, timeout=5, verify=TLS, headers=headers)
-        clients.append(client)
-        return client
+        def open_client(sim: Simulator, token: str | None) -> httpx.Client:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return clients.enter_context(httpx.Client(base_url=sim.url, timeout=5, verify=TLS, headers=headers))
 
-    yield open_client
-    for client in clients:
-        client.close()
+        yield open_client
 
 
 @pytest.fixture
