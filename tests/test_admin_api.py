@@ -221,11 +221,7 @@ def test_without_an_audience_setting_the_admin_api_says_what_to_set(
 
 @pytest.mark.parametrize("force", [False, True])
 def test_an_address_no_directory_user_owns_is_never_unblocked_by_hand(
-    handlers: dict[str, Callable[..., Any]],
-    configure: Any,
-    sim: Simulator,
-    audit: Audit,
-    force: bool,
+    handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator, audit: Audit, force: bool
 ) -> None:
     sim.add_blocked_sender(blocked("ghost@contoso.com"))
     status, answer = unblock(handlers, "ghost@contoso.com", sim.mint_token(roles=(FORCE,)), force=force)
