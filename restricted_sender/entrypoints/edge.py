@@ -224,12 +224,18 @@ class Runtime:
         return self._intake
 
     def receive_alerts(self, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
+        return self._on_intake(
+            "alerts", lambda intake: receive_alerts(body, headers, intake, self.settings.alerts_shared_secret)
+        )
+
+    def _on_intake(self, what: str, accept: Callable[[Intake], HttpAnswer]) -> HttpAnswer:
+        """``accept`` on the intake; a 500 naming the setting at fault when the intake cannot be built."""
         try:
             intake = self.intake()
         except ConfigurationError as error:
-            log.error("cannot accept alerts: %s", error)
+            log.error("cannot accept %s: %s", what, error)
             return HttpAnswer(500, error.to_body())
-        return receive_alerts(body, headers, intake, self.settings.alerts_shared_secret)
+        return accept(intake)
 
     def _on_this_loop(self) -> asyncio.Lock:
         """The clients belong to one event loop: forget them when the loop changes. Returns the build lock."""
@@ -253,12 +259,10 @@ class Runtime:
         return (await self.bundle()).processor
 
     def receive_o365(self, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
-        try:
-            intake = self.intake()
-        except ConfigurationError as error:
-            log.error("cannot accept Management Activity notifications: %s", error)
-            return HttpAnswer(500, error.to_body())
-        return receive_o365(body, headers, intake, self.settings.o365_auth_id)
+        return self._on_intake(
+            "Management Activity notifications",
+            lambda intake: receive_o365(body, headers, intake, self.settings.o365_auth_id),
+        )
 
     async def expand_message(self, text: str, attempt: int = 1) -> None:
         """A content-queue message (Management Activity pointer, Defender rows): fetched and joined into events."""
