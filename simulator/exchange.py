@@ -192,6 +192,18 @@ def _string_param(params: dict[str, Any], name: str) -> str | Response | None:
     return value.strip()
 
 
+def _mandatory_param(params: dict[str, Any], name: str) -> str | Response:
+    value = _string_param(params, name)
+    if value is None:
+        return error(
+            400,
+            "BadRequest",
+            f"Cannot process command because of one or more missing mandatory parameters: {name}.",
+            PARAMETER_TYPE,
+        )
+    return value
+
+
 def _get_blocked_sender_address(
     request: Request, state: TenantState, tenant_in_path: str, params: dict[str, Any]
 ) -> Response:
@@ -207,16 +219,9 @@ def _get_blocked_sender_address(
 def _remove_blocked_sender_address(
     request: Request, state: TenantState, tenant_in_path: str, params: dict[str, Any]
 ) -> Response:
-    address = _string_param(params, "SenderAddress")
+    address = _mandatory_param(params, "SenderAddress")
     if isinstance(address, Response):
         return address
-    if address is None:
-        return error(
-            400,
-            "BadRequest",
-            "Cannot process command because of one or more missing mandatory parameters: SenderAddress.",
-            PARAMETER_TYPE,
-        )
     row = state.find_blocked(address)
     if row is None:
         return not_found_object(address)
@@ -254,16 +259,9 @@ def _set_mailbox(request: Request, state: TenantState, tenant_in_path: str, para
     """``Set-Mailbox -Identity X`` with the forwarding parameters: a JSON ``null`` is PowerShell's ``$null`` (the
     field is cleared), as InvokeCommand callers send it. Nothing is returned (an empty ``value``); a mailbox that
     does not exist is the cmdlet's ManagementObjectNotFoundException."""
-    identity = _string_param(params, "Identity")
+    identity = _mandatory_param(params, "Identity")
     if isinstance(identity, Response):
         return identity
-    if identity is None:
-        return error(
-            400,
-            "BadRequest",
-            "Cannot process command because of one or more missing mandatory parameters: Identity.",
-            PARAMETER_TYPE,
-        )
     changes: Json = {}
     for key, field in _SET_FIELDS.items():
         if key not in params:

@@ -9,6 +9,7 @@ import hashlib
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -545,28 +546,38 @@ def _expanded(request: Request, row: Json, definition: Json) -> Json:
     return {**row, "roleDefinition": definition} if "roledefinition" in expand else row
 
 
-def list_role_assignments(request: Request, state: TenantState) -> Response:
-    """``GET /roleManagement/directory/roleAssignments?$filter=principalId eq '{id}'[&$expand=roleDefinition]``:
-    unifiedRoleAssignment rows (https://learn.microsoft.com/graph/api/rbacapplication-list-roleassignments)."""
-    rows = _principal_rows(request, state, "x-directoryRoles")
+def _role_rows(
+    request: Request, state: TenantState, key: str, entity_set: str, id_prefix: str, more: Callable[[Json, Json], Json]
+) -> Response:
+    """The rows of the principal the filter names, one per role named in the user's ``key``: the fields a role
+    assignment and a role eligibility instance share, then ``more(user, definition)``."""
+    rows = _principal_rows(request, state, key)
     if isinstance(rows, Response):
         return rows
     value = [
         _expanded(
             request,
             {
-                "id": _opaque_id(f"{user['id']}|{definition['id']}"),
+                "id": _opaque_id(f"{id_prefix}{user['id']}|{definition['id']}"),
                 "principalId": user["id"],
                 "roleDefinitionId": definition["id"],
                 "directoryScopeId": "/",
                 "appScopeId": None,
-                "condition": None,
+                **more(user, definition),
             },
             definition,
         )
         for user, definition in rows
     ]
-    return ok(request, {"@odata.context": f"{METADATA}#roleManagement/directory/roleAssignments", "value": value})
+    return ok(request, {"@odata.context": f"{METADATA}#roleManagement/directory/{entity_set}", "value": value})
+
+
+def list_role_assignments(request: Request, state: TenantState) -> Response:
+    """``GET /roleManagement/directory/roleAssignments?$filter=principalId eq '{id}'[&$expand=roleDefinition]``:
+    unifiedRoleAssignment rows (https://learn.microsoft.com/graph/api/rbacapplication-list-roleassignments)."""
+    return _role_rows(
+        request, state, "x-directoryRoles", "roleAssignments", "", lambda user, definition: {"condition": None}
+    )
 
 
 def list_role_eligibility_instances(request: Request, state: TenantState) -> Response:
@@ -576,29 +587,16 @@ def list_role_eligibility_instances(request: Request, state: TenantState) -> Res
     ID P2 (``x-entraIdP2: false``: 400 ``AadPremiumLicenseRequired``)."""
     if not state.tenant.entra_id_p2:
         return error(request, 400, *_PIM_UNLICENSED)
-    rows = _principal_rows(request, state, "x-eligibleRoles")
-    if isinstance(rows, Response):
-        return rows
-    value = [
-        _expanded(
-            request,
-            {
-                "id": _opaque_id(f"eligible|{user['id']}|{definition['id']}"),
-                "principalId": user["id"],
-                "roleDefinitionId": definition["id"],
-                "directoryScopeId": "/",
-                "appScopeId": None,
-                "startDateTime": _seven_digits(state.loaded_at),
-                "endDateTime": None,
-                "memberType": "Direct",
-                "roleEligibilityScheduleId": _opaque_id(f"schedule|{user['id']}|{definition['id']}"),
-            },
-            definition,
-        )
-        for user, definition in rows
-    ]
-    context = f"{METADATA}#roleManagement/directory/roleEligibilityScheduleInstances"
-    return ok(request, {"@odata.context": context, "value": value})
+
+    def schedule(user: Json, definition: Json) -> Json:
+        return {
+            "startDateTime": _seven_digits(state.loaded_at),
+            "endDateTime": None,
+            "memberType": "Direct",
+            "roleEligibilityScheduleId": _opaque_id(f"schedule|{user['id']}|{definition['id']}"),
+        }
+
+    return _role_rows(request, state, "x-eligibleRoles", "roleEligibilityScheduleInstances", "eligible|", schedule)
 
 
 def get_user_registration_details(request: Request, state: TenantState, user_id: str) -> Response:
@@ -697,14 +695,23 @@ def get_mail_folder(request: Request, state: TenantState, key: str, folder_key: 
     return ok(request, served)
 
 
-def list_message_rules(request: Request, state: TenantState, key: str, folder_key: str) -> Response:
-    """``GET /users/{id}/mailFolders/inbox/messageRules``: rules live on the Inbox only."""
+def _inbox_owner(request: Request, state: TenantState, key: str, folder_key: str) -> Json | Response:
+    """The user ``key`` names when ``folder_key`` is their Inbox (message rules live on the Inbox only); else Graph's
+    answer."""
     user = _lookup(state, key)
     if user is None:
         return invalid_user(request, key)
     folder = _find_folder(user, folder_key)
     if folder is None or folder.get("x-wellKnownName") != "inbox":
         return folder_not_found(request)
+    return user
+
+
+def list_message_rules(request: Request, state: TenantState, key: str, folder_key: str) -> Response:
+    """``GET /users/{id}/mailFolders/inbox/messageRules``: rules live on the Inbox only."""
+    user = _inbox_owner(request, state, key, folder_key)
+    if isinstance(user, Response):
+        return user
     rules = []
     for index, rule in enumerate(user.get("x-inboxRules", [])):
         served: Json = strip_private(rule)
@@ -733,23 +740,19 @@ def update_message_rule(
     """``PATCH /users/{id}/mailFolders/inbox/messageRules/{id}``: the properties given change, the rest keeps its
     value; 200 with the whole rule (https://learn.microsoft.com/graph/api/messagerule-update). A rule that does not
     exist is 404 ``ErrorItemNotFound``; a read-only or unknown property 400 and nothing changes."""
-    user = _lookup(state, key)
-    if user is None:
-        return invalid_user(request, key)
-    folder = _find_folder(user, folder_key)
-    if folder is None or folder.get("x-wellKnownName") != "inbox":
-        return folder_not_found(request)
-    body = _body(request)
-    if isinstance(body, Response):
-        return body
-    changes: Json = {}
-    for name, value in body.items():
-        if name.startswith("@") or "@odata." in name:
-            continue
+    user = _inbox_owner(request, state, key, folder_key)
+    if isinstance(user, Response):
+        return user
+
+    def refusal(name: str, value: Any) -> Response | None:
         kinds = WRITABLE_RULE_PROPERTIES.get(name)
         if kinds is None or not isinstance(value, kinds) or (bool in kinds) != isinstance(value, bool):
             return error(request, 400, "ErrorInvalidProperty", f"The property '{name}' cannot be set to this value.")
-        changes[name] = value
+        return None
+
+    changes = _patch_changes(request, refusal)
+    if isinstance(changes, Response):
+        return changes
     rules = [dict(r) for r in user.get("x-inboxRules", [])]
     for index, rule in enumerate(rules):
         if (rule.get("id") or rule_id(user, index)) == rule_key:
@@ -854,6 +857,23 @@ def _body(request: Request) -> Json | Response:
     return body
 
 
+def _patch_changes(request: Request, refusal: Callable[[str, Any], Response | None]) -> Json | Response:
+    """The properties a PATCH body sets, annotations (``@odata.type``, which the SDK sends) left out; or the answer
+    ``refusal`` gives the first property it refuses (and then nothing changes)."""
+    body = _body(request)
+    if isinstance(body, Response):
+        return body
+    changes: Json = {}
+    for name, value in body.items():
+        if name.startswith("@") or "@odata." in name:
+            continue
+        refused = refusal(name, value)
+        if refused is not None:
+            return refused
+        changes[name] = value
+    return changes
+
+
 def _param(body: Json, name: str) -> Any:
     """An action parameter, its name matched regardless of case as Graph does (Graph's v1.0 metadata, and so the
     msgraph-sdk's ``SendMailPostRequestBody``, spell sendMail's ``Message``/``SaveToSentItems``; the documentation
@@ -921,26 +941,21 @@ def update_user(request: Request, state: TenantState, writes: GraphWrites, key: 
     user = _lookup(state, key)
     if user is None:
         return not_found(request, key)
-    body = _body(request)
-    if isinstance(body, Response):
-        return body
-    changes: Json = {}
-    for name, value in body.items():
-        if name.startswith("@") or "@odata." in name:
-            continue
+
+    def refusal(name: str, value: Any) -> Response | None:
         kinds = WRITABLE_USER_PROPERTIES.get(name)
         if kinds is None:
             if name in READ_ONLY_USER_PROPERTIES or (name in user and not name.startswith("x-")):
                 return error(request, 400, "Request_BadRequest", f"Property '{name}' is read-only and cannot be set.")
             return error(request, 400, "Request_BadRequest", f"Invalid property '{name}'.")
         if not isinstance(value, kinds):
-            return error(
-                request,
-                400,
-                "Request_BadRequest",
-                f"Invalid value specified for property '{name}' of resource 'User'.",
-            )
-        changes[name] = value
+            message = f"Invalid value specified for property '{name}' of resource 'User'."
+            return error(request, 400, "Request_BadRequest", message)
+        return None
+
+    changes = _patch_changes(request, refusal)
+    if isinstance(changes, Response):
+        return changes
     if changes:
         writes.change_user(state, user, changes)
     return no_content(request)

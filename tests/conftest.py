@@ -7,21 +7,30 @@ import contextlib
 import hashlib
 import io
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import pytest
 
 from simulator import Simulator
 from simulator import azurite as local_storage
 from simulator.azurite import Azurite
 
+if TYPE_CHECKING:
+    from restricted_sender.model import DecisionRecord, RestrictionEvent
+
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 WIRE_SAMPLES = ROOT / "samples" / "wire"
 TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
+# A TLS context costs ~50 ms to build; the tests' clients only speak plain HTTP to 127.0.0.1, so they share one.
+TLS = ssl.create_default_context()
 BULK_GROUP = "3f1c9a7e-2b4d-4e8f-9a6b-7c5d1e2f3a4b"
 # The policy example of the README's "The policy file", every key present.
 DESIGN_POLICY_EXAMPLE = """
@@ -98,6 +107,30 @@ def tenant(users: list[dict[str, Any]], blocked_senders: list[dict[str, Any]], *
     }
 
 
+EVENT_AT = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+
+
+def restriction_event(
+    address: str | None = "alice@contoso.com",
+    object_id: str | None = None,
+    *,
+    alert_name: str = "User restricted from sending email",
+    at: datetime = EVENT_AT,
+) -> RestrictionEvent:
+    """One parsed alerts_v2 event about ``address`` (and ``object_id``), received ``at``."""
+    from restricted_sender.model import RestrictionEvent, UserRef
+
+    return RestrictionEvent(
+        event_id="e1",
+        delivery_id="d1",
+        source="alerts_v2",
+        alert_id="a1",
+        alert_name=alert_name,
+        user=UserRef(address, object_id),
+        received_at=at,
+    )
+
+
 def alert_v2(
     *addresses: str,
     alert_id: str = "alert-1",
@@ -147,17 +180,27 @@ def queue(azurite: Azurite) -> Iterator[Any]:
 @pytest.fixture
 def simulator_factory() -> Iterator[Callable[..., Simulator]]:
     """Started simulators, stopped after the test; keyword options (``clock=``...) go to ``Simulator``."""
-    started: list[Simulator] = []
+    with contextlib.ExitStack() as started:
 
-    def start(state: dict[str, Any], **options: Any) -> Simulator:
-        sim = Simulator(state, port=0, **options)
-        sim.start()
-        started.append(sim)
-        return sim
+        def start(state: dict[str, Any], **options: Any) -> Simulator:
+            sim = Simulator(state, port=0, **options)
+            sim.start()
+            started.callback(sim.stop)
+            return sim
 
-    yield start
-    for sim in started:
-        sim.stop()
+        yield start
+
+
+@pytest.fixture
+def sim_client() -> Iterator[Callable[..., httpx.Client]]:
+    """Opens httpx clients on a simulator, with a bearer token when one is given; closed after the test."""
+    with contextlib.ExitStack() as clients:
+
+        def open_client(sim: Simulator, token: str | None) -> httpx.Client:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return clients.enter_context(httpx.Client(base_url=sim.url, timeout=5, verify=TLS, headers=headers))
+
+        yield open_client
 
 
 @pytest.fixture
@@ -236,6 +279,36 @@ def audit_rows(azurite: Azurite, prefix: str) -> list[dict[str, Any]]:
             await store.close()
 
     return asyncio.run(read())
+
+
+Audit = Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def audit(azurite: Azurite, table_prefix: str) -> Audit:
+    """Reads this test's audit rows (oldest first) when called."""
+    return partial(audit_rows, azurite, table_prefix)
+
+
+def on_separate_instances(messages: list[str]) -> list[DecisionRecord]:
+    """Process each queue message on a processor of its own (its own clients: one function instance each), all at
+    once, sharing only Azurite and the tenant the app settings name."""
+    from restricted_sender.entrypoints.compose import bootstrap, load_policy
+    from restricted_sender.model import RestrictionEvent
+    from restricted_sender.settings import Settings
+
+    async def race() -> list[DecisionRecord]:
+        settings = Settings.from_env()
+        policy = load_policy(settings)
+        bundles = [bootstrap(settings, policy, graph_retry_delay=0.1) for _ in messages]
+        try:
+            events = [RestrictionEvent.from_message(m) for m in messages]
+            return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))
+        finally:
+            for bundle in bundles:
+                await bundle.aclose()
+
+    return asyncio.run(race())
 
 
 def on_graph(sim: Simulator, scenario: Callable[[Any, Simulator], Awaitable[T]], *, retry_delay: float = 0.05) -> T:

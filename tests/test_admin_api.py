@@ -15,7 +15,7 @@ import pytest
 from restricted_sender.entrypoints.edge import runtime
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import audit_rows, blocked, tenant, user
+from tests.conftest import Audit, blocked, tenant, user
 
 pytestmark = pytest.mark.azurite
 FORCE = "Sender.Unblock.Force"
@@ -82,7 +82,7 @@ def removals(sim: Simulator) -> int:
 
 
 def test_a_valid_token_with_the_role_unblocks_and_records_the_operator(
-    handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator, azurite: Azurite, table_prefix: str
+    handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator, audit: Audit
 ) -> None:
     token = sim.mint_token(upn="admin@contoso.com", object_id="0b7c7a4e-8d0e-4d2f-9c1a-5b6e7f8a9b0c")
     status, answer = unblock(handlers, "alice@contoso.com", token)
@@ -90,7 +90,7 @@ def test_a_valid_token_with_the_role_unblocks_and_records_the_operator(
     assert answer["decision"] == "unblock"
     assert [a["kind"] for a in answer["actions"]] == ["unblock", "verify"]
     assert "alice@contoso.com" not in [r["SenderAddress"] for r in sim.blocked_senders]
-    [row] = audit_rows(azurite, table_prefix)
+    [row] = audit()
     assert row["evidence"]["operator"] == {
         "object_id": "0b7c7a4e-8d0e-4d2f-9c1a-5b6e7f8a9b0c",
         "name": "admin@contoso.com",
@@ -118,8 +118,7 @@ def test_every_bad_token_is_refused_and_nothing_is_done(
     handlers: dict[str, Callable[..., Any]],
     configure: Any,
     sim: Simulator,
-    azurite: Azurite,
-    table_prefix: str,
+    audit: Audit,
     variant: str,
     status: int,
 ) -> None:
@@ -129,7 +128,7 @@ def test_every_bad_token_is_refused_and_nothing_is_done(
     assert answer["error"]["code"] == ("forbidden" if status == 403 else "unauthorized")
     assert token not in json.dumps(answer)
     assert removals(sim) == 0
-    assert audit_rows(azurite, table_prefix) == []
+    assert audit() == []
 
 
 def test_a_missing_token_is_401(handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator) -> None:
@@ -150,7 +149,7 @@ def test_a_reader_can_read_but_not_unblock(
 
 
 def test_a_deny_listed_user_needs_force_and_force_is_recorded(
-    handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator, azurite: Azurite, table_prefix: str
+    handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator, audit: Audit
 ) -> None:
     token = sim.mint_token(roles=(FORCE,))
     status, answer = unblock(handlers, "carol@contoso.com", token)
@@ -161,7 +160,7 @@ def test_a_deny_listed_user_needs_force_and_force_is_recorded(
     status, answer = unblock(handlers, "carol@contoso.com", token, force=True)
     assert status == 200
     assert [w["code"] for w in answer["warnings"]] == ["manual:forced", "deny:user"]
-    assert [r["decision"] for r in audit_rows(azurite, table_prefix)] == ["ignore", "unblock"]
+    assert [r["decision"] for r in audit()] == ["ignore", "unblock"]
 
 
 @pytest.mark.parametrize(
@@ -222,25 +221,20 @@ def test_without_an_audience_setting_the_admin_api_says_what_to_set(
 
 @pytest.mark.parametrize("force", [False, True])
 def test_an_address_no_directory_user_owns_is_never_unblocked_by_hand(
-    handlers: dict[str, Callable[..., Any]],
-    configure: Any,
-    sim: Simulator,
-    azurite: Azurite,
-    table_prefix: str,
-    force: bool,
+    handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator, audit: Audit, force: bool
 ) -> None:
     sim.add_blocked_sender(blocked("ghost@contoso.com"))
     status, answer = unblock(handlers, "ghost@contoso.com", sim.mint_token(roles=(FORCE,)), force=force)
     assert (status, answer["error"]["code"]) == (409, "identity-unbound")
     assert removals(sim) == 0
-    [row] = audit_rows(azurite, table_prefix)
+    [row] = audit()
     assert [n["code"] for n in row["notes"]] == ["user-not-in-directory"]
     status, answer = call(handlers, "user_status", route={"upn": "ghost@contoso.com"}, token=sim.mint_token())
     assert (status, answer["directory"], [n["code"] for n in answer["notes"]]) == (200, None, ["user-not-in-directory"])
 
 
 def test_a_caller_retrying_an_unblock_whose_answer_it_missed_gets_409_and_no_second_remove(
-    handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator, azurite: Azurite, table_prefix: str
+    handlers: dict[str, Callable[..., Any]], configure: Any, sim: Simulator, audit: Audit
 ) -> None:
     # Exchange accepted the first Remove but the list still shows alice (Remove takes a while to land): exactly
     # what a caller whose request timed out sees when it tries again.
@@ -251,7 +245,7 @@ def test_a_caller_retrying_an_unblock_whose_answer_it_missed_gets_409_and_no_sec
     assert answer["error"]["unblock"]["status"] == "done"
     assert "force" in answer["error"]["message"]
     assert removals(sim) == 1
-    assert [r["decision"] for r in audit_rows(azurite, table_prefix)] == ["unblock", "ignore"]
+    assert [r["decision"] for r in audit()] == ["unblock", "ignore"]
     # The SOC may send it again on purpose: force, with its own role, recorded.
     status, answer = unblock(handlers, "alice@contoso.com", sim.mint_token(roles=(FORCE,)), force=True)
     assert status == 200, answer

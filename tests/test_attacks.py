@@ -33,7 +33,7 @@ from restricted_sender.settings import Settings
 from simulator import Simulator
 from simulator.entra import OTHER_TENANT_ID
 
-from .conftest import ROOT, TENANT_ID, alert_v2, audit_rows, blocked, on_graph, tenant, user
+from .conftest import ROOT, TENANT_ID, Audit, alert_v2, blocked, on_graph, tenant, user
 from .test_admin_api import configure, removals, unblock  # noqa: F401  (configure: a fixture used here)
 from .test_auth import Clock, authenticate, bearer, routes, with_kid, with_validator
 from .test_itsm_adapters import make
@@ -205,7 +205,7 @@ FORCE, HELPDESK = "Sender.Unblock.Force", "Sender.Unblock"
 @pytest.mark.usefixtures("configure")
 @pytest.mark.parametrize("upn", ["risky@contoso.com", "disabled@contoso.com"], ids=["guard:risk", "guard:disabled"])
 def test_a_user_failing_a_compromise_guard_is_only_unblocked_with_force_by_the_force_role(
-    handlers: dict[str, Callable[..., Any]], sim: Simulator, azurite: Any, table_prefix: str, upn: str
+    handlers: dict[str, Callable[..., Any]], sim: Simulator, audit: Audit, upn: str
 ) -> None:
     helpdesk, soc = sim.mint_token(roles=(HELPDESK,)), sim.mint_token(roles=(FORCE,))
     status, answer = unblock(handlers, upn, helpdesk)
@@ -219,7 +219,7 @@ def test_a_user_failing_a_compromise_guard_is_only_unblocked_with_force_by_the_f
     assert status == 200, answer
     assert answer["warnings"][0]["code"] == "manual:forced"
     assert removals(sim) == 1
-    assert [r["decision"] for r in audit_rows(azurite, table_prefix)] == ["ignore", "unblock"]
+    assert [r["decision"] for r in audit()] == ["ignore", "unblock"]
 
 
 @pytest.mark.azurite

@@ -19,13 +19,12 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 import function_app
-from restricted_sender.entrypoints.compose import bootstrap, load_policy
+from restricted_sender.entrypoints.compose import load_policy
 from restricted_sender.entrypoints.edge import runtime
-from restricted_sender.model import RestrictionEvent
 from restricted_sender.settings import EVENTS_QUEUE, VERIFY_QUEUE, Settings
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import alert_v2, audit_rows, blocked, tenant, user
+from tests.conftest import Audit, alert_v2, audit_rows, blocked, on_separate_instances, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -91,6 +90,14 @@ def events_for(*alerts: dict[str, Any]) -> list[str]:
     return queue.drain()
 
 
+def queued_alert(azurite: Azurite, address: str) -> tuple[QueueClient, str]:
+    """The events queue, emptied, then holding the one event an alert about ``address`` makes; and that event."""
+    events = queue_client(azurite, EVENTS_QUEUE)
+    [message] = events_for(alert_v2(address))
+    events.send_message(message)
+    return events, message
+
+
 def tickets_and_updates(sim: Simulator, system: str) -> tuple[int, list[str]]:
     """How many tickets the system holds, and the text of every update added to them."""
     if system == "webhook":
@@ -109,24 +116,11 @@ def tickets_and_updates(sim: Simulator, system: str) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("system", list(TICKETS))
 def test_two_processors_racing_on_two_alerts_about_one_restriction_make_one_ticket_and_one_update(
-    env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str, system: str
+    env: Callable[..., None], sim: Simulator, audit: Audit, system: str
 ) -> None:
     env(POLICY + TICKETS[system])
     messages = events_for(alert_v2("bob@fabrikam.com", alert_id="a1"), alert_v2("bob@fabrikam.com", alert_id="a2"))
-
-    async def race() -> list[Any]:
-        settings = Settings.from_env()
-        policy = load_policy(settings)
-        # Two processors with their own clients (two function instances), sharing only Azurite and the tenant.
-        bundles = [bootstrap(settings, policy, graph_retry_delay=0.1) for _ in range(2)]
-        try:
-            events = [RestrictionEvent.from_message(m) for m in messages]
-            return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))
-        finally:
-            for bundle in bundles:
-                await bundle.aclose()
-
-    records = asyncio.run(race())
+    records = on_separate_instances(messages)  # two function instances
     # One restriction, decided once: the other alert is recorded against it and added to its ticket.
     assert sorted(r.decision.outcome.value for r in records) == ["ignore", "ticket"]
     created, updates = tickets_and_updates(sim, system)
@@ -134,7 +128,7 @@ def test_two_processors_racing_on_two_alerts_about_one_restriction_make_one_tick
     assert len(updates) == 1, updates
     filed = sorted(next(a.detail for a in r.actions if a.kind == "ticket").split()[0] for r in records)
     assert filed == ["created", "updated"]
-    rows = audit_rows(azurite, table_prefix)
+    rows = audit()
     assert len(rows) == 2
     assert {r["alert_id"] for r in rows} == {"a1", "a2"}
 
@@ -202,9 +196,7 @@ def test_a_failing_ticket_system_leaves_the_event_queued_then_poisoned_with_the_
     env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str
 ) -> None:
     env(POLICY + TICKETS["servicenow"])
-    events = queue_client(azurite, EVENTS_QUEUE)
-    [message] = events_for(alert_v2("bob@fabrikam.com"))
-    events.send_message(message)
+    events, message = queued_alert(azurite, "bob@fabrikam.com")
     sim.inject_fault("servicenow.*", status=503, retry_after=0, times=None)
     run = run_like_the_host(events, function_app.process_event, azurite)
     assert len(run.errors) == MAX_DEQUEUE
@@ -224,9 +216,7 @@ def test_a_ticket_system_that_recovers_before_the_last_try_gets_exactly_one_tick
     env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str
 ) -> None:
     env(POLICY + TICKETS["jira"])
-    events = queue_client(azurite, EVENTS_QUEUE)
-    [message] = events_for(alert_v2("bob@fabrikam.com"))
-    events.send_message(message)
+    events, _ = queued_alert(azurite, "bob@fabrikam.com")
     # Each processing try makes up to 4 calls (bounded retries): 8 failures span the first two tries.
     sim.inject_fault("jira.*", status=503, retry_after=0, times=8)
     run = run_like_the_host(events, function_app.process_event, azurite)
@@ -241,10 +231,8 @@ def test_an_unblock_is_verified_through_the_verification_queue(
 ) -> None:
     env(POLICY, VERIFY_AFTER="0.02")  # 1.2 s, so the test sees the backoff at work
     sim.add_blocked_sender({**blocked("alice@contoso.com"), "x-removalDelaySeconds": 2})
-    events = queue_client(azurite, EVENTS_QUEUE)
+    events, _ = queued_alert(azurite, "alice@contoso.com")
     verify = queue_client(azurite, VERIFY_QUEUE)
-    for message in events_for(alert_v2("alice@contoso.com")):
-        events.send_message(message)
     assert run_like_the_host(events, function_app.process_event, azurite).errors == []
     codes = verify_until("verify-pending", verify, azurite, table_prefix)
     assert codes == ["allow:staff", "verify-pending"]  # the first check came before the removal landed
@@ -257,10 +245,8 @@ def test_a_user_restricted_again_after_the_unblock_gets_a_not_lifted_ticket(
     env: Callable[..., None], sim: Simulator, azurite: Azurite, table_prefix: str
 ) -> None:
     env(POLICY, VERIFY_AFTER="0.02")
-    events = queue_client(azurite, EVENTS_QUEUE)
+    events, _ = queued_alert(azurite, "alice@contoso.com")
     verify = queue_client(azurite, VERIFY_QUEUE)
-    for message in events_for(alert_v2("alice@contoso.com")):
-        events.send_message(message)
     run_like_the_host(events, function_app.process_event, azurite)
     sim.add_blocked_sender(blocked("alice@contoso.com", created="2099-01-01T00:00:00Z"))
     verify_until("not-lifted", verify, azurite, table_prefix)

@@ -18,13 +18,12 @@ from restricted_sender.model import (
     DirectoryUser,
     Facts,
     Outcome,
-    RestrictionEvent,
     UnblockEntry,
     UnblockKind,
-    UserRef,
 )
+from tests.conftest import EVENT_AT, restriction_event
 
-NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+NOW = EVENT_AT
 GROUP = "3f1c9a7e-2b4d-4e8f-9a6b-7c5d1e2f3a4b"
 SPAM = "OutboundSpamLast24Hours=212;OutboundMailLast24Hours=240;OutboundSpamPercent=88"
 LIMIT = (
@@ -85,15 +84,7 @@ class Case:
     proxies: tuple[str, ...] = ()
 
     def run(self) -> Any:
-        event = RestrictionEvent(
-            event_id="e1",
-            delivery_id="d1",
-            source="alerts_v2",
-            alert_id="a1",
-            alert_name=self.title,
-            user=UserRef(address=self.address),
-            received_at=self.now,
-        )
+        event = restriction_event(self.address, alert_name=self.title, at=self.now)
         row = {
             "SenderAddress": self.address,
             "Reason": self.reason,
@@ -487,7 +478,7 @@ def test_a_refused_unblock_becomes_a_ticket_that_keeps_the_earlier_reasons() -> 
     ids=["a restricted user is escalated", "an unrestricted user is still ignored", "a duplicate is still ignored"],
 )
 def test_an_invalid_policy_never_unblocks(case: Case, decision: str, codes: tuple[str, ...]) -> None:
-    event = RestrictionEvent("e1", "d1", "alerts_v2", "a1", case.title, UserRef(address=case.address), NOW)
+    event = restriction_event(case.address, alert_name=case.title, at=NOW)
     row = {"SenderAddress": case.address, "Reason": SPAM, "CreatedDatetime": "2026-11-27T08:00:00Z"}
     facts = Facts(restriction=BlockedSender.from_row(row) if case.restricted else None, first_report=case.first_report)
     result = decide(event, facts, PolicyError(["mode: 'enforced' is not one of report-only, enforce"]), NOW)

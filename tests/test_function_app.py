@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import azure.functions as func
@@ -56,6 +57,33 @@ def configure(app_runtime: Callable[..., dict[str, str]], sim: Simulator) -> Cal
 
     apply()
     return apply
+
+
+@dataclass(frozen=True)
+class App:
+    """The configured function app with what the end-to-end tests look at: the queue, the simulator, the audit."""
+
+    handlers: dict[str, Callable[..., Any]]
+    configure: Callable[..., None]
+    queue: QueueClient
+    sim: Simulator
+    azurite: Azurite
+    table_prefix: str
+
+    def audit(self) -> list[dict[str, Any]]:
+        return audit_rows(self.azurite, self.table_prefix)
+
+
+@pytest.fixture
+def app(
+    handlers: dict[str, Callable[..., Any]],
+    configure: Callable[..., None],
+    queue: QueueClient,
+    sim: Simulator,
+    azurite: Azurite,
+    table_prefix: str,
+) -> App:
+    return App(handlers, configure, queue, sim, azurite, table_prefix)
 
 
 def post(
@@ -183,50 +211,34 @@ def test_documented_payloads_of_other_alerts_and_feeds_are_ignored_cleanly(
     assert queued(queue) == []
 
 
-def test_end_to_end_an_allowed_user_is_unblocked_and_audited(
-    handlers: dict[str, Callable[..., Any]],
-    configure: Any,
-    queue: QueueClient,
-    sim: Simulator,
-    azurite: Azurite,
-    table_prefix: str,
-) -> None:
-    assert post(handlers, alert_v2("alice@contoso.com"))[0] == 202
-    process(handlers, queued(queue))
-    assert "alice@contoso.com" not in [r["SenderAddress"] for r in sim.blocked_senders]
-    [row] = audit_rows(azurite, table_prefix)
+def test_end_to_end_an_allowed_user_is_unblocked_and_audited(app: App) -> None:
+    assert post(app.handlers, alert_v2("alice@contoso.com"))[0] == 202
+    process(app.handlers, queued(app.queue))
+    assert "alice@contoso.com" not in [r["SenderAddress"] for r in app.sim.blocked_senders]
+    [row] = app.audit()
     assert (row["user"], row["decision"], row["mode"]) == ("alice@contoso.com", "unblock", "enforce")
     assert [(a["kind"], a["status"]) for a in row["actions"]] == [("unblock", "done"), ("verify", "done")]
     assert row["evidence"]["restriction"]["parsed_reason"]["values"]["OutboundSpamPercent"] == "88"
 
 
-def test_end_to_end_report_only_decides_and_records_but_changes_nothing(
-    handlers: dict[str, Callable[..., Any]],
-    configure: Any,
-    queue: QueueClient,
-    sim: Simulator,
-    azurite: Azurite,
-    table_prefix: str,
-) -> None:
-    configure(mode="report-only")
-    post(handlers, alert_v2("alice@contoso.com", "bob@fabrikam.com"))
-    process(handlers, queued(queue))
-    assert {r["SenderAddress"] for r in sim.blocked_senders} == {"alice@contoso.com", "bob@fabrikam.com"}
-    assert sim.tickets == []
-    assert not [r for r in sim.requests if r["route"] == "exchange.Remove-BlockedSenderAddress"]
-    rows = {r["user"]: r for r in audit_rows(azurite, table_prefix)}
+def test_end_to_end_report_only_decides_and_records_but_changes_nothing(app: App) -> None:
+    app.configure(mode="report-only")
+    post(app.handlers, alert_v2("alice@contoso.com", "bob@fabrikam.com"))
+    process(app.handlers, queued(app.queue))
+    assert {r["SenderAddress"] for r in app.sim.blocked_senders} == {"alice@contoso.com", "bob@fabrikam.com"}
+    assert app.sim.tickets == []
+    assert not [r for r in app.sim.requests if r["route"] == "exchange.Remove-BlockedSenderAddress"]
+    rows = {r["user"]: r for r in app.audit()}
     assert rows["alice@contoso.com"]["decision"] == "unblock"
     assert rows["bob@fabrikam.com"]["decision"] == "ticket"
     assert all(a["status"] == "skipped" for r in rows.values() for a in r["actions"])
 
 
-def test_end_to_end_a_user_without_an_allow_rule_gets_one_signed_ticket_and_one_update(
-    handlers: dict[str, Callable[..., Any]], configure: Any, queue: QueueClient, sim: Simulator
-) -> None:
-    post(handlers, alert_v2("bob@fabrikam.com", alert_id="a1"))
-    post(handlers, alert_v2("bob@fabrikam.com", alert_id="a2"))  # another alert about the same restriction
-    process(handlers, queued(queue))
-    [ticket] = sim.tickets
+def test_end_to_end_a_user_without_an_allow_rule_gets_one_signed_ticket_and_one_update(app: App) -> None:
+    post(app.handlers, alert_v2("bob@fabrikam.com", alert_id="a1"))
+    post(app.handlers, alert_v2("bob@fabrikam.com", alert_id="a2"))  # another alert about the same restriction
+    process(app.handlers, queued(app.queue))
+    [ticket] = app.sim.tickets
     [update] = ticket["updates"]
     assert "a2" in update["body"]["note"]
     body = json.dumps(ticket["body"], separators=(",", ":"), sort_keys=True).encode()
@@ -236,39 +248,25 @@ def test_end_to_end_a_user_without_an_allow_rule_gets_one_signed_ticket_and_one_
     assert ticket["idempotency_key"] == ticket["body"]["correlation_id"]
 
 
-def test_a_redelivered_message_is_a_duplicate_and_acts_once(
-    handlers: dict[str, Callable[..., Any]],
-    configure: Any,
-    queue: QueueClient,
-    sim: Simulator,
-    azurite: Azurite,
-    table_prefix: str,
-) -> None:
-    post(handlers, alert_v2("alice@contoso.com"))
-    [message] = queued(queue)
-    process(handlers, [message, message])
-    assert len([r for r in sim.requests if r["route"] == "exchange.Remove-BlockedSenderAddress"]) == 1
-    assert [r["decision"] for r in audit_rows(azurite, table_prefix)] == ["unblock", "ignore"]
+def test_a_redelivered_message_is_a_duplicate_and_acts_once(app: App) -> None:
+    post(app.handlers, alert_v2("alice@contoso.com"))
+    [message] = queued(app.queue)
+    process(app.handlers, [message, message])
+    assert len([r for r in app.sim.requests if r["route"] == "exchange.Remove-BlockedSenderAddress"]) == 1
+    assert [r["decision"] for r in app.audit()] == ["unblock", "ignore"]
 
 
-def test_an_exchange_outage_fails_the_message_and_its_retry_completes_the_unblock(
-    handlers: dict[str, Callable[..., Any]],
-    configure: Any,
-    queue: QueueClient,
-    sim: Simulator,
-    azurite: Azurite,
-    table_prefix: str,
-) -> None:
-    post(handlers, alert_v2("alice@contoso.com"))
-    [message] = queued(queue)
-    sim.inject_fault("exchange.Remove-BlockedSenderAddress", status=503, retry_after=0, times=None)
+def test_an_exchange_outage_fails_the_message_and_its_retry_completes_the_unblock(app: App) -> None:
+    post(app.handlers, alert_v2("alice@contoso.com"))
+    [message] = queued(app.queue)
+    app.sim.inject_fault("exchange.Remove-BlockedSenderAddress", status=503, retry_after=0, times=None)
     with pytest.raises(Exception, match="Remove-BlockedSenderAddress: HTTP 503"):
-        process(handlers, [message])
-    assert audit_rows(azurite, table_prefix) == []  # nothing recorded as final: the queue will retry it
-    sim.clear_faults()
-    process(handlers, [message])  # the host's retry of the same message
-    assert "alice@contoso.com" not in [r["SenderAddress"] for r in sim.blocked_senders]
-    assert [r["decision"] for r in audit_rows(azurite, table_prefix)] == ["unblock"]
+        process(app.handlers, [message])
+    assert app.audit() == []  # nothing recorded as final: the queue will retry it
+    app.sim.clear_faults()
+    process(app.handlers, [message])  # the host's retry of the same message
+    assert "alice@contoso.com" not in [r["SenderAddress"] for r in app.sim.blocked_senders]
+    assert [r["decision"] for r in app.audit()] == ["unblock"]
 
 
 def test_queue_messages_are_base64_as_the_trigger_expects(

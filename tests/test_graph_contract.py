@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
-import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,14 +42,13 @@ from msgraph.generated.users.item.send_mail.send_mail_post_request_body import S
 from restricted_sender.adapters.graph import graph_directory
 from restricted_sender.model import Mail
 from simulator import Simulator, load_tenant
+from tests.conftest import TLS
 from tests.graph_models import check, parse
 
 TENANT_FILE = Path(__file__).parent / "fixtures" / "tenant_basic.yaml"
 TENANT_ID = "8f0c2a52-6a4e-4b8e-9a62-1d2f3c4b5a69"
 USER_ID = "2a4c6e80-1b3d-4f5a-9c7e-0d2f4a6c8e10"
 GROUP_IDS = ["3b5d7f91-2c4e-4a6b-8d0f-1e3a5c7e9f21", "4c6e8a02-3d5f-4b7c-9e1a-2f4b6d8f0a32"]
-# Building a TLS context costs ~50 ms; these clients only speak plain HTTP to 127.0.0.1.
-TLS = ssl.create_default_context()
 
 RICH_USER: dict[str, Any] = {
     "id": USER_ID,

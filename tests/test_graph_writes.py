@@ -4,7 +4,6 @@ the real managed-identity credential against the simulator, the simulator's writ
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,10 +15,9 @@ from restricted_sender.errors import ServiceRefused
 from restricted_sender.fakes import FakeDirectory
 from restricted_sender.model import DirectoryUser, Mail
 from simulator import Simulator
-from tests.conftest import on_graph, tenant, user
+from tests.conftest import TLS, on_graph, tenant, user
 
 T = TypeVar("T")
-TLS = ssl.create_default_context()  # plain HTTP to 127.0.0.1 only; built once (~50 ms)
 ALICE = user("alice", **{"x-riskLevel": "low"})  # a tenant with Entra ID P2 marks risk on its users
 BOB = user("bob")  # no x-riskLevel: stands for a tenant without Entra ID P2
 ROBOT = {**user("robot"), "mail": None}  # no mail: no Exchange Online mailbox

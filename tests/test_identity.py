@@ -4,7 +4,7 @@ address, whatever pair of address and object id the alert named; what could not 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -29,9 +29,9 @@ from restricted_sender.model import (
 )
 from restricted_sender.processing.facts import FactSources, gather_facts
 from restricted_sender.processing.pipeline import decision_record
-from tests.conftest import alert_v2, blocked
+from tests.conftest import EVENT_AT, alert_v2, blocked, restriction_event
 
-NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+NOW = EVENT_AT
 CLEAN_ID, MALLORY_ID, GRACE_ID = (f"00000000-0000-4000-8000-00000000000{n}" for n in (1, 2, 3))
 CLEAN = DirectoryUser(CLEAN_ID, "clean@contoso.com", "clean@contoso.com", account_enabled=True)
 MALLORY = DirectoryUser(MALLORY_ID, "mallory@contoso.com", "mallory@contoso.com", account_enabled=False)
@@ -62,18 +62,6 @@ def world(rows: list[dict[str, Any]], **directory: Any) -> tuple[FactSources, Fa
     return FactSources(exchange, fake, store), fake, exchange, store
 
 
-def event(address: str | None, object_id: str | None = None) -> RestrictionEvent:
-    return RestrictionEvent(
-        event_id="e1",
-        delivery_id="d1",
-        source="alerts_v2",
-        alert_id="a1",
-        alert_name="User restricted from sending email",
-        user=UserRef(address, object_id),
-        received_at=NOW,
-    )
-
-
 def facts_for(sources: FactSources, named: RestrictionEvent, policy: Policy = POLICY) -> Facts:
     return asyncio.run(gather_facts(named, policy, sources, NOW))
 
@@ -84,13 +72,13 @@ def codes(facts: Facts) -> list[str]:
 
 def test_a_restricted_address_paired_with_a_clean_users_object_id_is_decided_on_the_owners_facts() -> None:
     sources, _, _, _ = world([blocked("mallory@contoso.com")], groups={CLEAN_ID: ["g-bulk"]})
-    facts = facts_for(sources, event("mallory@contoso.com", CLEAN_ID))
+    facts = facts_for(sources, restriction_event("mallory@contoso.com", CLEAN_ID))
     assert facts.user == MALLORY
     assert facts.member_of == frozenset()  # the clean user's group is not borrowed
     assert codes(facts)[0] == "identity-mismatch"
     assert CLEAN_ID in facts.notes[0].text
     assert MALLORY_ID in facts.notes[0].text
-    decision = decide(event("mallory@contoso.com", CLEAN_ID), facts, POLICY, NOW)
+    decision = decide(restriction_event("mallory@contoso.com", CLEAN_ID), facts, POLICY, NOW)
     assert (decision.outcome.value, decision.codes) == ("ticket", ("deny:user", "guard:account-disabled"))
 
 
@@ -98,23 +86,23 @@ def test_the_budget_spent_on_the_restricted_address_counts_whatever_object_id_th
     sources, _, _, store = world([blocked("mallory@contoso.com")])
     spent = UnblockEntry("mallory@contoso.com", NOW - timedelta(days=1), UnblockKind.AUTO, "earlier")
     asyncio.run(store.record_unblock(spent))
-    facts = facts_for(sources, event("mallory@contoso.com", CLEAN_ID))
+    facts = facts_for(sources, restriction_event("mallory@contoso.com", CLEAN_ID))
     assert [u.event_id for u in facts.unblocks] == ["earlier"]
 
 
 def test_a_restricted_address_no_user_owns_is_a_ticket_never_an_unblock() -> None:
     sources, _, _, _ = world([blocked("ghost@contoso.com")])
-    facts = facts_for(sources, event("ghost@contoso.com", CLEAN_ID))
+    facts = facts_for(sources, restriction_event("ghost@contoso.com", CLEAN_ID))
     assert facts.user is None
     assert codes(facts)[:2] == ["identity-mismatch", "user-not-in-directory"]
-    decision = decide(event("ghost@contoso.com", CLEAN_ID), facts, POLICY, NOW)
+    decision = decide(restriction_event("ghost@contoso.com", CLEAN_ID), facts, POLICY, NOW)
     assert (decision.outcome.value, decision.codes) == ("ticket", ("identity-unbound",))
 
 
 def test_an_unrestricted_address_never_lends_its_alert_to_the_object_ids_own_restriction() -> None:
     # The alert names clean@ (not restricted) and mallory's object id (restricted under her own address).
     sources, _, _, _ = world([blocked("mallory@contoso.com")])
-    named = event("clean@contoso.com", MALLORY_ID)
+    named = restriction_event("clean@contoso.com", MALLORY_ID)
     facts = facts_for(sources, named)
     assert facts.restriction is None
     assert decide(named, facts, POLICY, NOW).codes == ("not-restricted",)
@@ -122,7 +110,7 @@ def test_an_unrestricted_address_never_lends_its_alert_to_the_object_ids_own_res
 
 def test_an_address_and_its_own_object_id_bind_without_a_note_and_ask_each_service_once() -> None:
     sources, directory, exchange, _ = world([blocked("clean@contoso.com")], risk={CLEAN_ID: "none"})
-    facts = facts_for(sources, event("clean@contoso.com", CLEAN_ID))
+    facts = facts_for(sources, restriction_event("clean@contoso.com", CLEAN_ID))
     assert (facts.user, facts.risk_level, facts.notes) == (CLEAN, "none", ())
     # restriction, mailbox; user, groups, rules, risk, active roles, eligible roles, MFA registration, domains
     assert (exchange.calls, directory.calls) == (2, 8)
@@ -130,7 +118,7 @@ def test_an_address_and_its_own_object_id_bind_without_a_note_and_ask_each_servi
 
 def test_a_mailbox_restricted_under_its_primary_smtp_proxy_address_is_bound_from_its_upn() -> None:
     sources, _, _, _ = world([blocked("g.hopper@contoso.com")], risk={GRACE_ID: "none"})
-    facts = facts_for(sources, event("grace.h@contoso.onmicrosoft.com"))
+    facts = facts_for(sources, restriction_event("grace.h@contoso.onmicrosoft.com"))
     assert facts.restriction is not None
     assert facts.restriction.address == "g.hopper@contoso.com"
     assert (facts.user, facts.notes) == (GRACE, ())
@@ -138,10 +126,10 @@ def test_a_mailbox_restricted_under_its_primary_smtp_proxy_address_is_bound_from
 
 def test_an_address_only_alert_for_a_proxy_address_finds_its_owner() -> None:
     sources, _, _, _ = world([blocked("g.hopper@contoso.com")], risk={GRACE_ID: "low"})
-    facts = facts_for(sources, event("g.hopper@contoso.com"))
+    facts = facts_for(sources, restriction_event("g.hopper@contoso.com"))
     assert facts.user == GRACE
     assert facts.risk_level == "low"
-    assert decide(event("g.hopper@contoso.com"), facts, POLICY, NOW).outcome.value == "unblock"
+    assert decide(restriction_event("g.hopper@contoso.com"), facts, POLICY, NOW).outcome.value == "unblock"
 
 
 @pytest.mark.parametrize(
@@ -155,11 +143,11 @@ def test_an_address_only_alert_for_a_proxy_address_finds_its_owner() -> None:
 )  # fmt: skip
 def test_an_unblock_names_what_it_could_not_check(directory: dict[str, Any], note: str) -> None:
     sources, _, _, _ = world([blocked("clean@contoso.com")], **directory)
-    facts = facts_for(sources, event("clean@contoso.com"))
+    facts = facts_for(sources, restriction_event("clean@contoso.com"))
     assert codes(facts) == [note]
-    decision = decide(event("clean@contoso.com"), facts, POLICY, NOW)
+    decision = decide(restriction_event("clean@contoso.com"), facts, POLICY, NOW)
     assert decision.outcome.value == "unblock"
-    record = decision_record(event("clean@contoso.com"), facts, decision, POLICY, NOW)
+    record = decision_record(restriction_event("clean@contoso.com"), facts, decision, POLICY, NOW)
     assert [n["code"] for n in record.to_dict()["notes"]] == [note]
 
 
@@ -170,12 +158,12 @@ def test_a_user_whose_rules_could_not_be_read_is_noted() -> None:
 
     directory = NoMailbox([CLEAN], risk={CLEAN_ID: "none"})
     sources = FactSources(FakeExchange([blocked("clean@contoso.com")]), directory, MemoryStore())
-    assert codes(facts_for(sources, event("clean@contoso.com"))) == ["inbox-rules-unread"]
+    assert codes(facts_for(sources, restriction_event("clean@contoso.com"))) == ["inbox-rules-unread"]
 
 
 def test_notes_travel_with_the_record_to_the_audit_row_the_notice_and_the_cli() -> None:
     sources, _, _, _ = world([blocked("mallory@contoso.com")])
-    named = event("mallory@contoso.com", CLEAN_ID)
+    named = restriction_event("mallory@contoso.com", CLEAN_ID)
     facts = facts_for(sources, named)
     record = decision_record(named, facts, decide(named, facts, POLICY, NOW), POLICY, NOW)
     row = record.to_dict()
@@ -197,9 +185,9 @@ def test_notes_travel_with_the_record_to_the_audit_row_the_notice_and_the_cli() 
 
 def test_an_audit_row_written_before_notes_existed_reads_back_without_notes() -> None:
     sources, _, _, _ = world([blocked("clean@contoso.com")], risk={CLEAN_ID: "none"})
-    facts = facts_for(sources, event("clean@contoso.com"))
-    row = decision_record(event("clean@contoso.com"), facts, decide(event("clean@contoso.com"), facts, POLICY, NOW),
-                          POLICY, NOW).to_dict()  # fmt: skip
+    event = restriction_event("clean@contoso.com")
+    facts = facts_for(sources, event)
+    row = decision_record(event, facts, decide(event, facts, POLICY, NOW), POLICY, NOW).to_dict()
     del row["notes"]
     assert DecisionRecord.from_dict(row).notes == ()
     old = DecisionRecord.from_dict({**row, "notes": ["a note from an older version"]})

@@ -15,7 +15,7 @@ from azure.storage.queue import QueueClient
 from restricted_sender.settings import CONTENT_QUEUE
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import alert_v2, audit_rows, blocked, tenant, user
+from tests.conftest import Audit, alert_v2, blocked, tenant, user
 from tests.test_function_app import post, process, queued
 
 pytestmark = pytest.mark.azurite
@@ -50,8 +50,7 @@ def test_a_deny_listed_address_paired_with_another_object_id_unblocks_nobody(
     configure: None,
     queue: QueueClient,
     sim: Simulator,
-    azurite: Azurite,
-    table_prefix: str,
+    audit: Audit,
     object_id: str,
 ) -> None:
     alert = alert_v2("mallory@contoso.com", object_ids={"mallory@contoso.com": object_id})
@@ -59,7 +58,7 @@ def test_a_deny_listed_address_paired_with_another_object_id_unblocks_nobody(
     process(handlers, queued(queue))
     assert removals(sim) == []
     assert {r["SenderAddress"] for r in sim.blocked_senders} == {"alice@contoso.com", "mallory@contoso.com"}
-    [row] = audit_rows(azurite, table_prefix)
+    [row] = audit()
     assert (row["user"], row["decision"]) == ("mallory@contoso.com", "ticket")
     assert [r["code"] for r in row["reasons"]] == ["deny:user"]
     assert row["evidence"]["user"]["id"] == MALLORY["id"]  # the facts are the address owner's
@@ -75,14 +74,13 @@ def test_an_allowed_address_with_its_own_object_id_is_unblocked_and_names_the_un
     configure: None,
     queue: QueueClient,
     sim: Simulator,
-    azurite: Azurite,
-    table_prefix: str,
+    audit: Audit,
 ) -> None:
     alert = alert_v2("alice@contoso.com", object_ids={"alice@contoso.com": ALICE["id"]})
     assert post(handlers, alert)[0] == 202
     process(handlers, queued(queue))
     assert "alice@contoso.com" not in [r["SenderAddress"] for r in sim.blocked_senders]
-    [row] = audit_rows(azurite, table_prefix)
+    [row] = audit()
     assert (row["decision"], [r["code"] for r in row["reasons"]]) == ("unblock", ["allow:staff"])
     assert [n["code"] for n in row["notes"]] == ["risk-unknown"]
 

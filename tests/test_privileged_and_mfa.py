@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +33,16 @@ from restricted_sender.model import (
     DirectoryUser,
     Facts,
     MfaRegistration,
-    RestrictionEvent,
-    UserRef,
 )
 from restricted_sender.processing.actions import evidence
 from restricted_sender.processing.facts import FactSources, gather_facts
 from simulator import Simulator
-from tests.conftest import alert_v2, blocked, tenant, user
+from tests.conftest import EVENT_AT, alert_v2, blocked, restriction_event, tenant, user
 from tests.graph_models import check
 
 ROOT = Path(__file__).parents[1]
 SCENARIO = ROOT / "samples" / "scenarios" / "privileged-admin"
-NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+NOW = EVENT_AT
 GLOBAL_ADMIN = "62e90394-69f5-4237-9190-012177145e10"
 PRIVILEGED_ROLE_ADMIN = "e8611ab8-c189-46e8-94e1-60213ab1f814"
 MESSAGE_CENTER_READER = "790c1fb9-7f7d-4f88-86a1-ef1f95c05c1b"
@@ -58,18 +56,6 @@ ALLOW_STAFF: dict[str, Any] = {"mode": "enforce", "allow": [{"name": "staff", "d
 
 def policy(**guards: Any) -> Any:
     return parse_policy({**ALLOW_STAFF, "guards": {"max_risk_level": "high", **guards}})
-
-
-def restricted_event(address: str = "alice@contoso.com", object_id: str | None = None) -> RestrictionEvent:
-    return RestrictionEvent(
-        event_id="e1",
-        delivery_id="d1",
-        source="alerts_v2",
-        alert_id="a1",
-        alert_name="User restricted from sending email",
-        user=UserRef(address, object_id),
-        received_at=NOW,
-    )
 
 
 def clean_facts(**changes: Any) -> Facts:
@@ -180,7 +166,7 @@ DECISIONS: list[tuple[str, Facts, dict[str, Any], str, tuple[str, ...]]] = [
 def test_the_privileged_and_mfa_guards_decide(
     facts: Facts, guards: dict[str, Any], outcome: str, codes: tuple[str, ...]
 ) -> None:
-    decision = decide(restricted_event(), facts, policy(**guards), NOW)
+    decision = decide(restriction_event(), facts, policy(**guards), NOW)
     assert (decision.outcome.value, decision.codes) == (outcome, codes)
 
 
@@ -191,13 +177,13 @@ def test_the_privileged_reason_names_each_role_and_whether_it_is_active_or_eligi
             role(PRIVILEGED_ROLE_ADMIN, "Privileged Role Administrator", eligible=True),
         )
     )
-    [guard] = [r for r in decide(restricted_event(), facts, policy(), NOW).reasons if r.code == "guard:privileged"]
+    [guard] = [r for r in decide(restriction_event(), facts, policy(), NOW).reasons if r.code == "guard:privileged"]
     assert "Global Administrator (active), Privileged Role Administrator (eligible)" in guard.text
 
 
 def test_a_user_no_directory_user_owns_is_identity_unbound_not_privileged() -> None:
     facts = clean_facts(user=None, roles_unread="HTTP 403")
-    assert decide(restricted_event(), facts, policy(), NOW).codes == ("identity-unbound",)
+    assert decide(restriction_event(), facts, policy(), NOW).codes == ("identity-unbound",)
 
 
 # -- the facts, gathered from the fakes -------------------------------------------------------------------------------
@@ -205,7 +191,7 @@ def test_a_user_no_directory_user_owns_is_identity_unbound_not_privileged() -> N
 
 def gathered(directory: FakeDirectory, *, object_id: str | None = None, **guards: Any) -> tuple[Facts, Any]:
     sources = FactSources(FakeExchange([blocked("alice@contoso.com")]), directory, MemoryStore())
-    named = restricted_event(object_id=object_id)
+    named = restriction_event(object_id=object_id)
     facts = asyncio.run(gather_facts(named, policy(**guards), sources, NOW))
     return facts, decide(named, facts, policy(**guards), NOW)
 
@@ -269,7 +255,7 @@ def test_a_privileged_ticket_is_high_severity_and_shows_the_roles_and_mfa_eviden
     facts = clean_facts(
         roles=(role(GLOBAL_ADMIN, "Global Administrator"),), mfa=MfaRegistration(False, ("email",), None)
     )
-    decision = decide(restricted_event(), facts, policy(), NOW)
+    decision = decide(restriction_event(), facts, policy(), NOW)
     record = DecisionRecord("e1", "a1", "alerts_v2", (), "alice@contoso.com", decision, (), "enforce", "v", NOW)
     content = render_ticket("rsr-1", record, evidence(facts, record, None))
     assert content.severity == "high"

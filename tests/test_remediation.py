@@ -43,8 +43,7 @@ from restricted_sender.model import (
 )
 from restricted_sender.processing.admin import RESTORE_OWNER, RestoreRequest, restore_claim_key
 from simulator import Simulator
-from simulator.azurite import Azurite
-from tests.conftest import ROOT, audit_rows
+from tests.conftest import ROOT, Audit
 from tests.graph_models import check
 
 SAMPLE = ROOT / "samples" / "remediation"
@@ -315,8 +314,7 @@ def test_the_admin_api_restores_for_the_soc_role_only_with_a_justification_and_r
     handlers: dict[str, Callable[..., Any]],
     app_runtime: Callable[..., dict[str, str]],
     simulator_factory: Callable[[dict[str, Any]], Simulator],
-    azurite: Azurite,
-    table_prefix: str,
+    audit: Audit,
 ) -> None:
     sim = simulator_factory(yaml.safe_load((SAMPLE / "tenant.yaml").read_text(encoding="utf-8")))
     app_runtime(sim, POLICY_YAML=(SAMPLE / "policy.yaml").read_text(encoding="utf-8"))
@@ -358,7 +356,7 @@ def test_the_admin_api_restores_for_the_soc_role_only_with_a_justification_and_r
 
     assert status == 200, answer
     assert sim.mailbox(NINA) == before
-    row = audit_rows(azurite, table_prefix)[-1]
+    row = audit()[-1]
     assert row["evidence"]["operator"]["name"] == "soc@contoso.com"
     assert row["evidence"]["justification"] == "the user made these rules"
     assert restore(soc, why)[0] == 409  # at most once

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from restricted_sender.fakes import FakeAlertFeed
-from restricted_sender.intake.nets import POLL_CURSOR, AlertPoller, RestrictedSweep, alerts_filter
+from restricted_sender.intake.nets import POLL_CURSOR, AlertPoller, NetRun, RestrictedSweep, alerts_filter
 from restricted_sender.model import RestrictionEvent
 from restricted_sender.timeutil import iso
 from tests.conftest import alert_v2, blocked
@@ -45,13 +45,18 @@ def test_the_poller_pages_through_every_alert_and_queues_only_target_alerts_as_p
     ]  # fmt: skip
 
 
-def test_the_first_run_looks_back_a_day_and_the_next_from_its_watermark_minus_the_overlap() -> None:
+def run_twice(apart: timedelta) -> tuple[FakeAlertFeed, AlertPoller, NetRun]:
+    """A poller on an empty feed, run, then run again ``apart`` later: the feed, the poller and the second run."""
     world = World([], [])
     feed = FakeAlertFeed([])
     net = poller(world, feed)
     asyncio.run(net.run())
-    world.clock.advance(timedelta(minutes=5))
-    asyncio.run(net.run())
+    world.clock.advance(apart)
+    return feed, net, asyncio.run(net.run())
+
+
+def test_the_first_run_looks_back_a_day_and_the_next_from_its_watermark_minus_the_overlap() -> None:
+    feed, net, _ = run_twice(timedelta(minutes=5))
     assert [f for f, link in feed.requests] == [
         alerts_filter(NOW - timedelta(hours=24), combined=True),
         alerts_filter(NOW - net.overlap, combined=True),
@@ -60,12 +65,7 @@ def test_the_first_run_looks_back_a_day_and_the_next_from_its_watermark_minus_th
 
 
 def test_a_run_before_the_interval_is_over_does_nothing() -> None:
-    world = World([], [])
-    feed = FakeAlertFeed([])
-    net = poller(world, feed)
-    asyncio.run(net.run())
-    world.clock.advance(timedelta(minutes=2))
-    run = asyncio.run(net.run())
+    feed, _, run = run_twice(timedelta(minutes=2))
     assert not run.ran
     assert len(feed.requests) == 1
 

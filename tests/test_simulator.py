@@ -6,7 +6,6 @@ import asyncio
 import copy
 import json
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import yaml
 
 from simulator import ROUTES, Simulator, Tenant, load_tenant
 from simulator.state import TenantState
+from tests.conftest import TLS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TENANT_FILE = FIXTURES / "tenant_basic.yaml"
@@ -38,8 +38,6 @@ INVOKE = f"/adminapi/beta/{TENANT_ID}/InvokeCommand"
 
 
 TENANT = load_tenant(TENANT_FILE)
-# Building a TLS context costs ~50 ms; these clients only speak plain HTTP to 127.0.0.1, so share one.
-TLS = ssl.create_default_context()
 
 
 def tenant_doc() -> dict[str, Any]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,8 +14,6 @@ from tests.conftest import alert_v2, tenant
 GRAPH = "https://graph.microsoft.com"
 MDO = "microsoftDefenderForOffice365"
 ALERTS = "/v1.0/security/alerts_v2"
-# A TLS context costs ~50 ms to build; these clients only speak plain HTTP to 127.0.0.1, so share one.
-TLS = ssl.create_default_context()
 
 
 def alert(alert_id: str, **properties: Any) -> dict[str, Any]:
@@ -56,20 +53,14 @@ ALERT_LIST = [
 
 
 @pytest.fixture
-def start(simulator_factory: Callable[[dict[str, Any]], Simulator]) -> Iterator[Callable[..., httpx.Client]]:
-    clients: list[httpx.Client] = []
-
+def start(
+    simulator_factory: Callable[[dict[str, Any]], Simulator], sim_client: Callable[..., httpx.Client]
+) -> Callable[..., httpx.Client]:
     def run(**extra: Any) -> httpx.Client:
         sim = simulator_factory(tenant([], [], alerts=ALERT_LIST, **extra))
-        client = httpx.Client(
-            base_url=sim.url, timeout=5, verify=TLS, headers={"Authorization": f"Bearer {sim.issue_token(GRAPH)}"}
-        )
-        clients.append(client)
-        return client
+        return sim_client(sim, sim.issue_token(GRAPH))
 
-    yield run
-    for client in clients:
-        client.close()
+    return run
 
 
 @pytest.fixture

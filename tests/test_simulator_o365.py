@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,14 +17,12 @@ import pytest
 
 from restricted_sender.timeutil import FixedClock
 from simulator import Simulator, load_tenant
-from tests.conftest import TENANT_ID, WIRE_SAMPLES, tenant
+from tests.conftest import TENANT_ID, TLS, WIRE_SAMPLES, tenant
 
 MANAGE = "https://manage.office.com"
 FEED = f"/api/v1.0/{TENANT_ID}/activity/feed"
 PUBLISHER = "46b472a7-c68e-4adf-8ade-3db49497518e"
 GENERAL = {"contentType": "Audit.General", "PublisherIdentifier": PUBLISHER}
-# A TLS context costs ~50 ms to build; these clients only speak plain HTTP to 127.0.0.1, so share one.
-TLS = ssl.create_default_context()
 ALERT_RECORD = {
     "CreationTime": "2026-11-27T08:02:30",
     "Id": "2b6f3c1e-7a4d-4f8e-9c0b-1d2e3f4a5b6c",
@@ -73,20 +70,13 @@ def start_sim(simulator_factory: Callable[..., Simulator], clock: FixedClock) ->
 
 
 @pytest.fixture
-def connect() -> Iterator[Callable[..., httpx.Client]]:
-    clients: list[httpx.Client] = []
+def connect(sim_client: Callable[..., httpx.Client]) -> Callable[..., httpx.Client]:
+    """A client with a Management Activity API token unless ``token`` says otherwise ("" for none)."""
 
     def open_client(sim: Simulator, token: str | None = None) -> httpx.Client:
-        bearer = token if token is not None else sim.issue_token(MANAGE)
-        client = httpx.Client(
-            base_url=sim.url, timeout=5, verify=TLS, headers={"Authorization": f"Bearer {bearer}"} if bearer else {}
-        )
-        clients.append(client)
-        return client
+        return sim_client(sim, token if token is not None else sim.issue_token(MANAGE))
 
-    yield open_client
-    for client in clients:
-        client.close()
+    return open_client
 
 
 @pytest.fixture

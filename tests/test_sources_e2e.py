@@ -19,14 +19,13 @@ from azure.core.exceptions import ResourceExistsError
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-from restricted_sender.entrypoints.compose import bootstrap, load_policy
 from restricted_sender.entrypoints.edge import runtime
 from restricted_sender.model import RestrictionEvent
-from restricted_sender.settings import CONTENT_QUEUE, EVENTS_QUEUE, Settings
+from restricted_sender.settings import CONTENT_QUEUE, EVENTS_QUEUE
 from restricted_sender.timeutil import iso
 from simulator import Simulator
 from simulator.azurite import Azurite
-from tests.conftest import alert_v2, audit_rows, blocked, tenant, user
+from tests.conftest import Audit, alert_v2, blocked, on_separate_instances, tenant, user
 
 pytestmark = pytest.mark.azurite
 
@@ -116,8 +115,7 @@ def defender_records_about(address: str) -> dict[str, Any]:
 def test_four_sources_reporting_one_restriction_at_once_make_one_decision_one_action_and_one_ticket_at_most(
     app_runtime: Callable[..., dict[str, str]],
     simulator_factory: Callable[[dict[str, Any]], Simulator],
-    azurite: Azurite,
-    table_prefix: str,
+    audit: Audit,
     handlers: dict[str, Any],
     queues: dict[str, QueueClient],
     policy: str,
@@ -145,18 +143,7 @@ def test_four_sources_reporting_one_restriction_at_once_make_one_decision_one_ac
     )
     messages = take(queues[EVENTS_QUEUE])
     assert sorted(RestrictionEvent.from_message(m).source for m in messages) == ["defender", "o365", "poll", "sentinel"]
-
-    async def four_instances_at_once() -> list[Any]:
-        settings = Settings.from_env()
-        bundles = [bootstrap(settings, load_policy(settings), graph_retry_delay=0.1) for _ in messages]
-        try:
-            events = [RestrictionEvent.from_message(m) for m in messages]
-            return await asyncio.gather(*(b.processor.process(e) for b, e in zip(bundles, events, strict=True)))
-        finally:
-            for bundle in bundles:
-                await bundle.aclose()
-
-    records = asyncio.run(four_instances_at_once())
+    records = on_separate_instances(messages)  # four function instances at once
     decided = [r for r in records if r.decision.outcome.value != "ignore"]
     assert [r.decision.outcome.value for r in decided] == [outcome]
     removals = [r for r in sim.requests if "Remove-BlockedSenderAddress" in json.dumps(r.get("body"))]
@@ -164,7 +151,7 @@ def test_four_sources_reporting_one_restriction_at_once_make_one_decision_one_ac
     assert len(sim.tickets) == (1 if outcome == "ticket" else 0)
     if outcome == "ticket":  # every other report is a note on the one ticket
         assert len(sim.tickets[0]["updates"]) == 3
-    rows = audit_rows(azurite, table_prefix)
+    rows = audit()
     assert len(rows) == 4
     every_source = {s["kind"] for r in rows for s in r["sources"]}
     assert every_source == {"sentinel", "defender", "o365", "poll"}
@@ -175,8 +162,7 @@ def test_with_no_alert_source_wired_the_sweep_finds_a_restricted_user_and_it_is_
     monkeypatch: pytest.MonkeyPatch,
     app_runtime: Callable[..., dict[str, str]],
     simulator_factory: Callable[[dict[str, Any]], Simulator],
-    azurite: Azurite,
-    table_prefix: str,
+    audit: Audit,
     handlers: dict[str, Any],
     queues: dict[str, QueueClient],
 ) -> None:
@@ -189,7 +175,7 @@ def test_with_no_alert_source_wired_the_sweep_finds_a_restricted_user_and_it_is_
     on_the_host(lambda: handlers["process_event"](func.QueueMessage(body=message.encode())))
     elapsed = time.monotonic() - started
 
-    [row] = audit_rows(azurite, table_prefix)
+    [row] = audit()
     assert (row["decision"], row["source"], [s["kind"] for s in row["sources"]]) == ("unblock", "sweep", ["sweep"])
     assert sim.blocked_senders == []
     assert elapsed < 5 * 60  # one sweep interval; measured at well under a second here

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from functools import partial
+from typing import Any, ClassVar, TypeVar
 
 import httpcore
 import httpx
 
 from restricted_sender.errors import ServiceRefused, TransientServiceError
+from restricted_sender.model import TicketContent, TicketRef
 from restricted_sender.retry import RetryPolicy, retry_after_seconds, with_retries
 
 T = TypeVar("T")
@@ -121,6 +124,40 @@ def check_correlation_id(system: str, correlation_id: str) -> None:
 def cut(text: str, limit: int) -> str:
     """``text`` at most ``limit`` characters, a cut marked with an ellipsis."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def json_answer(service: str, what: str, response: httpx.Response, detail: Callable[[httpx.Response], str]) -> Any:
+    """The parsed JSON of a response ``send`` let through: another 4xx is ``ServiceRefused``, a body that is not JSON
+    a ``TransientServiceError``. Its shape is the caller's to check."""
+    status = response.status_code
+    if status >= 400:
+        raise ServiceRefused(service, f"{what}: HTTP {status}: {detail(response)}", http_status=status)
+    try:
+        return response.json()
+    except ValueError as error:
+        raise TransientServiceError(service, f"{what}: the answer is not JSON", http_status=status) from error
+
+
+class SearchedTickets(ABC):
+    """A ticket system that finds its open ticket by our correlation id (Jira, ServiceNow): both search by the id
+    inside a query, and neither has an idempotency key, so a create that may have happened is searched for first."""
+
+    system: ClassVar[str]  # the name in error messages
+    _retry: RetryPolicy
+
+    async def find_open(self, correlation_id: str) -> TicketRef | None:
+        check_correlation_id(self.system, correlation_id)
+        return await with_retries(partial(self._find, correlation_id), self._retry)
+
+    async def create(self, content: TicketContent) -> TicketRef:
+        check_correlation_id(self.system, content.correlation_id)
+        return await create_once(partial(self._post, content), partial(self._find, content.correlation_id), self._retry)
+
+    @abstractmethod
+    async def _find(self, correlation_id: str) -> TicketRef | None: ...
+
+    @abstractmethod
+    async def _post(self, content: TicketContent) -> TicketRef: ...
 
 
 async def create_once(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
 from restricted_sender.errors import TransientServiceError
 
@@ -35,7 +35,20 @@ def managed_identity(client_id: str | None) -> AsyncTokenCredential:
     return cast("AsyncTokenCredential", OneFetchPerScope(inner))
 
 
-class IdentityEndpoint:
+class _ClosedOnExit:
+    """``async with`` closes it, as an ``AsyncTokenCredential`` is used."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class IdentityEndpoint(_ClosedOnExit):
     """An App Service-style managed-identity endpoint given explicitly (the simulator's, in the CLI's simulated runs
     and the benchmarks), where azure-identity's ``ManagedIdentityCredential`` would read it from
     ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER``. The request is the one that credential sends: ``GET endpoint?
@@ -75,12 +88,6 @@ class IdentityEndpoint:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> IdentityEndpoint:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
 
 def identity_endpoint(endpoint: str, header: str, client_id: str | None = None) -> AsyncTokenCredential:
     """:class:`IdentityEndpoint`, with one fetch per scope like :func:`managed_identity`."""
@@ -88,7 +95,7 @@ def identity_endpoint(endpoint: str, header: str, client_id: str | None = None) 
     return cast("AsyncTokenCredential", OneFetchPerScope(inner))
 
 
-class OneFetchPerScope:
+class OneFetchPerScope(_ClosedOnExit):
     """Wraps the process's credential so that concurrent requests for one scope share a single fetch.
 
     azure-identity caches tokens but does not merge concurrent cache misses: a batch of queue messages on a
@@ -104,25 +111,24 @@ class OneFetchPerScope:
         # A valid token is handed out without the lock: every request asks for one, and queueing them all behind
         # one lock (one hand-off per event-loop turn) made a batch of 16 events wait on each other (bench/burst.py).
         fresh = kwargs.get("claims") is not None  # a claims challenge wants a new token, never the kept one
-        kept = self._tokens.get(scopes)
-        if kept is not None and not fresh and kept.expires_on - time.time() > _KEEP_MARGIN:
+        kept = None if fresh else self._kept(scopes)
+        if kept is not None:
             return kept
         async with self._locks.setdefault(scopes, asyncio.Lock()):
-            kept = self._tokens.get(scopes)
-            if kept is not None and not fresh and kept.expires_on - time.time() > _KEEP_MARGIN:
+            kept = None if fresh else self._kept(scopes)
+            if kept is not None:
                 return kept
             token = await self._inner.get_token(*scopes, **kwargs)
             self._tokens[scopes] = token
             return token
 
+    def _kept(self, scopes: tuple[str, ...]) -> AccessToken | None:
+        """The token kept for ``scopes`` while it has more than the margin left."""
+        kept = self._tokens.get(scopes)
+        return kept if kept is not None and kept.expires_on - time.time() > _KEEP_MARGIN else None
+
     async def close(self) -> None:
         await self._inner.close()
-
-    async def __aenter__(self) -> OneFetchPerScope:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 # A claims challenge makes the credential (MSAL underneath) fetch a new token instead of serving its cached one.

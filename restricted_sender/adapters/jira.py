@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from restricted_sender.adapters.http import check_correlation_id, create_once, cut, send
+from restricted_sender.adapters.http import SearchedTickets, cut, json_answer, send
 from restricted_sender.errors import ConfigurationError, ServiceRefused, TransientServiceError
 from restricted_sender.model import TicketContent, TicketRef
 from restricted_sender.retry import RetryPolicy, with_retries
@@ -33,10 +33,11 @@ _RULE = re.compile(r"(-{3,}|_{3,}|\*{3,})")
 _BULLET = re.compile(r"[-*•]\s+(.*)")
 
 
-class JiraTickets:
+class JiraTickets(SearchedTickets):
     """A ``TicketSystem`` on one Jira Cloud project, authenticated with an account's email and API token."""
 
     name = "jira"
+    system = "Jira"
 
     def __init__(
         self,
@@ -73,14 +74,9 @@ class JiraTickets:
     def __repr__(self) -> str:
         return f"JiraTickets(site_url={self._site!r}, project={self._project!r})"
 
-    # -- TicketSystem --------------------------------------------------------------------------------------
+    # -- TicketSystem (find_open and create: SearchedTickets) ------------------------------------------------
 
-    async def find_open(self, correlation_id: str) -> TicketRef | None:
-        check_correlation_id("Jira", correlation_id)
-        return await with_retries(partial(self._find, correlation_id), self._retry)
-
-    async def create(self, content: TicketContent) -> TicketRef:
-        check_correlation_id("Jira", content.correlation_id)
+    async def _post(self, content: TicketContent) -> TicketRef:
         labels = list(dict.fromkeys((content.correlation_id, PRODUCT_LABEL, *self._labels)))
         fields = {
             "project": {"key": self._project},
@@ -93,16 +89,11 @@ class JiraTickets:
             # The issue's priority by name (Jira's default scheme: Highest, High, Medium, Low, Lowest); it must be on
             # the project's create screen: https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-post
             fields["priority"] = {"name": self._high_priority}
-
-        async def post() -> TicketRef:
-            data = await self._call("create", "POST", f"{self._site}/rest/api/3/issue", json={"fields": fields})
-            key = data.get("key")
-            if not isinstance(key, str) or not key:
-                raise TransientServiceError(SERVICE, "Jira create: the answer holds no issue key")
-            return self._ref(key)
-
-        # Best effort: Jira's search index can lag a few seconds behind a create.
-        return await create_once(post, partial(self._find, content.correlation_id), self._retry)
+        data = await self._call("create", "POST", f"{self._site}/rest/api/3/issue", json={"fields": fields})
+        key = data.get("key")
+        if not isinstance(key, str) or not key:
+            raise TransientServiceError(SERVICE, "Jira create: the answer holds no issue key")
+        return self._ref(key)
 
     async def update(self, ticket: TicketRef, content: TicketContent) -> None:
         if not _ISSUE_KEY.fullmatch(ticket.id):
@@ -114,6 +105,7 @@ class JiraTickets:
     # -- calls ----------------------------------------------------------------------------------------------
 
     async def _find(self, correlation_id: str) -> TicketRef | None:
+        # Also asked before a create is tried again: best effort, Jira's search index can lag a few seconds behind.
         jql = (
             f'project = "{self._project}" AND labels = "{correlation_id}" '
             "AND statusCategory != Done ORDER BY created DESC"
@@ -135,15 +127,11 @@ class JiraTickets:
         auth = httpx.BasicAuth(self._email, self._api_token.reveal())
         request = partial(self._http.request, method, url, headers={"Accept": "application/json"}, auth=auth, **kwargs)
         response = await send(SERVICE, f"Jira {what}", request, _problem)
-        status = response.status_code
-        if status >= 400:
-            raise ServiceRefused(SERVICE, f"Jira {what}: HTTP {status}: {_problem(response)}", http_status=status)
-        try:
-            data = response.json()
-        except ValueError as error:
-            raise TransientServiceError(SERVICE, f"Jira {what}: the answer is not JSON", http_status=status) from error
+        data = json_answer(SERVICE, f"Jira {what}", response, _problem)
         if not isinstance(data, dict):
-            raise TransientServiceError(SERVICE, f"Jira {what}: the answer is not a JSON object", http_status=status)
+            raise TransientServiceError(
+                SERVICE, f"Jira {what}: the answer is not a JSON object", http_status=response.status_code
+            )
         return data
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from restricted_sender.adapters.http import check_correlation_id, create_once, cut, send
+from restricted_sender.adapters.http import SearchedTickets, cut, json_answer, send
 from restricted_sender.core.untrusted import no_codetag
 from restricted_sender.errors import ConfigurationError, ServiceRefused, TransientServiceError
 from restricted_sender.model import TicketContent, TicketRef
@@ -36,7 +36,7 @@ _OWN_FIELDS = frozenset({"correlation_id", "correlation_display", "work_notes"})
 _NO_FIELDS: Mapping[str, str] = MappingProxyType({})
 
 
-class ServiceNowTickets:
+class ServiceNowTickets(SearchedTickets):
     """A ``TicketSystem`` on a ServiceNow table (``incident`` unless told otherwise).
 
     Authenticates with an OAuth bearer ``token`` when given, else Basic (``username`` + ``password``). ``fields`` are
@@ -44,6 +44,7 @@ class ServiceNowTickets:
     """
 
     name = "servicenow"
+    system = "ServiceNow"
 
     def __init__(
         self,
@@ -76,14 +77,9 @@ class ServiceNowTickets:
     def __repr__(self) -> str:
         return f"ServiceNowTickets(instance_url={self._instance!r}, table={self._table!r})"
 
-    # -- TicketSystem --------------------------------------------------------------------------------------
+    # -- TicketSystem (find_open and create: SearchedTickets) ------------------------------------------------
 
-    async def find_open(self, correlation_id: str) -> TicketRef | None:
-        check_correlation_id("ServiceNow", correlation_id)
-        return await with_retries(partial(self._find, correlation_id), self._retry)
-
-    async def create(self, content: TicketContent) -> TicketRef:
-        check_correlation_id("ServiceNow", content.correlation_id)
+    async def _post(self, content: TicketContent) -> TicketRef:
         # Priority is not sent: the incident table computes it from impact x urgency (1 x 1 = 1 - Critical) by its
         # priority lookup rules, https://www.servicenow.com/docs/r/it-service-management/incident-management/def-prio-lookup-rules.html
         impact = 1 if content.severity == "high" else 2
@@ -98,7 +94,10 @@ class ServiceNowTickets:
             "urgency": impact,
             **self._fields,
         }
-        return await create_once(partial(self._create, body), partial(self._find, content.correlation_id), self._retry)
+        result = await self._call("create", "POST", self._table_url, json=body)
+        if not isinstance(result, dict) or not result.get("sys_id"):
+            raise TransientServiceError(SERVICE, "ServiceNow create: the answer holds no result.sys_id")
+        return self._ref(result)
 
     async def update(self, ticket: TicketRef, content: TicketContent) -> None:
         if not _SYS_ID.fullmatch(ticket.id):
@@ -127,12 +126,6 @@ class ServiceNowTickets:
                 return self._ref(row)
         return None
 
-    async def _create(self, body: dict[str, Any]) -> TicketRef:
-        result = await self._call("create", "POST", self._table_url, json=body)
-        if not isinstance(result, dict) or not result.get("sys_id"):
-            raise TransientServiceError(SERVICE, "ServiceNow create: the answer holds no result.sys_id")
-        return self._ref(result)
-
     def _ref(self, row: Mapping[str, Any]) -> TicketRef:
         sys_id = str(row["sys_id"])
         number = str(row.get("number") or sys_id)
@@ -150,17 +143,11 @@ class ServiceNowTickets:
             auth = httpx.BasicAuth(self._username, self._password.reveal())
         request = partial(self._http.request, method, url, headers=headers, auth=auth, **kwargs)
         response = await send(SERVICE, f"ServiceNow {what}", request, _problem)
-        status = response.status_code
-        if status >= 400:
-            raise ServiceRefused(SERVICE, f"ServiceNow {what}: HTTP {status}: {_problem(response)}", http_status=status)
-        try:
-            data = response.json()
-        except ValueError as error:
-            raise TransientServiceError(
-                SERVICE, f"ServiceNow {what}: the answer is not JSON", http_status=status
-            ) from error
+        data = json_answer(SERVICE, f"ServiceNow {what}", response, _problem)
         if not isinstance(data, dict) or "result" not in data:
-            raise TransientServiceError(SERVICE, f"ServiceNow {what}: the answer has no 'result'", http_status=status)
+            raise TransientServiceError(
+                SERVICE, f"ServiceNow {what}: the answer has no 'result'", http_status=response.status_code
+            )
         return data["result"]
 
 

@@ -112,7 +112,6 @@ def _per_day(review: Review) -> str:
     legend = "".join(
         f'<span><i class="swatch" style="background:{COLORS[o.value]}"></i>{_t(o.value)}</span>' for o in Outcome
     )
-    head = "".join(f'<th class="num">{_t(o.value)}</th>' for o in Outcome)
     rows = []
     for day in review.per_day:
         parts = "".join(
@@ -125,10 +124,8 @@ def _per_day(review: Review) -> str:
             f'<tr><td class="day">{_t(day.day.isoformat())}</td>{cells}<td class="num">{day.total}</td>'
             f'<td class="bar"><div class="track">{parts}</div></td></tr>'
         )
-    table = (
-        f'<table id="per-day"><thead><tr><th>day (UTC)</th>{head}<th class="num">total</th><th></th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
+    head = _head(["day (UTC)", *(o.value for o in Outcome), "total"], numbers=len(Outcome) + 1, bar=True)
+    table = _table("per-day", head, "".join(rows))
     return _section("Decisions per day", f'<div class="legend">{legend}</div>{table}')
 
 
@@ -146,11 +143,8 @@ def _sources(review: Review) -> str:
         f'<tr><td class="code">{_t(s.kind)}</td><td class="num">{s.reports}</td><td class="num">{s.first}</td></tr>'
         for s in review.sources
     )
-    return _section(
-        "Sources, and which one reported first",
-        '<table id="sources"><thead><tr><th>source</th><th class="num">decisions it reported</th>'
-        f'<th class="num">reported first</th></tr></thead><tbody>{rows}</tbody></table>',
-    )
+    head = _head(["source", "decisions it reported", "reported first"], numbers=2)
+    return _section("Sources, and which one reported first", _table("sources", head, rows))
 
 
 def _timing(review: Review) -> str:
@@ -159,11 +153,8 @@ def _timing(review: Review) -> str:
         f'<td class="num">{duration_text(d.p90)}</td><td class="num">{duration_text(d.longest)}</td></tr>'
         for label, d in _timings(review)
     )
-    return _section(
-        "Time taken",
-        '<table id="timing"><thead><tr><th></th><th class="num">recorded</th><th class="num">median</th>'
-        f'<th class="num">90th percentile</th><th class="num">longest</th></tr></thead><tbody>{rows}</tbody></table>',
-    )
+    head = _head(["", "recorded", "median", "90th percentile", "longest"], numbers=4)
+    return _section("Time taken", _table("timing", head, rows))
 
 
 def _timings(review: Review) -> tuple[tuple[str, Durations], ...]:
@@ -181,11 +172,7 @@ def _failed(review: Review) -> str:
         f'<td class="code">{_t(f.kind)}</td><td>{_t(_short(f.detail))}</td></tr>'
         for f in review.failed
     )
-    return _section(
-        "Failed actions",
-        '<table id="failed"><thead><tr><th>at</th><th>user</th><th>action</th><th>detail</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table>",
-    )
+    return _section("Failed actions", _table("failed", _head(["at", "user", "action", "detail"]), rows))
 
 
 def _budget(review: Review) -> str:
@@ -244,10 +231,18 @@ def _counts_table(table_id: str, header: tuple[str, str], counts: Counts, *, cod
         "</div></td></tr>"
         for key, n in counts
     )
-    return (
-        f'<table id="{table_id}"><thead><tr><th>{_t(header[0])}</th><th class="num">{_t(header[1])}</th><th></th>'
-        f"</tr></thead><tbody>{rows}</tbody></table>"
-    )
+    return _table(table_id, _head(header, numbers=1, bar=True), rows)
+
+
+def _table(table_id: str, head: str, rows: str) -> str:
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _head(names: Sequence[str], *, numbers: int = 0, bar: bool = False) -> str:
+    """Header cells: the last ``numbers`` columns hold numbers; ``bar`` adds the bar column's empty header."""
+    first = len(names) - numbers
+    cells = (f'<th class="num">{_t(n)}</th>' if i >= first else f"<th>{_t(n)}</th>" for i, n in enumerate(names))
+    return "".join(cells) + ("<th></th>" if bar else "")
 
 
 def _section(title: str, body: str) -> str:

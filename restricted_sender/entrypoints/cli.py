@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +38,7 @@ from restricted_sender.errors import (
     ServiceError,
     ServiceRefused,
 )
-from restricted_sender.model import DecisionRecord
+from restricted_sender.model import DecisionRecord, Operator
 from restricted_sender.timeutil import FixedClock, parse_instant
 
 if TYPE_CHECKING:
@@ -227,46 +227,12 @@ async def _admin_for(args: argparse.Namespace) -> AsyncIterator[Admin]:
         await bundle.aclose()
 
 
-def _check(args: argparse.Namespace) -> int:
-    async def run() -> DecisionRecord:
-        async with _admin_for(args) as admin:
-            return await admin.check(args.upn)
-
-    record = asyncio.run(run())
-    print_records([record], as_json=args.json, out=sys.stdout)
-    return 0
-
-
-def _unblock(args: argparse.Namespace) -> int:
-    from restricted_sender.model import Operator
-    from restricted_sender.processing.admin import UnblockRequest, parse_unblock_request
-
-    request: UnblockRequest = parse_unblock_request(
-        json.dumps({"justification": args.justification, "force": args.force}).encode()
-    )
-    operator = Operator(object_id=f"cli:{args.operator}", name=args.operator)
+def _print_admin_record(args: argparse.Namespace, act: Callable[[Admin], Awaitable[DecisionRecord]]) -> int:
+    """Print the record ``act`` returns on the admin side ``_admin_for`` picks; with ``--replay`` (restore), on the
+    simulator after those alerts went through it."""
 
     async def run() -> DecisionRecord:
-        async with _admin_for(args) as admin:
-            return await admin.unblock(args.upn, request, operator)
-
-    record = asyncio.run(run())
-    print_records([record], as_json=args.json, out=sys.stdout)
-    return 0
-
-
-def _restore(args: argparse.Namespace) -> int:
-    from restricted_sender.model import Operator
-    from restricted_sender.processing.admin import parse_restore_request
-
-    if args.replay and args.tenant is None:
-        raise InputError("--replay needs --tenant: alerts are replayed against the simulator only")
-    body = {"justification": args.justification, **({"event_id": args.event} if args.event else {})}
-    request = parse_restore_request(json.dumps(body).encode())
-    operator = Operator(object_id=f"cli:{args.operator}", name=args.operator)
-
-    async def run() -> DecisionRecord:
-        if args.replay:
+        if getattr(args, "replay", ()):
             from restricted_sender.entrypoints.simulated import replay_then
 
             return await replay_then(
@@ -274,14 +240,38 @@ def _restore(args: argparse.Namespace) -> int:
                 tenant=args.tenant,
                 policy=load_policy_or_escalate(args.policy or SAMPLES / "policy.yaml"),
                 now=args.now,
-                then=lambda admin: admin.restore(args.upn, request, operator),
+                then=act,
             )
         async with _admin_for(args) as admin:
-            return await admin.restore(args.upn, request, operator)
+            return await act(admin)
 
-    record = asyncio.run(run())
-    print_records([record], as_json=args.json, out=sys.stdout)
+    print_records([asyncio.run(run())], as_json=args.json, out=sys.stdout)
     return 0
+
+
+def _operator(args: argparse.Namespace) -> Operator:
+    return Operator(object_id=f"cli:{args.operator}", name=args.operator)
+
+
+def _check(args: argparse.Namespace) -> int:
+    return _print_admin_record(args, lambda admin: admin.check(args.upn))
+
+
+def _unblock(args: argparse.Namespace) -> int:
+    from restricted_sender.processing.admin import parse_unblock_request
+
+    request = parse_unblock_request(json.dumps({"justification": args.justification, "force": args.force}).encode())
+    return _print_admin_record(args, lambda admin: admin.unblock(args.upn, request, _operator(args)))
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from restricted_sender.processing.admin import parse_restore_request
+
+    if args.replay and args.tenant is None:
+        raise InputError("--replay needs --tenant: alerts are replayed against the simulator only")
+    body = {"justification": args.justification, **({"event_id": args.event} if args.event else {})}
+    request = parse_restore_request(json.dumps(body).encode())
+    return _print_admin_record(args, lambda admin: admin.restore(args.upn, request, _operator(args)))
 
 
 def _demo(args: argparse.Namespace) -> int:

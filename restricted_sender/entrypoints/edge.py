@@ -224,12 +224,18 @@ class Runtime:
         return self._intake
 
     def receive_alerts(self, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
+        return self._on_intake(
+            "alerts", lambda intake: receive_alerts(body, headers, intake, self.settings.alerts_shared_secret)
+        )
+
+    def _on_intake(self, what: str, accept: Callable[[Intake], HttpAnswer]) -> HttpAnswer:
+        """``accept`` on the intake; a 500 naming the setting at fault when the intake cannot be built."""
         try:
             intake = self.intake()
         except ConfigurationError as error:
-            log.error("cannot accept alerts: %s", error)
+            log.error("cannot accept %s: %s", what, error)
             return HttpAnswer(500, error.to_body())
-        return receive_alerts(body, headers, intake, self.settings.alerts_shared_secret)
+        return accept(intake)
 
     def _on_this_loop(self) -> asyncio.Lock:
         """The clients belong to one event loop: forget them when the loop changes. Returns the build lock."""
@@ -253,12 +259,10 @@ class Runtime:
         return (await self.bundle()).processor
 
     def receive_o365(self, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
-        try:
-            intake = self.intake()
-        except ConfigurationError as error:
-            log.error("cannot accept Management Activity notifications: %s", error)
-            return HttpAnswer(500, error.to_body())
-        return receive_o365(body, headers, intake, self.settings.o365_auth_id)
+        return self._on_intake(
+            "Management Activity notifications",
+            lambda intake: receive_o365(body, headers, intake, self.settings.o365_auth_id),
+        )
 
     async def expand_message(self, text: str, attempt: int = 1) -> None:
         """A content-queue message (Management Activity pointer, Defender rows): fetched and joined into events."""
@@ -300,18 +304,23 @@ class Runtime:
     async def _admin(
         self, headers: Mapping[str, str], roles: tuple[str, ...], call: Callable[[ProcessorBundle, Operator], Any]
     ) -> HttpAnswer:
-        try:
-            validator = self.validator()
-        except ConfigurationError as error:
-            log.error("the admin API is not available: %s", error)
-            return HttpAnswer(500, error.to_body())
-
         async def authenticated(operator: Operator) -> dict[str, Any]:
             # Only now the processor's clients: a caller without a valid token costs a token check, nothing more.
             result: dict[str, Any] = await call(await self.bundle(), operator)
             return result
 
-        return await admin_call(authenticated, headers, validator, roles)
+        return await self._authorized(headers, roles, authenticated)
+
+    async def _authorized(
+        self, headers: Mapping[str, str], roles: tuple[str, ...], run: Callable[[Operator], Awaitable[dict[str, Any]]]
+    ) -> HttpAnswer:
+        """``run`` for a caller whose token holds one of ``roles``; a 500 when the admin API is not set up."""
+        try:
+            validator = self.validator()
+        except ConfigurationError as error:
+            log.error("the admin API is not available: %s", error)
+            return HttpAnswer(500, error.to_body())
+        return await admin_call(run, headers, validator, roles)
 
     async def unblock(self, upn: str, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
         async def run(bundle: ProcessorBundle, operator: Operator) -> dict[str, Any]:
@@ -358,16 +367,11 @@ class Runtime:
 
     async def doctor(self, headers: Mapping[str, str]) -> HttpAnswer:
         """``GET /api/doctor`` (the read role): the probes' report; 200 whatever they found."""
-        try:
-            validator = self.validator()
-        except ConfigurationError as error:
-            log.error("the admin API is not available: %s", error)
-            return HttpAnswer(500, error.to_body())
 
         async def run(operator: Operator) -> dict[str, Any]:
             return (await self.run_doctor()).to_dict()
 
-        return await admin_call(run, headers, validator, _READERS)
+        return await self._authorized(headers, _READERS, run)
 
     async def doctor_tick(self, now: datetime) -> Report | None:
         """The doctor timer: once soon after this process starts, then daily; one structured log line per run."""

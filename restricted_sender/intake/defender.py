@@ -10,7 +10,7 @@ parsing is split from joining: :func:`join` takes what earlier messages left pen
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from restricted_sender.errors import MalformedPayload
@@ -41,12 +41,7 @@ class AlertInfo:
     service_source: str | None = None
 
     def to_dict(self) -> dict[str, str | None]:
-        return {
-            "alert_id": self.alert_id,
-            "title": self.title,
-            "timestamp": self.timestamp,
-            "service_source": self.service_source,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlertInfo:
@@ -73,13 +68,7 @@ class UserEvidence:
         return UserRef(self.address, self.object_id.lower() if self.object_id else None)
 
     def to_dict(self) -> dict[str, str | None]:
-        return {
-            "alert_id": self.alert_id,
-            "title": self.title,
-            "address": self.address,
-            "object_id": self.object_id,
-            "timestamp": self.timestamp,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UserEvidence:

@@ -10,7 +10,7 @@ A notification only points at content; fetching it sends our token to ``contentU
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -50,13 +50,7 @@ class ContentPointer:
     expiration: str | None = None
 
     def to_dict(self) -> dict[str, str | None]:
-        return {
-            "content_id": self.content_id,
-            "content_uri": self.content_uri,
-            "content_type": self.content_type,
-            "created": self.created,
-            "expiration": self.expiration,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ContentPointer:

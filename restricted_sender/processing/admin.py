@@ -88,21 +88,12 @@ _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def parse_restore_request(body: bytes) -> RestoreRequest:
-    data = parse_json(body or b"{}")
-    if not isinstance(data, dict):
-        raise MalformedPayload('the body must be a JSON object: {"justification": "...", "event_id": "..."}')
-    unknown = sorted(set(data) - {"justification", "event_id"})
-    if unknown:
-        raise MalformedPayload(f"unknown fields: {', '.join(unknown)} (expected justification, event_id)")
-    justification = data.get("justification")
-    if not isinstance(justification, str) or len(justification.strip()) < 3:
-        raise MalformedPayload("justification is required: say why the mailbox may be put back (3 characters or more)")
-    if len(justification) > MAX_JUSTIFICATION:
-        raise MalformedPayload(f"justification is longer than {MAX_JUSTIFICATION} characters")
+    data = _request_object(body, {"justification": '"..."', "event_id": '"..."'})
+    justification = _justification(data, "why the mailbox may be put back")
     event_id = data.get("event_id")
     if event_id is not None and (not isinstance(event_id, str) or not _EVENT_ID.match(event_id)):
         raise MalformedPayload("event_id must be the 32 hex characters of a decision record's event_id")
-    return RestoreRequest(justification=justification.strip(), event_id=event_id)
+    return RestoreRequest(justification=justification, event_id=event_id)
 
 
 def restore_claim_key(event_id: str) -> str:
@@ -117,21 +108,34 @@ def parse_address(upn: str) -> str:
 
 
 def parse_unblock_request(body: bytes) -> UnblockRequest:
-    data = parse_json(body or b"{}")
-    if not isinstance(data, dict):
-        raise MalformedPayload('the body must be a JSON object: {"justification": "...", "force": false}')
-    unknown = sorted(set(data) - {"justification", "force"})
-    if unknown:
-        raise MalformedPayload(f"unknown fields: {', '.join(unknown)} (expected justification, force)")
-    justification = data.get("justification")
-    if not isinstance(justification, str) or len(justification.strip()) < 3:
-        raise MalformedPayload("justification is required: say why this user may send again (3 characters or more)")
-    if len(justification) > MAX_JUSTIFICATION:
-        raise MalformedPayload(f"justification is longer than {MAX_JUSTIFICATION} characters")
+    data = _request_object(body, {"justification": '"..."', "force": "false"})
+    justification = _justification(data, "why this user may send again")
     force = data.get("force", False)
     if not isinstance(force, bool):
         raise MalformedPayload("force must be true or false")
-    return UnblockRequest(justification=justification.strip(), force=force)
+    return UnblockRequest(justification=justification, force=force)
+
+
+def _request_object(body: bytes, fields: Mapping[str, str]) -> dict[str, Any]:
+    """An admin request's JSON object (an empty body is ``{}``), refusing fields other than ``fields`` (name ->
+    example value, shown in the error)."""
+    data = parse_json(body or b"{}")
+    if not isinstance(data, dict):
+        example = ", ".join(f'"{name}": {value}' for name, value in fields.items())
+        raise MalformedPayload(f"the body must be a JSON object: {{{example}}}")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise MalformedPayload(f"unknown fields: {', '.join(unknown)} (expected {', '.join(fields)})")
+    return data
+
+
+def _justification(data: Mapping[str, Any], why: str) -> str:
+    justification = data.get("justification")
+    if not isinstance(justification, str) or len(justification.strip()) < 3:
+        raise MalformedPayload(f"justification is required: say {why} (3 characters or more)")
+    if len(justification) > MAX_JUSTIFICATION:
+        raise MalformedPayload(f"justification is longer than {MAX_JUSTIFICATION} characters")
+    return justification.strip()
 
 
 def warnings_of(decision: Decision) -> tuple[Reason, ...]:

@@ -252,6 +252,10 @@ SUBSCRIPTION_FIELDS = ("contentType", "status")
 LIST_FIELDS = ("value",)
 
 
+_NO_USER = "no user to ask about"
+_NO_OBJECT_ID = "no user object id to ask about"
+
+
 class _Run:
     def __init__(self, targets: Targets) -> None:
         self.t = targets
@@ -268,6 +272,15 @@ class _Run:
             return False
         self.add(Probe(name, Verdict.SKIPPED, f"not needed: {_permission(permission).when}", required=False))
         return True
+
+    def who_to_ask(self, name: str, permission: str, user: str | None, missing: str) -> str | None:
+        """``user``, whom probe ``name`` asks about; ``None``, the probe recorded as skipped, when this policy does
+        not need ``permission`` (``skip_unless``) or there is no user (``missing`` says which key is missing)."""
+        if self.skip_unless(name, permission):
+            return None
+        if user is None:
+            self.add(Probe(name, Verdict.SKIPPED, missing, required=False))
+        return user
 
     async def attempt(
         self,
@@ -398,28 +411,21 @@ async def _graph_probes(run: _Run, targets: Targets, mailbox: str | None, object
     key = object_id or mailbox
 
     groups = sorted(policy.group_ids())
-    if not run.skip_unless("graph: checkMemberGroups", "GroupMember.Read.All"):
-        if key is None:
-            run.add(Probe("graph: checkMemberGroups", Verdict.SKIPPED, "no user to ask about", required=False))
-        else:
-            await run.attempt(
-                "graph: checkMemberGroups",
-                lambda: graph.member_groups(key, groups[:20]),
-                GRAPH_CALLS["member_groups"],
-            )
+    asked = run.who_to_ask("graph: checkMemberGroups", "GroupMember.Read.All", key, _NO_USER)
+    if asked is not None:
+        await run.attempt(
+            "graph: checkMemberGroups", partial(graph.member_groups, asked, groups[:20]), GRAPH_CALLS["member_groups"]
+        )
 
-    if not run.skip_unless("graph: riskyUsers", "IdentityRiskyUser.Read.All"):
-        if object_id is None:
-            run.add(Probe("graph: riskyUsers", Verdict.SKIPPED, "no user object id to ask about", required=False))
-        else:
-            await run.attempt(
-                "graph: riskyUsers",
-                lambda: graph.read(
-                    f"identityProtection/riskyUsers/{object_id}", permission=GRAPH_CALLS["risk_level"][0]
-                ),
-                GRAPH_CALLS["risk_level"],
-                _object_check(RISKY_USER_FIELDS, "no risk record for this user (never at risk)"),
-            )
+    permission = GRAPH_CALLS["risk_level"][0]
+    asked = run.who_to_ask("graph: riskyUsers", permission, object_id, _NO_OBJECT_ID)
+    if asked is not None:
+        await run.attempt(
+            "graph: riskyUsers",
+            partial(graph.read, f"identityProtection/riskyUsers/{asked}", permission=permission),
+            GRAPH_CALLS["risk_level"],
+            _object_check(RISKY_USER_FIELDS, "no risk record for this user (never at risk)"),
+        )
 
     await _privilege_probes(run, targets, object_id)
 
@@ -428,12 +434,10 @@ async def _graph_probes(run: _Run, targets: Targets, mailbox: str | None, object
         ("graph: mailFolders", "folder_name", "mailFolders/inbox", FOLDER_FIELDS),
     ):
         permission = GRAPH_CALLS[call][0]
-        if run.skip_unless(name, permission):
+        asked = run.who_to_ask(name, permission, key, _NO_USER)
+        if asked is None:
             continue
-        if key is None:
-            run.add(Probe(name, Verdict.SKIPPED, "no user to ask about", required=False))
-            continue
-        user_path = f"users/{_path(key)}/{path}"
+        user_path = f"users/{_path(asked)}/{path}"
         await run.attempt(
             name,
             partial(graph.read, user_path, permission=permission),
@@ -441,20 +445,18 @@ async def _graph_probes(run: _Run, targets: Targets, mailbox: str | None, object
             _object_check(expected, "the user has no mailbox"),
         )
 
-    if not run.skip_unless("graph: domains", "Domain.Read.All"):
-        await run.attempt(
-            "graph: domains",
-            lambda: graph.read("domains", permission="Domain.Read.All"),
-            GRAPH_CALLS["verified_domains"],
-            _row_check(DOMAIN_FIELDS, "no domain returned"),
-        )
-    if not run.skip_unless("graph: alerts_v2", "SecurityAlert.Read.All"):
-        await run.attempt(
+    for name, call, path, check in (
+        ("graph: domains", "verified_domains", "domains", _row_check(DOMAIN_FIELDS, "no domain returned")),
+        (
             "graph: alerts_v2",
-            lambda: graph.read("security/alerts_v2?$top=1", permission="SecurityAlert.Read.All"),
-            GRAPH_CALLS["alerts_page"],
+            "alerts_page",
+            "security/alerts_v2?$top=1",
             _row_check(ALERT_FIELDS, "no alert now: no row to compare"),
-        )
+        ),
+    ):
+        permission = GRAPH_CALLS[call][0]
+        if not run.skip_unless(name, permission):
+            await run.attempt(name, partial(graph.read, path, permission=permission), GRAPH_CALLS[call], check)
 
 
 async def _privilege_probes(run: _Run, targets: Targets, object_id: str | None) -> None:
@@ -465,12 +467,10 @@ async def _privilege_probes(run: _Run, targets: Targets, object_id: str | None) 
         ("graph: roleAssignments", "active_roles", "roleAssignments"),
         ("graph: roleEligibilities (PIM)", "eligible_roles", "roleEligibilityScheduleInstances"),
     ):
-        if run.skip_unless(name, role_permission):
+        asked = run.who_to_ask(name, role_permission, object_id, _NO_OBJECT_ID)
+        if asked is None:
             continue
-        if object_id is None:
-            run.add(Probe(name, Verdict.SKIPPED, "no user object id to ask about", required=False))
-            continue
-        where = quote(f"principalId eq '{object_id}'", safe="")
+        where = quote(f"principalId eq '{asked}'", safe="")
         await run.attempt(
             name,
             partial(graph.read, f"roleManagement/directory/{listing}?$filter={where}", permission=role_permission),
@@ -478,16 +478,12 @@ async def _privilege_probes(run: _Run, targets: Targets, object_id: str | None) 
             _row_check(ROLE_FIELDS, "the user holds no such role"),
         )
     name, permission = "graph: userRegistrationDetails", GRAPH_CALLS["mfa_registration"][0]
-    if run.skip_unless(name, permission):
-        return
-    if object_id is None:
-        run.add(Probe(name, Verdict.SKIPPED, "no user object id to ask about", required=False))
+    asked = run.who_to_ask(name, permission, object_id, _NO_OBJECT_ID)
+    if asked is None:
         return
     await run.attempt(
         name,
-        partial(
-            graph.read, f"reports/authenticationMethods/userRegistrationDetails/{object_id}", permission=permission
-        ),
+        partial(graph.read, f"reports/authenticationMethods/userRegistrationDetails/{asked}", permission=permission),
         GRAPH_CALLS["mfa_registration"],
         _object_check(REGISTRATION_FIELDS, "no registration record for this user"),
         required=run.policy.guards.require_mfa_registered,
