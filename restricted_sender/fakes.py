@@ -426,10 +426,21 @@ class MemoryStore:
         return sorted((e for e in self.history.values() if e.at >= since), key=lambda e: e.at)
 
     async def reserve_unblock(
-        self, entry: UnblockEntry, *, user_budget: Budget | None, tenant_budget: Budget | None
+        self,
+        entry: UnblockEntry,
+        *,
+        user_budget: Budget | None,
+        tenant_budget: Budget | None,
+        restriction_since: datetime | None = None,
     ) -> BudgetRefusal | None:
         # No await between the check and the write: atomic within the one event loop that owns this fake.
-        refusal = budget_refusal(entry, self.history.values(), user_budget=user_budget, tenant_budget=tenant_budget)
+        refusal = budget_refusal(
+            entry,
+            self.history.values(),
+            user_budget=user_budget,
+            tenant_budget=tenant_budget,
+            restriction_since=restriction_since,
+        )
         if refusal is None:
             self._put(entry)
         return refusal

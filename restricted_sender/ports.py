@@ -24,7 +24,9 @@ from restricted_sender.model import (
 if TYPE_CHECKING:
     from restricted_sender.core.policy import Budget
 
-BudgetRefusal = Literal["user", "tenant"]  # which budget ``Store.reserve_unblock`` found spent
+# Why ``Store.reserve_unblock`` wrote nothing: the user's or the tenant's budget is spent, or an unblock of the same
+# restriction was already sent ("started").
+BudgetRefusal = Literal["user", "tenant", "started"]
 
 
 class Clock(Protocol):
@@ -295,13 +297,20 @@ class UnblockLedger(Protocol):
         ...
 
     async def reserve_unblock(
-        self, entry: UnblockEntry, *, user_budget: Budget | None, tenant_budget: Budget | None
+        self,
+        entry: UnblockEntry,
+        *,
+        user_budget: Budget | None,
+        tenant_budget: Budget | None,
+        restriction_since: datetime | None = None,
     ) -> BudgetRefusal | None:
-        """Atomically record ``entry`` unless that would exceed a budget (see :func:`budget_refusal`).
+        """Atomically record ``entry`` unless another unblock of the same restriction was sent (an entry of the user
+        that spent Remove at or after ``restriction_since``: "started") or a budget would be exceeded ("user",
+        "tenant"); see :func:`budget_refusal`.
 
-        Returns "user" or "tenant" for the budget that is spent, and then writes nothing; otherwise records
-        the entry exactly as :meth:`record_unblock` does and returns ``None``. Two processors racing for the
-        last unblock of a window never both get ``None``. A budget of ``None`` is unlimited.
+        A refusal writes nothing; otherwise the entry is recorded exactly as :meth:`record_unblock` does and the
+        answer is ``None``. Two processors racing for the last unblock of a window, or for the same restriction,
+        never both get ``None``. A budget of ``None`` is unlimited; a ``restriction_since`` of ``None`` checks none.
         """
         ...
 

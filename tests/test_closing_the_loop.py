@@ -18,8 +18,10 @@ from restricted_sender.errors import Conflict, MalformedPayload, ServiceRefused,
 from restricted_sender.fakes import (
     FakeDirectory,
     FakeExchange,
+    MemoryStore,
 )
-from restricted_sender.model import DirectoryUser, Operator, RestrictionEvent
+from restricted_sender.model import DirectoryUser, Operator, RestrictionEvent, UnblockEntry, UnblockKind, UnblockStatus
+from restricted_sender.ports import BudgetRefusal
 from restricted_sender.processing.admin import Admin, UnblockRequest, parse_unblock_request
 from restricted_sender.testing import Fakes
 from restricted_sender.timeutil import FixedClock
@@ -344,3 +346,41 @@ def test_a_ticket_system_without_its_settings_fails_each_ticket_naming_what_to_s
 
     with pytest.raises(ConfigurationError, match="is not configured: set " + re.escape(named)):
         asyncio.run(attempt())
+
+
+def test_the_automation_never_sends_a_second_remove_for_a_restriction_an_operator_already_unblocked() -> None:
+    # Budgets wide open: only the one-unblock-per-restriction rule stands. The operator's unblock was accepted a
+    # minute ago and the list still shows alice (Exchange takes a while), when a late alert for that block comes.
+    world = World(ENFORCE + "guards: {max_unblocks_per_user: {count: 5, days: 7}}\n")
+    operator = UnblockEntry("alice@contoso.com", NOW - timedelta(minutes=1), UnblockKind.MANUAL, "by-hand", "done")
+    asyncio.run(world.store.record_unblock(operator))
+    [record] = world.run(alert_v2("alice@contoso.com"))
+    assert world.exchange.removed == []
+    assert kinds(record) == [("unblock", "skipped")]
+    assert "already sent" in record.actions[0].detail
+    # An unblock of an earlier block of hers (before this one was created at 08:02) does not count.
+    world = World(ENFORCE + "guards: {max_unblocks_per_user: {count: 5, days: 7}}\n")
+    earlier = UnblockEntry("alice@contoso.com", NOW - timedelta(hours=2), UnblockKind.MANUAL, "by-hand", "done")
+    asyncio.run(world.store.record_unblock(earlier))
+    world.run(alert_v2("alice@contoso.com"))
+    assert world.exchange.removed == ["alice@contoso.com"]
+
+
+class RacingOperatorStore(MemoryStore):
+    """Another operator's unblock of the same block lands between this request's look at the history and its own
+    reservation: two requests at the same moment."""
+
+    async def reserve_unblock(self, entry: UnblockEntry, **limits: Any) -> BudgetRefusal | None:
+        other = UnblockEntry(entry.user, NOW, UnblockKind.MANUAL, "other-operator", UnblockStatus.PENDING)
+        await self.record_unblock(other)
+        return await super().reserve_unblock(entry, **limits)
+
+
+def test_two_operators_unblocking_one_restriction_at_the_same_moment_send_one_remove() -> None:
+    world = World(ENFORCE + "guards: {max_unblocks_per_user: {count: 5, days: 7}}\n")
+    world.fakes.store = world.store = RacingOperatorStore()
+    with pytest.raises(Conflict) as refused:
+        asyncio.run(world.admin().unblock("alice@contoso.com", UnblockRequest("confirmed by phone"), OPERATOR))
+    assert refused.value.code == "manual:already-started"
+    assert world.exchange.removed == []  # the other operator's request sends it, not this one
+    assert world.store.audit_rows[-1]["actions"][0]["detail"].startswith("already sent")

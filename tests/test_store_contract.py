@@ -253,13 +253,16 @@ def reserve(
     *,
     user_budget: Budget | None = WEEK,
     tenant_budget: Budget | None = HOUR,
+    restriction_since: datetime | None = None,
 ) -> tuple[BudgetRefusal | None, list[UnblockEntry]]:
     """Seed the history, reserve ``entry``; the refusal and then everything the store holds, oldest first."""
 
     async def scenario(store: Store) -> tuple[BudgetRefusal | None, list[UnblockEntry]]:
         for seed in seeded:
             await store.record_unblock(seed)
-        refusal = await store.reserve_unblock(entry, user_budget=user_budget, tenant_budget=tenant_budget)
+        refusal = await store.reserve_unblock(
+            entry, user_budget=user_budget, tenant_budget=tenant_budget, restriction_since=restriction_since
+        )
         return refusal, list(await store.tenant_unblocks(T0 - timedelta(days=29)))
 
     return run(open_store, scenario)
@@ -304,6 +307,37 @@ def test_what_counts_against_the_user_budget(
 ) -> None:
     refusal, _ = reserve(open_store, [seed], unblock(ALICE, "e1", T0))
     assert refusal == expected
+
+
+BLOCKED_AT = T0 - timedelta(minutes=30)  # when the restriction being unblocked began
+
+
+@pytest.mark.parametrize(
+    ("seed", "expected"),
+    [
+        (unblock(ALICE, "e0", T0 - timedelta(minutes=1)), "started"),  # sent, accepted: this block's unblock
+        (unblock(ALICE, "e0", T0 - timedelta(minutes=1), status="pending"), "started"),  # in flight
+        (unblock(ALICE, "e0", T0 - timedelta(minutes=1), status="uncertain"), "started"),
+        (unblock(ALICE, "e0", BLOCKED_AT), "started"),  # at the block's own instant: already this block
+        (unblock(ALICE, "e0", BLOCKED_AT - timedelta(seconds=1)), None),  # an earlier block's unblock
+        (unblock(ALICE, "e0", T0 - timedelta(minutes=1), status="refused"), None),  # Remove never took
+        (unblock(ALICE, "e0", T0 - timedelta(minutes=1), status="not-needed"), None),
+        (unblock(ALICE, "e1", T0 - timedelta(minutes=1), status="pending"), None),  # this event's own retry
+        (unblock(BOB, "e0", T0 - timedelta(minutes=1)), None),  # someone else
+    ],
+    ids=["done", "pending", "uncertain", "at-the-block", "before-the-block", "refused", "not-needed", "same-event",
+         "other-user"],
+)  # fmt: skip
+def test_a_second_unblock_of_one_restriction_is_refused_as_started_and_nothing_is_written(
+    open_store: OpenStore, seed: UnblockEntry, expected: BudgetRefusal | None
+) -> None:
+    entry = unblock(ALICE, "e1", T0, status="pending")
+    refusal, held = reserve(
+        open_store, [seed], entry, user_budget=None, tenant_budget=None, restriction_since=BLOCKED_AT
+    )
+    assert refusal == expected
+    if expected == "started":
+        assert held == [seed]
 
 
 def test_failed_and_old_entries_do_not_count_against_the_tenant_budget(open_store: OpenStore) -> None:
@@ -1034,6 +1068,25 @@ def test_racing_instances_never_spend_more_than_one_users_budget(open_table_stor
         return list(await store.unblocks(ALICE, T0))
 
     assert len(run(open_table_store, alice)) == ROUNDS
+
+
+@pytest.mark.azurite
+def test_racing_instances_never_send_two_unblocks_for_one_restriction(open_table_store: OpenStore) -> None:
+    # No budgets at all: only the restriction rule stands between the racers (operators retrying at once).
+    rounds = [
+        [
+            lambda store, r=r, i=i: store.reserve_unblock(
+                unblock(ALICE, f"r{r}-e{i}", round_start(r) + timedelta(seconds=i)),
+                user_budget=None,
+                tenant_budget=None,
+                restriction_since=round_start(r) - timedelta(minutes=5),
+            )
+            for i in range(RACERS)
+        ]
+        for r in range(ROUNDS)
+    ]
+    results = race_rounds(open_table_store, rounds)
+    assert [sorted(map(str, outcome)) for outcome in results] == [["None"] + ["started"] * (RACERS - 1)] * ROUNDS
 
 
 @pytest.mark.azurite

@@ -340,9 +340,20 @@ class TableStore:
         await self._write_unblock(entry, "record_unblock", user_budget=None, tenant_budget=None)
 
     async def reserve_unblock(
-        self, entry: UnblockEntry, *, user_budget: Budget | None, tenant_budget: Budget | None
+        self,
+        entry: UnblockEntry,
+        *,
+        user_budget: Budget | None,
+        tenant_budget: Budget | None,
+        restriction_since: datetime | None = None,
     ) -> BudgetRefusal | None:
-        return await self._write_unblock(entry, "reserve_unblock", user_budget=user_budget, tenant_budget=tenant_budget)
+        return await self._write_unblock(
+            entry,
+            "reserve_unblock",
+            user_budget=user_budget,
+            tenant_budget=tenant_budget,
+            restriction_since=restriction_since,
+        )
 
     async def unblocks(self, user: str, since: datetime) -> Sequence[UnblockEntry]:
         table = await self._table("unblocks")
@@ -357,7 +368,13 @@ class TableStore:
         return sorted((e for e in found if e.at >= since), key=lambda e: e.at)
 
     async def _write_unblock(
-        self, entry: UnblockEntry, operation: str, *, user_budget: Budget | None, tenant_budget: Budget | None
+        self,
+        entry: UnblockEntry,
+        operation: str,
+        *,
+        user_budget: Budget | None,
+        tenant_budget: Budget | None,
+        restriction_since: datetime | None = None,
     ) -> BudgetRefusal | None:
         """Read both rows, check the budgets, write both rows in one transaction on the ETags read; retry."""
         from azure.core.exceptions import HttpResponseError
@@ -370,7 +387,13 @@ class TableStore:
                 mine, user_etag = await _read_row(table, user_row)
                 everyone, tenant_etag = await _read_row(table, TENANT_ROW)
                 history = {(e.user, e.event_id): e for e in (*everyone, *mine)}
-                refusal = budget_refusal(entry, history.values(), user_budget=user_budget, tenant_budget=tenant_budget)
+                refusal = budget_refusal(
+                    entry,
+                    history.values(),
+                    user_budget=user_budget,
+                    tenant_budget=tenant_budget,
+                    restriction_since=restriction_since,
+                )
                 if refusal is not None:
                     return refusal
                 operations = [

@@ -88,15 +88,23 @@ def budget_refusal(
     *,
     user_budget: Budget | None,
     tenant_budget: Budget | None,
+    restriction_since: datetime | None = None,
 ) -> BudgetRefusal | None:
-    """Which budget recording ``entry`` would exceed, given the tenant's ``history``; one rule for every store.
+    """Why recording ``entry`` is refused, given the tenant's ``history``; one rule for every store.
 
-    Counts with :meth:`Budget.spent_by`, leaving out entries of ``entry.event_id`` (a retry of the same event
-    never counts against itself): the user's own against ``user_budget``, checked first, then everyone's against
-    ``tenant_budget``. ``None`` is unlimited. ``history`` may hold more than needed: the rule filters.
+    Leaves out entries of ``entry.event_id`` (a retry of the same event never counts against itself). First
+    "started": the user already has an entry that spent Remove at or after ``restriction_since`` (an unblock of
+    this very restriction, by another event: Remove is never sent twice for one block). Then the budgets, with
+    :meth:`Budget.spent_by`: the user's own against ``user_budget``, then everyone's against ``tenant_budget``.
+    ``None`` is unlimited. ``history`` may hold more than needed: the rule filters.
     """
     user = entry.user.lower()
     counted = [e for e in history if e.event_id != entry.event_id]
+
+    if restriction_since is not None and any(
+        e.user.lower() == user and e.spent and e.at >= restriction_since for e in counted
+    ):
+        return "started"
 
     if user_budget is not None and user_budget.is_spent((e for e in counted if e.user.lower() == user), entry.at):
         return "user"

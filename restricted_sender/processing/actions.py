@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from restricted_sender.core.decide import ReasonCode, unblock_failed, unblock_uncertain
@@ -67,6 +67,8 @@ from restricted_sender.ports import (
 from restricted_sender.processing.facts import clear_first_seen
 from restricted_sender.timeutil import iso
 
+# The unblock action's detail when another event already sent Remove for the same restriction.
+ALREADY_SENT = "already sent: another event unblocked this restriction (the user's unblock history says when)"
 log = guard_logger(__name__)  # named by module; the one-line filter on it (untrusted.OneLineLogs)
 
 MAX_RULES = 50  # the evidence stays bounded; the total says how many there were
@@ -189,6 +191,7 @@ class Actor:
                 kind=UnblockKind.AUTO,
                 user_budget=user_budget,
                 tenant_budget=tenant_budget,
+                restriction_since=facts.restriction.anchor[1] if facts.restriction else None,
             )
         ticket: TicketRef | None = None
         if record.decision.outcome is Outcome.TICKET:
@@ -210,8 +213,13 @@ class Actor:
         kind: UnblockKind,
         user_budget: Budget | None,
         tenant_budget: Budget | None,
+        restriction_since: datetime | None,
     ) -> DecisionRecord:
         """Remove the user from the restricted list at most once, whatever fails and whenever the process dies.
+
+        ``restriction_since`` is when this restriction began (its anchor): another event's unblock of the user
+        since then is an unblock of this very block, and Remove is then not sent again (``None``: not checked, a
+        deliberate resend).
 
         The budget reservation, written before Remove is sent, is the intent record. An event that finds its own
         (``facts.own_unblock``) never sends Remove again: it records what it learns from its entry or from the list.
@@ -233,7 +241,11 @@ class Actor:
         )
         # Spent atomically before the call: a processor running beside this one cannot spend the same last unblock
         # of a window, and a crash after Exchange said yes does not leave the budget unspent.
-        full = await self.store.reserve_unblock(entry, user_budget=user_budget, tenant_budget=tenant_budget)
+        full = await self.store.reserve_unblock(
+            entry, user_budget=user_budget, tenant_budget=tenant_budget, restriction_since=restriction_since
+        )
+        if full == "started":
+            return record.with_actions(Action(ActionKind.UNBLOCK, ActionStatus.SKIPPED, ALREADY_SENT))
         if full is not None:
             code, scope = (
                 (ReasonCode.GUARD_USER_BUDGET, "this user's")

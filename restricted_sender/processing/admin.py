@@ -48,7 +48,7 @@ from restricted_sender.model import (
     stable_id,
 )
 from restricted_sender.ports import ClaimResult, Clock, Store
-from restricted_sender.processing.actions import Actor
+from restricted_sender.processing.actions import ALREADY_SENT, Actor
 from restricted_sender.processing.facts import FactSources, gather_facts
 from restricted_sender.processing.pipeline import decision_record, log_decision
 
@@ -200,7 +200,8 @@ class Admin:
                 code=rules.ReasonCode.IDENTITY_UNBOUND,
                 details={"warnings": [w.to_dict() for w in warnings]},
             )
-        earlier = await self._earlier_unblock(address=event.user.key, restriction=facts.restriction, now=now)
+        since = _restriction_since(facts.restriction, now)
+        earlier = await self._earlier_unblock(event.user.key, since)
         if earlier is not None and (earlier.status == UnblockStatus.PENDING or not request.force):
             await self._record_and_log(
                 self._operator_record(
@@ -242,7 +243,18 @@ class Admin:
             # Forced: the budgets are overridden, but the unblock is still counted in them.
             user_budget=None if request.force or guards is None else guards.max_unblocks_per_user,
             tenant_budget=None if request.force or guards is None else guards.max_unblocks_per_tenant,
+            # A forced resend of an accepted or uncertain unblock is deliberate; otherwise the store refuses a second
+            # one atomically, even against a request that passed the check above at the same moment.
+            restriction_since=None if earlier is not None else since,
         )
+        if any(a.kind == ActionKind.UNBLOCK and a.detail == ALREADY_SENT for a in record.actions):
+            record = record.with_decision(Decision(Outcome.IGNORE, record.decision.reasons))
+            await self._record_and_log(record)
+            raise Conflict(
+                f"an unblock of this restriction of {event.user.key} was sent at the same moment by another "
+                f"request; GET /api/users/{event.user.key} shows how it ended",
+                code=rules.ReasonCode.MANUAL_ALREADY_STARTED,
+            )
         done = record.status_of(ActionKind.UNBLOCK) is ActionStatus.DONE
         if done:
             record = await self.actor.send_notices(record, facts, enforce=True)
@@ -260,16 +272,9 @@ class Admin:
             raise Conflict(f"{event.user.key} is no longer on the restricted list", code="not-restricted")
         return record
 
-    async def _earlier_unblock(
-        self, *, address: str, restriction: BlockedSender | None, now: datetime
-    ) -> UnblockEntry | None:
+    async def _earlier_unblock(self, address: str, since: datetime) -> UnblockEntry | None:
         """An unblock of this very restriction that already spent Remove (a caller retrying a request that timed
-        out, two operators at once, the automation a moment earlier): Remove is never sent twice for one block.
-
-        "This restriction" is every entry since the block's anchor (its creation, else the first time it was seen);
-        an unblock before it belonged to an earlier block of the same user."""
-        anchored = restriction.anchor[1] if restriction is not None else None
-        since = anchored if anchored is not None else now - EARLIER_UNBLOCK_WINDOW
+        out, two operators at once, the automation a moment earlier): Remove is never sent twice for one block."""
         entries = await self.store.unblocks(address, since)
         return next((e for e in reversed(entries) if e.spent), None)
 
@@ -400,6 +405,13 @@ class Admin:
                 for r, d in zip(rows, lasts, strict=True)
             ],
         }
+
+
+def _restriction_since(restriction: BlockedSender | None, now: datetime) -> datetime:
+    """When this restriction began: the block's anchor (its creation, else its change, else when it was first
+    seen); an unblock before it belonged to an earlier block of the same user."""
+    anchored = restriction.anchor[1] if restriction is not None else None
+    return anchored if anchored is not None else now - EARLIER_UNBLOCK_WINDOW
 
 
 def _already(earlier: UnblockEntry) -> Reason:
