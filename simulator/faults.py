@@ -19,6 +19,7 @@ FAULT_KINDS: tuple[FaultKind, ...] = ("status", "timeout", "malformed", "reset")
 ROUTES: tuple[str, ...] = (
     "identity.token",
     "graph.user",
+    "graph.batch",
     "graph.users",
     "graph.checkMemberGroups",
     "graph.domains",

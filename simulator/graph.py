@@ -6,6 +6,7 @@ import base64
 import copy
 import datetime as dt
 import hashlib
+import json
 import re
 import threading
 import uuid
@@ -17,7 +18,17 @@ from urllib.parse import quote, urlencode
 from simulator.state import TenantState
 from simulator.tenant import Json, strip_private
 from simulator.tokens import TokenProblem
-from simulator.wire import ODATA_CONTENT_TYPE, NotJson, Request, Response, iso_seconds, json_response, utc_now
+from simulator.wire import (
+    ODATA_CONTENT_TYPE,
+    Headers,
+    NotJson,
+    Request,
+    Response,
+    iso_seconds,
+    json_response,
+    request_for,
+    utc_now,
+)
 
 METADATA = "https://graph.microsoft.com/v1.0/$metadata"
 CHECK_MEMBER_GROUPS_LIMIT = 20
@@ -29,6 +40,56 @@ _WWW_AUTHENTICATE = (
 _BAD_JSON = (
     "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format."
 )
+
+
+MAX_BATCH = 20  # requests per $batch (https://learn.microsoft.com/graph/json-batching)
+
+
+def batch_requests(request: Request) -> list[Json] | Response:
+    """The requests of a ``$batch`` body (``{"requests": [{"id", "method", "url", "headers"?, "body"?}]}``), or
+    the 400 Graph answers a malformed batch with."""
+    try:
+        body = request.json()
+    except ValueError:
+        return bad_json(request)
+    subs = body.get("requests") if isinstance(body, dict) else None
+    if not isinstance(subs, list) or not subs:
+        return error(request, 400, "BadRequest", "Invalid batch payload: 'requests' must be a non-empty array.")
+    if len(subs) > MAX_BATCH:
+        return error(request, 400, "BadRequest", f"Invalid batch payload: more than {MAX_BATCH} requests.")
+    ids: set[str] = set()
+    for sub in subs:
+        fields = sub if isinstance(sub, dict) else {}
+        if not all(isinstance(fields.get(k), str) and fields.get(k) for k in ("id", "method", "url")):
+            return error(request, 400, "BadRequest", "Invalid batch payload: each request needs id, method and url.")
+        if fields["id"] in ids:
+            return error(request, 400, "BadRequest", f"Invalid batch payload: the id '{fields['id']}' is repeated.")
+        if fields["url"].lower().startswith(("http:", "https:")):
+            return error(request, 400, "BadRequest", "Invalid batch payload: a url must be relative to the version.")
+        ids.add(fields["id"])
+    return subs
+
+
+def sub_request(batch: Request, sub: Json) -> Request:
+    """A batched request as if it came alone: the batch's headers (its token) under the request's own."""
+    headers = {**dict(batch.headers.items()), **{str(k): str(v) for k, v in (sub.get("headers") or {}).items()}}
+    body = sub.get("body")
+    raw = b"" if body is None else json.dumps(body).encode() if not isinstance(body, str) else body.encode()
+    return request_for(
+        str(sub["method"]).upper(), str(sub["url"]), Headers(headers.items()), raw, batch.base_url, prefix="/v1.0"
+    )
+
+
+def sub_response(key: str, response: Response) -> Json:
+    """One of a batch's ``responses``: the body as JSON when it is JSON, else as text (Graph base64-encodes
+    binary bodies; nothing the product reads is binary)."""
+    answer: Json = {"id": key, "status": response.status, "headers": dict(response.headers)}
+    if response.body:
+        try:
+            answer["body"] = json.loads(response.body)
+        except ValueError:
+            answer["body"] = response.body.decode("utf-8", errors="replace")
+    return answer
 
 
 def _request_ids(request: Request) -> tuple[str, str]:

@@ -26,6 +26,7 @@ from simulator.tokens import GRAPH_RESOURCE, TokenIssuer
 from simulator.wire import Request, Response, json_response
 
 UNKNOWN_ROUTE = "unknown"
+GRAPH_BATCH_ROUTE = "graph.batch"
 
 
 class Simulator(Protocol):
@@ -49,6 +50,7 @@ class Simulator(Protocol):
     def _teams(self) -> teams.TeamsChannel: ...
     def _control(self, request: Request) -> Response: ...
     def _exchange(self, request: Request, tenant_in_path: str) -> Response: ...
+    def _batch(self, request: Request) -> Response: ...
 
 
 Endpoint = Callable[[], Response]
@@ -279,6 +281,13 @@ ROUTE_TABLE: tuple[Route, ...] = (
         _graph(lambda sim, request, args: graph.get_alert(request, sim._state, args[0])),
         "GET",
         "`GET /v1.0/security/alerts_v2/{id}`",
+    ),
+    Route(
+        GRAPH_BATCH_ROUTE,
+        "/v1.0/$batch",
+        _graph(lambda sim, request, _: sim._batch(request)),
+        "POST",
+        "`POST /v1.0/$batch` (JSON batching: each request routed and logged as its own, answered in reverse order)",
     ),
     Route(UNKNOWN_ROUTE, "/v1.0/**", _graph_not_found),
     Route(

@@ -16,7 +16,6 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from simulator import entra, exchange, graph, itsm, o365, routes, teams
 from simulator.faults import CONTROL_ROUTE, Fault, FaultBook, FaultKind
@@ -36,6 +35,7 @@ from simulator.wire import (
     Response,
     SystemClock,
     json_response,
+    request_for,
 )
 
 MALFORMED_BODY = b'{"value":[{"id":"truncated'
@@ -414,29 +414,35 @@ class Simulator:
         route, endpoint = self._route(request)
         entry: Json | None = None
         if route != CONTROL_ROUTE:
-            entry = self._log.add(
-                {
-                    "method": request.method,
-                    "path": request.path,
-                    "query": dict(request.query),
-                    "body": request.logged_body(),
-                    "route": route,
-                    "status": None,
-                    "headers": dict(request.headers.items()),
-                    "started": time.monotonic(),
-                    "ended": None,
-                }
-            )
+            entry = self._log.add(self._entry(request, route))
         response = self._answer(route, endpoint, request)
         if entry is not None and response.drop_after is None:
             entry["ended"] = time.monotonic()
             self._log.set_status(entry, response.status)
         return response
 
+    @staticmethod
+    def _entry(request: Request, route: str) -> Json:
+        return {
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.query),
+            "body": request.logged_body(),
+            "route": route,
+            "status": None,
+            "headers": dict(request.headers.items()),
+            "started": request.received,
+            "ended": None,
+        }
+
     def _answer(self, route: str, endpoint: Endpoint, request: Request) -> Response:
         delay = self._faults.latency(route)
         if delay > 0 and self._stopping.wait(delay):
             return Response(503, drop_after=0)
+        return self._served(route, endpoint, request)
+
+    def _served(self, route: str, endpoint: Endpoint, request: Request) -> Response:
+        """The answer after the route's latency: a fault, a withheld permission's refusal, or the endpoint's."""
         fault = self._faults.take(route)
         if fault is not None:
             if fault.apply:
@@ -450,6 +456,38 @@ class Simulator:
         except Exception as exc:
             traceback.print_exc()
             return _plain_error(500, "SimulatorError", f"{type(exc).__name__}: {exc}")
+
+    def _batch(self, request: Request) -> Response:
+        """``POST /v1.0/$batch`` (https://learn.microsoft.com/graph/json-batching): each request is routed as if it
+        came alone (its token, withheld permissions and faults; logged as its own entry with ``"batched": true``),
+        and its answer becomes one of ``responses`` with its own status, headers and body. The network's latency is
+        per HTTP request: the batch waits once, as long as its slowest route. Graph answers in any order: the
+        simulator answers in reverse, so a client that pairs answers by position fails its tests."""
+        subs = graph.batch_requests(request)
+        if isinstance(subs, Response):
+            return subs
+        routed = [
+            (sub, *self._route(inner), inner) for sub, inner in ((s, graph.sub_request(request, s)) for s in subs)
+        ]
+        slowest = max((self._faults.latency(route) for _, route, _, _ in routed), default=0.0)
+        extra = slowest - self._faults.latency(routes.GRAPH_BATCH_ROUTE)
+        if extra > 0 and self._stopping.wait(extra):
+            return Response(503, drop_after=0)
+        answers: list[Json] = []
+        entries: list[tuple[Json, int]] = []
+        for sub, route, endpoint, inner in routed:
+            # Served one after another here, but concurrently for the client: every entry spans the whole batch.
+            entry = self._log.add(self._entry(inner, route) | {"batched": True, "started": request.received})
+            response = self._served(route, endpoint, inner)
+            if response.drop_after is not None:  # a timeout or reset fault: the gateway's own answer for it
+                response = _service_error(504, route, inner)
+            entries.append((entry, response.status))
+            answers.append(graph.sub_response(sub["id"], response))
+        ended = time.monotonic()
+        for entry, status in entries:
+            entry["ended"] = ended
+            self._log.set_status(entry, status)
+        return graph.ok(request, {"responses": answers[::-1]})
 
     def _wait_unless_stopping(self, seconds: float) -> None:
         self._stopping.wait(seconds)
@@ -681,17 +719,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(_plain_error(413, "PayloadTooLarge", "The body is too large or its length is invalid."))
             return
-        split = urlsplit(self.path)
-        raw_path = split.path or "/"
-        request = Request(
-            method=self.command,
-            path=unquote(raw_path),
-            segments=[unquote(p) for p in raw_path.split("/") if p],
-            query=dict(parse_qsl(split.query, keep_blank_values=True)),
-            headers=Headers(self.headers.items()),
-            body=body,
-            base_url="http://{}:{}".format(*self.server.server_address[:2]),
-        )
+        base_url = "http://{}:{}".format(*self.server.server_address[:2])
+        request = request_for(self.command, self.path, Headers(self.headers.items()), body, base_url)
         response = simulator._handle(request)
         if response.drop_after is not None:
             simulator._wait_unless_stopping(response.drop_after)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 ODATA_CONTENT_TYPE = (
@@ -57,6 +59,8 @@ class Request:
     body: bytes
     base_url: str
     """``http://host:port`` of the simulator, for links such as ``@odata.nextLink``."""
+    received: float = field(default_factory=time.monotonic)
+    """``time.monotonic()`` when it was read (a batched request: when its batch was)."""
     _parsed: Any = field(default=_NO_BODY, repr=False)
 
     def header(self, name: str) -> str | None:
@@ -81,6 +85,25 @@ class Request:
             return self.json()
         except NotJson:
             return self.body.decode("utf-8", errors="replace")
+
+
+def request_for(
+    method: str, target: str, headers: Mapping[str, str], body: bytes, base_url: str, *, prefix: str = ""
+) -> Request:
+    """The ``Request`` for ``method target`` (a path with its query, percent-encoded as sent); ``prefix`` goes
+    before the path (a batch's relative URLs are relative to the API version)."""
+    split = urlsplit(target)
+    raw_path = prefix + (split.path if split.path.startswith("/") or not prefix else "/" + split.path)
+    raw_path = raw_path or "/"
+    return Request(
+        method=method,
+        path=unquote(raw_path),
+        segments=[unquote(p) for p in raw_path.split("/") if p],
+        query=dict(parse_qsl(split.query, keep_blank_values=True)),
+        headers=headers,
+        body=body,
+        base_url=base_url,
+    )
 
 
 @dataclass

@@ -41,7 +41,8 @@ def sequential_round_trips(requests: Sequence[Mapping[str, Any]]) -> int:
 
 def tenant_requests_before_the_unblock(requests: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     remove = next(i for i, r in enumerate(requests) if r["route"] == "exchange.Remove-BlockedSenderAddress")
-    return [r for r in requests[:remove] if r["route"] != "identity.token"]
+    # A JSON batch is logged as its own entry beside each request it carried: the requests are what is counted.
+    return [r for r in requests[:remove] if r["route"] not in ("identity.token", "graph.batch")]
 
 
 @pytest.mark.parametrize("with_object_id", [False, True], ids=["address only", "address and its own object id"])
