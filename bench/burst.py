@@ -520,6 +520,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.latency * 1000:g} ms per call; limit {args.concurrency} x 1 / critical path = {limit:.1f} events/s"
     )
     print(f"burst ratio (events/s / limit): {events_per_second / limit:.0%}")
+    # HTTP requests, not requests served: a JSON batch is one HTTP request however many reads it carries.
+    http = [r for r in outcome.requests if not r.get("batched")]
+    graph_http = sum(1 for r in http if str(r["route"]).startswith("graph."))
+    graph_reads = sum(
+        1 for r in outcome.requests if str(r["route"]).startswith("graph.") and r["route"] != "graph.batch"
+    )
+    per = max(1, outcome.processed)
+    print(
+        f"HTTP requests per delivery: {len(http) / per:.1f} (Graph {graph_http / per:.1f}, "
+        f"carrying {graph_reads / per:.1f} Graph requests)"
+    )
     print(f"peak RSS of the processor process: {outcome.peak_rss_mb:.0f} MB")
     print(f"bar zero lost events and zero duplicate actions: {'holds' if bar_holds else 'FAILS'}")
     return 0 if bar_holds else 1
