@@ -238,3 +238,19 @@ def test_more_than_twenty_concurrent_reads_go_out_in_several_batches(run: Callab
     sizes = sorted(len(r["body"]["requests"]) for r in sim.requests if r["route"] == "graph.batch")
     assert sizes == [5, 20]
     assert routes(sim, "graph.user") == 25
+
+
+def test_a_read_waiting_out_a_retry_after_is_cancelled_when_the_directory_closes_and_never_resent(
+    run: Callable[..., Any],  # noqa: F811
+) -> None:
+    async def scenario(directory: GraphDirectory, sim: Simulator) -> None:
+        sim.inject_fault("graph.user", status=429, retry_after=30, times=1)
+        user = asyncio.ensure_future(directory.user("alice@contoso.com"))
+        rules = asyncio.ensure_future(directory.inbox_rules("alice@contoso.com"))
+        assert await rules == ()
+        await directory._reads.aclose()
+        with pytest.raises(asyncio.CancelledError):
+            await user
+
+    _, sim = run(scenario)
+    assert [r["status"] for r in sim.requests if r["route"] == "graph.user"] == [429]

@@ -398,6 +398,7 @@ class GraphDirectory:
             raise TransientServiceError(self.service, "response is not JSON") from error
 
     async def close(self) -> None:
+        await self._reads.aclose()
         if self._http is not None:
             await self._http.aclose()
         if self._transport is not None:

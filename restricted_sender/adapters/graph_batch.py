@@ -53,6 +53,7 @@ class ReadBatcher:
     _grew: bool = False
     _ticks: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _waiting: dict[_Read, asyncio.TimerHandle] = field(default_factory=dict)  # reads waiting out a Retry-After
 
     async def get(self, request: RequestInformation) -> Any:
         """The JSON of ``request`` (``None`` for an empty answer); raises what sending it alone would raise."""
@@ -83,7 +84,9 @@ class ReadBatcher:
             loop.call_soon(self._tick)
             return
         self._scheduled = False
-        pending, self._pending = self._pending, []
+        # A read whose caller was cancelled (while it waited for a retry, say) is not sent.
+        pending = [read for read in self._pending if not read.future.done()]
+        self._pending = []
         for start in range(0, len(pending), MAX_BATCH):
             task = loop.create_task(self._send(pending[start : start + MAX_BATCH]))
             self._tasks.add(task)
@@ -154,16 +157,35 @@ class ReadBatcher:
             else:
                 _fail(read, TransientServiceError("graph", "response is not JSON"))
         elif status in RETRYABLE and read.retries < self.max_retries:
-            # Reads are safe to resend: this one alone, after the Retry-After its sub-response names.
+            # Reads are safe to resend: this one only (queued again: alone, or in a later batch), after the
+            # Retry-After its sub-response names, else the SDK's kind of backoff.
             read.retries += 1
             seconds = retry_after_seconds(headers.get("retry-after"))
             delay = seconds if seconds else self.retry_delay * 2 ** (read.retries - 1)
             if delay >= MAX_DELAY:
                 _fail(read, _api_error(status, body, headers))
                 return
-            asyncio.get_running_loop().call_later(delay, self._enqueue, read)
+            self._waiting[read] = asyncio.get_running_loop().call_later(delay, self._retry, read)
         else:
             _fail(read, _api_error(status, body, headers))
+
+    def _retry(self, read: _Read) -> None:
+        del self._waiting[read]
+        self._enqueue(read)
+
+    async def aclose(self) -> None:
+        """Cancel what is still queued, waiting for a retry or in flight (before the HTTP client closes)."""
+        for read, timer in self._waiting.items():
+            timer.cancel()
+            read.future.cancel()
+        self._waiting.clear()
+        for read in self._pending:
+            read.future.cancel()
+        self._pending.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _alone(self, request: RequestInformation) -> Any:
         raw = await self.adapter.send_primitive_async(request, "bytes", _error_map())
@@ -171,6 +193,8 @@ class ReadBatcher:
 
 
 def _sub_request(key: str, read: _Read) -> dict[str, Any]:
+    """The URL as sent, relative to the version, query as encoded, and the request's own headers: what
+    msgraph-core's ``BatchRequestItem`` builds from a ``RequestInformation`` too."""
     sub: dict[str, Any] = {"id": key, "method": "GET", "url": read.relative}
     headers = {name: ", ".join(sorted(values)) for name, values in read.request.request_headers.items()}
     if headers:
