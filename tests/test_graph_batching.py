@@ -254,3 +254,18 @@ def test_a_read_waiting_out_a_retry_after_is_cancelled_when_the_directory_closes
 
     _, sim = run(scenario)
     assert [r["status"] for r in sim.requests if r["route"] == "graph.user"] == [429]
+
+
+def test_an_endpoint_without_batching_gets_each_read_alone_and_nothing_reads_as_missing(
+    run: Callable[..., Any],  # noqa: F811
+) -> None:
+    async def scenario(directory: GraphDirectory, sim: Simulator) -> tuple[Any, ...]:
+        sim.inject_fault("graph.batch", status=404, times=None)
+        return tuple(
+            await asyncio.gather(directory.user("alice@contoso.com"), directory.inbox_rules("alice@contoso.com"))
+        )
+
+    (found, rules), sim = run(scenario)
+    assert found is not None
+    assert rules == ()
+    assert sorted(http_requests(sim)) == ["graph.batch", "graph.messageRules", "graph.user"]

@@ -127,6 +127,10 @@ class ReadBatcher:
         try:
             answer = _loads(await self.adapter.send_primitive_async(request, "bytes", _error_map()))
         except Exception as error:
+            if getattr(error, "response_status_code", None) == 404:
+                # No $batch at this endpoint: a 404 here says nothing about the reads (none of them is "missing").
+                await asyncio.gather(*(self._send_alone(read) for read in reads))
+                return
             # The whole batch failed (transport, timeout, an error status the middleware did not retry away):
             # every read gets the error it would have got alone. A copy each: one exception raised in many tasks
             # would share (and grow) one traceback.
