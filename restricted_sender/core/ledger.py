@@ -82,6 +82,14 @@ def resolve_claim(*, owner: str, state: str, claimed_at: datetime, delivery_id: 
     return ClaimResult.DUPLICATE
 
 
+def earlier_unblock(history: Iterable[UnblockEntry], user: str, since: datetime) -> UnblockEntry | None:
+    """The latest of ``user``'s entries at or after ``since`` (when the restriction began) that spent Remove: an
+    unblock of that very restriction, after which Remove is not sent again."""
+    user = user.lower()
+    found = [e for e in history if e.user.lower() == user and e.spent and e.at >= since]
+    return max(found, key=lambda e: e.at, default=None)
+
+
 def budget_refusal(
     entry: UnblockEntry,
     history: Iterable[UnblockEntry],
@@ -101,9 +109,7 @@ def budget_refusal(
     user = entry.user.lower()
     counted = [e for e in history if e.event_id != entry.event_id]
 
-    if restriction_since is not None and any(
-        e.user.lower() == user and e.spent and e.at >= restriction_since for e in counted
-    ):
+    if restriction_since is not None and earlier_unblock(counted, user, restriction_since) is not None:
         return "started"
 
     if user_budget is not None and user_budget.is_spent((e for e in counted if e.user.lower() == user), entry.at):

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from restricted_sender.core import decide as rules
+from restricted_sender.core.ledger import earlier_unblock
 from restricted_sender.core.mailbox import MailboxBefore
 from restricted_sender.core.policy import LoadedPolicy, effective, usable
 from restricted_sender.core.restriction import BlockedSender
@@ -275,8 +276,7 @@ class Admin:
     async def _earlier_unblock(self, address: str, since: datetime) -> UnblockEntry | None:
         """An unblock of this very restriction that already spent Remove (a caller retrying a request that timed
         out, two operators at once, the automation a moment earlier): Remove is never sent twice for one block."""
-        entries = await self.store.unblocks(address, since)
-        return next((e for e in reversed(entries) if e.spent), None)
+        return earlier_unblock(await self.store.unblocks(address, since), address, since)
 
     def _operator_record(
         self,
